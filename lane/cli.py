@@ -1,0 +1,61 @@
+"""The ``lane`` command line: one subcommand per module, each imported only when it runs.
+
+A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
+lazily so ``lane mesh render`` never pays for the data plane and nothing here imports locust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+__all__ = ["COMMANDS", "main", "build_parser"]
+
+# name -> (module, one-line help)
+COMMANDS: Final[dict[str, tuple[str, str]]] = {
+    "check": ("lane.check", "validate a lane config and show its lanes, rules and services"),
+    "gateway": ("lane.gateway", "run the lane gateway: color requests and forward them down their lane"),
+    "sidecar": ("lane.sidecar", "run a lane sidecar beside one service instance"),
+    "demo": ("lane.demo", "run the a -> b -> c demo topology on 127.0.0.1"),
+    "demo-app": ("lane.demo_app", "run one demo application (used by the demo and the images)"),
+    "inject": ("lane.inject", "add the lane sidecar container to Kubernetes Deployments"),
+    "mesh": ("mesh_config.cli", "render, validate, verify and apply Istio lane config"),
+    "loadtest": ("loadtest.cli", "prove under load (locust) that every request took its lane"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            out[name] = (module, help_text)
+    return out
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lane", description="Full-link gray release (traffic lanes) from one YAML file.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in _available().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the chosen command pays for its import
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,555 @@
+"""The lane config: one YAML file parsed once into frozen dataclasses.
+
+Raw dicts never travel past this module. Every mistake is a `ConfigError` naming the file, the
+path inside it (``coloring[2].match.headers[0].regex``) and what was expected. The documented
+example is ``examples/demo.yaml``; the same text ships inside the package as the embedded default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+import yaml
+
+from .errors import ConfigError
+from .rules import Condition, HashKey, MatchKind, Percentage, Rule, Source, ValueMatch
+from .tags import DEFAULT_BAGGAGE_KEY, DEFAULT_LANE, DEFAULT_TAG_HEADER, is_valid_lane
+
+__all__ = [
+    "Endpoint",
+    "TagSpec",
+    "Lane",
+    "Service",
+    "ProxySpec",
+    "MeshGatewaySpec",
+    "MeshSpec",
+    "LaneConfig",
+    "DEFAULT_TRACE_HEADERS",
+    "load_config",
+    "parse_config",
+    "demo_config_text",
+]
+
+DEFAULT_TRACE_HEADERS: Final = ("traceparent", "x-request-id", "x-b3-traceid", "uber-trace-id", "sw8")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+# Constructs RE2 (Envoy, Istio) does not support; rejected so the mesh emitter can mirror every rule.
+_NON_RE2 = re.compile(r"\(\?[=!<>]|\(\?P=|\\[1-9]|[*+?}]\+")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TagSpec:
+    header: str = DEFAULT_TAG_HEADER  # lower-case
+    baggage_key: str = DEFAULT_BAGGAGE_KEY
+    default_lane: str = DEFAULT_LANE
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    name: str
+    fallback: str | None  # the next lane to try; None only for the default lane
+    strict: bool = False  # strict lanes never fall back: 503 instead
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    host: str  # the name other services use to reach it (Kubernetes Service / Host header)
+    port: int
+    instances: Mapping[str, tuple[Endpoint, ...]]  # lane -> static endpoints; key present = lane exists
+    selector: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def lanes(self) -> tuple[str, ...]:
+        return tuple(self.instances)
+
+    def has_lane(self, lane: str) -> bool:
+        return lane in self.instances
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySpec:
+    """Data-plane tuning shared by the gateway and every sidecar."""
+
+    connect_timeout: float = 2.0
+    request_timeout: float = 30.0
+    retries: int = 1
+    eject_after_failures: int = 3
+    eject_seconds: float = 5.0
+    trace_headers: tuple[str, ...] = DEFAULT_TRACE_HEADERS
+    trace_cache_size: int = 10_000
+    trace_cache_ttl: float = 60.0
+    trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MeshGatewaySpec:
+    name: str = "lane-gateway"
+    hosts: tuple[str, ...] = ("*",)
+    port: int = 80
+    selector: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({"istio": "ingressgateway"}))
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSpec:
+    namespace: str = "default"
+    gateway: MeshGatewaySpec = field(default_factory=MeshGatewaySpec)
+    baggage_to_header: bool = True  # emit the sidecar EnvoyFilter copying the lane from baggage
+
+
+@dataclass(frozen=True, slots=True)
+class LaneConfig:
+    source: str
+    tag: TagSpec
+    label_key: str
+    lanes: Mapping[str, Lane]  # includes the default lane
+    rules: tuple[Rule, ...]
+    services: Mapping[str, Service]
+    entry: str
+    proxy: ProxySpec
+    mesh: MeshSpec
+
+    @property
+    def default_lane(self) -> str:
+        return self.tag.default_lane
+
+    def chain(self, lane: str) -> tuple[str, ...]:
+        """*lane* followed by its fallbacks, ending at the default lane (unknown lanes: just the default)."""
+        if lane not in self.lanes:
+            return (self.default_lane,)
+        out = [lane]
+        nxt = self.lanes[lane].fallback
+        while nxt is not None:
+            out.append(nxt)
+            nxt = self.lanes[nxt].fallback
+        return tuple(out)
+
+    def lane_for(
+        self, service: str, lane: str, has: Callable[[str, str], bool] | None = None
+    ) -> str | None:
+        """The lane of *service* that serves a request in *lane*, or None (503).
+
+        Walks *lane*'s fallback chain and returns the first lane the service has; *has(service,
+        lane)* says whether it has one right now (default: the static config, i.e. the lane is
+        listed under the service). A strict lane never falls back. This is the one definition of
+        "where does a lane go" that the data plane, the mesh emitter and the load test share.
+        """
+        present = has or (lambda s, candidate: self.services[s].has_lane(candidate))
+        if service not in self.services:
+            return None
+        chain = self.chain(lane)
+        if self.lanes.get(chain[0]) is not None and self.lanes[chain[0]].strict:
+            chain = chain[:1]
+        for candidate in chain:
+            if present(service, candidate):
+                return candidate
+        return None
+
+    def service(self, name: str) -> Service:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise ConfigError(self.source, f"services.{name}", "no such service in the config") from None
+
+    def service_by_host(self, host: str) -> Service | None:
+        """The service reached as *host* (its name, its host, or either with a port)."""
+        bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        bare = bare.lower().rstrip(".")
+        for svc in self.services.values():
+            if bare in (svc.name, svc.host.lower()):
+                return svc
+        return None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys instead of silently keeping the last."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+class _At:
+    """A raw value and where it sits in the file, so every check can name its path."""
+
+    def __init__(self, source: str, path: str, value: Any) -> None:
+        self.source, self.path, self.value = source, path, value
+
+    def fail(self, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.path or "(top level)", problem)
+
+    def child(self, key: str | int) -> _At:
+        if isinstance(key, int):
+            path = f"{self.path}[{key}]"
+        else:
+            path = f"{self.path}.{key}" if self.path else key
+        present = (isinstance(self.value, dict) and key in self.value) or (
+            isinstance(self.value, list) and isinstance(key, int) and 0 <= key < len(self.value)
+        )
+        return _At(self.source, path, self.value[key] if present else None)
+
+    def mapping(self, allowed: set[str], required: set[str] = frozenset()) -> _At:  # type: ignore[assignment]
+        if not isinstance(self.value, dict):
+            raise self.fail(f"expected a mapping, got {_kind(self.value)}")
+        for key in self.value:
+            if not isinstance(key, str):
+                raise self.fail(f"keys must be strings, got {key!r}")
+            if key not in allowed:
+                raise self.child(key).fail(f"unknown key; expected one of: {', '.join(sorted(allowed))}")
+        for key in sorted(required):
+            if key not in self.value:
+                raise self.child(key).fail("required key is missing")
+        return self
+
+    def has(self, key: str) -> bool:
+        return isinstance(self.value, dict) and key in self.value
+
+    def items(self) -> list[tuple[str, _At]]:
+        if not isinstance(self.value, dict):
+            raise self.fail(f"expected a mapping, got {_kind(self.value)}")
+        return [(str(k), self.child(k)) for k in self.value]
+
+    def elements(self) -> list[_At]:
+        if not isinstance(self.value, list):
+            raise self.fail(f"expected a list, got {_kind(self.value)}")
+        return [self.child(i) for i in range(len(self.value))]
+
+    def string(self, default: str | None = None) -> str:
+        if self.value is None and default is not None:
+            return default
+        if not isinstance(self.value, str) or not self.value:
+            raise self.fail(f"expected a non-empty string, got {_kind(self.value)}")
+        return self.value
+
+    def integer(self, default: int, lo: int, hi: int) -> int:
+        if self.value is None:
+            return default
+        if isinstance(self.value, bool) or not isinstance(self.value, int) or not lo <= self.value <= hi:
+            raise self.fail(f"expected an integer from {lo} to {hi}, got {self.value!r}")
+        return self.value
+
+    def number(self, default: float, lo: float, hi: float) -> float:
+        if self.value is None:
+            return default
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not lo <= self.value <= hi:
+            raise self.fail(f"expected a number from {lo} to {hi}, got {self.value!r}")
+        return float(self.value)
+
+    def boolean(self, default: bool) -> bool:
+        if self.value is None:
+            return default
+        if not isinstance(self.value, bool):
+            raise self.fail(f"expected true or false, got {self.value!r}")
+        return self.value
+
+    def lane_name(self) -> str:
+        name = self.string()
+        if not is_valid_lane(name):
+            raise self.fail(f"lane names must be DNS labels ([a-z0-9]([-a-z0-9]{{0,61}}[a-z0-9])?), got {name!r}")
+        return name
+
+    def string_map(self) -> Mapping[str, str]:
+        if self.value is None:
+            return MappingProxyType({})
+        out = {}
+        for key, node in self.items():
+            out[key] = node.string()
+        return MappingProxyType(out)
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__ + f" {value!r}"[:60]
+
+
+def _header_name(node: _At) -> str:
+    name = node.string()
+    if not _HEADER_NAME.fullmatch(name):
+        raise node.fail(f"expected an HTTP header name (RFC 9110 token), got {name!r}")
+    return name.lower()
+
+
+def _parse_tag(node: _At) -> TagSpec:
+    if node.value is None:
+        return TagSpec()
+    node.mapping({"header", "baggage_key", "default_lane"})
+    baggage_key = node.child("baggage_key").string(DEFAULT_BAGGAGE_KEY)
+    if not _HEADER_NAME.fullmatch(baggage_key):
+        raise node.child("baggage_key").fail(f"expected a W3C baggage key (a token), got {baggage_key!r}")
+    default_lane = node.child("default_lane").lane_name() if node.has("default_lane") else DEFAULT_LANE
+    header = _header_name(node.child("header")) if node.has("header") else DEFAULT_TAG_HEADER
+    return TagSpec(header=header, baggage_key=baggage_key, default_lane=default_lane)
+
+
+def _parse_lanes(node: _At, default_lane: str) -> Mapping[str, Lane]:
+    lanes: dict[str, Lane] = {default_lane: Lane(default_lane, None)}
+    raw: dict[str, tuple[_At, str | None, bool]] = {}
+    if node.value is not None:
+        for name, spec in node.items():
+            _At(node.source, spec.path, name).lane_name()
+            spec = spec if spec.value is not None else _At(spec.source, spec.path, {})
+            spec.mapping({"fallback", "strict"})
+            fallback = spec.child("fallback").lane_name() if spec.has("fallback") else None
+            if name == default_lane:
+                if fallback is not None:
+                    raise spec.child("fallback").fail(f"the default lane {default_lane!r} cannot fall back")
+                lanes[name] = Lane(name, None, spec.child("strict").boolean(False))
+                continue
+            raw[name] = (spec, fallback or default_lane, spec.child("strict").boolean(False))
+    for name, (_, fallback, strict) in raw.items():
+        lanes[name] = Lane(name, fallback, strict)
+    for name, (spec, fallback, _) in raw.items():
+        if fallback not in lanes:
+            raise spec.child("fallback").fail(f"unknown lane {fallback!r}; declared lanes: {', '.join(sorted(lanes))}")
+    for name, (spec, _, _) in raw.items():
+        seen = [name]
+        nxt = lanes[name].fallback
+        while nxt is not None:
+            if nxt in seen:
+                cycle = " -> ".join([*seen[seen.index(nxt):], nxt])
+                raise spec.child("fallback").fail(f"fallback cycle {cycle}; every chain must end at {default_lane!r}")
+            seen.append(nxt)
+            nxt = lanes[nxt].fallback
+    return MappingProxyType(lanes)
+
+
+_MATCH_KINDS: Final[tuple[MatchKind, ...]] = ("exact", "prefix", "regex", "present", "absent")
+
+
+def _parse_value_match(node: _At, kinds: tuple[MatchKind, ...]) -> ValueMatch:
+    given = [k for k in kinds if node.has(k)]
+    if len(given) != 1:
+        raise node.fail(f"expected exactly one of: {', '.join(kinds)}; got {len(given)}")
+    kind = given[0]
+    arg = node.child(kind)
+    if kind in ("present", "absent"):
+        if arg.value is not True:
+            raise arg.fail(f"expected `{kind}: true`")
+        return ValueMatch(kind)
+    if kind == "regex":
+        text = arg.string()
+        if _NON_RE2.search(text):
+            raise arg.fail(f"regex uses a construct RE2 (Envoy/Istio) does not support: {text!r}")
+        try:
+            pattern = re.compile(text)
+        except re.error as exc:
+            raise arg.fail(f"invalid regex {text!r}: {exc}") from None
+        return ValueMatch("regex", text, pattern)
+    if not isinstance(arg.value, str):
+        raise arg.fail(f"expected a string, got {_kind(arg.value)}")
+    return ValueMatch(kind, arg.value)
+
+
+def _parse_conditions(node: _At, source: Source, kinds: tuple[MatchKind, ...]) -> list[Condition]:
+    out = []
+    for item in node.elements():
+        item.mapping({"name", *kinds}, {"name"})
+        name = _header_name(item.child("name")) if source is Source.HEADER else item.child("name").string()
+        out.append(Condition(source, name, _parse_value_match(item, kinds)))
+    return out
+
+
+def _parse_hash_key(node: _At) -> HashKey:
+    node.mapping({"header", "cookie", "query"})
+    given = [k for k in ("header", "cookie", "query") if node.has(k)]
+    if len(given) != 1:
+        raise node.fail("expected exactly one of: header, cookie, query")
+    source = Source(given[0])
+    child = node.child(given[0])
+    name = _header_name(child) if source is Source.HEADER else child.string()
+    return HashKey(source, name)
+
+
+def _parse_rule(node: _At, index: int, lanes: Mapping[str, Lane]) -> Rule:
+    node.mapping({"name", "lane", "match", "percentage"}, {"lane"})
+    lane = node.child("lane").lane_name()
+    if lane not in lanes:
+        raise node.child("lane").fail(f"unknown lane {lane!r}; declared lanes: {', '.join(sorted(lanes))}")
+    name = node.child("name").string(f"rule-{index}")
+    conditions: list[Condition] = []
+    if node.has("match"):
+        match = node.child("match").mapping({"headers", "cookies", "query"})
+        if match.has("headers"):
+            conditions += _parse_conditions(match.child("headers"), Source.HEADER, _MATCH_KINDS)
+        if match.has("cookies"):
+            conditions += _parse_conditions(match.child("cookies"), Source.COOKIE, ("exact", "regex", "present"))
+        if match.has("query"):
+            conditions += _parse_conditions(match.child("query"), Source.QUERY, ("exact", "regex", "present"))
+    percentage = None
+    if node.has("percentage"):
+        pct = node.child("percentage").mapping({"percent", "key", "salt"}, {"percent"})
+        percentage = Percentage(
+            percent=pct.child("percent").integer(0, 0, 100),
+            key=_parse_hash_key(pct.child("key")) if pct.has("key") else None,
+            salt=pct.child("salt").value if isinstance(pct.child("salt").value, str) else "",
+        )
+        if pct.has("salt") and not isinstance(pct.child("salt").value, str):
+            raise pct.child("salt").fail("expected a string")
+    if not conditions and percentage is None:
+        raise node.fail("a rule needs `match` conditions, a `percentage`, or both")
+    return Rule(name=name, lane=lane, conditions=tuple(conditions), percentage=percentage)
+
+
+def _parse_endpoint(node: _At) -> Endpoint:
+    text = node.string()
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise node.fail(f"expected host:port, got {text!r}")
+    return Endpoint(host, int(port))
+
+
+def _parse_service(node: _At, name: str, lanes: Mapping[str, Lane]) -> Service:
+    if not is_valid_lane(name):
+        raise node.fail(f"service names must be DNS labels, got {name!r}")
+    node.mapping({"host", "port", "instances", "selector"})
+    instances: dict[str, tuple[Endpoint, ...]] = {}
+    inst = node.child("instances")
+    if inst.value is not None:
+        for lane, eps in inst.items():
+            if lane not in lanes:
+                raise eps.fail(f"unknown lane {lane!r}; declared lanes: {', '.join(sorted(lanes))}")
+            instances[lane] = tuple(_parse_endpoint(e) for e in eps.elements()) if eps.value is not None else ()
+    selector = node.child("selector").string_map()
+    if not instances and not selector:
+        raise node.fail("a service needs `instances` (lane -> host:port list) or a Kubernetes `selector`")
+    return Service(
+        name=name,
+        host=node.child("host").string(name),
+        port=node.child("port").integer(80, 1, 65535),
+        instances=MappingProxyType(instances),
+        selector=selector,
+    )
+
+
+def _parse_proxy(node: _At) -> ProxySpec:
+    if node.value is None:
+        return ProxySpec()
+    node.mapping({
+        "connect_timeout", "request_timeout", "retries", "eject_after_failures", "eject_seconds",
+        "trace_headers", "trace_cache_size", "trace_cache_ttl", "trusted_cidrs",
+    })
+    cidrs = []
+    if node.has("trusted_cidrs"):
+        for item in node.child("trusted_cidrs").elements():
+            try:
+                cidrs.append(ipaddress.ip_network(item.string(), strict=False))
+            except ValueError as exc:
+                raise item.fail(f"expected a CIDR such as 10.0.0.0/8: {exc}") from None
+    trace_headers = DEFAULT_TRACE_HEADERS
+    if node.has("trace_headers"):
+        trace_headers = tuple(_header_name(h) for h in node.child("trace_headers").elements())
+    return ProxySpec(
+        connect_timeout=node.child("connect_timeout").number(2.0, 0.001, 600),
+        request_timeout=node.child("request_timeout").number(30.0, 0.001, 86400),
+        retries=node.child("retries").integer(1, 0, 10),
+        eject_after_failures=node.child("eject_after_failures").integer(3, 1, 1000),
+        eject_seconds=node.child("eject_seconds").number(5.0, 0.01, 3600),
+        trace_headers=trace_headers,
+        trace_cache_size=node.child("trace_cache_size").integer(10_000, 1, 10_000_000),
+        trace_cache_ttl=node.child("trace_cache_ttl").number(60.0, 0.01, 86400),
+        trusted_cidrs=tuple(cidrs),
+    )
+
+
+def _parse_mesh(node: _At) -> MeshSpec:
+    if node.value is None:
+        return MeshSpec()
+    node.mapping({"namespace", "gateway", "baggage_to_header"})
+    gateway = MeshGatewaySpec()
+    if node.has("gateway"):
+        gw = node.child("gateway").mapping({"name", "hosts", "port", "selector"})
+        gateway = MeshGatewaySpec(
+            name=gw.child("name").string("lane-gateway"),
+            hosts=tuple(h.string() for h in gw.child("hosts").elements()) if gw.has("hosts") else ("*",),
+            port=gw.child("port").integer(80, 1, 65535),
+            selector=gw.child("selector").string_map() if gw.has("selector") else MeshGatewaySpec().selector,
+        )
+    return MeshSpec(
+        namespace=node.child("namespace").string("default"),
+        gateway=gateway,
+        baggage_to_header=node.child("baggage_to_header").boolean(True),
+    )
+
+
+def parse_config(text: str, source: str = "<string>") -> LaneConfig:
+    """Parse lane config *text*; *source* names it in errors."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "", f"not valid YAML: {exc}") from None
+    root = _At(source, "", data)
+    root.mapping({"tag", "label_key", "lanes", "coloring", "entry", "services", "proxy", "mesh"}, {"services", "entry"})
+    tag = _parse_tag(root.child("tag"))
+    label_key = root.child("label_key").string("version")
+    if not _LABEL_KEY.fullmatch(label_key):
+        raise root.child("label_key").fail(f"expected a Kubernetes label key, got {label_key!r}")
+    lanes = _parse_lanes(root.child("lanes"), tag.default_lane)
+    rules = tuple(
+        _parse_rule(node, i, lanes) for i, node in enumerate(root.child("coloring").elements())
+    ) if root.has("coloring") and root.child("coloring").value is not None else ()
+    services = {name: _parse_service(node, name, lanes) for name, node in root.child("services").items()}
+    if not services:
+        raise root.child("services").fail("expected at least one service")
+    hosts: dict[str, str] = {}
+    for svc in services.values():
+        if svc.host in hosts and hosts[svc.host] != svc.name:
+            raise root.child("services").child(svc.name).child("host").fail(
+                f"host {svc.host!r} is already used by service {hosts[svc.host]!r}"
+            )
+        hosts[svc.host] = svc.name
+    entry = root.child("entry").string()
+    if entry not in services:
+        raise root.child("entry").fail(f"unknown service {entry!r}; services: {', '.join(sorted(services))}")
+    return LaneConfig(
+        source=source,
+        tag=tag,
+        label_key=label_key,
+        lanes=lanes,
+        rules=rules,
+        services=MappingProxyType(services),
+        entry=entry,
+        proxy=_parse_proxy(root.child("proxy")),
+        mesh=_parse_mesh(root.child("mesh")),
+    )
+
+
+def load_config(path: str | Path) -> LaneConfig:
+    """Read and parse the lane config at *path*."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    return parse_config(text, str(path))
+
+
+def demo_config_text() -> str:
+    """The embedded default config (the classic a -> b -> c topology)."""
+    return resources.files("lane").joinpath("examples/demo.yaml").read_text(encoding="utf-8")

@@ -1,0 +1,174 @@
+"""Ordered coloring rules: which lane a request from outside belongs to.
+
+Semantics (the Lua emitter in mesh_config mirrors them exactly):
+
+* Rules are tried in order; the first rule whose conditions *all* hold wins; no match means the
+  default lane.
+* Header names are case-insensitive. A header sent several times is matched on its values joined
+  with ``","`` (what Envoy's ``headers:get`` returns).
+* Cookies come from every ``Cookie`` header, split on ``;``; the first cookie of a name wins.
+* Query parameters are form-decoded (percent-decoding, ``+`` is a space); the first of a name wins.
+* ``exact`` and ``prefix`` compare strings case-sensitively; ``regex`` must match the *whole*
+  value (RE2 ``FullMatch``, like Istio's regex matches); ``present``/``absent`` test existence.
+* A percentage with a key hashes the key (see `lane.hashing`): the same key always gets the same
+  answer. A keyed percentage whose key is missing from the request does not match. A percentage
+  with no key is a fresh random draw per request (the plain weighted canary).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+from urllib.parse import parse_qsl
+
+from .hashing import in_percentage
+
+__all__ = [
+    "Source",
+    "MatchKind",
+    "ValueMatch",
+    "Condition",
+    "HashKey",
+    "Percentage",
+    "Rule",
+    "RequestView",
+    "Coloring",
+    "color",
+]
+
+
+class Source(str, Enum):
+    HEADER = "header"
+    COOKIE = "cookie"
+    QUERY = "query"
+
+
+MatchKind = Literal["exact", "prefix", "regex", "present", "absent"]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueMatch:
+    """How one value is tested. ``pattern`` is set for regex, ``value`` for exact/prefix."""
+
+    kind: MatchKind
+    value: str | None = None
+    pattern: re.Pattern[str] | None = None
+
+    def test(self, actual: str | None) -> bool:
+        if self.kind == "absent":
+            return actual is None
+        if actual is None:
+            return False
+        if self.kind == "present":
+            return True
+        if self.kind == "exact":
+            return actual == self.value
+        if self.kind == "prefix":
+            assert self.value is not None
+            return actual.startswith(self.value)
+        assert self.pattern is not None
+        return self.pattern.fullmatch(actual) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One test of a request: a header, cookie or query parameter against a `ValueMatch`."""
+
+    source: Source
+    name: str  # headers: lower-case
+    match: ValueMatch
+
+    def holds(self, request: RequestView) -> bool:
+        return self.match.test(request.get(self.source, self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class HashKey:
+    """Where the sticky-percentage key comes from."""
+
+    source: Source
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Percentage:
+    percent: int  # 0..100
+    key: HashKey | None = None
+    salt: str = ""
+
+    def holds(self, request: RequestView, rng: random.Random | None = None) -> bool:
+        if self.key is None:
+            draw = (rng or random).randrange(100)
+            return draw < self.percent
+        key = request.get(self.key.source, self.key.name)
+        if key is None:
+            return False
+        return in_percentage(key, self.percent, self.salt)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    lane: str
+    conditions: tuple[Condition, ...] = ()
+    percentage: Percentage | None = None
+
+    def matches(self, request: RequestView, rng: random.Random | None = None) -> bool:
+        if not all(c.holds(request) for c in self.conditions):
+            return False
+        return self.percentage is None or self.percentage.holds(request, rng)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """The parts of a request the rules look at, normalised once."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case name -> ","-joined values
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_parts(cls, headers: Iterable[tuple[str, str]], query_string: str = "") -> RequestView:
+        joined: dict[str, list[str]] = {}
+        for name, value in headers:
+            joined.setdefault(name.lower(), []).append(value)
+        flat = {name: ",".join(values) for name, values in joined.items()}
+        cookies: dict[str, str] = {}
+        for cookie_header in joined.get("cookie", []):
+            for part in cookie_header.split(";"):
+                name, sep, value = part.strip().partition("=")
+                if sep and name and name not in cookies:
+                    cookies[name] = value.strip()
+        query: dict[str, str] = {}
+        for name, value in parse_qsl(query_string, keep_blank_values=True):
+            query.setdefault(name, value)
+        return cls(headers=flat, cookies=cookies, query=query)
+
+    def get(self, source: Source, name: str) -> str | None:
+        if source is Source.HEADER:
+            return self.headers.get(name.lower())
+        if source is Source.COOKIE:
+            return self.cookies.get(name)
+        return self.query.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Coloring:
+    """The outcome of coloring: the lane, and the rule that chose it (None: no rule matched)."""
+
+    lane: str
+    rule: str | None
+
+
+def color(
+    rules: Iterable[Rule], request: RequestView, default_lane: str, rng: random.Random | None = None
+) -> Coloring:
+    """The lane of *request*: the first matching rule's, else *default_lane*."""
+    for rule in rules:
+        if rule.matches(request, rng):
+            return Coloring(rule.lane, rule.name)
+    return Coloring(default_lane, None)

@@ -1,0 +1,39 @@
+"""The hop record every lane proxy returns: round trip, leniency, bounds."""
+
+from __future__ import annotations
+
+from lane.hops import MAX_HOPS, MAX_PATH_BYTES, TRUNCATED, FallbackReason, Hop, encode_path, parse_path
+
+
+def test_round_trip_keeps_order_and_fallback_reasons() -> None:
+    hops = [
+        Hop("a", "gray", "gray", instance="127.0.0.1:1"),
+        Hop("b", "base", "gray", FallbackReason.NO_INSTANCE.value, "127.0.0.1:2"),
+        Hop("c", "gray", "gray", instance="[::1]:3"),
+    ]
+    value = encode_path(hops)
+    assert value.startswith("a@gray;requested=gray;instance=127.0.0.1:1, b@base;requested=gray;fallback=no-instance")
+    assert parse_path(value) == tuple(hops)
+    assert [h.label() for h in parse_path(value)] == ["a@gray", "b@base", "c@gray"]
+    assert [h.fell_back for h in hops] == [False, True, False]
+
+
+def test_several_header_values_concatenate() -> None:
+    assert [h.label() for h in parse_path(["a@gray", "b@base, c@gray"])] == ["a@gray", "b@base", "c@gray"]
+
+
+def test_malformed_entries_are_skipped_not_raised() -> None:
+    value = "a@gray, garbage, @x, b@, c@gray;requested=<script>;fallback=no-instance, d@base;unknown=1"
+    hops = parse_path(value)
+    assert [h.label() for h in hops] == ["a@gray", "c@gray", "d@base"]
+    assert hops[1].requested == "gray"  # the bad value is dropped, the hop kept
+    assert parse_path(None) == () and parse_path("") == ()
+
+
+def test_record_is_bounded_and_marks_truncation() -> None:
+    many = [Hop(f"svc{i}", "base", "base", instance="127.0.0.1:8080") for i in range(500)]
+    value = encode_path(many)
+    assert len(value) <= MAX_PATH_BYTES
+    hops = parse_path(value)
+    assert len(hops) <= MAX_HOPS and hops[-1] == TRUNCATED
+    assert len(parse_path(", ".join(["a@base"] * 5000))) == MAX_HOPS

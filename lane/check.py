@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import LaneConfig, load_config, parse_config, demo_config_text
+from .config import LaneConfig, demo_config_text, load_config, parse_config
 from .errors import ConfigError
 
-__all__ = ["add_arguments", "run", "describe"]
+__all__ = ["add_arguments", "describe", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(config: LaneConfig) -> str:
-    lines = [f"config {config.source}: tag header {config.tag.header}, baggage key {config.tag.baggage_key}, "
-             f"default lane {config.default_lane}, label key {config.label_key}"]
+    lines = [
+        f"config {config.source}: tag header {config.tag.header}, baggage key {config.tag.baggage_key}, "
+        f"default lane {config.default_lane}, label key {config.label_key}"
+    ]
     lines.append("lanes:")
     for lane in config.lanes.values():
         strict = " (strict)" if lane.strict else ""

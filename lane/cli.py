@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["COMMANDS", "main", "build_parser"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 # name -> (module, one-line help)
 COMMANDS: Final[dict[str, tuple[str, str]]] = {

@@ -23,21 +23,21 @@ from .rules import Condition, HashKey, MatchKind, Percentage, Rule, Source, Valu
 from .tags import DEFAULT_BAGGAGE_KEY, DEFAULT_LANE, DEFAULT_TAG_HEADER, is_valid_lane
 
 __all__ = [
+    "DEFAULT_TRACE_HEADERS",
     "Endpoint",
-    "TagSpec",
     "Lane",
-    "Service",
-    "ProxySpec",
+    "LaneConfig",
     "MeshGatewaySpec",
     "MeshSpec",
-    "LaneConfig",
-    "DEFAULT_TRACE_HEADERS",
+    "ProxySpec",
+    "Service",
+    "TagSpec",
+    "demo_config_text",
     "load_config",
     "parse_config",
-    "demo_config_text",
 ]
 
-DEFAULT_TRACE_HEADERS: Final = ("traceparent", "x-request-id", "x-b3-traceid", "uber-trace-id", "sw8")
+DEFAULT_TRACE_HEADERS: Final[tuple[str, ...]] = ("traceparent", "x-request-id", "x-b3-traceid", "uber-trace-id", "sw8")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 # Constructs RE2 (Envoy, Istio) does not support; rejected so the mesh emitter can mirror every rule.
@@ -177,14 +177,14 @@ class LaneConfig:
         return None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
     """A SafeLoader that refuses duplicate mapping keys instead of silently keeping the last."""
 
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
@@ -501,7 +501,7 @@ def _parse_mesh(node: _At) -> MeshSpec:
 def parse_config(text: str, source: str = "<string>") -> LaneConfig:
     """Parse lane config *text*; *source* names it in errors."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(source, "", f"not valid YAML: {exc}") from None
     root = _At(source, "", data)

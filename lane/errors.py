@@ -6,7 +6,7 @@ One small hierarchy so callers can catch "anything lane refused" (`LaneError`) o
 
 from __future__ import annotations
 
-__all__ = ["LaneError", "ConfigError", "UpstreamUnavailable"]
+__all__ = ["ConfigError", "LaneError", "UpstreamUnavailable"]
 
 
 class LaneError(Exception):

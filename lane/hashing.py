@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["FNV_OFFSET_BASIS", "FNV_PRIME", "fnv1a_32", "bucket_of", "in_percentage"]
+__all__ = ["FNV_OFFSET_BASIS", "FNV_PRIME", "bucket_of", "fnv1a_32", "in_percentage"]
 
 FNV_OFFSET_BASIS: Final = 0x811C9DC5
 FNV_PRIME: Final = 0x01000193

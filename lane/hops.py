@@ -24,14 +24,14 @@ from enum import Enum
 from typing import Final
 
 __all__ = [
-    "PATH_HEADER",
-    "SERVED_HEADER",
     "FALLBACK_HEADER",
     "MAX_HOPS",
     "MAX_PATH_BYTES",
+    "PATH_HEADER",
+    "SERVED_HEADER",
+    "TRUNCATED",
     "FallbackReason",
     "Hop",
-    "TRUNCATED",
     "encode_path",
     "parse_path",
 ]

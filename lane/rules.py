@@ -28,15 +28,15 @@ from urllib.parse import parse_qsl
 from .hashing import in_percentage
 
 __all__ = [
-    "Source",
-    "MatchKind",
-    "ValueMatch",
+    "Coloring",
     "Condition",
     "HashKey",
+    "MatchKind",
     "Percentage",
-    "Rule",
     "RequestView",
-    "Coloring",
+    "Rule",
+    "Source",
+    "ValueMatch",
     "color",
 ]
 

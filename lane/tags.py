@@ -14,15 +14,15 @@ from typing import Final
 from prometheus_client import Counter
 
 __all__ = [
-    "DEFAULT_TAG_HEADER",
     "DEFAULT_BAGGAGE_KEY",
     "DEFAULT_LANE",
+    "DEFAULT_TAG_HEADER",
+    "INVALID_TAGS",
     "LANE_PATTERN",
     "MAX_LANE_LENGTH",
-    "INVALID_TAGS",
     "is_valid_lane",
-    "parse_lane",
     "log_preview",
+    "parse_lane",
 ]
 
 DEFAULT_TAG_HEADER: Final = "x-mse-tag"

@@ -7,7 +7,7 @@ calls through `lane.aiohttp_client`, `lane.propagation.current_lane()`, spans â€
 
 If another instrumentation (e.g. an OpenTelemetry server instrumentation) has already started a
 server span, the global extraction is skipped so that span stays the parent of the handler's
-work; the lane itself is always extracted.
+work; the lane itself is always extracted, last, so no stock baggage propagator overrules it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import propagate, trace
 from opentelemetry.context import attach, detach, get_current
+from opentelemetry.propagators.textmap import TextMapPropagator
 
 from .propagation import LanePropagator
 
@@ -39,8 +40,9 @@ def lane_middleware(propagator: LanePropagator | None = None, *, extract_global:
     async def lane_context(request: web.Request, handler: Handler) -> web.StreamResponse:
         ctx = get_current()
         if extract_global and not trace.get_current_span(ctx).get_span_context().is_valid:
-            ctx = propagate.extract(request.headers, context=ctx)
-        ctx = lanes.extract(request.headers, context=ctx)
+            for other in _global_propagators(lanes):
+                ctx = other.extract(request.headers, context=ctx)
+        ctx = lanes.extract(request.headers, context=ctx)  # last, so stock baggage cannot overrule it
         lane = lanes.current_lane(ctx)
         if lane is not None:
             request[LANE_REQUEST_KEY] = lane
@@ -51,6 +53,18 @@ def lane_middleware(propagator: LanePropagator | None = None, *, extract_global:
             detach(token)
 
     return lane_context
+
+
+def _global_propagators(lanes: LanePropagator) -> list[TextMapPropagator]:
+    """The global propagators minus lane propagators for the same baggage key.
+
+    ``OTEL_PROPAGATORS=...,lane`` adds one; running it here as well would log and count every bad
+    tag twice, and running it before a stock baggage propagator would let that one overrule it.
+    """
+    configured = propagate.get_global_textmap()
+    chain = getattr(configured, "_propagators", None)  # CompositePropagator's members, in order
+    members: list[TextMapPropagator] = list(chain) if isinstance(chain, list) else [configured]
+    return [p for p in members if not (isinstance(p, LanePropagator) and p.baggage_key == lanes.baggage_key)]
 
 
 def request_lane(request: web.Request) -> str | None:

@@ -21,11 +21,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY
 from yarl import URL
 
@@ -238,6 +241,26 @@ async def test_per_session_middleware_without_global_instrumentation() -> None:
     async with serving(leaf()) as y, serving(caller(y, client_middlewares=[lane_client_middleware()])) as x:
         got = await raw_get(x, [("x-mse-tag", "gray")])
     assert got["downstream"]["tag"] == ["gray"]
+
+
+@pytest.mark.parametrize("order", ["baggage,lane", "lane,baggage"])
+async def test_lane_in_global_propagators_is_extracted_once_and_wins(order: str) -> None:
+    by_name = {"baggage": W3CBaggagePropagator(), "lane": LanePropagator()}
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(
+        CompositePropagator([TraceContextTextMapPropagator(), *(by_name[n] for n in order.split(","))])
+    )
+    try:
+        before = REGISTRY.get_sample_value("lane_invalid_tags_total", {"source": "baggage"}) or 0.0
+        async with serving(leaf()) as y:
+            bad = await raw_get(y, [("baggage", "x-mse-tag=NOT_A_LANE")])
+            after = REGISTRY.get_sample_value("lane_invalid_tags_total", {"source": "baggage"}) or 0.0
+            stale = await raw_get(y, [("x-mse-tag", "gray"), ("baggage", "x-mse-tag=base")])
+    finally:
+        propagate.set_global_textmap(previous)
+    assert bad["lane"] is None
+    assert after == before + 1
+    assert stale["lane"] == "gray"  # the tag header wins even when stock baggage extracts after us
 
 
 # --- a middle service that forwards only baggage -------------------------------------------------

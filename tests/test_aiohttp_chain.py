@@ -21,8 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import TracerProvider
@@ -32,7 +34,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import REGISTRY
 from yarl import URL
 
-from lane.aiohttp_client import LaneClientInstrumentor, lane_client_middleware
+from lane.aiohttp_client import LaneClientInstrumentor, apply_lane, lane_client_middleware
 from lane.aiohttp_server import lane_middleware, request_lane
 from lane.baggage import get_member
 from lane.executor import carry_context, install_context_executor, run_in_executor
@@ -86,6 +88,7 @@ def seen(request: web.Request) -> Json:
         "lane": current_lane(),
         "request_lane": request_lane(request),
         "tag": request.headers.getall("x-mse-tag", []),
+        "x-lane": request.headers.getall("x-lane", []),
         "baggage": request.headers.getall("baggage", []),
         "traceparent": request.headers.get("traceparent"),
     }
@@ -420,3 +423,46 @@ async def test_global_instrumentation_is_idempotent_undoable_and_composes(
             stock.uninstrument()
     assert aiohttp.ClientSession.__init__ is original_init
     assert aiohttp.ClientSession.__dict__["_request"] is original_request
+
+
+async def test_instrumentor_takes_a_configured_propagator() -> None:
+    custom = LanePropagator(header="x-lane", baggage_key="lane")
+    LaneClientInstrumentor().instrument(propagator=custom)
+    try:
+        async with serving(leaf()) as y, aiohttp.ClientSession() as session:
+            with use_lane("gray", key="lane"), use_lane("base"):
+                async with session.get(y) as resp:
+                    saw = await resp.json()
+    finally:
+        LaneClientInstrumentor().uninstrument()
+    assert (saw["x-lane"], saw["tag"], saw["baggage"]) == (["gray"], [], ["lane=gray"])
+
+
+# --- apply_lane: the header fix-up every outgoing request gets -----------------------------------
+
+
+def test_apply_lane_uses_configured_names_and_keeps_other_baggage() -> None:
+    custom = LanePropagator(header="x-lane", baggage_key="lane")
+    headers = CIMultiDict([("Baggage", "user=alice;p=1"), ("baggage", "lane=base,x-mse-tag=gray")])
+    assert apply_lane(headers, custom, context=custom.with_lane("canary", Context())) == "canary"
+    assert headers.getall("x-lane") == ["canary"]
+    assert headers.getall("baggage") == ["lane=canary,user=alice;p=1,x-mse-tag=gray"]
+    assert "x-mse-tag" not in headers
+
+
+def test_apply_lane_removes_invalid_values_when_there_is_no_lane() -> None:
+    headers = CIMultiDict([("x-mse-tag", "BAD VALUE"), ("baggage", "x-mse-tag=%F0%9F%92%A9,user=alice")])
+    assert apply_lane(headers, LANES, context=Context()) is None
+    assert dict(headers) == {"baggage": "user=alice"}
+
+
+def test_apply_lane_falls_back_to_a_valid_baggage_entry_on_the_call() -> None:
+    headers = CIMultiDict([("baggage", "a=1,x-mse-tag=gray")])
+    assert apply_lane(headers, LANES, context=Context()) == "gray"
+    assert (headers.getall("x-mse-tag"), headers.getall("baggage")) == (["gray"], ["x-mse-tag=gray,a=1"])
+
+
+def test_apply_lane_prefers_context_over_stale_baggage_on_the_call() -> None:
+    headers = CIMultiDict([("baggage", "x-mse-tag=base")])
+    assert apply_lane(headers, LANES, context=LANES.with_lane("gray", Context())) == "gray"
+    assert headers.getall("baggage") == ["x-mse-tag=gray"]

@@ -1,0 +1,65 @@
+"""The admin listener of a lane proxy (loopback by default; never put it on a public address).
+
+* ``GET /metrics``: Prometheus text exposition (prometheus-client's default registry, or the
+  multiprocess collector when ``--workers`` > 1);
+* ``GET /healthz``: 200 ``ok`` while the proxy serves;
+* ``GET /lane/instances``: ``{"services": {svc: {lane: [{"instance", "healthy", ...}]}}}``, this
+  proxy's passive-health view;
+* ``POST /lane/reload``: reload the config file; 200 when swapped, 400 with the reason when rejected.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from .runtime import Runtime
+
+__all__ = ["RUNTIME", "build_admin", "metrics_handler", "metrics_registry"]
+
+RUNTIME: Final = web.AppKey("lane_runtime", Runtime)
+
+
+def metrics_registry() -> CollectorRegistry:
+    """The registry to expose: aggregated over worker processes when they share a multiprocess dir."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(metrics_registry())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _instances(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    body: dict[str, Any] = {"config": runtime.config.source, "services": runtime.registry.view()}
+    return web.json_response(body)
+
+
+async def _reload(request: web.Request) -> web.Response:
+    result = request.app[RUNTIME].reload()
+    return web.json_response({"reloaded": result.ok, "message": result.message}, status=200 if result.ok else 400)
+
+
+def build_admin(runtime: Runtime) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/lane/instances", _instances)
+    app.router.add_post("/lane/reload", _reload)
+    return app

@@ -1,0 +1,56 @@
+"""``--explain-json``: show the hop record inside small JSON answers (what `lane demo` turns on).
+
+The path a human sees in the demo must be the data plane's truth, not what the apps say about
+themselves, so the gateway copies its own ``x-lane-path`` into the answer: ``"path"`` is the list
+of ``service@served-lane`` in call order, ``"hops"`` the full entries (requested lane, fallback
+reason, instance). Only JSON objects of at most `MAX_EXPLAIN_BYTES` are touched, and only when the
+body is not content-encoded; everything else streams through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .hops import PATH_HEADER, Hop, parse_path
+from .proxy import relay
+
+__all__ = ["MAX_EXPLAIN_BYTES", "hop_json", "relay_explained"]
+
+MAX_EXPLAIN_BYTES: Final = 1024 * 1024
+
+
+def hop_json(hop: Hop) -> dict[str, Any]:
+    return {"service": hop.service, "lane": hop.lane, "requested": hop.requested,
+            "fallback": hop.fallback, "instance": hop.instance}
+
+
+async def relay_explained(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+) -> web.StreamResponse:
+    length = upstream.content_length
+    if (
+        upstream.content_type != "application/json"
+        or "Content-Encoding" in upstream.headers
+        or length is None
+        or length > MAX_EXPLAIN_BYTES
+        or request.method == "HEAD"
+    ):
+        return await relay(request, upstream, headers)
+    raw = await upstream.read()
+    upstream.release()
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        hops = parse_path(headers.get(PATH_HEADER))
+        document["path"] = [hop.label() for hop in hops]
+        document["hops"] = [hop_json(hop) for hop in hops]
+        raw = json.dumps(document, indent=2).encode() + b"\n"
+    headers.popall("Content-Length", None)
+    return web.Response(status=upstream.status, reason=upstream.reason, body=raw, headers=headers)

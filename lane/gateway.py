@@ -1,0 +1,170 @@
+"""``lane gateway``: color requests from outside and send them down their lane.
+
+For every request: a lane tag an outside client sent (the tag header, the lane member of
+``baggage``) is removed unless the peer is in ``proxy.trusted_cidrs`` — other baggage members
+survive; the request is colored by the rules (first match wins, else the default lane; a trusted
+peer's valid tag wins over the rules); it gets a ``traceparent`` and an ``x-request-id`` when it
+has none (so sidecars can always recover the lane by trace id); it leaves with the tag header and
+the baggage member set, to the entry service's instance of its lane (with live fallback). The
+answer carries ``x-lane-path``, ``x-lane-served`` and, when it fell back, ``x-lane-fallback``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import secrets
+import uuid
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import explain, responses
+from .admin import build_admin
+from .config import LaneConfig
+from .dispatch import dispatch, http_opener, retry_guard
+from .errors import ConfigError, UpstreamUnavailable
+from .metrics import IN_FLIGHT, REJECTED_TAGS, observe_request
+from .proxy import (
+    SESSION,
+    Body,
+    UpstreamFailure,
+    is_websocket,
+    relay,
+    request_target,
+    session_ctx,
+    upstream_headers,
+)
+from .readiness import announce
+from .rules import RequestView, color
+from .runtime import Runtime, load_initial
+from .server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
+from .websocket_proxy import forward_websocket
+from .wire import has_lane_tag, request_lane, set_lane, strip_lane
+
+__all__ = ["EXPLAIN", "RUNTIME", "add_arguments", "build_gateway_app", "ensure_trace_headers", "is_trusted", "run"]
+
+log = logging.getLogger(__name__)
+
+RUNTIME = web.AppKey("lane_gateway_runtime", Runtime)
+EXPLAIN = web.AppKey("lane_gateway_explain", bool)
+
+
+def is_trusted(config: LaneConfig, peer: str | None) -> bool:
+    """Whether *peer* (an IP address) is inside one of the trusted CIDRs."""
+    if not peer or not config.proxy.trusted_cidrs:
+        return False
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(address in network for network in config.proxy.trusted_cidrs)
+
+
+def ensure_trace_headers(headers: CIMultiDict[str]) -> None:
+    """Give the request a ``traceparent`` and an ``x-request-id`` when it has none."""
+    if "traceparent" not in headers:
+        headers["traceparent"] = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    if "x-request-id" not in headers:
+        headers["x-request-id"] = str(uuid.uuid4())
+
+
+def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str]) -> str:
+    lane = None
+    if is_trusted(config, request.remote):
+        lane = request_lane(headers, config.tag)
+    elif has_lane_tag(headers, config.tag):
+        source = "header" if config.tag.header in headers else "baggage"
+        REJECTED_TAGS.labels(source=source).inc()
+        log.debug("removed a lane tag sent by untrusted peer %s", request.remote)
+    strip_lane(headers, config.tag)
+    if lane is None:
+        view = RequestView.from_parts(request.headers.items(), request.query_string)
+        lane = color(config.rules, view, config.default_lane).lane
+    return lane
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
+    headers = upstream_headers(request)
+    lane = _lane_of(request, config, headers)
+    ensure_trace_headers(headers)
+    set_lane(headers, config.tag, lane)
+    service = config.entry
+    if is_websocket(request):
+        return await forward_websocket(request, request.app[SESSION], runtime.registry, config,
+                                       service=service, lane=lane, headers=headers, proxy="gateway")
+    body = Body(request)
+    method = request.method
+    IN_FLIGHT.labels(proxy="gateway").inc()
+    try:
+        try:
+            sent = await dispatch(
+                runtime.registry, config, service=service, lane=lane, headers=headers,
+                opener=http_opener(request.app[SESSION], method, request_target(request), body, config.proxy),
+                may_retry=retry_guard(method, body),
+            )
+        except UpstreamUnavailable as exc:
+            observe_request(config, "gateway", service, lane, None, None, 503)
+            return responses.unavailable(exc)
+        except UpstreamFailure as exc:
+            observe_request(config, "gateway", service, lane, None, None, exc.status)
+            return responses.failure(exc)
+        observe_request(config, "gateway", service, lane, sent.route.lane,
+                        sent.hop.fallback, sent.response.status)
+        out = responses.answer_headers(sent.response.headers, sent.hop)
+        if request.app[EXPLAIN]:
+            return await explain.relay_explained(request, sent.response, out)
+        return await relay(request, sent.response, out)
+    finally:
+        IN_FLIGHT.labels(proxy="gateway").dec()
+
+
+def build_gateway_app(runtime: Runtime, *, explain_json: bool = False) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app[EXPLAIN] = explain_json
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", _handle)
+    return app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=os.environ.get("LANE_CONFIG"),
+                        help="lane config YAML (default: $LANE_CONFIG, else the embedded demo config)")
+    parser.add_argument("--listen", type=host_port, default=host_port("127.0.0.1:8080"),
+                        help="HOST:PORT to serve on (default 127.0.0.1:8080)")
+    parser.add_argument("--admin", type=host_port, default=host_port("127.0.0.1:9901"),
+                        help="HOST:PORT of the admin listener: /metrics, /healthz, /lane/instances, /lane/reload "
+                        "(default 127.0.0.1:9901)")
+    parser.add_argument("--explain-json", action="store_true",
+                        help="add the hop record as \"path\"/\"hops\" to small JSON object answers (the demo uses it)")
+    add_server_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_initial(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if args.workers > 1:
+        from . import workers
+
+        return workers.supervise(args, "gateway", config)
+
+    async def build() -> tuple[list[Listener], Runtime]:
+        runtime = Runtime(config, args.config)
+        return [
+            Listener("gateway", args.listen, build_gateway_app(runtime, explain_json=args.explain_json)),
+            Listener("admin", args.admin, build_admin(runtime), reuse_port=False),
+        ], runtime
+
+    def ready(bound: dict[str, HostPort]) -> None:
+        announce("gateway", bound, args.ready_file)
+
+    return run_loop(serve(build, drain_seconds=args.drain_seconds, on_ready=ready))
+

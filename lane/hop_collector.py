@@ -1,0 +1,89 @@
+"""Collecting the hops of the calls an app makes while it serves one request.
+
+The sidecar's inbound side opens a `Collection` for each request, registered under the request's
+trace keys. When the app calls out through the same sidecar with one of those trace ids, the
+outbound side finds the collection, reserves a slot *when the call starts* (so the record is in
+call order even when calls overlap) and fills it with the hops the call's answer reported. When
+the app answers, the inbound side appends the collected hops, depth first, after its own hop.
+
+The app does not have to forward anything lane-specific, only one trace header; an app that
+forwards no trace header at all gets a record that stops at its own hop. If one trace visits the
+same sidecar twice at the same time the most recent visit collects (a documented ambiguity).
+Bounded: at most `MAX_OPEN` collections and `MAX_HOPS` hops each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from .hops import MAX_HOPS, Hop
+from .trace_cache import TraceKey
+
+__all__ = ["MAX_OPEN", "Collection", "HopCollector"]
+
+MAX_OPEN: Final = 10_000
+
+
+class Collection:
+    """The hops of the calls made while serving one request, slot per call, in start order."""
+
+    def __init__(self) -> None:
+        self._slots: list[tuple[Hop, ...] | None] = []
+        self._count = 0
+
+    def reserve(self) -> int:
+        self._slots.append(None)
+        return len(self._slots) - 1
+
+    def fill(self, slot: int, hops: Iterable[Hop]) -> None:
+        if 0 <= slot < len(self._slots) and self._slots[slot] is None:
+            room = max(0, MAX_HOPS - self._count)
+            kept = tuple(hops)[:room]
+            self._count += len(kept)
+            self._slots[slot] = kept
+
+    def hops(self) -> list[Hop]:
+        return [hop for slot in self._slots if slot for hop in slot]
+
+
+class HopCollector:
+    def __init__(self, max_open: int = MAX_OPEN) -> None:
+        self._max_open = max_open
+        self._open = 0
+        self._by_key: dict[TraceKey, list[Collection]] = {}
+
+    def __len__(self) -> int:
+        return self._open
+
+    @contextmanager
+    def collect(self, keys: Iterable[TraceKey]) -> Iterator[Collection]:
+        """A collection registered under *keys* for the duration of the block."""
+        collection = Collection()
+        keys = list(dict.fromkeys(keys))
+        if not keys or self._open >= self._max_open:
+            yield collection  # unregistered: nothing can find it, it just stays empty
+            return
+        self._open += 1
+        for key in keys:
+            self._by_key.setdefault(key, []).append(collection)
+        try:
+            yield collection
+        finally:
+            self._open -= 1
+            for key in keys:
+                stack = self._by_key.get(key)
+                if stack is not None:
+                    if collection in stack:
+                        stack.remove(collection)
+                    if not stack:
+                        del self._by_key[key]
+
+    def find(self, keys: Iterable[TraceKey]) -> Collection | None:
+        """The most recent open collection under the first of *keys* that has one."""
+        for key in keys:
+            stack = self._by_key.get(key)
+            if stack:
+                return stack[-1]
+        return None

@@ -1,0 +1,228 @@
+"""The streaming forward core shared by the gateway and the sidecar.
+
+One pooled keep-alive `aiohttp.ClientSession` per process (owned by the app's cleanup context,
+see `session_ctx`). Bodies stream both ways in bounded chunks, so a 1 GiB upload never sits in
+memory. Method, path, query, status and end-to-end headers are preserved; hop-by-hop headers
+(RFC 9110 §7.6.1: the fixed list plus every name listed in ``Connection``) are stripped both ways;
+``X-Forwarded-For/Proto/Host`` are set; redirects are never followed; bodies are never
+decompressed. Failures are typed so the caller can decide: `ConnectFailed` (nothing was sent,
+always safe to try elsewhere), `UpstreamTimeout` (504) and `UpstreamBroken` (502).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import Endpoint, ProxySpec
+
+__all__ = [
+    "CHUNK_SIZE",
+    "HOP_BY_HOP",
+    "SESSION",
+    "Body",
+    "ConnectFailed",
+    "UpstreamBroken",
+    "UpstreamFailure",
+    "UpstreamTimeout",
+    "is_idempotent",
+    "is_websocket",
+    "make_session",
+    "plain_error",
+    "relay",
+    "request_target",
+    "send",
+    "session_ctx",
+    "strip_hop_by_hop",
+    "upstream_headers",
+]
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE: Final = 64 * 1024
+# RFC 9110 §7.6.1 and the usual suspects; `Expect` too, the proxy answers 100-continue itself.
+HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "transfer-encoding", "upgrade", "expect",
+})
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+SESSION: Final = web.AppKey("lane_session", aiohttp.ClientSession)
+
+
+class UpstreamFailure(Exception):
+    """The upstream could not give an answer; `status` is what the proxy answers instead."""
+
+    status = 502
+
+    def __init__(self, endpoint: Endpoint, detail: str) -> None:
+        self.endpoint = endpoint
+        self.detail = detail
+        super().__init__(f"{endpoint}: {detail}")
+
+
+class ConnectFailed(UpstreamFailure):
+    """No connection could be made: nothing was sent, so trying another instance is always safe."""
+
+
+class UpstreamTimeout(UpstreamFailure):
+    status = 504
+
+
+class UpstreamBroken(UpstreamFailure):
+    """The connection broke or the answer was not HTTP, after (part of) the request was sent."""
+
+
+def make_session() -> aiohttp.ClientSession:
+    """The proxy's client session: pooled, no cookies, no redirects, no decompression, no auto headers."""
+    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, enable_cleanup_closed=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: one session for the app's lifetime, closed after in-flight requests drained."""
+    app[SESSION] = make_session()
+    try:
+        yield
+    finally:
+        await app[SESSION].close()
+
+
+def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
+    """A copy of *headers* without hop-by-hop fields, including the ones ``Connection`` names."""
+    listed = {
+        token.strip().lower()
+        for value in headers.getall("Connection", [])
+        for token in value.split(",")
+        if token.strip()
+    }
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in listed)
+
+
+def upstream_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+    """The headers to send upstream: end-to-end ones plus ``X-Forwarded-*``."""
+    headers = strip_hop_by_hop(request.headers)
+    peer = request.remote or ""
+    prior = headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    headers.setdefault("X-Forwarded-Proto", request.scheme)
+    original_host = request.headers.get("Host")
+    if original_host is not None:
+        headers.setdefault("X-Forwarded-Host", original_host)
+    return headers
+
+
+def request_target(request: web.BaseRequest) -> str:
+    """The origin-form target (path and query, as sent) of *request*, also for absolute-form requests."""
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    return URL(raw, encoded=True).raw_path_qs or "/"
+
+
+def is_idempotent(method: str) -> bool:
+    return method.upper() in IDEMPOTENT
+
+
+def is_websocket(request: web.BaseRequest) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in {
+        t.strip().lower() for t in request.headers.get("Connection", "").split(",")
+    }
+
+
+class Body:
+    """The request body as an async stream, remembering whether any of it was consumed.
+
+    A body that was never read can be sent again (another instance, another lane); one that was
+    read cannot, because it is streamed and not kept.
+    """
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self.started = False
+
+    @property
+    def present(self) -> bool:
+        return self._request.body_exists
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._request.content.iter_chunked(CHUNK_SIZE):
+            self.started = True
+            yield chunk
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    method: str,
+    endpoint: Endpoint,
+    target: str,
+    headers: CIMultiDict[str],
+    body: Body | None,
+    spec: ProxySpec,
+) -> aiohttp.ClientResponse:
+    """Send the request to *endpoint* and return the response once its head arrived.
+
+    The caller owns the response (release or close it). Raises `ConnectFailed`, `UpstreamTimeout`
+    or `UpstreamBroken`.
+    """
+    url = URL(f"http://{endpoint}{target}", encoded=True)
+    timeout = aiohttp.ClientTimeout(total=spec.request_timeout, sock_connect=spec.connect_timeout)
+    data = body.chunks() if body is not None and body.present else None
+    try:
+        return await session.request(
+            method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout,
+            compress=None, auto_decompress=False, proxy=None,
+        )
+    except aiohttp.ClientConnectorError as exc:
+        raise ConnectFailed(endpoint, f"connect failed: {exc.os_error.strerror or exc.os_error}") from None
+    except aiohttp.ConnectionTimeoutError:
+        raise ConnectFailed(endpoint, f"connect timed out after {spec.connect_timeout:g}s") from None
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeout(endpoint, f"no answer within {spec.request_timeout:g}s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamBroken(endpoint, f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+async def relay(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+) -> web.StreamResponse:
+    """Stream *upstream*'s body to the client with *headers* (already filtered and annotated).
+
+    If the upstream breaks mid-body the client connection is closed, so the client sees a cut
+    answer rather than a complete-looking short one.
+    """
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        log.warning("upstream broke while streaming the answer of %s %s: %s", request.method, request.path, exc)
+        upstream.close()
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    except (ConnectionError, RuntimeError) as exc:  # the client went away
+        log.debug("client went away during %s %s: %s", request.method, request.path, exc)
+        upstream.close()
+        return response
+    upstream.release()
+    return response
+
+
+def plain_error(status: int, text: str, headers: CIMultiDict[str] | None = None) -> web.Response:
+    """A short plain-text error answer, the way a proxy says what went wrong."""
+    return web.Response(status=status, text=text.rstrip("\n") + "\n", headers=headers)

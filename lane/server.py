@@ -1,0 +1,124 @@
+"""The run loop of a lane proxy process: listeners, signals, drain, reload.
+
+* uvloop when installed;
+* every data listener binds with ``SO_REUSEPORT``, so ``--workers N`` (see `lane.workers`) runs N
+  processes on one port and the kernel spreads connections over them;
+* SIGTERM/SIGINT: stop accepting, let in-flight requests finish up to the drain deadline, exit 0;
+* SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .runtime import Runtime
+
+__all__ = [
+    "DEFAULT_DRAIN_SECONDS",
+    "HostPort",
+    "Listener",
+    "add_server_arguments",
+    "host_port",
+    "run_loop",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DRAIN_SECONDS = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def host_port(text: str) -> HostPort:
+    """``HOST:PORT`` (``[v6]:PORT``, or ``:PORT`` for all interfaces) as an argparse type."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return HostPort(host or "0.0.0.0", int(port))
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every proxy command shares: workers, drain deadline, ready file."""
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes serving the same port via SO_REUSEPORT (default 1)")
+    parser.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS,
+                        help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
+    parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str  # "gateway", "inbound", "outbound", "admin"
+    address: HostPort
+    app: web.Application
+    reuse_port: bool = True  # data listeners share the port between workers; admin does not
+
+
+async def serve(
+    build: Callable[[], Awaitable[tuple[list[Listener], Runtime | None]]],
+    *,
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+    on_ready: Callable[[dict[str, HostPort]], None] | None = None,
+) -> int:
+    """Run the listeners *build* returns until SIGTERM/SIGINT, then drain and return 0."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    listeners, runtime = await build()
+    runners: list[tuple[Listener, web.AppRunner]] = []
+    bound: dict[str, HostPort] = {}
+    try:
+        for listener in listeners:
+            runner = web.AppRunner(listener.app, shutdown_timeout=drain_seconds, access_log=None)
+            await runner.setup()
+            runners.append((listener, runner))
+            site = web.TCPSite(runner, listener.address.host, listener.address.port,
+                               reuse_port=listener.reuse_port or None, backlog=1024)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            bound[listener.name] = HostPort(host, port)
+            log.info("%s listening on http://%s", listener.name, bound[listener.name])
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        if runtime is not None:
+            loop.add_signal_handler(signal.SIGHUP, runtime.reload)
+        if on_ready is not None:
+            on_ready(bound)
+        await stop.wait()
+        log.info("stopping: no new connections, draining in-flight requests for up to %gs", drain_seconds)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        # Data listeners first (they drain), the admin listener last so /metrics answers to the end.
+        data = [r for li, r in runners if li.name != "admin"]
+        await asyncio.gather(*(r.cleanup() for r in data), return_exceptions=True)
+        for li, r in runners:
+            if li.name == "admin":
+                await r.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run *main* on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -1,0 +1,120 @@
+"""Trace-id recovery: remember which lane a trace is in, so apps that forward only a trace header stay in lane.
+
+The sidecar's inbound side sees the lane (tag header or baggage) and the trace headers of every
+request; it remembers ``(header, trace id) -> lane`` here. When the app then calls out carrying
+only, say, ``x-request-id`` or ``traceparent``, the outbound side looks the trace id up and puts
+the request back into its lane. Real apps forward different trace headers, so the list of header
+names is configurable (`ProxySpec.trace_headers`); `trace_keys` knows how to take the *trace* id
+out of each format (not the span id, which changes on every hop).
+
+The cache is bounded in entries (least recently used evicted first) and in time (a TTL), and
+cheap: an `OrderedDict`, one event loop, no locks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Final
+from urllib.parse import unquote
+
+__all__ = ["MAX_TRACE_ID_LENGTH", "TraceCache", "TraceKey", "trace_keys"]
+
+TraceKey = tuple[str, str]  # (lower-case header name, normalised trace id)
+MAX_TRACE_ID_LENGTH: Final = 128
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}.*")
+_ZERO_TRACE = "0" * 32
+_ID = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces
+
+
+def _trace_id(name: str, value: str) -> str | None:
+    value = value.strip()
+    candidate: str | None = value
+    if name == "traceparent":
+        m = _TRACEPARENT.fullmatch(value.lower())
+        return m.group(1) if m and m.group(1) != _ZERO_TRACE else None
+    if name == "uber-trace-id":  # {trace-id}:{span-id}:{parent-span-id}:{flags}, maybe url-encoded
+        candidate = unquote(value).split(":", 1)[0].lower().lstrip("0") or None
+    elif name == "sw8":  # {sample}-{trace-id}-{segment-id}-...
+        parts = value.split("-")
+        candidate = parts[1] if len(parts) >= 8 else None
+    elif name == "b3":  # single-header B3: {trace-id}-{span-id}[-{sampled}[-{parent}]]
+        candidate = value.split("-", 1)[0].lower() if "-" in value else None
+    elif name in ("x-b3-traceid", "x-cloud-trace-context"):
+        candidate = value.split("/", 1)[0].lower()
+    if not candidate or len(candidate) > MAX_TRACE_ID_LENGTH or not _ID.fullmatch(candidate):
+        return None
+    return candidate
+
+
+def trace_keys(headers: Iterable[tuple[str, str]], names: Iterable[str]) -> list[TraceKey]:
+    """The trace keys present in *headers*, in the order of *names* (the configured preference).
+
+    Only the first value of each header counts; values that are not trace ids are skipped.
+    """
+    wanted = {n.lower() for n in names}
+    first: dict[str, str] = {}
+    for name, value in headers:
+        lname = name.lower()
+        if lname in wanted and lname not in first:
+            first[lname] = value
+    keys = []
+    for name in names:
+        lname = name.lower()
+        if lname in first:
+            trace_id = _trace_id(lname, first[lname])
+            if trace_id is not None:
+                keys.append((lname, trace_id))
+    return keys
+
+
+class TraceCache:
+    """A bounded LRU of trace key -> lane with a time to live."""
+
+    def __init__(self, max_size: int, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_size < 1 or ttl <= 0:
+            raise ValueError("max_size must be >= 1 and ttl > 0")
+        self.max_size = max_size
+        self.ttl = ttl
+        self._clock = clock
+        self._data: OrderedDict[TraceKey, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def configure(self, max_size: int, ttl: float) -> None:
+        self.max_size, self.ttl = max_size, ttl
+        while len(self._data) > self.max_size:
+            self._data.popitem(last=False)
+
+    def put(self, key: TraceKey, lane: str) -> None:
+        self._data[key] = (lane, self._clock() + self.ttl)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_size:
+            self._data.popitem(last=False)
+
+    def get(self, key: TraceKey) -> str | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        lane, expires = item
+        if expires <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return lane
+
+    def remember(self, keys: Iterable[TraceKey], lane: str) -> None:
+        for key in keys:
+            self.put(key, lane)
+
+    def recall(self, keys: Iterable[TraceKey]) -> str | None:
+        """The lane of the first key that is known, in order."""
+        for key in keys:
+            lane = self.get(key)
+            if lane is not None:
+                return lane
+        return None

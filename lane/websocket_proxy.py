@@ -1,0 +1,123 @@
+"""WebSocket upgrades, passed through a lane proxy message by message.
+
+The upstream is chosen exactly like a plain request (lane, fallback, health), then the proxy
+completes the client's handshake with the subprotocol the upstream picked and relays frames both
+ways until one side closes, passing the close code on. Pings are answered per hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import Endpoint, LaneConfig
+from .dispatch import dispatch
+from .errors import UpstreamUnavailable
+from .hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER
+from .metrics import observe_request
+from .proxy import ConnectFailed, UpstreamBroken, UpstreamFailure, request_target
+from .registry import Registry
+from .responses import failure, unavailable
+
+__all__ = ["forward_websocket", "open_websocket", "pump_websockets"]
+
+log = logging.getLogger(__name__)
+
+_HANDSHAKE = ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol")
+
+
+def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
+    value = request.headers.get("Sec-WebSocket-Protocol", "")
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+async def open_websocket(
+    session: aiohttp.ClientSession, endpoint: Endpoint, target: str, headers: CIMultiDict[str],
+    protocols: tuple[str, ...], connect_timeout: float,
+) -> aiohttp.ClientWebSocketResponse:
+    for name in _HANDSHAKE:
+        headers.popall(name, None)
+    url = URL(f"http://{endpoint}{target}", encoded=True)
+    try:
+        return await session.ws_connect(
+            url, headers=headers, protocols=protocols, max_msg_size=0, compress=0, autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+        )
+    except aiohttp.ClientConnectorError as exc:
+        raise ConnectFailed(endpoint, f"connect failed: {exc.os_error.strerror or exc.os_error}") from None
+    except aiohttp.ConnectionTimeoutError:
+        raise ConnectFailed(endpoint, f"connect timed out after {connect_timeout:g}s") from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise UpstreamBroken(endpoint, f"websocket handshake refused: {exc.status} {exc.message}"[:200]) from None
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise UpstreamBroken(endpoint, f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+    async for msg in src:
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif msg.type is aiohttp.WSMsgType.ERROR:
+            break
+    if not dst.closed:
+        code = src.close_code if src.close_code is not None else aiohttp.WSCloseCode.GOING_AWAY
+        await dst.close(code=code)
+
+
+async def pump_websockets(down: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+    """Relay frames both ways until either side closes; then close the other."""
+    tasks = [asyncio.create_task(_pump(down, up)), asyncio.create_task(_pump(up, down))]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is not None:
+                log.debug("websocket relay ended: %s", task.exception())
+        await asyncio.wait(pending, timeout=5.0)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if not up.closed:
+            await up.close()
+        if not down.closed:
+            await down.close()
+
+
+async def forward_websocket(
+    request: web.Request, session: aiohttp.ClientSession, registry: Registry, config: LaneConfig,
+    *, service: str, lane: str, headers: CIMultiDict[str], proxy: str,
+) -> web.StreamResponse:
+    """Route a WebSocket upgrade down its lane and relay it."""
+    protocols = _protocols(request)
+    target = request_target(request)
+
+    async def opener(endpoint: Endpoint, attempt_headers: CIMultiDict[str]) -> aiohttp.ClientWebSocketResponse:
+        return await open_websocket(session, endpoint, target, attempt_headers, protocols, config.proxy.connect_timeout)
+
+    try:
+        sent = await dispatch(registry, config, service=service, lane=lane, headers=headers,
+                              opener=opener, may_retry=lambda: True)
+    except UpstreamUnavailable as exc:
+        observe_request(config, proxy, service, lane, None, None, 503)
+        return unavailable(exc)
+    except UpstreamFailure as exc:
+        observe_request(config, proxy, service, lane, None, None, exc.status)
+        return failure(exc)
+    up = sent.response
+    down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), max_msg_size=0, autoping=True)
+    down.headers[PATH_HEADER] = sent.hop.encode()
+    down.headers[SERVED_HEADER] = sent.hop.lane
+    if sent.hop.fallback:
+        down.headers[FALLBACK_HEADER] = sent.hop.fallback
+    observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, 101)
+    await down.prepare(request)
+    await pump_websockets(down, up)
+    return down

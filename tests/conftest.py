@@ -1,0 +1,132 @@
+"""Shared test helpers: free ports, real ``lane`` processes and in-process servers on 127.0.0.1.
+
+Every process or server started here is stopped by the context manager that started it, even
+when the test fails. Ports are taken from the kernel (bind port 0) so tests run in parallel with
+other suites.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LaneProcess:
+    """A running ``python -m lane ...`` child and what its ready file said."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    ready: dict[str, Any]
+    log: Path
+
+    def url(self, listener: str) -> str:
+        return f"http://{self.ready['listeners'][listener]}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _wait_file(path: Path, popen: subprocess.Popen[bytes], timeout: float, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        if popen.poll() is not None:
+            raise RuntimeError(f"process exited with {popen.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"not ready after {timeout}s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def stop_process(popen: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    if popen.poll() is None:
+        popen.send_signal(sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(10)
+    return int(popen.returncode)
+
+
+@contextlib.contextmanager
+def lane_process(
+    tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 30.0,
+    log_level: str = "INFO",
+) -> Iterator[LaneProcess]:
+    """Run ``lane <args> --ready-file F`` until the block ends (SIGTERM, then SIGKILL)."""
+    ready = tmp_path / f"{name}.ready.json"
+    log = tmp_path / f"{name}.log"
+    argv = [sys.executable, "-m", "lane", f"--log-level={log_level}", *args, "--ready-file", str(ready)]
+    with log.open("wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                 env={**os.environ, **(env or {})})
+        try:
+            info = _wait_file(ready, popen, ready_timeout, log)
+            yield LaneProcess(name, popen, info, log)
+        finally:
+            stop_process(popen)
+
+
+@dataclass
+class DemoRun:
+    popen: subprocess.Popen[bytes]
+    ready: dict[str, Any]
+    log: Path
+
+    @property
+    def gateway(self) -> str:
+        return str(self.ready["gateway"])
+
+    @property
+    def admin(self) -> str:
+        return str(self.ready["admin"])
+
+
+@contextlib.contextmanager
+def lane_demo(tmp_path: Path, *extra: str, ready_timeout: float = 90.0) -> Iterator[DemoRun]:
+    """``lane demo`` on free ports, stopped (SIGTERM) at the end of the block."""
+    ready = tmp_path / "demo.ready.json"
+    log = tmp_path / "demo.log"
+    argv = [sys.executable, "-m", "lane", "demo", "--port", str(free_port()), "--admin-port", str(free_port()),
+            "--ready-file", str(ready), *extra]
+    with log.open("wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            yield DemoRun(popen, _wait_file(ready, popen, ready_timeout, log), log)
+        finally:
+            stop_process(popen, timeout=40)
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+    """Serve *app* in this event loop on 127.0.0.1; yields the bound port."""
+    runner = web.AppRunner(app, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+

@@ -1,0 +1,106 @@
+"""`lane demo`: the classic topology, started for real (apps, sidecars, gateway as processes).
+
+The module shares one running demo for the read-only checks; the chaos and shutdown checks start
+their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from conftest import DemoRun, lane_demo, stop_process
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as resp:
+            body = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, json.loads(body)
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    with lane_demo(tmp_path_factory.mktemp("demo")) as run:
+        yield run
+
+
+def test_xiaoming_takes_the_gray_lane_and_returns_to_it_after_b(demo: DemoRun) -> None:
+    status, headers, body = get(demo.gateway + "/", {"User-Agent": "xiaoming"})
+    assert status == 200
+    assert body["path"] == ["a@gray", "b@base", "c@gray", "d@base", "c@gray"]
+    b_hop = body["hops"][1]
+    assert b_hop["requested"] == "gray" and b_hop["fallback"] == "no-instance"
+    assert headers["x-lane-served"] == "gray" and "x-lane-fallback" not in headers
+    instances = demo.ready["instances"]
+    assert body["hops"][0]["instance"] == instances["a"]["gray"][0]
+    assert body["hops"][2]["instance"] == instances["c"]["gray"][0]
+    # the apps agree with the data plane about who answered
+    assert body["service"] == "a" and body["lane"] == "gray"
+    assert body["calls"][1]["answer"]["calls"][0]["answer"]["lane"] == "gray"  # c behind d
+
+
+def test_everyone_else_stays_on_base(demo: DemoRun) -> None:
+    status, _, body = get(demo.gateway + "/", {"User-Agent": "curl/8"})
+    assert status == 200
+    assert body["path"] == ["a@base", "b@base", "c@base", "d@base", "c@base"]
+    assert all(h["fallback"] is None for h in body["hops"])
+
+
+@pytest.mark.parametrize("headers", [
+    {"x-mse-tag": "gray"},
+    {"baggage": "x-mse-tag=gray"},
+    {"x-mse-tag": "gray", "baggage": "userid=42,x-mse-tag=gray"},
+])
+def test_outside_clients_cannot_pick_their_lane(demo: DemoRun, headers: dict[str, str]) -> None:
+    status, _, body = get(demo.gateway + "/", headers)
+    assert status == 200
+    assert body["path"] == ["a@base", "b@base", "c@base", "d@base", "c@base"]
+
+
+def test_d_forwards_only_x_request_id_and_c_still_sees_gray(demo: DemoRun) -> None:
+    _, _, body = get(demo.gateway + "/", {"User-Agent": "xiaoming", "x-request-id": "demo-trace-1"})
+    d_call = body["calls"][1]
+    assert d_call["service"] == "d"
+    assert d_call["answer"]["calls"][0]["answer"]["lane"] == "gray"
+    assert body["path"][3:] == ["d@base", "c@gray"]
+
+
+def test_topology_and_union_health_view(demo: DemoRun) -> None:
+    status, _, topo = get(demo.admin + "/demo/topology")
+    assert status == 200
+    assert topo["gateway"] == demo.gateway
+    assert topo["instances"]["c"]["gray"][0]["up"] is True
+    assert set(topo["instances"]) == {"a", "b", "c", "d"}
+    status, _, view = get(demo.admin + "/lane/instances")
+    assert status == 200
+    rows = view["services"]["c"]["gray"]
+    assert rows == [{"instance": demo.ready["instances"]["c"]["gray"][0], "healthy": True}]
+    effective = Path(demo.ready["config"]).read_text()
+    assert demo.ready["instances"]["c"]["gray"][0] in effective
+
+
+def test_ctrl_c_stops_every_child(tmp_path: Path) -> None:
+    with lane_demo(tmp_path) as run:
+        children = psutil.Process(run.popen.pid).children(recursive=True)
+        assert len(children) == 13  # an app and a sidecar per instance (a, a, b, c, c, d) and the gateway
+        get(run.gateway + "/")
+        run.popen.send_signal(signal.SIGINT)
+        assert stop_process(run.popen, signal.SIGINT, timeout=40) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+        time.sleep(0.1)
+    assert not [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert os.path.exists(run.ready["config"]) is False  # the work directory is removed too

@@ -49,9 +49,8 @@ def is_valid_lane(value: str) -> bool:
 
 def log_preview(value: str) -> str:
     """A safe description of an untrusted value for logs: its length and a short, escaped prefix."""
-    prefix = value[:_PREVIEW_CHARS].encode("unicode_escape", "backslashreplace").decode("ascii")
-    ellipsis = "…" if len(value) > _PREVIEW_CHARS else ""
-    return f"len={len(value)} prefix={prefix!r}{ellipsis}"
+    ellipsis = "..." if len(value) > _PREVIEW_CHARS else ""
+    return f"len={len(value)} prefix={ascii(value[:_PREVIEW_CHARS])}{ellipsis}"
 
 
 def parse_lane(value: str | None, *, source: str = "header") -> str | None:

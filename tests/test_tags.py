@@ -68,4 +68,4 @@ def test_log_preview_escapes_control_characters() -> None:
     preview = log_preview("a\r\nInjected: header")
     assert "\r" not in preview and "\n" not in preview
     assert "Injected" in preview
-    assert preview.startswith("len=19 ")
+    assert preview == "len=19 prefix='a\\r\\nInjected: hea'..."

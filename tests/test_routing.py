@@ -1,0 +1,183 @@
+"""The pure routing decision, passive health and trace-id recovery: the rules the data plane lives by."""
+
+from __future__ import annotations
+
+import pytest
+
+from lane.config import Endpoint, LaneConfig, parse_config
+from lane.errors import UpstreamUnavailable
+from lane.health import PassiveHealth
+from lane.hop_collector import HopCollector
+from lane.hops import FallbackReason, Hop
+from lane.registry import Registry
+from lane.routing import choose_upstream
+from lane.trace_cache import TraceCache, trace_keys
+
+CONFIG = """
+lanes:
+  gray: {fallback: base}
+  canary: {fallback: gray}
+  locked: {strict: true}
+entry: a
+services:
+  a:
+    instances:
+      base: ["10.0.0.1:80", "10.0.0.2:80"]
+      gray: ["10.0.1.1:80"]
+      locked: ["10.0.2.1:80"]
+  b:
+    instances:
+      base: ["10.1.0.1:80"]
+  c:
+    instances:
+      base: ["10.2.0.1:80"]
+      gray: ["10.2.1.1:80"]
+  ext:
+    host: ext.example.svc
+    port: 8080
+    selector: {app: ext}
+"""
+
+
+@pytest.fixture
+def config() -> LaneConfig:
+    return parse_config(CONFIG, "test.yaml")
+
+
+def ep(text: str) -> Endpoint:
+    host, port = text.rsplit(":", 1)
+    return Endpoint(host, int(port))
+
+
+def test_the_requested_lane_is_served_when_it_has_instances(config: LaneConfig) -> None:
+    route = choose_upstream(config, "a", "gray")
+    assert (route.lane, route.upstreams, route.reason, route.fell_back) == ("gray", (ep("10.0.1.1:80"),), None, False)
+    assert choose_upstream(config, "a", "base").upstreams == (ep("10.0.0.1:80"), ep("10.0.0.2:80"))
+
+
+def test_a_service_without_the_lane_falls_back_with_no_instance(config: LaneConfig) -> None:
+    route = choose_upstream(config, "b", "gray")
+    assert (route.requested, route.lane, route.reason) == ("gray", "base", FallbackReason.NO_INSTANCE)
+    assert route.fell_back
+
+
+def test_the_chain_is_walked_in_order(config: LaneConfig) -> None:
+    assert choose_upstream(config, "c", "canary").lane == "gray"  # canary -> gray, c has gray
+    route = choose_upstream(config, "b", "canary")
+    assert (route.lane, route.reason) == ("base", FallbackReason.NO_INSTANCE)
+
+
+def test_ejected_instances_are_skipped_and_the_reason_is_unhealthy(config: LaneConfig) -> None:
+    def available(service: str, lane: str) -> tuple[Endpoint, ...]:
+        return () if (service, lane) == ("c", "gray") else config.services[service].instances.get(lane, ())
+
+    route = choose_upstream(config, "c", "gray", available)
+    assert (route.lane, route.reason) == ("base", FallbackReason.UNHEALTHY)
+    partly = choose_upstream(config, "a", "base", lambda s, lane: (ep("10.0.0.2:80"),) if lane == "base" else ())
+    assert partly.upstreams == (ep("10.0.0.2:80"),) and partly.reason is None
+
+
+def test_instances_that_failed_to_connect_are_not_retried_in_the_same_request(config: LaneConfig) -> None:
+    route = choose_upstream(config, "c", "gray", failed=[ep("10.2.1.1:80")])
+    assert (route.lane, route.reason) == ("base", FallbackReason.CONNECT_FAILED)
+    route = choose_upstream(config, "a", "base", failed=[ep("10.0.0.1:80")])
+    assert route.upstreams == (ep("10.0.0.2:80"),) and not route.fell_back
+
+
+def test_a_strict_lane_never_falls_back(config: LaneConfig) -> None:
+    assert choose_upstream(config, "a", "locked").lane == "locked"
+    with pytest.raises(UpstreamUnavailable, match="strict") as info:
+        choose_upstream(config, "b", "locked")
+    assert info.value.reason.startswith("lane locked is strict")
+    with pytest.raises(UpstreamUnavailable, match="strict"):
+        choose_upstream(config, "a", "locked", failed=[ep("10.0.2.1:80")])
+
+
+def test_nothing_left_in_the_chain_is_unavailable(config: LaneConfig) -> None:
+    with pytest.raises(UpstreamUnavailable, match="no usable instance"):
+        choose_upstream(config, "b", "gray", failed=[ep("10.1.0.1:80")])
+    with pytest.raises(UpstreamUnavailable, match="not a service"):
+        choose_upstream(config, "nope", "base")
+
+
+def test_an_undeclared_lane_goes_to_the_default_lane(config: LaneConfig) -> None:
+    route = choose_upstream(config, "a", "feature-x")
+    assert (route.requested, route.lane, route.reason) == ("feature-x", "base", FallbackReason.NO_INSTANCE)
+
+
+def test_a_selector_only_service_is_reached_at_its_cluster_address(config: LaneConfig) -> None:
+    route = choose_upstream(config, "ext", "base")
+    assert route.upstreams == (Endpoint("ext.example.svc", 8080),) and not route.fell_back
+
+
+def test_consecutive_failures_eject_then_the_instance_is_tried_again() -> None:
+    now = [100.0]
+    ejected: list[Endpoint] = []
+    health = PassiveHealth(3, 5.0, clock=lambda: now[0], on_eject=ejected.append)
+    e = ep("127.0.0.1:1")
+    assert not health.record_failure(e) and not health.record_failure(e)
+    health.record_success(e)  # a success resets the count
+    assert not health.record_failure(e) and not health.record_failure(e)
+    assert health.record_failure(e) and ejected == [e]
+    assert not health.is_available(e)
+    now[0] += 5.0
+    assert health.is_available(e)  # tried again after eject_seconds
+    assert health.record_failure(e)  # on probation: one failure ejects again
+    now[0] += 5.0
+    health.record_success(e)
+    assert health.is_available(e) and health.snapshot(e).healthy
+
+
+def test_registry_view_and_round_robin(config: LaneConfig) -> None:
+    registry = Registry(config)
+    upstreams = config.services["a"].instances["base"]
+    assert {registry.pick(upstreams) for _ in range(4)} == set(upstreams)
+    for _ in range(config.proxy.eject_after_failures):
+        registry.health.record_failure(ep("10.2.1.1:80"))
+    view = registry.view()
+    assert view["c"]["gray"][0]["instance"] == "10.2.1.1:80" and view["c"]["gray"][0]["healthy"] is False
+    assert choose_upstream(config, "c", "gray", registry.available_in(config)).reason is FallbackReason.UNHEALTHY
+
+
+@pytest.mark.parametrize(("name", "value", "trace_id"), [
+    ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "0af7651916cd43dd8448eb211c80319c"),
+    ("x-request-id", "abc-123", "abc-123"),
+    ("x-b3-traceid", "80F198EE56343BA864FE8B2A57D3EFF7", "80f198ee56343ba864fe8b2a57d3eff7"),
+    ("uber-trace-id", "0000abc%3A1%3A0%3A1", "abc"),
+    ("sw8", "1-TRACEID-SEGMENT-3-c2VydmljZQ==-aW5zdGFuY2U=-L2dldA==-ZXhhbXBsZQ==", "TRACEID"),
+])
+def test_trace_keys_take_the_trace_id_not_the_span_id(name: str, value: str, trace_id: str) -> None:
+    assert trace_keys([(name.upper(), value)], [name]) == [(name, trace_id)]
+
+
+def test_trace_keys_skip_garbage_and_keep_the_configured_order() -> None:
+    headers = [("x-request-id", "r1"), ("traceparent", "not-a-traceparent"), ("x-b3-traceid", "b1"),
+               ("x-request-id", "second-value-ignored"), ("x-request-id-2", "x" * 500)]
+    assert trace_keys(headers, ["x-b3-traceid", "traceparent", "x-request-id"]) == [
+        ("x-b3-traceid", "b1"), ("x-request-id", "r1")]
+    assert trace_keys([("x-request-id", "x" * 500)], ["x-request-id"]) == []
+
+
+def test_trace_cache_is_bounded_in_size_and_time() -> None:
+    now = [0.0]
+    cache = TraceCache(2, 10.0, clock=lambda: now[0])
+    cache.remember([("x-request-id", "1")], "gray")
+    cache.remember([("x-request-id", "2")], "base")
+    assert cache.recall([("x-request-id", "1")]) == "gray"  # touch 1, so 2 is the oldest
+    cache.remember([("x-request-id", "3")], "gray")
+    assert len(cache) == 2 and cache.recall([("x-request-id", "2")]) is None
+    now[0] = 10.0
+    assert cache.recall([("x-request-id", "1"), ("x-request-id", "3")]) is None
+
+
+def test_hops_are_collected_in_call_start_order() -> None:
+    collector = HopCollector()
+    keys = [("x-request-id", "t")]
+    with collector.collect(keys) as collection:
+        found = collector.find([("traceparent", "other"), *keys])
+        assert found is collection
+        first, second = found.reserve(), found.reserve()
+        found.fill(second, [Hop("d", "base", "gray")])
+        found.fill(first, [Hop("b", "base", "gray"), Hop("c", "gray", "gray")])
+        assert [h.label() for h in collection.hops()] == ["b@base", "c@gray", "d@base"]
+    assert collector.find(keys) is None and len(collector) == 0

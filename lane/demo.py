@@ -107,7 +107,8 @@ class Demo:
             entry: Any = inst.address
             if with_up:
                 entry = {"instance": inst.address, "app": f"127.0.0.1:{inst.app_port}",
-                         "admin": f"127.0.0.1:{inst.admin_port}", "up": app.alive and sidecar.alive}
+                         "admin": f"127.0.0.1:{inst.admin_port}", "up": app.alive and sidecar.alive,
+                         "pids": {"app": app.pid, "sidecar": sidecar.pid}}
             instances.setdefault(inst.service, {}).setdefault(inst.lane, []).append(entry)
         document: dict[str, Any] = {
             "gateway": f"http://127.0.0.1:{self.port}", "admin": self.admin_url,

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -151,13 +152,19 @@ def target_host(request: web.BaseRequest) -> str | None:
     return request.headers.get("Host")
 
 
-async def _outbound(request: web.Request) -> web.StreamResponse:
-    sc = request.app[SIDECAR]
-    config = sc.runtime.config
+@web.middleware
+async def _refuse_tunnels(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CONNECT targets are authority-form, so no route matches them; refuse them before routing."""
     if request.method == "CONNECT":
         FORBIDDEN.inc()
         return plain_error(403, "lane sidecar: CONNECT tunnels are not supported; send plain HTTP to a service "
                            "in the lane config so it can be routed by lane")
+    return await handler(request)
+
+
+async def _outbound(request: web.Request) -> web.StreamResponse:
+    sc = request.app[SIDECAR]
+    config = sc.runtime.config
     host = target_host(request)
     svc = config.service_by_host(host) if host else None
     if svc is None:
@@ -207,7 +214,7 @@ def build_inbound_app(sidecar: Sidecar) -> web.Application:
 
 
 def build_outbound_app(sidecar: Sidecar) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_refuse_tunnels])
     app[SIDECAR] = sidecar
     app.cleanup_ctx.append(session_ctx)
     app.router.add_route("*", "/{tail:.*}", _outbound)

@@ -62,6 +62,8 @@ class Child:
             return
         with contextlib.suppress(FileNotFoundError):
             self.ready_file.unlink()
+        if self._log is not None:  # it died on its own since the last start
+            self._log.close()
         self._log = self.log_file.open("ab")
         env = {**os.environ, **(self.env or {})}
         self.process = await asyncio.create_subprocess_exec(

@@ -1,0 +1,169 @@
+"""The sidecar: an outbound proxy only to configured services, trace-id recovery, the hop record, WebSockets.
+
+Sidecars, apps and the gateway run in the test's event loop on real 127.0.0.1 sockets; the
+forward-proxy clients (curl, requests) run as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from conftest import serve_app
+from lane.config import Endpoint, parse_config
+from lane.demo_app import DemoApp, build_demo_app
+from lane.gateway import build_gateway_app
+from lane.hops import parse_path
+from lane.runtime import Runtime
+from lane.sidecar import Sidecar, build_inbound_app, build_outbound_app
+
+LANE = web.AppKey("lane", str)
+OUTBOUND = web.AppKey("outbound", list[str])  # filled once the sidecar listens
+
+
+async def _c(request: web.Request) -> web.Response:
+    return web.json_response({"lane": request.app[LANE], "tag": request.headers.get("x-mse-tag"),
+                              "baggage": request.headers.get("baggage")})
+
+
+def c_app(lane: str) -> web.Application:
+    app = web.Application()
+    app[LANE] = lane
+    app.router.add_route("*", "/{tail:.*}", _c)
+    return app
+
+
+async def _front(request: web.Request) -> web.Response:
+    """An app that calls c through its sidecar forwarding only the header named by ?forward=."""
+    forward = request.query.get("forward", "")
+    headers = {forward: request.headers[forward]} if forward in request.headers else {}
+    async with aiohttp.ClientSession() as session, session.get(
+        "http://c/", headers=headers, proxy=request.app[OUTBOUND][0]
+    ) as resp:
+        return web.json_response({"c": await resp.json(), "c_path": resp.headers.get("x-lane-path")})
+
+
+@dataclass
+class Mesh:
+    gateway: str
+    inbound: str
+    outbound: str
+    c_base: int
+    c_gray: int
+
+
+@asynccontextmanager
+async def mesh(front_app: web.Application | None = None) -> AsyncIterator[Mesh]:
+    """gateway -> front (sidecar + app) -> c (base and gray, plain apps)."""
+    async with AsyncExitStack() as stack:
+        c_base = await stack.enter_async_context(serve_app(c_app("base")))
+        c_gray = await stack.enter_async_context(serve_app(c_app("gray")))
+        front = front_app or web.Application()
+        if front_app is None:
+            front.router.add_get("/", _front)
+        outbound_url: list[str] = []
+        front[OUTBOUND] = outbound_url
+        app_port = await stack.enter_async_context(serve_app(front))
+        # the sidecar's inbound port must be in the config before it listens: reserve via a placeholder
+        text = """
+lanes: {{gray: {{}}}}
+entry: front
+services:
+  front: {{instances: {{base: ["127.0.0.1:{inbound}"]}}}}
+  c: {{instances: {{base: ["127.0.0.1:{c_base}"], gray: ["127.0.0.1:{c_gray}"]}}}}
+coloring:
+  - {{lane: gray, match: {{headers: [{{name: user-agent, exact: xiaoming}}]}}}}
+"""
+        runtime = Runtime(parse_config(text.format(inbound=1, c_base=c_base, c_gray=c_gray), "m.yaml"), None)
+        sidecar = Sidecar.create(runtime, "front", "base", Endpoint("127.0.0.1", app_port))
+        inbound = await stack.enter_async_context(serve_app(build_inbound_app(sidecar)))
+        outbound = await stack.enter_async_context(serve_app(build_outbound_app(sidecar)))
+        runtime.registry.swap(parse_config(text.format(inbound=inbound, c_base=c_base, c_gray=c_gray), "m.yaml"))
+        outbound_url.append(f"http://127.0.0.1:{outbound}")
+        gw_runtime = Runtime(runtime.config, None)
+        gateway = await stack.enter_async_context(serve_app(build_gateway_app(gw_runtime)))
+        yield Mesh(f"http://127.0.0.1:{gateway}", f"http://127.0.0.1:{inbound}", f"http://127.0.0.1:{outbound}",
+                   c_base, c_gray)
+
+
+@pytest.mark.parametrize("forward", ["x-request-id", "traceparent", "x-b3-traceid"])
+async def test_an_app_forwarding_only_a_trace_header_stays_in_its_lane(forward: str) -> None:
+    async with mesh() as m, aiohttp.ClientSession() as client:
+        headers = {"User-Agent": "xiaoming", "x-b3-traceid": "463ac35c9f6413ad48485a3953bb6124"}
+        async with client.get(f"{m.gateway}/?forward={forward}", headers=headers) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+            path = [h.label() for h in parse_path(resp.headers["x-lane-path"])]
+    assert body["c"]["lane"] == "gray" and body["c"]["tag"] == "gray"
+    assert body["c"]["baggage"] == "x-mse-tag=gray"
+    assert path == ["front@base", "c@gray"]  # the hop record crosses the app without its help
+    assert body["c_path"].startswith(f"c@gray;requested=gray;instance=127.0.0.1:{m.c_gray}")
+
+
+async def test_an_app_that_forwards_nothing_gets_the_default_lane() -> None:
+    async with mesh() as m, aiohttp.ClientSession() as client:
+        async with client.get(f"{m.gateway}/?forward=none", headers={"User-Agent": "xiaoming"}) as resp:
+            body = await resp.json()
+            path = [h.label() for h in parse_path(resp.headers["x-lane-path"])]
+    assert body["c"]["lane"] == "base" and path == ["front@base"]
+
+
+async def test_unknown_hosts_and_tunnels_are_refused_with_403() -> None:
+    async with mesh() as m, aiohttp.ClientSession() as client:
+        async with client.get("http://evil.example/steal", proxy=m.outbound) as resp:
+            text = await resp.text()
+            assert resp.status == 403 and "'evil.example' is not a service in the lane config" in text
+            assert "c, front" in text
+        async with client.get(m.outbound + "/", headers={"Host": "127.0.0.1:22"}) as resp:
+            assert resp.status == 403
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(m.outbound.rsplit(":", 1)[1]))
+        writer.write(b"CONNECT c:443 HTTP/1.1\r\nHost: c:443\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 403") and b"CONNECT tunnels are not supported" in answer
+        async with client.get(m.outbound + "/", headers={"Host": "c"}) as resp:  # Host-header mode
+            assert resp.status == 200 and (await resp.json())["lane"] == "base"
+
+
+async def test_curl_and_requests_work_with_http_proxy_pointing_at_the_sidecar() -> None:
+    async with mesh() as m:
+        env = {"HTTP_PROXY": m.outbound, "http_proxy": m.outbound, "NO_PROXY": "", "no_proxy": "",
+               "PATH": "/usr/bin:/bin"}
+        curl = await asyncio.create_subprocess_exec(
+            "curl", "-s", "-H", "x-mse-tag: gray", "http://c/", env=env, stdout=subprocess.PIPE)
+        out, _ = await curl.communicate()
+        assert b'"lane": "gray"' in out
+        script = "import requests; r = requests.get('http://c:80/x', headers={'baggage': 'x-mse-tag=gray'}); " \
+                 "print(r.status_code, r.json()['lane'], r.headers['x-lane-served'])"
+        py = await asyncio.create_subprocess_exec(sys.executable, "-c", script, env=env, stdout=subprocess.PIPE)
+        out, _ = await py.communicate()
+        assert out.split() == [b"200", b"gray", b"gray"]
+
+
+async def test_an_unreachable_app_marks_the_instance_unavailable_for_the_caller() -> None:
+    async with serve_app(web.Application()) as dead:
+        pass
+    runtime = Runtime(parse_config("entry: x\nservices: {x: {instances: {base: ['127.0.0.1:1']}}}", "x.yaml"), None)
+    sidecar = Sidecar.create(runtime, "x", "base", Endpoint("127.0.0.1", dead))
+    async with serve_app(build_inbound_app(sidecar)) as port, aiohttp.ClientSession() as client:
+        async with client.get(f"http://127.0.0.1:{port}/") as resp:
+            assert resp.status == 502 and resp.headers["x-lane-unavailable"] == "app-connect-failed"
+
+
+async def test_websocket_echo_through_gateway_and_sidecar() -> None:
+    front = build_demo_app(DemoApp("front", "base", (), ()))
+    async with mesh(front) as m, aiohttp.ClientSession() as client:
+        async with client.ws_connect(m.gateway + "/ws", headers={"User-Agent": "xiaoming"}) as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=10)).data == "hello"
+            await ws.send_bytes(b"\x00\x01" * 1000)
+            assert (await ws.receive(timeout=10)).data == b"\x00\x01" * 1000

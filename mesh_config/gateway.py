@@ -1,0 +1,23 @@
+"""The Gateway the entry service is exposed on (plain HTTP on the configured port and hosts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lane.config import LaneConfig
+
+from .model import NETWORKING_V1, GatewaySpec, ObjectMeta, Port, Resource, Server
+
+__all__ = ["gateway"]
+
+
+def gateway(config: LaneConfig, namespace: str, labels: Mapping[str, str]) -> Resource:
+    """The Gateway named ``mesh.gateway.name``, selecting the ingress gateway pods by ``selector``."""
+    gw = config.mesh.gateway
+    server = Server(port=Port(number=gw.port, name=f"http-{gw.port}", protocol="HTTP"), hosts=gw.hosts)
+    return Resource(
+        api_version=NETWORKING_V1,
+        kind="Gateway",
+        metadata=ObjectMeta(name=gw.name, namespace=namespace, labels=labels),
+        spec=GatewaySpec(selector=gw.selector, servers=(server,)),
+    )

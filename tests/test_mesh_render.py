@@ -1,0 +1,190 @@
+"""`lane mesh render`: golden YAML for the demo, fallback chains, lanes from the cluster, bad input.
+
+Regenerate the golden file after an intended change with
+``LANE_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/test_mesh_render.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lane.config import load_config, parse_config
+from lane.errors import ConfigError
+from mesh_config.render import dump_yaml, render_objects
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "demo.yaml"
+GOLDEN = ROOT / "tests" / "golden" / "mesh-demo.yaml"
+
+CHAIN_CONFIG = """
+label_key: track
+lanes:
+  gray: {}
+  dev-alice: {fallback: gray}
+  hotfix: {strict: true}
+entry: front
+mesh:
+  namespace: shop
+  gateway: {name: shop-gw, hosts: [shop.example.com], namespace: gateways}
+  baggage_to_header: false
+services:
+  front:    {instances: {base: ["127.0.0.1:1"], gray: ["127.0.0.1:2"], dev-alice: ["127.0.0.1:3"]}}
+  cart:     {instances: {base: ["127.0.0.1:4"], gray: ["127.0.0.1:5"]}}
+  pay:      {instances: {base: ["127.0.0.1:6"], dev-alice: ["127.0.0.1:7"], hotfix: ["127.0.0.1:8"]}}
+  ledger:   {instances: {base: ["127.0.0.1:9"]}}
+"""
+
+
+def objects_of(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def routes(vs: dict[str, Any]) -> dict[str, str]:
+    """lane (or "default") -> subset, or "503" for a direct response."""
+    out = {}
+    for http in vs["spec"]["http"]:
+        key = http["match"][0]["headers"]["x-mse-tag"]["exact"] if "match" in http else "default"
+        out[key] = http["route"][0]["destination"]["subset"] if "route" in http else str(http["directResponse"]["status"])
+    return out
+
+
+def test_demo_render_matches_golden_file() -> None:
+    text = dump_yaml(render_objects(load_config(DEMO)))
+    if os.environ.get("LANE_REGEN_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert text == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_demo_gray_goes_to_stable_b_and_gray_c() -> None:
+    objects = render_objects(load_config(DEMO))
+    vs, dr = objects_of(objects, "VirtualService"), objects_of(objects, "DestinationRule")
+    assert routes(vs["b"]) == {"gray": "base", "default": "base"}
+    assert routes(vs["c"]) == {"gray": "gray", "default": "base"}
+    assert routes(vs["a"]) == {"gray": "gray", "default": "base"}
+    assert [s["name"] for s in dr["b"]["spec"]["subsets"]] == ["base"]
+    assert dr["c"]["spec"]["subsets"] == [{"name": "base", "labels": {"version": "base"}},
+                                          {"name": "gray", "labels": {"version": "gray"}}]
+    # the entry is bound to the Gateway and the mesh; the wildcard host gets its own gateway-only VS
+    assert vs["a"]["spec"]["gateways"] == ["lane-gateway", "mesh"] and vs["a"]["spec"]["hosts"] == ["a"]
+    assert vs["lane-gateway-a"]["spec"] == {**vs["a"]["spec"], "hosts": ["*"], "gateways": ["lane-gateway"]}
+    assert all(o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "lane" for o in objects)
+    assert all(o["metadata"]["labels"]["lane.dev/config"] == "demo" for o in objects)
+
+
+def test_every_route_names_a_subset_its_destination_rule_defines() -> None:
+    for config in (load_config(DEMO), parse_config(CHAIN_CONFIG, "chain.yaml")):
+        objects = render_objects(config)
+        subsets = {(o["spec"]["host"], s["name"]) for o in objects if o["kind"] == "DestinationRule"
+                   for s in o["spec"].get("subsets", [])}
+        for vs in objects_of(objects, "VirtualService").values():
+            for http in vs["spec"]["http"]:
+                for route in http.get("route", []):
+                    assert (route["destination"]["host"], route["destination"]["subset"]) in subsets
+
+
+def test_fallback_chain_dev_alice_gray_base_over_partial_services() -> None:
+    config = parse_config(CHAIN_CONFIG, "chain.yaml")
+    vs = objects_of(render_objects(config), "VirtualService")
+    assert routes(vs["front"]) == {"gray": "gray", "dev-alice": "dev-alice", "hotfix": "503", "default": "base"}
+    assert routes(vs["cart"]) == {"gray": "gray", "dev-alice": "gray", "hotfix": "503", "default": "base"}
+    assert routes(vs["pay"]) == {"gray": "base", "dev-alice": "dev-alice", "hotfix": "hotfix", "default": "base"}
+    assert routes(vs["ledger"]) == {"gray": "base", "dev-alice": "base", "hotfix": "503", "default": "base"}
+    # same answers as the data plane's one definition of "which lane serves a request"
+    for name, obj in vs.items():
+        for lane, subset in routes(obj).items():
+            want = config.lane_for(name, config.default_lane if lane == "default" else lane)
+            assert subset == (want or "503")
+
+
+def test_chain_config_mesh_settings_are_honoured() -> None:
+    objects = render_objects(parse_config(CHAIN_CONFIG, "chain.yaml"))
+    kinds = [(o["kind"], o["metadata"]["name"], o["metadata"]["namespace"]) for o in objects]
+    assert kinds[0] == ("Gateway", "shop-gw", "shop")
+    assert ("EnvoyFilter", "shop-gw-lane-coloring", "gateways") in kinds
+    assert not any(name == "lane-baggage-to-tag" for _, name, _ in kinds)  # baggage_to_header: false
+    vs = objects_of(objects, "VirtualService")
+    assert vs["front"]["spec"]["hosts"] == ["front", "shop.example.com"]
+    assert "shop-gw-front" not in vs  # no wildcard host, so no separate gateway-only VirtualService
+    dr = objects_of(objects, "DestinationRule")
+    assert dr["pay"]["spec"]["subsets"][2] == {"name": "hotfix", "labels": {"track": "hotfix"}}
+
+
+def test_lanes_from_the_cluster_override_the_config() -> None:
+    config = load_config(DEMO)
+    objects = render_objects(config, lanes={"c": frozenset({"base"}), "a": frozenset({"base", "gray", "ghost"})},
+                             namespace="lanes")
+    vs, dr = objects_of(objects, "VirtualService"), objects_of(objects, "DestinationRule")
+    assert routes(vs["c"])["gray"] == "base"  # no ready gray c: gray traffic stays on stable c
+    assert [s["name"] for s in dr["c"]["spec"]["subsets"]] == ["base"]
+    assert [s["name"] for s in dr["a"]["spec"]["subsets"]] == ["base", "gray"]  # undeclared lanes ignored
+    assert {o["metadata"]["namespace"] for o in objects if o["kind"] != "EnvoyFilter"} == {"lanes"}
+    no_stable = objects_of(render_objects(config, lanes={"b": frozenset()}), "VirtualService")
+    assert routes(no_stable["b"]) == {"gray": "503", "default": "503"}
+    with pytest.raises(ValueError, match="not in the config: zz"):
+        render_objects(config, lanes={"zz": frozenset({"base"})})
+
+
+def test_render_is_deterministic_and_round_trips() -> None:
+    config = load_config(DEMO)
+    first, second = dump_yaml(render_objects(config)), dump_yaml(render_objects(load_config(DEMO)))
+    assert first == second
+    assert list(yaml.safe_load_all(first)) == render_objects(config)
+
+
+def test_unsupported_regex_is_rejected_with_the_rule_path() -> None:
+    text = DEMO.read_text().replace("exact: xiaoming", r"regex: '\bxiaoming'")
+    config = parse_config(text, "word.yaml")
+    with pytest.raises(ConfigError, match=r"coloring\[0\]\.match\.headers\[0\]\.regex: .*\\b"):
+        render_objects(config)
+
+
+def lane(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lane", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_cli_writes_one_file_per_object(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = lane("mesh", "render", "--config", str(DEMO), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files[0] == "00-gateway-lane-gateway.yaml" and "05-virtualservice-b.yaml" in files
+    joined = "".join((out / f).read_text() for f in files)
+    assert joined == GOLDEN.read_text()
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda t: t.replace("exact: xiaoming", "regex: '(?i)xiaoming'"), r"coloring\[0\]\.match\.headers\[0\]\.regex"),
+    (lambda t: t.replace("exact: xiaoming", "regex: 'x{,3}'"), r"coloring\[0\]\.match\.headers\[0\]\.regex"),
+    (lambda t: t.replace("lane: gray", "lane: grey"), r"coloring\[0\]\.lane: unknown lane 'grey'"),
+    (lambda t: t + "\n  bad: [", r"not valid YAML"),
+])
+def test_malformed_config_gives_a_clear_error_and_writes_nothing(tmp_path: Path, edit: Any, expected: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(edit(DEMO.read_text()))
+    out = tmp_path / "out"
+    result = lane("mesh", "render", "--config", str(bad), "-o", str(out))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {bad}: ")
+    assert __import__("re").search(expected, result.stderr), result.stderr
+    assert not out.exists() and result.stdout == ""
+
+
+def test_cluster_flags_report_a_missing_cluster_clearly(tmp_path: Path) -> None:
+    env_home = tmp_path / "home"
+    env_home.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "lane", "mesh", "render", "--from-cluster", "-o", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, "HOME": str(env_home), "KUBECONFIG": str(tmp_path / "missing"),
+             "KUBERNETES_SERVICE_HOST": ""},
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+    assert not (tmp_path / "o").exists()

@@ -46,11 +46,11 @@ def static_available(config: LaneConfig) -> Available:
     return lambda service, lane: config.services[service].instances.get(lane, ())
 
 
-def _reason(configured: tuple[Endpoint, ...], healthy: tuple[Endpoint, ...]) -> FallbackReason:
+def _reason(configured: tuple[Endpoint, ...], failed: frozenset[Endpoint]) -> FallbackReason:
     if not configured:
         return FallbackReason.NO_INSTANCE
-    if healthy:
-        return FallbackReason.CONNECT_FAILED  # healthy ones exist but failed during this request
+    if any(e in failed for e in configured):
+        return FallbackReason.CONNECT_FAILED  # it failed during this request (and maybe got ejected for it)
     return FallbackReason.UNHEALTHY
 
 
@@ -87,13 +87,13 @@ def choose_upstream(
     first = config.chain(requested)[0]  # unknown lanes start at the default lane
     if served is None:
         configured = svc.instances.get(first, ())
-        why = _reason(configured, health(service, first)).value
+        why = _reason(configured, failed_set).value
         strict = config.lanes.get(first)
         if strict is not None and strict.strict:
             raise UpstreamUnavailable(service, requested, f"lane {first} is strict and has no usable instance ({why})")
         raise UpstreamUnavailable(service, requested, f"no usable instance in lanes {' -> '.join(config.chain(first))}")
     reason = None
     if served != requested:
-        reason = _reason(svc.instances.get(requested, ()), health(service, requested)) if requested == first \
+        reason = _reason(svc.instances.get(requested, ()), failed_set) if requested == first \
             else FallbackReason.NO_INSTANCE  # a lane the config does not declare
     return Route(service, requested, served, usable(service, served), reason)

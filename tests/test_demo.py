@@ -17,7 +17,6 @@ from typing import Any
 
 import psutil
 import pytest
-
 from conftest import DemoRun, lane_demo, stop_process
 
 

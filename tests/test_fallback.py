@@ -14,8 +14,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-
 from conftest import lane_demo, serve_app
+
 from lane.config import parse_config
 from lane.gateway import build_gateway_app
 from lane.runtime import Runtime

@@ -10,14 +10,12 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp import web
-
+from conftest import serve_app
 from multidict import CIMultiDict
 
-from conftest import serve_app
 from lane.config import parse_config
 from lane.gateway import build_gateway_app, ensure_trace_headers, is_trusted
 from lane.runtime import Runtime
-
 
 LANE = web.AppKey("lane", str)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 from aiohttp import web
-
 from conftest import lane_process, serve_app
+
 from lane.config import parse_config
 from lane.gateway import build_gateway_app
 from lane.runtime import Runtime

@@ -82,6 +82,10 @@ def test_instances_that_failed_to_connect_are_not_retried_in_the_same_request(co
     assert (route.lane, route.reason) == ("base", FallbackReason.CONNECT_FAILED)
     route = choose_upstream(config, "a", "base", failed=[ep("10.0.0.1:80")])
     assert route.upstreams == (ep("10.0.0.2:80"),) and not route.fell_back
+    # the failure just ejected it too: still reported as what happened in this request
+    ejected = choose_upstream(config, "c", "gray", lambda s, lane: () if lane == "gray" else
+                              config.services[s].instances.get(lane, ()), failed=[ep("10.2.1.1:80")])
+    assert ejected.reason is FallbackReason.CONNECT_FAILED
 
 
 def test_a_strict_lane_never_falls_back(config: LaneConfig) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 from aiohttp import web
-
 from conftest import serve_app
+
 from lane.config import Endpoint, parse_config
 from lane.demo_app import DemoApp, build_demo_app
 from lane.gateway import build_gateway_app

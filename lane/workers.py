@@ -1,0 +1,166 @@
+"""``--workers N``: N proxy processes on one port (``SO_REUSEPORT``) under a small supervisor.
+
+The supervisor runs the same command N times with ``--workers 1`` (each worker binds the data
+ports with ``SO_REUSEPORT``; the kernel spreads connections), restarts a worker that dies, and
+serves the admin listener itself:
+
+* ``/metrics`` aggregates every worker through prometheus-client's multiprocess mode;
+* ``/lane/instances`` merges the workers' views (unhealthy in any worker means unhealthy);
+* ``POST /lane/reload`` and SIGHUP check the file, then have every worker reload it;
+* SIGTERM/SIGINT stop the workers (each drains its in-flight requests) and exit 0.
+
+Limitation: a sidecar's trace-id cache and hop collections live in each worker, so with N > 1 a
+sidecar recovers lanes and collects hops only when the app's outbound call lands on the worker
+that saw the inbound request; run sidecars with one worker (the default) when that matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .admin import RUNTIME, metrics_handler
+from .config import LaneConfig
+from .readiness import announce
+from .runtime import Runtime
+from .server import HostPort, Listener, run_loop, serve
+from .supervisor import Child
+
+__all__ = ["WORKERS", "supervise"]
+
+log = logging.getLogger(__name__)
+
+WORKERS = web.AppKey("lane_workers", list[Child])
+_DATA_LISTENERS = {"gateway": ("listen",), "sidecar": ("listen", "outbound")}
+
+
+async def _instances(request: web.Request) -> web.Response:
+    merged: dict[str, dict[str, dict[str, bool]]] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        for child in request.app[WORKERS]:
+            if not child.alive or not child.ready_file.exists():
+                continue
+            admin = (await child.wait_ready(1.0))["listeners"]["admin"]
+            try:
+                async with session.get(f"http://{admin}/lane/instances") as resp:
+                    view = await resp.json()
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                continue
+            for svc, lanes in view["services"].items():
+                for lane, rows in lanes.items():
+                    slot = merged.setdefault(svc, {}).setdefault(lane, {})
+                    for row in rows:
+                        slot[row["instance"]] = slot.get(row["instance"], True) and bool(row["healthy"])
+    services = {svc: {lane: [{"instance": i, "healthy": h} for i, h in rows.items()] for lane, rows in lanes.items()}
+                for svc, lanes in merged.items()}
+    return web.json_response({"config": request.app[RUNTIME].config.source, "workers": len(request.app[WORKERS]),
+                              "services": services})
+
+
+async def _reload(request: web.Request) -> web.Response:
+    result = request.app[RUNTIME].reload()  # checks the file; on success every worker is sent SIGHUP
+    return web.json_response({"reloaded": result.ok, "message": result.message}, status=200 if result.ok else 400)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    alive = sum(child.alive for child in request.app[WORKERS])
+    return web.Response(text=f"ok {alive}/{len(request.app[WORKERS])} workers\n", status=200 if alive else 503)
+
+
+def _admin_app(runtime: Runtime, children: list[Child]) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app[WORKERS] = children
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/lane/instances", _instances)
+    app.router.add_post("/lane/reload", _reload)
+    return app
+
+
+async def _watch(children: list[Child]) -> None:
+    """Restart workers that die on their own, at most once a second each."""
+    while True:
+        await asyncio.sleep(1.0)
+        for child in children:
+            if child.process is not None and not child.alive:
+                log.error("%s exited with status %s; restarting it", child.name, child.returncode())
+                await child.start()
+
+
+def supervise(args: argparse.Namespace, command: str, config: LaneConfig) -> int:
+    for option in _DATA_LISTENERS[command]:
+        if getattr(args, option).port == 0:
+            log.error("--workers %d needs a fixed --%s port (workers share it)", args.workers, option)
+            return 2
+    workdir = Path(tempfile.mkdtemp(prefix=f"lane-{command}-workers-"))
+    metrics_dir = workdir / "metrics"
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    children = []
+    for index in range(args.workers):
+        ready = workdir / f"worker-{index}.json"
+        argv = [sys.executable, "-m", "lane", f"--log-level={level}", *_command_args(), "--workers", "1",
+                "--admin", "127.0.0.1:0", "--ready-file", str(ready)]
+        children.append(Child(f"{command} worker {index}", argv, ready_file=ready, log_file=workdir / f"worker-{index}.log"))
+    runtime = Runtime(config, args.config)
+    runtime.on_swap(lambda _config: [child.signal(signal.SIGHUP) for child in children])
+    try:
+        return run_loop(_main(args, command, runtime, children))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _command_args() -> list[str]:
+    """The command line after the global options: the subcommand and its options (later ones win)."""
+    argv = sys.argv[1:]
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("--log-level"):
+            skip = arg == "--log-level"
+            continue
+        out = argv[i:]
+        break
+    return out
+
+
+async def _main(args: argparse.Namespace, command: str, runtime: Runtime, children: list[Child]) -> int:
+    watcher: asyncio.Task[None] | None = None
+
+    async def build() -> tuple[list[Listener], Runtime]:
+        nonlocal watcher
+        await asyncio.gather(*(child.start() for child in children))
+        await asyncio.gather(*(child.wait_ready(60.0) for child in children))
+        watcher = asyncio.create_task(_watch(children))
+        return [Listener("admin", args.admin, _admin_app(runtime, children), reuse_port=False)], runtime
+
+    def ready(bound: dict[str, HostPort]) -> None:
+        first: dict[str, Any] = {}
+        if children and children[0].ready_file.exists():
+            first = dict(json.loads(children[0].ready_file.read_text())["listeners"])
+        first["admin"] = str(bound["admin"])
+        announce(command, first, args.ready_file)
+
+    try:
+        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await asyncio.gather(*(child.stop(args.drain_seconds + 5) for child in children))

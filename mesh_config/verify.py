@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -46,6 +47,7 @@ _HCM_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.http_co
 _ROUTER: Final = {"name": "envoy.filters.http.router",
                   "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 GATEWAY_HOST: Final = "lane-verify.test"
+_REFUSED: Final = re.compile(r"no instance of (?P<service>\S+) may serve lane (?P<lane>\S+)\n")
 
 
 class VerifyError(LaneError):
@@ -170,7 +172,8 @@ def _dechunk(body: bytes) -> bytes:
 
 
 async def _send(port: int, host: str, target: str, headers: Iterable[tuple[str, str]]) -> tuple[int, Any]:
-    """One raw HTTP/1.1 request (headers byte for byte, repeats kept); (status, JSON body or None)."""
+    """One raw HTTP/1.1 request (headers byte for byte, repeats kept): (status, JSON body of a 200,
+    else the body text)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
     try:
         lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
@@ -184,7 +187,7 @@ async def _send(port: int, host: str, target: str, headers: Iterable[tuple[str, 
     if b"transfer-encoding: chunked" in head.lower():
         body = _dechunk(body)
     try:
-        return status, json.loads(body) if status == 200 else None
+        return status, json.loads(body) if status == 200 else body.decode("utf-8", "replace")
     except ValueError:
         return status, None
 
@@ -223,6 +226,8 @@ class _Runner:
         status, body = await _send(self.ports["gateway"], self.gateway_host, vector.target, vector.headers)
         problems: list[str] = []
         tag = body.get("tag") if isinstance(body, dict) else None
+        if isinstance(body, str) and (refused := _REFUSED.fullmatch(body)) and refused["service"] == config.entry:
+            tag = refused["lane"]  # a strict lane's 503 route matched: it names the lane the filter set
         lane = tag if tag in python else sorted(python)[0]
         if status == 200 and tag not in python:
             problems.append(f"gateway set lane {tag!r}; the Python engine gives {', '.join(sorted(python))}")

@@ -14,7 +14,7 @@ from typing import Final
 from lane.config import LaneConfig, parse_config
 from mesh_config.vectors import Vector
 
-__all__ = ["CONFORMANCE_CONFIG", "conformance_config", "conformance_vectors", "RANDOM_RULE_QUERY"]
+__all__ = ["CHAIN_CONFIG", "CONFORMANCE_CONFIG", "conformance_config", "conformance_vectors", "RANDOM_RULE_QUERY"]
 
 CONFORMANCE_CONFIG: Final = r"""
 tag:
@@ -91,6 +91,25 @@ services:
 """
 
 RANDOM_RULE_QUERY: Final = "rnd=1"
+
+# A fallback chain dev-alice -> gray -> base and a strict lane over services with only some lanes.
+CHAIN_CONFIG: Final = """
+label_key: track
+lanes:
+  gray: {}
+  dev-alice: {fallback: gray}
+  hotfix: {strict: true}
+entry: front
+mesh:
+  namespace: shop
+  gateway: {name: shop-gw, hosts: [shop.example.com], namespace: gateways}
+  baggage_to_header: false
+services:
+  front:    {instances: {base: ["127.0.0.1:1"], gray: ["127.0.0.1:2"], dev-alice: ["127.0.0.1:3"]}}
+  cart:     {instances: {base: ["127.0.0.1:4"], gray: ["127.0.0.1:5"]}}
+  pay:      {instances: {base: ["127.0.0.1:6"], dev-alice: ["127.0.0.1:7"], hotfix: ["127.0.0.1:8"]}}
+  ledger:   {instances: {base: ["127.0.0.1:9"]}}
+"""
 
 _HEADER_POOL: Final[tuple[tuple[str, str], ...]] = (
     ("X-Dev", "alice"), ("x-dev", "alice"), ("x-dev", "Alice"), ("x-dev", "alice "), ("x-dev", "alicex"),

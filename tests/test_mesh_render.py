@@ -18,28 +18,12 @@ import yaml
 from lane.config import load_config, parse_config
 from lane.errors import ConfigError
 from mesh_config.render import dump_yaml, render_objects
+from mesh_vectors import CHAIN_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo.yaml"
 GOLDEN = ROOT / "tests" / "golden" / "mesh-demo.yaml"
 
-CHAIN_CONFIG = """
-label_key: track
-lanes:
-  gray: {}
-  dev-alice: {fallback: gray}
-  hotfix: {strict: true}
-entry: front
-mesh:
-  namespace: shop
-  gateway: {name: shop-gw, hosts: [shop.example.com], namespace: gateways}
-  baggage_to_header: false
-services:
-  front:    {instances: {base: ["127.0.0.1:1"], gray: ["127.0.0.1:2"], dev-alice: ["127.0.0.1:3"]}}
-  cart:     {instances: {base: ["127.0.0.1:4"], gray: ["127.0.0.1:5"]}}
-  pay:      {instances: {base: ["127.0.0.1:6"], dev-alice: ["127.0.0.1:7"], hotfix: ["127.0.0.1:8"]}}
-  ledger:   {instances: {base: ["127.0.0.1:9"]}}
-"""
 
 
 def objects_of(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,208 @@
+"""``lane mesh sync --watch``: keep the Istio lane objects in step with the pods that really run.
+
+A lane is routable for a service while it has ready pods (`cluster.lanes_from_pods`). Sync lists
+the pods carrying the lane label, renders, applies; then watches those pods and, on every event,
+re-renders and applies only when the rendered objects differ from what it last applied. So when
+the last gray pod of ``c`` goes, c's VirtualService stops sending gray to the empty gray subset
+(traffic falls back to the stable lane) within one watch event, and gray returns with a ready pod.
+
+Watches follow the API's rules: resume from the last resourceVersion seen (events and BOOKMARKs)
+after a stream ends or drops; on ``410 Gone`` the history is lost, so relist and start over. Any
+failure (5xx, 429, refused connection, timeout) backs off exponentially with jitter, capped: a
+failed watch then resumes from its resourceVersion, a failed list or apply relists and retries. Everything runs in one thread with the
+synchronous `kubernetes` client; `stop()` may be called from another thread or a signal handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+import urllib3
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+from lane.config import LaneConfig
+from lane.errors import ConfigError, LaneError
+
+from .apply import apply_objects, kube_from_args, load_lane_config
+from .cluster import lanes_from_pods, pod_selector
+from .kube import Kube, KubeError, add_connection_arguments
+
+__all__ = ["Backoff", "LaneSync", "Renderer", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+Renderer = Callable[[LaneConfig, Mapping[str, frozenset[str]], str], list[JSON]]
+
+
+class Backoff:
+    """Exponential delays with full jitter: ``uniform(0, min(cap, base * 2**n))``, reset on success."""
+
+    def __init__(self, base: float = 0.2, cap: float = 30.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next_delay(self) -> float:
+        delay = random.uniform(self.base, min(self.cap, self.base * 2 ** self.failures))
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _default_renderer(config: LaneConfig, lanes: Mapping[str, frozenset[str]], namespace: str) -> list[JSON]:
+    from .render import render_objects
+
+    return render_objects(config, lanes=lanes, namespace=namespace)
+
+
+class LaneSync:
+    """The list/watch/render/apply loop for one namespace."""
+
+    def __init__(self, config: LaneConfig, kube: Kube, namespace: str, *, render: Renderer = _default_renderer,
+                 watch_timeout: int = 300, backoff: Backoff | None = None, out: TextIO | None = None) -> None:
+        self.config, self.kube, self.namespace, self.render = config, kube, namespace, render
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff or Backoff()
+        self.out = out or sys.stdout
+        self.pods: dict[str, JSON] = {}
+        self.lanes: Mapping[str, frozenset[str]] | None = None
+        self.applied: list[JSON] | None = None  # what the cluster holds from us, as last rendered
+        self.applies = 0
+        self.resource_version: str | None = None  # where the next watch resumes; None: relist first
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()  # type: ignore[no-untyped-call]
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def relist(self) -> str:
+        """Replace the pod cache with a fresh list; returns the resourceVersion to watch from."""
+        pods, rv = self.kube.list_pods(self.namespace, pod_selector(self.config))
+        self.pods = {p["metadata"]["name"]: p for p in pods}
+        return rv
+
+    def reconcile(self) -> bool:
+        """Render for the pods now known and apply if the result changed; True when it applied."""
+        lanes = lanes_from_pods(self.config, self.pods.values())
+        objects = self.render(self.config, lanes, self.namespace)
+        if objects == self.applied:
+            return False
+        result = apply_objects(self.kube, objects, self.namespace)
+        self.applied, self.applies = objects, self.applies + 1
+        if lanes != self.lanes:
+            shown = " ".join(f"{s}={','.join(sorted(ls))}" for s, ls in sorted(lanes.items()))
+            print(f"lanes with ready pods: {shown}", file=self.out)
+            self.lanes = lanes
+        print(result.summary(), file=self.out, flush=True)
+        return True
+
+    def sync_once(self) -> bool:
+        self.relist()
+        return self.reconcile()
+
+    def run(self) -> None:
+        """List, apply, then watch until `stop()`; never raises for API trouble (it backs off)."""
+        dirty = True
+        while not self.stopped:
+            try:
+                if self.resource_version is None:
+                    self.resource_version = self.relist()
+                    dirty = True
+                if dirty:
+                    self.reconcile()
+                    dirty = False
+                self._watch_once(self.resource_version)
+                self.backoff.reset()
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("watch history expired (410 Gone): relisting")
+                    self.resource_version = None
+                    continue
+                self._pause(f"watch failed: HTTP {exc.status} {exc.reason}")  # then resume from resource_version
+            except LaneError as exc:  # KubeError from list/apply, or a config the renderer refuses
+                self.resource_version, dirty = None, True
+                self._pause(str(exc))
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if self.stopped:
+                    break
+                self._pause(f"watch connection failed: {exc}")  # then resume from resource_version
+
+    def _pause(self, why: str) -> None:
+        delay = self.backoff.next_delay()
+        log.warning("%s; retrying in %.1fs", why, delay)
+        self._stop.wait(delay)
+
+    def _watch_once(self, rv: str) -> None:
+        """Follow one watch stream from *rv*, keeping `resource_version` at the last one seen."""
+        self._watch = w = watch.Watch()  # type: ignore[no-untyped-call]
+        try:
+            events = w.stream(  # type: ignore[no-untyped-call]
+                self.kube.core.list_namespaced_pod, self.namespace, label_selector=pod_selector(self.config),
+                resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout,
+                _request_timeout=(10, self.watch_timeout + 30))
+            for event in events:
+                if self.stopped:  # also covers a stop() that came before this watch existed
+                    break
+                obj = event["raw_object"]
+                seen = (obj.get("metadata") or {}).get("resourceVersion")
+                if seen:
+                    self.resource_version = str(seen)
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    self.pods[obj["metadata"]["name"]] = obj
+                elif event["type"] == "DELETED":
+                    self.pods.pop(obj["metadata"]["name"], None)
+                else:
+                    continue  # BOOKMARK: only the resourceVersion moves
+                self.reconcile()
+        finally:
+            self._watch = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
+    parser.add_argument("--namespace", "-n", help="namespace to watch and apply into (default: mesh.namespace)")
+    parser.add_argument("--watch", action="store_true", help="keep watching pods and re-apply on every change "
+                                                             "(without it: sync once and exit)")
+    parser.add_argument("--watch-timeout", type=int, default=300,
+                        help="seconds before a watch is renewed from its resourceVersion (default 300)")
+    add_connection_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_lane_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    namespace = args.namespace or config.mesh.namespace
+    try:
+        sync = LaneSync(config, kube_from_args(args), namespace, watch_timeout=args.watch_timeout)
+        if not args.watch:
+            sync.sync_once()
+            return 0
+    except KubeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    def _stop(signum: int, frame: object) -> None:
+        threading.Thread(target=sync.stop, daemon=True).start()  # Watch.stop() may block on a socket
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(f"watching pods labelled {pod_selector(config)} in {namespace}", file=sys.stdout, flush=True)
+    sync.run()
+    return 0

@@ -22,7 +22,7 @@ import yaml
 from lane.config import LaneConfig, demo_config_text, load_config, parse_config
 from lane.errors import LaneError
 
-__all__ = ["add_arguments", "run", "EXTERNAL"]
+__all__ = ["EXTERNAL", "add_arguments", "run"]
 
 # name -> (module, help); registered only if the module exists
 EXTERNAL: Final[dict[str, tuple[str, str]]] = {

@@ -85,7 +85,7 @@ async def _wait_ready(proc: asyncio.subprocess.Process, admin_file: Path, log: P
                             for s in data.get("listener_statuses", [])
                         }
                         return RunningEnvoy(admin, ports, log)
-                except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+                except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
                     pass
             await asyncio.sleep(0.05)
 
@@ -99,19 +99,22 @@ async def run_envoy(
     with tempfile.TemporaryDirectory(prefix="lane-envoy-") as tmp:
         config, admin_file, log = Path(tmp, "envoy.json"), Path(tmp, "admin-address"), Path(tmp, "envoy.log")
         config.write_text(json.dumps(bootstrap), encoding="utf-8")
-        with log.open("wb") as log_handle:
+        log_handle = await asyncio.to_thread(log.open, "wb")
+        try:
             proc = await asyncio.create_subprocess_exec(
                 exe, "-c", str(config), "--use-dynamic-base-id", "--admin-address-path", str(admin_file),
                 "--concurrency", "1", "--log-level", "warning", "--disable-hot-restart",
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_handle, stderr=log_handle,
             )
-            try:
-                yield await _wait_ready(proc, admin_file, log, timeout)
-            finally:
-                if proc.returncode is None:
-                    proc.terminate()
-                    try:
-                        await asyncio.wait_for(proc.wait(), 10)
-                    except asyncio.TimeoutError:
-                        proc.kill()
-                        await proc.wait()
+        finally:
+            log_handle.close()  # the child keeps its own copy of the descriptor
+        try:
+            yield await _wait_ready(proc, admin_file, log, timeout)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()

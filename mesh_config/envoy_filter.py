@@ -18,16 +18,23 @@ from typing import Any, Final
 from lane.config import LaneConfig
 
 from .lua import gateway_lua, sidecar_lua
-from .model import NETWORKING_V1ALPHA3, EnvoyConfigObjectPatch, EnvoyFilterSpec, ObjectMeta, Resource, WorkloadSelector
+from .model import (
+    NETWORKING_V1ALPHA3,
+    EnvoyConfigObjectPatch,
+    EnvoyFilterSpec,
+    ObjectMeta,
+    Resource,
+    WorkloadSelector,
+)
 
 __all__ = [
-    "LUA_FILTER_TYPE",
     "GATEWAY_FILTER_NAME",
+    "LUA_FILTER_TYPE",
     "SIDECAR_FILTER_NAME",
     "gateway_filter",
-    "sidecar_filter",
     "lua_http_filter",
     "lua_of",
+    "sidecar_filter",
 ]
 
 LUA_FILTER_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"

@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from lane.config import LaneConfig
 
-__all__ = ["Presence", "LaneTarget", "present_lanes", "lane_targets", "default_target"]
+__all__ = ["LaneTarget", "Presence", "default_target", "lane_targets", "present_lanes"]
 
 Presence = Mapping[str, frozenset[str]]
 

@@ -19,7 +19,7 @@ from lane.rules import Condition, Rule, Source
 
 from .regex import UnsupportedRegex, parse_regex
 
-__all__ = ["GATEWAY_MODULES", "SIDECAR_MODULES", "lua_file", "to_lua", "coloring_data", "gateway_lua", "sidecar_lua"]
+__all__ = ["GATEWAY_MODULES", "SIDECAR_MODULES", "coloring_data", "gateway_lua", "lua_file", "sidecar_lua", "to_lua"]
 
 # Dependency order: each module may use the ones before it through LANE_MODULES.
 GATEWAY_MODULES: Final = ("fnv", "text", "regex", "baggage", "request", "coloring")
@@ -49,7 +49,7 @@ def _is_identifier(key: str) -> bool:
 
 
 _LUA_KEYWORDS: Final = frozenset(
-    "and break do else elseif end false for function goto if in local nil not or repeat return then true until while".split()
+    ["and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while"]
 )
 
 

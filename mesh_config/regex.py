@@ -22,9 +22,9 @@ node)``, ``("bol",)``, ``("eol",)``. Greediness is dropped: a full-match answer 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 
-__all__ = ["RegexNode", "UnsupportedRegex", "parse_regex", "nfa_size", "MAX_REPEAT", "MAX_NFA_STATES"]
+__all__ = ["MAX_NFA_STATES", "MAX_REPEAT", "RegexNode", "UnsupportedRegex", "nfa_size", "parse_regex"]
 
 RegexNode: TypeAlias = tuple[object, ...]
 MAX_REPEAT: Final = 1000  # RE2's bound for counted repetition
@@ -261,15 +261,20 @@ def parse_regex(text: str) -> RegexNode:
     return node
 
 
+def children(node: RegexNode) -> list[RegexNode]:
+    """The sub-trees of a ``cat`` or ``alt`` node."""
+    return [cast(RegexNode, n) for n in node[1:]]
+
+
 def nfa_size(node: RegexNode) -> int:
     """How many states ``lua/regex.lua`` builds for *node* (same construction)."""
     kind = node[0]
     if kind in ("set", "bol", "eol"):
         return 1
     if kind == "cat":
-        return sum(nfa_size(n) for n in node[1:])  # type: ignore[arg-type]
+        return sum(nfa_size(n) for n in children(node))
     if kind == "alt":
-        return 1 + sum(nfa_size(n) for n in node[1:])  # type: ignore[arg-type]
+        return 1 + sum(nfa_size(n) for n in children(node))
     lo, hi, body = node[1], node[2], node[3]
     assert isinstance(lo, int) and isinstance(hi, int) and isinstance(body, tuple)
     inner = nfa_size(body)

@@ -28,8 +28,15 @@ from .lanes import Presence, present_lanes
 from .model import CONFIG_LABEL, MANAGED_BY_LABEL, Resource, to_data
 from .virtual_service import virtual_services
 
-__all__ = ["MANAGED_BY", "render_objects", "render_resources", "dump_yaml", "config_name", "object_file_name",
-           "write_objects"]
+__all__ = [
+    "MANAGED_BY",
+    "config_name",
+    "dump_yaml",
+    "object_file_name",
+    "render_objects",
+    "render_resources",
+    "write_objects",
+]
 
 MANAGED_BY: Final = "lane"
 _NOT_LABEL = re.compile(r"[^a-z0-9.-]+")
@@ -72,7 +79,7 @@ def render_objects(
     return [to_data(r) for r in render_resources(config, lanes=lanes, namespace=namespace)]
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
     """SafeDumper that writes multi-line strings (the Lua) as literal blocks, readable in review."""
 
 
@@ -87,10 +94,11 @@ _Dumper.add_representer(str, _str_representer)
 
 def dump_yaml(objects: Iterable[Mapping[str, Any]]) -> str:
     """Deterministic multi-document YAML of *objects* (keys sorted, Lua as literal blocks)."""
-    return yaml.dump_all(
+    text: str = yaml.dump_all(
         [dict(o) for o in objects], Dumper=_Dumper, sort_keys=True, default_flow_style=False,
         allow_unicode=False, width=4096, explicit_start=True,
     )
+    return text
 
 
 def object_file_name(obj: Mapping[str, Any], index: int) -> str:

@@ -24,7 +24,7 @@ from jsonschema import Draft4Validator
 
 from lane.errors import LaneError
 
-__all__ = ["SchemaError", "CrdIndex", "load_crds", "parse_crds", "validate_objects"]
+__all__ = ["CrdIndex", "SchemaError", "load_crds", "parse_crds", "validate_objects"]
 
 _DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DNS_LABEL: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -113,7 +113,7 @@ def parse_crds(text: str, source: str = "<crds>") -> CrdIndex:
         if not isinstance(item, dict) or item.get("kind") != "CustomResourceDefinition":
             continue
         spec = item.get("spec") or {}
-        group, kind = spec.get("group"), (spec.get("names") or {}).get("kind")
+        group, kind = str(spec.get("group", "")), str((spec.get("names") or {}).get("kind", ""))
         for version in spec.get("versions") or []:
             if not version.get("served"):
                 continue
@@ -124,8 +124,8 @@ def parse_crds(text: str, source: str = "<crds>") -> CrdIndex:
             strict["properties"].update({"apiVersion": {"type": "string"}, "kind": {"type": "string"},
                                          "metadata": _OBJECT_META})
             strict["required"] = sorted({*strict.get("required", []), "apiVersion", "kind", "metadata"})
-            schemas[(group, version["name"], kind)] = _Served(strict, cel)
-            versions.setdefault((group, kind), []).append(version["name"])
+            schemas[(group, str(version["name"]), kind)] = _Served(strict, cel)
+            versions.setdefault((group, kind), []).append(str(version["name"]))
     if not schemas:
         raise SchemaError(f"{source}: no CustomResourceDefinition with a served version found")
     return CrdIndex(schemas, {k: tuple(v) for k, v in versions.items()}, source)

@@ -23,9 +23,9 @@ from lane.config import LaneConfig
 from lane.errors import ConfigError
 from lane.rules import Condition, RequestView, Rule, Source
 
-from .regex import RegexNode, parse_regex
+from .regex import RegexNode, children, parse_regex
 
-__all__ = ["Vector", "python_lanes", "vectors_for", "load_vectors", "sample_for"]
+__all__ = ["Vector", "load_vectors", "python_lanes", "sample_for", "vectors_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class _Draw(random.Random):
         super().__init__(0)
         self.value = value
 
-    def randrange(self, *args: Any, **kwargs: Any) -> int:  # noqa: ARG002 - same signature as Random
+    def randrange(self, *args: Any, **kwargs: Any) -> int:
         return self.value
 
 
@@ -87,11 +87,13 @@ def _sample(node: RegexNode) -> str:
                 return chr(max(lo, 0x21))
         return chr(pairs[0][0])
     if kind == "cat":
-        return "".join(_sample(n) for n in node[1:])  # type: ignore[arg-type]
+        return "".join(_sample(n) for n in children(node))
     if kind == "alt":
-        return _sample(node[1])  # type: ignore[arg-type]
+        return _sample(children(node)[0])
     if kind == "rep":
-        return _sample(node[3]) * int(node[1])  # type: ignore[arg-type, call-overload]
+        count, body = node[1], node[3]
+        assert isinstance(count, int) and isinstance(body, tuple)
+        return _sample(body) * count
     return ""
 
 

@@ -41,7 +41,7 @@ from .render import render_objects
 from .vectors import Vector, python_lanes, vectors_for
 from .virtual_service import MESH_GATEWAY
 
-__all__ = ["VerifyError", "Hop", "VectorResult", "envoy_bootstrap", "verify", "format_result"]
+__all__ = ["Hop", "VectorResult", "VerifyError", "envoy_bootstrap", "format_result", "verify"]
 
 _HCM_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER: Final = {"name": "envoy.filters.http.router",
@@ -228,7 +228,7 @@ class _Runner:
         tag = body.get("tag") if isinstance(body, dict) else None
         if isinstance(body, str) and (refused := _REFUSED.fullmatch(body)) and refused["service"] == config.entry:
             tag = refused["lane"]  # a strict lane's 503 route matched: it names the lane the filter set
-        lane = tag if tag in python else sorted(python)[0]
+        lane = tag if tag in python else min(python)
         if status == 200 and tag not in python:
             problems.append(f"gateway set lane {tag!r}; the Python engine gives {', '.join(sorted(python))}")
         if isinstance(body, dict) and tag is not None:

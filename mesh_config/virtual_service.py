@@ -36,7 +36,7 @@ from .model import (
     VirtualServiceSpec,
 )
 
-__all__ = ["MESH_GATEWAY", "virtual_services", "http_routes"]
+__all__ = ["MESH_GATEWAY", "http_routes", "virtual_services"]
 
 MESH_GATEWAY: Final = "mesh"
 

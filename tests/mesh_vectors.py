@@ -14,7 +14,7 @@ from typing import Final
 from lane.config import LaneConfig, parse_config
 from mesh_config.vectors import Vector
 
-__all__ = ["CHAIN_CONFIG", "CONFORMANCE_CONFIG", "conformance_config", "conformance_vectors", "RANDOM_RULE_QUERY"]
+__all__ = ["CHAIN_CONFIG", "CONFORMANCE_CONFIG", "RANDOM_RULE_QUERY", "conformance_config", "conformance_vectors"]
 
 CONFORMANCE_CONFIG: Final = r"""
 tag:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mesh_vectors import RANDOM_RULE_QUERY, conformance_config, conformance_vectors
 
 from lane import baggage as py_baggage
 from lane.config import parse_config
@@ -24,7 +25,6 @@ from lane.rules import RequestView
 from mesh_config.lua import GATEWAY_MODULES, gateway_lua, lua_file, sidecar_lua, to_lua
 from mesh_config.regex import parse_regex
 from mesh_config.vectors import Vector, python_lanes
-from mesh_vectors import RANDOM_RULE_QUERY, conformance_config, conformance_vectors
 
 try:
     from lupa import luajit21 as lupa_runtime  # the dialect Envoy embeds

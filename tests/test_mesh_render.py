@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
+from mesh_vectors import CHAIN_CONFIG
 
 from lane.config import load_config, parse_config
 from lane.errors import ConfigError
 from mesh_config.render import dump_yaml, render_objects
-from mesh_vectors import CHAIN_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo.yaml"
@@ -131,7 +131,7 @@ def test_unsupported_regex_is_rejected_with_the_rule_path() -> None:
 
 
 def lane(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lane", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([sys.executable, "-m", "lane", *args], check=False, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_cli_writes_one_file_per_object(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_cluster_flags_report_a_missing_cluster_clearly(tmp_path: Path) -> None:
     env_home.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "lane", "mesh", "render", "--from-cluster", "-o", str(tmp_path / "o")],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        check=False, capture_output=True, text=True, cwd=ROOT, timeout=120,
         env={**os.environ, "HOME": str(env_home), "KUBECONFIG": str(tmp_path / "missing"),
              "KUBERNETES_SERVICE_HOST": ""},
     )

@@ -67,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="admin base URL to poll for GET /lane/instances (repeatable; the demo admin gives a union view)")
     parser.add_argument("--chaos", nargs="?", const="auto", default=None, metavar="SERVICE@LANE",
                         help="local demo only: stop and restart a lane instance mid-run (default target: auto)")
-    parser.add_argument("--chaos-after", type=float, help="seconds before the chaos stop (default: a quarter of the run)")
-    parser.add_argument("--chaos-down", type=float, help="seconds the instance stays down (default: 30%% of the run)")
+    parser.add_argument("--chaos-after", type=float, help="seconds before the chaos stop (default: 20%% of the run)")
+    parser.add_argument("--chaos-down", type=float, help="seconds the instance stays down (default: 20%% of the run)")
     parser.add_argument("--max-error-rate", type=_rate, default=0.01, help="tolerated HTTP failure ratio (default 0.01)")
     parser.add_argument("--pace", type=float, default=0.02, help="seconds each user waits between requests (default 0.02)")
     parser.add_argument("--grace", type=float, help="seconds around a request in which an unhealthy sighting justifies a fallback")

@@ -13,6 +13,7 @@ Imports locust: only the locustfile imports this module, inside a locust process
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -76,9 +77,9 @@ def add_options(parser: Any, **_: Any) -> None:
     group.add_argument("--lane-chaos", default="", env_var="LANE_LOADTEST_CHAOS", **opt,
                        help="'auto' or service@lane: stop and restart that demo instance mid-run")
     group.add_argument("--lane-chaos-after", type=float, default=-1.0, env_var="LANE_LOADTEST_CHAOS_AFTER", **opt,
-                       help="seconds into the run before stopping the chaos target (default: a quarter of the run)")
+                       help="seconds into the run before stopping the chaos target (default: 20%% of the run)")
     group.add_argument("--lane-chaos-down", type=float, default=-1.0, env_var="LANE_LOADTEST_CHAOS_DOWN", **opt,
-                       help="seconds the chaos target stays down (default: 30%% of the run)")
+                       help="seconds the chaos target stays down (default: 20%% of the run)")
     group.add_argument("--lane-no-forged", action="store_true", default=False, env_var="LANE_LOADTEST_NO_FORGED",
                        **opt, help="do not send personas that forge the lane tag or baggage")
     group.add_argument("--lane-pace", type=float, default=0.02, env_var="LANE_LOADTEST_PACE", **opt,
@@ -132,8 +133,13 @@ class _Chaos:
             return
         self.target = target
         run_time = getattr(self.environment.parsed_options, "run_time", None) or 20
-        after = opts.chaos_after if opts.chaos_after is not None else max(1.0, run_time * 0.25)
-        down = opts.chaos_down if opts.chaos_down is not None else max(1.0, run_time * 0.3)
+        # Stop early and briefly: after the restart the proxies may keep the instance ejected for
+        # eject_seconds, and recovery must be seen before the run ends.
+        after = opts.chaos_after if opts.chaos_after is not None else max(1.0, run_time * 0.2)
+        down = opts.chaos_down if opts.chaos_down is not None else max(1.0, run_time * 0.2)
+        if after + down + config.proxy.eject_seconds + 2 > run_time:
+            log.warning("chaos: a %ss run may end before %s@%s is back (stop at %.0fs, %.0fs down, ejected up to %gs)",
+                        run_time, *target, after, down, config.proxy.eject_seconds)
         self.session.chaos = ChaosRun(*target, error="the run ended before the chaos cycle finished")
 
         def drive() -> None:
@@ -145,6 +151,8 @@ class _Chaos:
         self.greenlet = gevent.spawn(drive)
 
     def stop(self) -> None:
+        if self.session.chaos is not None:
+            self.session.chaos = dataclasses.replace(self.session.chaos, ended_at=time.time())
         if self.greenlet is not None and not self.greenlet.ready():
             self.greenlet.kill(block=True, timeout=5)
             if self.target is not None:  # never leave the demo with an instance stopped

@@ -101,5 +101,5 @@ class LaneSession:
     def summary(self) -> Summary:
         return summarize(
             self.stats, self.personas, self.config.default_lane, self.options.thresholds, self.chaos,
-            grace=self.options.grace + self.config.proxy.eject_seconds,
+            grace=self.options.grace + self.config.proxy.eject_seconds, eject_seconds=self.config.proxy.eject_seconds,
         )

@@ -54,6 +54,7 @@ class ChaosRun:
     stopped_at: float | None = None
     started_at: float | None = None
     error: str | None = None
+    ended_at: float | None = None  # when the run ended (set at the end, for a helpful message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ def _shares(stats: LaneStats, personas: Sequence[Persona], th: Thresholds) -> li
     return out
 
 
-def _chaos(stats: LaneStats, run: ChaosRun, grace: float) -> ChaosCheck:
+def _chaos(stats: LaneStats, run: ChaosRun, grace: float, eject_seconds: float) -> ChaosCheck:
     target = f"{run.service}@{run.lane}"
     if run.error or run.stopped_at is None or run.started_at is None:
         return ChaosCheck(target, 0, 0, False, run.error or "the instance was not stopped and restarted")
@@ -118,6 +119,9 @@ def _chaos(stats: LaneStats, run: ChaosRun, grace: float) -> ChaosCheck:
         problem = f"no fallback observed at {run.service} while {target} was stopped"
     elif not recovered:
         problem = f"no request returned to {target} after it restarted"
+        if run.ended_at is not None:
+            problem += (f" (it was back {run.ended_at - run.started_at:.1f}s before the run ended; proxies may"
+                        f" keep it ejected for {eject_seconds:g}s: run longer or start chaos earlier)")
     return ChaosCheck(target, fell, recovered, problem is None, problem)
 
 
@@ -128,6 +132,7 @@ def summarize(
     thresholds: Thresholds = Thresholds(),
     chaos: ChaosRun | None = None,
     grace: float = 1.0,
+    eject_seconds: float = 0.0,
 ) -> Summary:
     """Judge a finished (or running) test."""
     reasons: list[str] = []
@@ -153,7 +158,7 @@ def summarize(
                 f"expected {s.expected:.3f} ± {s.tolerance:.3f}"
             )
 
-    chaos_check = _chaos(stats, chaos, grace) if chaos is not None else None
+    chaos_check = _chaos(stats, chaos, grace, eject_seconds) if chaos is not None else None
     if chaos_check is not None and not chaos_check.ok:
         reasons.append(f"chaos {chaos_check.target}: {chaos_check.problem}")
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_loadtest_dataplane import Bugs, fake_data_plane
 
 from lane.config import parse_config
-from test_loadtest_dataplane import Bugs, fake_data_plane
 
 LANE = [sys.executable, "-m", "lane"]
 TIMEOUT = 150
@@ -125,7 +125,7 @@ def test_lane_lost_below_a_service_fails(tmp_path: Path) -> None:
 
 def test_no_request_made_fails(tmp_path: Path) -> None:
     port = free_port()  # nothing listens here
-    code, out, doc = run_lane(["--host", f"http://127.0.0.1:{port}", "--headless", "--run-time", "2"], tmp_path)
+    code, _, doc = run_lane(["--host", f"http://127.0.0.1:{port}", "--headless", "--run-time", "2"], tmp_path)
     assert code == 1
     assert any("error rate 100.00%" in r for r in doc["reasons"])
 
@@ -270,11 +270,11 @@ def test_bad_arguments_are_refused_clearly(tmp_path: Path) -> None:
          "--chaos target must be service@lane"),
     ]
     for args, message in cases:
-        proc = subprocess.run([*LANE, "loadtest", *args], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([*LANE, "loadtest", *args], check=False, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
     proc = subprocess.run([*LANE, "loadtest", "--host", "http://x", "--run-time", "soon"],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "expected a time span" in proc.stderr
 
 

@@ -172,3 +172,34 @@ def test_cluster_flags_report_a_missing_cluster_clearly(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_cluster_flags_are_wired_to_the_cluster_module(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """No API server here: the cluster module's two contract functions are replaced by recorders."""
+    import argparse
+
+    from mesh_config import cli, cluster
+
+    calls: list[tuple[str, str]] = []
+
+    def lanes_from_cluster(config: Any, namespace: str) -> dict[str, frozenset[str]]:
+        calls.append(("lanes", namespace))
+        return {"c": frozenset({"base"})}
+
+    def check_endpoints(objects: list[dict[str, Any]], config: Any, namespace: str) -> list[str]:
+        calls.append(("check", namespace))
+        c_routes = routes(objects_of(objects, "VirtualService")["c"])
+        return [] if c_routes["gray"] == "base" else ["c gray has no ready endpoints"]
+
+    monkeypatch.setattr(cluster, "lanes_from_cluster", lanes_from_cluster)
+    monkeypatch.setattr(cluster, "check_endpoints", check_endpoints)
+    args = argparse.Namespace(mesh_command="render", config=str(DEMO), output="-", namespace="lanes",
+                              from_cluster=True, check_endpoints=True)
+    assert cli.run(args) == 0
+    assert calls == [("lanes", "lanes"), ("check", "lanes")]
+    rendered = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert routes(objects_of(rendered, "VirtualService")["c"])["gray"] == "base"  # no ready gray c
+    args.from_cluster = False
+    assert cli.run(args) == 1  # the config's gray c is not ready: flagged
+    assert "endpoint check: c gray has no ready endpoints" in capsys.readouterr().err

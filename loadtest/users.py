@@ -54,7 +54,7 @@ class LaneUser(HttpUser):
                 verdict = RequestVerdict(None, (), ())  # an HTTP failure, judged by the error rate
             else:
                 poller = poller_of(self.environment)
-                refresh = poller.poll_once if poller else (lambda: None)
+                refresh = poller.refresh if poller else (lambda: None)
                 verdict = session.verify_settled(persona, hops, start, end, refresh=refresh, sleep=gevent.sleep)
             # No greenlet switch between here and the end of the `with`: lane and locust counts agree.
             session.record(persona, verdict, http_ok, end)

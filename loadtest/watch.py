@@ -60,6 +60,7 @@ class AdminPoller:
         self._no_topology: set[str] = set()
         self._down: set[str] = set()
         self.polls = 0
+        self._last = float("-inf")
 
     def _one(self, admin: str) -> list[dict[LaneKey, bool]]:
         views = []
@@ -91,7 +92,17 @@ class AdminPoller:
         if views:
             self.history.observe("admin", self._clock(), view)
         self.polls += 1
+        self._last = self._clock()
         return view
+
+    def refresh(self, min_age: float = 0.1) -> None:
+        """Poll now unless a poll finished less than *min_age* seconds ago.
+
+        Many users may want fresh health data at once (the first fallbacks of an outage); this
+        keeps them from flooding the admin endpoints.
+        """
+        if self._clock() - self._last >= min_age:
+            self.poll_once()
 
     def run(self, interval: float, should_stop: Callable[[], bool], sleep: Callable[[float], None]) -> None:
         """Poll every *interval* seconds until *should_stop*; never raises (a poll loop must not die)."""

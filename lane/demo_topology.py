@@ -90,4 +90,4 @@ def effective_config_text(original_text: str, the_plan: Plan) -> str:
         if isinstance(spec, dict) and isinstance(spec.get("instances"), dict):
             spec["instances"] = {lane: addresses.get(name, {}).get(lane, []) for lane in spec["instances"]}
     header = "# Effective config of `lane demo`: instance addresses are the sidecars' inbound ports.\n"
-    return header + yaml.safe_dump(document, sort_keys=False)
+    return header + str(yaml.safe_dump(document, sort_keys=False))

@@ -20,6 +20,8 @@ from .config import Endpoint
 
 __all__ = ["InstanceHealth", "PassiveHealth"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class _State:
@@ -87,7 +89,7 @@ class PassiveHealth:
             if self._on_eject is not None:
                 try:
                     self._on_eject(endpoint)
-                except Exception:  # noqa: BLE001 - a metrics hook never fails a request
+                except Exception:  # a metrics hook never fails a request
                     log.exception("on_eject hook failed for %s", endpoint)
             return True
         return False

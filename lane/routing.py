@@ -74,9 +74,9 @@ def choose_upstream(
     requested = lane
     if not svc.instances:
         # Selector-only service: reached at its cluster address; the mesh picks the pod.
-        served = config.default_lane
-        reason = None if served == requested else FallbackReason.NO_INSTANCE
-        return Route(service, requested, served, (Endpoint(svc.host, svc.port),), reason)
+        cluster_lane = config.default_lane
+        reason = None if cluster_lane == requested else FallbackReason.NO_INSTANCE
+        return Route(service, requested, cluster_lane, (Endpoint(svc.host, svc.port),), reason)
     health = available or static_available(config)
     failed_set = frozenset(failed)
 

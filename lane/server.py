@@ -1,8 +1,8 @@
 """The run loop of a lane proxy process: listeners, signals, drain, reload.
 
 * uvloop when installed;
-* every data listener binds with ``SO_REUSEPORT``, so ``--workers N`` (see `lane.workers`) runs N
-  processes on one port and the kernel spreads connections over them;
+* under ``--workers N`` (see `lane.workers`) data listeners bind with ``SO_REUSEPORT``: N
+  processes on one port, the kernel spreads connections over them;
 * SIGTERM/SIGINT: stop accepting, let in-flight requests finish up to the drain deadline, exit 0;
 * SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_DRAIN_SECONDS = 20.0
+# Set by the `--workers` supervisor for its workers: only then is a port shared (SO_REUSEPORT), so
+# a second proxy started by mistake on a busy port fails loudly instead of silently sharing it.
+REUSE_PORT_ENV = "LANE_REUSE_PORT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +92,14 @@ async def serve(
             runner = web.AppRunner(listener.app, shutdown_timeout=drain_seconds, access_log=None)
             await runner.setup()
             runners.append((listener, runner))
+            share = listener.reuse_port and os.environ.get(REUSE_PORT_ENV) == "1"
             site = web.TCPSite(runner, listener.address.host, listener.address.port,
-                               reuse_port=listener.reuse_port or None, backlog=1024)
-            await site.start()
+                               reuse_port=share or None, backlog=1024)
+            try:
+                await site.start()
+            except OSError as exc:
+                log.error("%s cannot listen on %s: %s", listener.name, listener.address, exc.strerror or exc)
+                return 1
             host, port = runner.addresses[0][:2]
             bound[listener.name] = HostPort(host, port)
             log.info("%s listening on http://%s", listener.name, bound[listener.name])

@@ -80,9 +80,16 @@ class Child:
                 document: dict[str, Any] = json.loads(self.ready_file.read_text())
                 return document
             if not self.alive:
-                raise RuntimeError(f"{self.name} exited with status {self.returncode()}; see {self.log_file}")
+                raise RuntimeError(f"{self.name} exited with status {self.returncode()}:\n{self.log_tail()}")
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"{self.name} not ready after {timeout:g}s; see {self.log_file}")
+        raise RuntimeError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(f"  | {line}" for line in text.splitlines()[-lines:])
 
     def returncode(self) -> int | None:
         return self.process.returncode if self.process is not None else None

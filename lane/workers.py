@@ -35,7 +35,7 @@ from .admin import RUNTIME, metrics_handler
 from .config import LaneConfig
 from .readiness import announce
 from .runtime import Runtime
-from .server import HostPort, Listener, run_loop, serve
+from .server import REUSE_PORT_ENV, HostPort, Listener, run_loop, serve
 from .supervisor import Child
 
 __all__ = ["WORKERS", "supervise"]
@@ -115,9 +115,14 @@ def supervise(args: argparse.Namespace, command: str, config: LaneConfig) -> int
         ready = workdir / f"worker-{index}.json"
         argv = [sys.executable, "-m", "lane", f"--log-level={level}", *_command_args(), "--workers", "1",
                 "--admin", "127.0.0.1:0", "--ready-file", str(ready)]
-        children.append(Child(f"{command} worker {index}", argv, ready_file=ready, log_file=workdir / f"worker-{index}.log"))
+        children.append(Child(f"{command} worker {index}", argv, ready_file=ready,
+                              log_file=workdir / f"worker-{index}.log", env={REUSE_PORT_ENV: "1"}))
     runtime = Runtime(config, args.config)
-    runtime.on_swap(lambda _config: [child.signal(signal.SIGHUP) for child in children])
+    def fan_out(_config: LaneConfig) -> None:
+        for child in children:
+            child.signal(signal.SIGHUP)
+
+    runtime.on_swap(fan_out)
     try:
         return run_loop(_main(args, command, runtime, children))
     finally:

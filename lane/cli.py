@@ -37,11 +37,19 @@ def _available() -> dict[str, tuple[str, str]]:
     return out
 
 
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand in *argv*, skipping the global options and their values."""
+    globals_only = argparse.ArgumentParser(add_help=False)
+    globals_only.add_argument("--log-level")
+    _, rest = globals_only.parse_known_args(list(argv))
+    return next((a for a in rest if not a.startswith("-")), None)
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lane", description="Full-link gray release (traffic lanes) from one YAML file.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = _chosen_command(argv)
     for name, (module, help_text) in _available().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:  # only the chosen command pays for its import

@@ -32,3 +32,9 @@ def test_check_rejects_a_broken_file_with_its_path(tmp_path: Path) -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     result = lane("frobnicate")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_global_option_value_is_not_taken_for_the_command() -> None:
+    result = lane("--log-level", "WARNING", "check")
+    assert result.returncode == 0, result.stderr
+    assert "services (entry a):" in result.stdout

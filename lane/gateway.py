@@ -81,7 +81,7 @@ def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str]
         log.debug("removed a lane tag sent by untrusted peer %s", request.remote)
     strip_lane(headers, config.tag)
     if lane is None:
-        view = RequestView.from_parts(request.headers.items(), request.query_string)
+        view = RequestView.from_parts(request.headers.items(), request.rel_url.raw_query_string)
         lane = color(config.rules, view, config.default_lane).lane
     return lane
 

@@ -139,3 +139,14 @@ def test_trust_is_by_cidr_and_trace_headers_are_only_added_when_missing() -> Non
     headers = CIMultiDict({"X-Request-Id": "keep"})
     ensure_trace_headers(headers)
     assert headers["x-request-id"] == "keep" and headers["traceparent"].startswith("00-")
+
+
+async def test_query_rules_see_the_raw_query_decoded_once() -> None:
+    # `lane=gray%26x=1` is ONE parameter whose value is "gray&x=1": decoding the query string before
+    # splitting it (aiohttp's request.query_string) would wrongly read lane=gray.
+    from yarl import URL
+
+    async with gateway() as url, aiohttp.ClientSession() as client:
+        for query, lane in (("lane=gray%26x=1", "base"), ("lane=gr%61y", "gray"), ("x=1&lane=gray", "gray")):
+            async with client.get(URL(f"{url}/?{query}", encoded=True)) as resp:
+                assert (await resp.json())["lane"] == lane, query

@@ -142,11 +142,11 @@ def test_trust_is_by_cidr_and_trace_headers_are_only_added_when_missing() -> Non
 
 
 async def test_query_rules_see_the_raw_query_decoded_once() -> None:
-    # `lane=gray%26x=1` is ONE parameter whose value is "gray&x=1": decoding the query string before
-    # splitting it (aiohttp's request.query_string) would wrongly read lane=gray.
+    # `lane=gr%2561y` means the value "gr%61y", not "gray": decoding the query string before parsing
+    # it (aiohttp's request.query_string) would decode twice and wrongly color the request gray.
     from yarl import URL
 
     async with gateway() as url, aiohttp.ClientSession() as client:
-        for query, lane in (("lane=gray%26x=1", "base"), ("lane=gr%61y", "gray"), ("x=1&lane=gray", "gray")):
+        for query, lane in (("lane=gr%2561y", "base"), ("lane=gray%26x=1", "base"), ("lane=gr%61y", "gray"), ("x=1&lane=gray", "gray")):
             async with client.get(URL(f"{url}/?{query}", encoded=True)) as resp:
                 assert (await resp.json())["lane"] == lane, query

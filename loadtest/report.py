@@ -109,6 +109,13 @@ def render_text(summary: Summary, stats: LaneStats, personas: Sequence[Persona],
     out += ["", "Checks: " + " | ".join(
         f"{name} {'ok' if body.get('ok') else 'FAILED'}" for name, body in checks.items()
     ) + (f" | chaos {'ok' if summary.chaos.ok else 'FAILED'}" if summary.chaos else "")]
+    for share in summary.shares:
+        judged = "" if share.judged else " (too few samples to judge)"
+        out.append(f"Share {share.persona} -> {share.lane}: {share.observed:.3f} of {share.samples}, expected "
+                   f"{share.expected:.3f} ± {share.tolerance:.3f}{judged}: {'ok' if share.ok else 'FAILED'}")
+    if stats.sticky:
+        bad = sum(1 for lanes in stats.sticky.values() if len(lanes) > 1)
+        out.append(f"Stickiness: {len(stats.sticky)} keys, {bad} colored more than one lane")
     if stats.findings:
         out.append("Wrong lanes:")
         out += [f"  {n:6d}  {msg}" for msg, n in sorted(stats.findings.items(), key=lambda kv: (-kv[1], kv[0]))]

@@ -15,6 +15,7 @@ Pure: no locust, no I/O.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -29,6 +30,8 @@ from .regex_examples import example_of, is_safe_value, near_miss_of
 __all__ = ["USER_AGENT", "Persona", "PersonaKind", "build_personas", "outcomes"]
 
 PersonaKind = Literal["match", "near-miss", "no-match", "forged", "sticky", "share"]
+
+log = logging.getLogger(__name__)
 
 USER_AGENT: Final = "lane-loadtest/0.1"
 # Headers every request carries; the persona's own headers replace them by name.
@@ -206,8 +209,9 @@ def build_personas(config: LaneConfig, *, forged: bool = True) -> tuple[Persona,
     drafts: list[tuple[str, PersonaKind, str | None, _Draft, str | None]] = []
     for rule in config.rules:
         draft = _satisfying(rule)
-        if draft is None:
-            continue  # a regex we cannot synthesise: the rule gets no personas (reported by count)
+        if draft is None:  # a regex we cannot synthesise a value for: say so rather than guess
+            log.warning("rule %s: cannot build a request matching it; it gets no personas", rule.name)
+            continue
         pct = rule.percentage
         if pct is not None and pct.key is not None:
             hkey = (pct.key.source, pct.key.name)

@@ -17,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def describe(config: LaneConfig) -> str:
     lines = [
-        f"config {config.source}: tag header {config.tag.header}, baggage key {config.tag.baggage_key}, "
-        f"default lane {config.default_lane}, label key {config.label_key}"
+        (
+            f"config {config.source}: tag header {config.tag.header}, baggage key {config.tag.baggage_key}, "
+            f"default lane {config.default_lane}, label key {config.label_key}"
+        )
     ]
     lines.append("lanes:")
     for lane in config.lanes.values():

@@ -50,7 +50,7 @@ def is_valid_lane(value: str) -> bool:
 def log_preview(value: str) -> str:
     """A safe description of an untrusted value for logs: its length and a short, escaped prefix."""
     ellipsis = "..." if len(value) > _PREVIEW_CHARS else ""
-    return f"len={len(value)} prefix={ascii(value[:_PREVIEW_CHARS])}{ellipsis}"
+    return f"len={len(value)} prefix={value[:_PREVIEW_CHARS]!a}{ellipsis}"
 
 
 def parse_lane(value: str | None, *, source: str = "header") -> str | None:

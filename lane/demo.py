@@ -56,6 +56,7 @@ class Demo:
             "--admin", f"127.0.0.1:{self.plan.gateway_admin_port}", "--explain-json", "--drain-seconds", "3",
         ])
         self.admin_url = ""
+        self.gateway_url = f"http://127.0.0.1:{port}"  # the bound port once the gateway is ready (--port 0)
 
     def _child(self, name: str, args: list[str]) -> Child:
         ready = self.workdir / f"{name}.ready.json"
@@ -94,7 +95,8 @@ class Demo:
     async def start_all(self) -> None:
         await asyncio.gather(*(self.start_instance(key) for key in self.pairs))
         await self.gateway.start()
-        await self.gateway.wait_ready(READY_TIMEOUT)
+        ready = await self.gateway.wait_ready(READY_TIMEOUT)
+        self.gateway_url = f"http://{ready['listeners']['gateway']}"
 
     async def stop_all(self) -> None:
         await self.gateway.stop()
@@ -111,7 +113,7 @@ class Demo:
                          "pids": {"app": app.pid, "sidecar": sidecar.pid}}
             instances.setdefault(inst.service, {}).setdefault(inst.lane, []).append(entry)
         document: dict[str, Any] = {
-            "gateway": f"http://127.0.0.1:{self.port}", "admin": self.admin_url,
+            "gateway": self.gateway_url, "admin": self.admin_url,
             "gateway_admin": f"http://127.0.0.1:{self.plan.gateway_admin_port}",
             "config": str(self.config_path), "instances": instances,
         }
@@ -172,14 +174,14 @@ def build_demo_admin(demo: Demo) -> web.Application:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded examples/demo.yaml)")
-    parser.add_argument("--port", type=int, default=8080, help="gateway port on 127.0.0.1 (default 8080)")
+    parser.add_argument("--port", type=int, default=8080, help="gateway port on 127.0.0.1 (default 8080; 0 picks a free one)")
     parser.add_argument("--admin-port", type=int, default=0, help="demo admin port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--ready-file", help="write the topology as JSON here once everything is ready")
     parser.add_argument("--child-log-level", default="WARNING", help="log level of the child processes")
 
 
 def _banner(demo: Demo) -> str:
-    url = f"http://127.0.0.1:{demo.port}/"
+    url = f"{demo.gateway_url}/"
     return "\n".join([
         f"lane demo is up: gateway {url}  (admin {demo.admin_url}, logs in {demo.workdir})",
         "try:",

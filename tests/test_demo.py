@@ -32,8 +32,21 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
-    with lane_demo(tmp_path_factory.mktemp("demo")) as run:
+    """The shared demo, its gateway on ``--port 0`` (the later ``--port`` wins over the helper's)."""
+    with lane_demo(tmp_path_factory.mktemp("demo"), "--port", "0") as run:
         yield run
+
+
+def test_port_0_reports_the_port_the_gateway_really_bound(demo: DemoRun) -> None:
+    host, _, port = demo.gateway.removeprefix("http://").rpartition(":")
+    assert host == "127.0.0.1" and int(port) > 0
+    status, _, topo = get(demo.admin + "/demo/topology")
+    assert status == 200 and topo["gateway"] == demo.gateway
+    status, headers, _ = get(demo.gateway + "/")
+    assert status == 200 and headers["x-lane-served"] == "base"
+    banner = demo.log.read_text(errors="replace")
+    assert f"gateway {demo.gateway}/ " in banner and f"curl -s {demo.gateway}/ " in banner
+    assert ":0/" not in banner
 
 
 def test_xiaoming_takes_the_gray_lane_and_returns_to_it_after_b(demo: DemoRun) -> None:

@@ -58,10 +58,10 @@ def host_port(text: str) -> HostPort:
     return HostPort(host or "0.0.0.0", int(port))
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str | None = None) -> None:
     """Options every proxy command shares: workers, drain deadline, ready file."""
     parser.add_argument("--workers", type=int, default=1,
-                        help="processes serving the same port via SO_REUSEPORT (default 1)")
+                        help=workers_help or "processes serving the same port via SO_REUSEPORT (default 1)")
     parser.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS,
                         help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
     parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")

@@ -12,6 +12,10 @@ services in the config are reachable (403 otherwise: this is not an open proxy).
 outbound request's own tag, else the one recovered from the trace-id cache, else the default
 lane; the request leaves with the tag header and baggage member set, to the right instance of
 the target service (live fallback), and its hop record is added to the inbound collection.
+
+One process only: ``--workers N > 1`` is refused (`WORKERS_REFUSED`). The trace-id cache and the
+hop collections are in-process state keyed by the inbound request; with several workers sharing
+the ports an app's outbound call could land on a worker that never saw the inbound request.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -55,11 +60,28 @@ from .trace_cache import TraceCache, trace_keys
 from .websocket_proxy import forward_websocket, open_websocket, pump_websockets
 from .wire import request_lane, set_lane
 
-__all__ = ["SIDECAR", "Sidecar", "add_arguments", "build_inbound_app", "build_outbound_app", "run", "target_host"]
+__all__ = [
+    "SIDECAR",
+    "WORKERS_REFUSED",
+    "Sidecar",
+    "add_arguments",
+    "build_inbound_app",
+    "build_outbound_app",
+    "run",
+    "target_host",
+]
 
 log = logging.getLogger(__name__)
 
 _REASONS = frozenset(r.value for r in FallbackReason)
+# Why `--workers` must stay 1: sharing the state between processes would need a store every
+# worker reaches on every request; a sidecar serves one app instance, so scaling is the app's job.
+WORKERS_REFUSED: Final = (
+    "lane sidecar runs as one process; --workers {workers} is refused: the trace-id cache (which "
+    "recovers the lane when the app forwards only a trace header) and the hop collection (x-lane-path) "
+    "live in the process's memory, so an outbound call of the app that lands on another worker would "
+    "lose its lane and its hops. To scale, run more app instances, each with its own sidecar"
+)
 
 
 @dataclass(slots=True)
@@ -236,10 +258,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="outbound HOST:PORT, the app's HTTP_PROXY (default 127.0.0.1:15001)")
     parser.add_argument("--admin", type=host_port, default=host_port("127.0.0.1:15000"),
                         help="admin HOST:PORT (default 127.0.0.1:15000)")
-    add_server_arguments(parser)
+    add_server_arguments(parser, workers_help="must be 1: a sidecar keeps per-request state in one process "
+                         "(trace-id cache, hop collection); scale the app instead")
 
 
 def _check(args: argparse.Namespace, config: LaneConfig) -> str | None:
+    if args.workers != 1:
+        return WORKERS_REFUSED.format(workers=args.workers)
     if not args.service:
         return "--service is required (or set LANE_SERVICE)"
     if args.service not in config.services:
@@ -263,10 +288,6 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         log.error("%s", problem)
         return 2
-    if args.workers > 1:
-        from . import workers
-
-        return workers.supervise(args, "sidecar", config)
 
     async def build() -> tuple[list[Listener], Runtime]:
         runtime = Runtime(config, args.config)

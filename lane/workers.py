@@ -9,9 +9,9 @@ serves the admin listener itself:
 * ``POST /lane/reload`` and SIGHUP check the file, then have every worker reload it;
 * SIGTERM/SIGINT stop the workers (each drains its in-flight requests) and exit 0.
 
-Limitation: a sidecar's trace-id cache and hop collections live in each worker, so with N > 1 a
-sidecar recovers lanes and collects hops only when the app's outbound call lands on the worker
-that saw the inbound request; run sidecars with one worker (the default) when that matters.
+Only the gateway runs under it: ``lane sidecar`` refuses ``--workers N > 1``, because its
+trace-id cache and hop collections are per-process state that an app's outbound call must find
+in the worker that saw the inbound request (see `lane.sidecar.WORKERS_REFUSED`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ __all__ = ["WORKERS", "supervise"]
 log = logging.getLogger(__name__)
 
 WORKERS = web.AppKey("lane_workers", list[Child])
-_DATA_LISTENERS = {"gateway": ("listen",), "sidecar": ("listen", "outbound")}
+_DATA_LISTENERS = {"gateway": ("listen",)}
 
 
 async def _instances(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import serve_app
+from conftest import free_port, serve_app
 
 from lane.config import Endpoint, parse_config
 from lane.demo_app import DemoApp, build_demo_app
@@ -167,3 +167,15 @@ async def test_websocket_echo_through_gateway_and_sidecar() -> None:
             assert (await ws.receive(timeout=10)).data == "hello"
             await ws.send_bytes(b"\x00\x01" * 1000)
             assert (await ws.receive(timeout=10)).data == b"\x00\x01" * 1000
+
+
+def test_sidecar_refuses_more_than_one_worker_and_says_why() -> None:
+    # Fixed free ports: with port 0 the old supervisor also exited 2, for another reason.
+    argv = [sys.executable, "-m", "lane", "sidecar", "--service", "a", "--lane", "gray", "--app", "127.0.0.1:9",
+            "--listen", f"127.0.0.1:{free_port()}", "--outbound", f"127.0.0.1:{free_port()}",
+            "--admin", "127.0.0.1:0", "--workers", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "--workers 2 is refused" in done.stderr
+    assert "trace-id cache" in done.stderr and "another worker" in done.stderr
+    assert "ready" not in done.stderr  # it never started listening

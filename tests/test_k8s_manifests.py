@@ -13,7 +13,6 @@ import copy
 import functools
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,11 @@ def of_kind(objects: tuple[JSON, ...], kind: str) -> dict[str, JSON]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
+def workloads(objects: tuple[JSON, ...]) -> dict[str, JSON]:
+    """Everything with a pod template (Deployments and Jobs), by "Kind/name"."""
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in objects if o["kind"] in ("Deployment", "Job")}
+
+
 def pod_spec(workload: JSON) -> JSON:
     spec: JSON = workload["spec"]["template"]["spec"]
     return spec
@@ -70,7 +74,7 @@ def lane_config(objects: tuple[JSON, ...]) -> LaneConfig:
 
 
 def test_there_are_overlays() -> None:
-    assert {"demo", "loadtest", "gray-off"} <= set(OVERLAYS)
+    assert {"demo", "loadtest", "loadtest-ui", "gray-off"} <= set(OVERLAYS)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -93,12 +97,13 @@ def test_validation_is_strict_enough_to_fail() -> None:
 def test_references_resolve(overlay: str) -> None:
     objects = rendered(overlay)
     configmaps = of_kind(objects, "ConfigMap")
-    workloads = of_kind(objects, "Deployment")
+    pods = workloads(objects)
     namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"}
     assert namespaces == {"lane-demo"} and "lane-demo" in of_kind(objects, "Namespace")
-    for name, deployment in workloads.items():
-        spec = pod_spec(deployment)
-        assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    for name, workload in pods.items():
+        spec = pod_spec(workload)
+        if "selector" in workload["spec"]:  # a Job's is generated
+            assert workload["spec"]["selector"]["matchLabels"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
         for volume in spec.get("volumes") or []:
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in configmaps, f"{name}: {volume}"
@@ -112,7 +117,7 @@ def test_references_resolve(overlay: str) -> None:
         for name, obj in of_kind(objects, kind).items():
             selector = obj["spec"]["selector"]
             selector = selector.get("matchLabels", selector)
-            chosen = [w for w in workloads.values()
+            chosen = [w for w in pods.values()
                       if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
             assert chosen, f"{kind}/{name} selects no pods"
             if kind == "Service":
@@ -174,8 +179,8 @@ def test_gateway_has_replicas_probes_and_a_disruption_budget() -> None:
 
 def test_every_container_runs_as_non_root() -> None:
     for overlay in OVERLAYS:
-        for deployment in of_kind(rendered(overlay), "Deployment").values():
-            spec = pod_spec(deployment)
+        for workload in workloads(rendered(overlay)).values():
+            spec = pod_spec(workload)
             assert spec["securityContext"]["runAsNonRoot"] is True
             for c in spec["containers"]:
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
@@ -184,29 +189,14 @@ def test_every_container_runs_as_non_root() -> None:
 def test_every_lane_command_line_is_accepted_by_the_real_cli() -> None:
     seen = set()
     for overlay in OVERLAYS:
-        for deployment in of_kind(rendered(overlay), "Deployment").values():
-            for c in pod_spec(deployment)["containers"]:
+        for workload in workloads(rendered(overlay)).values():
+            for c in pod_spec(workload)["containers"]:
                 if c.get("command"):
-                    continue  # locust, checked below
+                    continue  # locust, checked in test_k8s_loadtest.py
                 argv = list(c["args"])
                 args = build_parser(argv).parse_args(argv)
                 seen.add(args.command)
-    assert seen == {"gateway", "sidecar", "demo-app"}
-
-
-def test_loadtest_overlay_runs_a_bounded_distributed_locust() -> None:
-    objects = rendered("loadtest")
-    deployments, services = of_kind(objects, "Deployment"), of_kind(objects, "Service")
-    master, worker = container(deployments["locust-master"], "locust"), container(deployments["locust-worker"], "locust")
-    assert "--master" in master["args"] and "--worker" in worker["args"]
-    assert "--run-time" in master["args"]
-    assert arg(worker["args"], "--master-host") in services
-    assert arg(master["args"], "--host") == "http://lane-gateway"
-    assert deployments["locust-worker"]["spec"]["replicas"] >= 2
-    for c in (master, worker):
-        locustfile = arg(c["args"], "--locustfile")
-        inside = locustfile.split("/site-packages/", 1)[1]
-        assert (REPO / inside).is_file(), f"{locustfile} is not in the image: {inside} missing"
+    assert seen == {"gateway", "sidecar", "demo-app", "loadtest"}
 
 
 def test_gray_off_scales_only_gray_to_zero() -> None:
@@ -242,17 +232,3 @@ def test_base_app_manifests_are_exactly_what_lane_inject_produces() -> None:
     plain = _uninjected(docs)
     assert all(SIDECAR_NAME not in str(d) for d in plain)
     assert inject_documents(plain, InjectOptions(image="lane:0.1.0")) == docs
-
-
-@pytest.mark.parametrize("deployment", ["locust-master", "locust-worker"])
-def test_locust_accepts_the_manifest_command_lines(deployment: str) -> None:
-    """Run the real locust with the manifest's arguments (`--list` stops after parsing and loading)."""
-    c = container(of_kind(rendered("loadtest"), "Deployment")[deployment], "locust")
-    args = list(c["args"])
-    args[args.index("--locustfile") + 1] = str(REPO / arg(args, "--locustfile").split("/site-packages/", 1)[1])
-    volume_path = c["volumeMounts"][0]["mountPath"]
-    assert arg(args, "--lane-config") == f"{volume_path}/lane.yaml"
-    locust = Path(sys.executable).parent / c["command"][0]
-    result = subprocess.run([str(locust), *args, "--list"], capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "LaneUser" in result.stdout

@@ -7,6 +7,7 @@ peer's valid tag wins over the rules); it gets a ``traceparent`` and an ``x-requ
 has none (so sidecars can always recover the lane by trace id); it leaves with the tag header and
 the baggage member set, to the entry service's instance of its lane (with live fallback). The
 answer carries ``x-lane-path``, ``x-lane-served`` and, when it fell back, ``x-lane-fallback``.
+With ``--otlp-endpoint`` each request also gets a span with lane attributes (`lane.tracing`).
 """
 
 from __future__ import annotations
@@ -38,18 +39,20 @@ from .proxy import (
     upstream_headers,
 )
 from .readiness import announce
-from .rules import RequestView, color
+from .rules import Coloring, RequestView, color
 from .runtime import Runtime, load_initial
 from .server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
+from .tracing import RequestSpan, Tracing, add_tracing_arguments, open_tracing, otlp_traces_url
 from .websocket_proxy import forward_websocket
 from .wire import has_lane_tag, request_lane, set_lane, strip_lane
 
-__all__ = ["EXPLAIN", "RUNTIME", "add_arguments", "build_gateway_app", "ensure_trace_headers", "is_trusted", "run"]
+__all__ = ["EXPLAIN", "RUNTIME", "TRACING", "add_arguments", "build_gateway_app", "ensure_trace_headers", "is_trusted", "run"]
 
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("lane_gateway_runtime", Runtime)
 EXPLAIN = web.AppKey("lane_gateway_explain", bool)
+TRACING = web.AppKey("lane_gateway_tracing", Tracing)
 
 
 def is_trusted(config: LaneConfig, peer: str | None) -> bool:
@@ -71,7 +74,8 @@ def ensure_trace_headers(headers: CIMultiDict[str]) -> None:
         headers["x-request-id"] = str(uuid.uuid4())
 
 
-def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str]) -> str:
+def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str]) -> Coloring:
+    """The request's lane, and the rule that chose it (None: a trusted tag or the default lane)."""
     lane = None
     if is_trusted(config, request.remote):
         lane = request_lane(headers, config.tag)
@@ -80,23 +84,35 @@ def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str]
         REJECTED_TAGS.labels(source=source).inc()
         log.debug("removed a lane tag sent by untrusted peer %s", request.remote)
     strip_lane(headers, config.tag)
-    if lane is None:
-        view = RequestView.from_parts(request.headers.items(), request.rel_url.raw_query_string)
-        lane = color(config.rules, view, config.default_lane).lane
-    return lane
+    if lane is not None:
+        return Coloring(lane, None)
+    view = RequestView.from_parts(request.headers.items(), request.rel_url.raw_query_string)
+    return color(config.rules, view, config.default_lane)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
     headers = upstream_headers(request)
-    lane = _lane_of(request, config, headers)
-    ensure_trace_headers(headers)
+    coloring = _lane_of(request, config, headers)
+    lane = coloring.lane
     set_lane(headers, config.tag, lane)
     service = config.entry
     if is_websocket(request):
+        ensure_trace_headers(headers)
         return await forward_websocket(request, request.app[SESSION], runtime.registry, config,
                                        service=service, lane=lane, headers=headers, proxy="gateway")
+    with request.app[TRACING].span("gateway", service, request.method, request.path, headers,
+                                   requested=lane, rule=coloring.rule) as span:
+        span.inject(headers)  # before ensure_trace_headers: a traced request continues this span
+        ensure_trace_headers(headers)
+        return await _forward(request, runtime, config, service, lane, headers, span)
+
+
+async def _forward(
+    request: web.Request, runtime: Runtime, config: LaneConfig, service: str, lane: str,
+    headers: CIMultiDict[str], span: RequestSpan,
+) -> web.StreamResponse:
     body = Body(request)
     method = request.method
     IN_FLIGHT.labels(proxy="gateway").inc()
@@ -109,12 +125,16 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             )
         except UpstreamUnavailable as exc:
             observe_request(config, "gateway", service, lane, None, None, 503)
+            span.answered(503, type(exc).__name__)
             return responses.unavailable(exc)
         except UpstreamFailure as exc:
             observe_request(config, "gateway", service, lane, None, None, exc.status)
+            span.answered(exc.status, type(exc).__name__)
             return responses.failure(exc)
         observe_request(config, "gateway", service, lane, sent.route.lane,
                         sent.hop.fallback, sent.response.status)
+        span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
+        span.answered(sent.response.status)
         out = responses.answer_headers(sent.response.headers, sent.hop)
         if request.app[EXPLAIN]:
             return await explain.relay_explained(request, sent.response, out)
@@ -123,10 +143,13 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         IN_FLIGHT.labels(proxy="gateway").dec()
 
 
-def build_gateway_app(runtime: Runtime, *, explain_json: bool = False) -> web.Application:
+def build_gateway_app(
+    runtime: Runtime, *, explain_json: bool = False, tracing: Tracing | None = None
+) -> web.Application:
     app = web.Application()
     app[RUNTIME] = runtime
     app[EXPLAIN] = explain_json
+    app[TRACING] = tracing or Tracing()
     app.cleanup_ctx.append(session_ctx)
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
@@ -142,6 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 127.0.0.1:9901)")
     parser.add_argument("--explain-json", action="store_true",
                         help="add the hop record as \"path\"/\"hops\" to small JSON object answers (the demo uses it)")
+    add_tracing_arguments(parser)
     add_server_arguments(parser)
 
 
@@ -156,15 +180,23 @@ def run(args: argparse.Namespace) -> int:
 
         return workers.supervise(args, "gateway", config)
 
-    async def build() -> tuple[list[Listener], Runtime]:
-        runtime = Runtime(config, args.config)
-        return [
-            Listener("gateway", args.listen, build_gateway_app(runtime, explain_json=args.explain_json)),
-            Listener("admin", args.admin, build_admin(runtime), reuse_port=False),
-        ], runtime
+    return run_loop(_main(args, config))
 
-    def ready(bound: dict[str, HostPort]) -> None:
-        announce("gateway", bound, args.ready_file)
 
-    return run_loop(serve(build, drain_seconds=args.drain_seconds, on_ready=ready))
+async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
+    # Tracing outlives the listeners: serve() returns after the drain, then the last spans are flushed.
+    async with open_tracing(otlp_traces_url(args.otlp_endpoint), "lane-gateway") as tracing:
+
+        async def build() -> tuple[list[Listener], Runtime]:
+            runtime = Runtime(config, args.config)
+            app = build_gateway_app(runtime, explain_json=args.explain_json, tracing=tracing)
+            return [
+                Listener("gateway", args.listen, app),
+                Listener("admin", args.admin, build_admin(runtime), reuse_port=False),
+            ], runtime
+
+        def ready(bound: dict[str, HostPort]) -> None:
+            announce("gateway", bound, args.ready_file)
+
+        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready)
 

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
+from opentelemetry.context import Context
+
 from .hops import MAX_HOPS, Hop
 from .trace_cache import TraceKey
 
@@ -32,6 +34,9 @@ class Collection:
     def __init__(self) -> None:
         self._slots: list[tuple[Hop, ...] | None] = []
         self._count = 0
+        # The request's tracing span (`lane.tracing`), so calls that carry only a trace id like
+        # x-request-id still get it as their parent; None when tracing is off.
+        self.trace_context: Context | None = None
 
     def reserve(self) -> int:
         self._slots.append(None)

@@ -13,6 +13,8 @@ outbound request's own tag, else the one recovered from the trace-id cache, else
 lane; the request leaves with the tag header and baggage member set, to the right instance of
 the target service (live fallback), and its hop record is added to the inbound collection.
 
+With ``--otlp-endpoint`` every inbound and outbound request gets a span (`lane.tracing`).
+
 One process only: ``--workers N > 1`` is refused (`WORKERS_REFUSED`). The trace-id cache and the
 hop collections are in-process state keyed by the inbound request; with several workers sharing
 the ports an app's outbound call could land on a worker that never saw the inbound request.
@@ -23,12 +25,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
+from opentelemetry.trace import SpanKind
 from yarl import URL
 
 from . import responses
@@ -36,7 +39,7 @@ from .admin import build_admin
 from .config import Endpoint, LaneConfig
 from .dispatch import UNAVAILABLE_HEADER, dispatch, http_opener, retry_guard
 from .errors import ConfigError, UpstreamUnavailable
-from .hop_collector import HopCollector
+from .hop_collector import Collection, HopCollector
 from .hops import FALLBACK_HEADER, PATH_HEADER, FallbackReason, Hop, encode_path, parse_path
 from .metrics import FORBIDDEN, IN_FLIGHT, observe_request
 from .proxy import (
@@ -57,6 +60,7 @@ from .runtime import Runtime, load_initial
 from .server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
 from .tags import is_valid_lane
 from .trace_cache import TraceCache, trace_keys
+from .tracing import RequestSpan, Tracing, add_tracing_arguments, open_tracing, otlp_traces_url
 from .websocket_proxy import forward_websocket, open_websocket, pump_websockets
 from .wire import request_lane, set_lane
 
@@ -94,12 +98,14 @@ class Sidecar:
     app: Endpoint
     traces: TraceCache
     hops: HopCollector
+    tracing: Tracing = field(default_factory=Tracing)
 
     @classmethod
-    def create(cls, runtime: Runtime, service: str, lane: str, app: Endpoint) -> Sidecar:
+    def create(cls, runtime: Runtime, service: str, lane: str, app: Endpoint,
+               tracing: Tracing | None = None) -> Sidecar:
         spec = runtime.config.proxy
         sidecar = cls(runtime, service, lane, app, TraceCache(spec.trace_cache_size, spec.trace_cache_ttl),
-                      HopCollector())
+                      HopCollector(), tracing or Tracing())
         runtime.on_swap(lambda c: sidecar.traces.configure(c.proxy.trace_cache_size, c.proxy.trace_cache_ttl))
         return sidecar
 
@@ -132,19 +138,28 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
         return await _inbound_websocket(request, sc, config, headers, target)
     IN_FLIGHT.labels(proxy="inbound").inc()
     try:
-        with sc.hops.collect(keys) as collection:
-            try:
-                upstream = await send(session, request.method, sc.app, target, headers, Body(request), config.proxy)
-            except ConnectFailed as exc:
-                observe_request(config, "inbound", sc.service, requested, sc.lane, reason, 502)
-                return plain_error(502, f"lane sidecar: the app of {sc.service}@{sc.lane} is unavailable: {exc.detail}",
-                                   CIMultiDict({UNAVAILABLE_HEADER: "app-connect-failed"}))
-            except UpstreamFailure as exc:
-                observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status)
-                return responses.failure(exc)
-            path = encode_path([own, *collection.hops()])
-        observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status)
-        return await relay(request, upstream, responses.own_headers(upstream.headers, path, own))
+        with sc.tracing.span("inbound", sc.service, request.method, request.path, headers,
+                             requested=requested) as span:
+            span.inject(headers)
+            span.routed(sc.lane, reason, own.instance)
+            with sc.hops.collect(keys) as collection:
+                collection.trace_context = span.context
+                try:
+                    upstream = await send(session, request.method, sc.app, target, headers, Body(request),
+                                          config.proxy)
+                except ConnectFailed as exc:
+                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, 502)
+                    span.answered(502, type(exc).__name__)
+                    return plain_error(502, f"lane sidecar: the app of {sc.service}@{sc.lane} is unavailable: "
+                                       f"{exc.detail}", CIMultiDict({UNAVAILABLE_HEADER: "app-connect-failed"}))
+                except UpstreamFailure as exc:
+                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status)
+                    span.answered(exc.status, type(exc).__name__)
+                    return responses.failure(exc)
+                path = encode_path([own, *collection.hops()])
+            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status)
+            span.answered(upstream.status)
+            return await relay(request, upstream, responses.own_headers(upstream.headers, path, own))
     finally:
         IN_FLIGHT.labels(proxy="inbound").dec()
 
@@ -203,28 +218,42 @@ async def _outbound(request: web.Request) -> web.StreamResponse:
                                        service=svc.name, lane=lane, headers=headers, proxy="outbound")
     collection = sc.hops.find(keys)
     slot = collection.reserve() if collection is not None else -1
-    body = Body(request)
     IN_FLIGHT.labels(proxy="outbound").inc()
     try:
-        try:
-            sent = await dispatch(
-                sc.runtime.registry, config, service=svc.name, lane=lane, headers=headers,
-                opener=http_opener(request.app[SESSION], request.method, request_target(request), body, config.proxy),
-                may_retry=retry_guard(request.method, body),
-            )
-        except UpstreamUnavailable as exc:
-            observe_request(config, "outbound", svc.name, lane, None, None, 503)
-            return responses.unavailable(exc)
-        except UpstreamFailure as exc:
-            observe_request(config, "outbound", svc.name, lane, None, None, exc.status)
-            return responses.failure(exc)
-        out = responses.answer_headers(sent.response.headers, sent.hop)
-        if collection is not None:
-            collection.fill(slot, parse_path(out[PATH_HEADER]))
-        observe_request(config, "outbound", svc.name, lane, sent.route.lane, sent.hop.fallback, sent.response.status)
-        return await relay(request, sent.response, out)
+        with sc.tracing.span("outbound", svc.name, request.method, request.path, headers, requested=lane,
+                             kind=SpanKind.CLIENT, parent=collection.trace_context if collection else None) as span:
+            span.inject(headers)
+            return await _forward_outbound(request, sc, config, svc.name, lane, headers, collection, slot, span)
     finally:
         IN_FLIGHT.labels(proxy="outbound").dec()
+
+
+async def _forward_outbound(
+    request: web.Request, sc: Sidecar, config: LaneConfig, service: str, lane: str, headers: CIMultiDict[str],
+    collection: Collection | None, slot: int, span: RequestSpan,
+) -> web.StreamResponse:
+    body = Body(request)
+    try:
+        sent = await dispatch(
+            sc.runtime.registry, config, service=service, lane=lane, headers=headers,
+            opener=http_opener(request.app[SESSION], request.method, request_target(request), body, config.proxy),
+            may_retry=retry_guard(request.method, body),
+        )
+    except UpstreamUnavailable as exc:
+        observe_request(config, "outbound", service, lane, None, None, 503)
+        span.answered(503, type(exc).__name__)
+        return responses.unavailable(exc)
+    except UpstreamFailure as exc:
+        observe_request(config, "outbound", service, lane, None, None, exc.status)
+        span.answered(exc.status, type(exc).__name__)
+        return responses.failure(exc)
+    out = responses.answer_headers(sent.response.headers, sent.hop)
+    if collection is not None:
+        collection.fill(slot, parse_path(out[PATH_HEADER]))
+    observe_request(config, "outbound", service, lane, sent.route.lane, sent.hop.fallback, sent.response.status)
+    span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
+    span.answered(sent.response.status)
+    return await relay(request, sent.response, out)
 
 
 def build_inbound_app(sidecar: Sidecar) -> web.Application:
@@ -258,6 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="outbound HOST:PORT, the app's HTTP_PROXY (default 127.0.0.1:15001)")
     parser.add_argument("--admin", type=host_port, default=host_port("127.0.0.1:15000"),
                         help="admin HOST:PORT (default 127.0.0.1:15000)")
+    add_tracing_arguments(parser)
     add_server_arguments(parser, workers_help="must be 1: a sidecar keeps per-request state in one process "
                          "(trace-id cache, hop collection); scale the app instead")
 
@@ -289,16 +319,25 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", problem)
         return 2
 
-    async def build() -> tuple[list[Listener], Runtime]:
-        runtime = Runtime(config, args.config)
-        sidecar = Sidecar.create(runtime, args.service, args.lane, Endpoint(args.app.host, args.app.port))
-        return [
-            Listener("inbound", args.listen, build_inbound_app(sidecar)),
-            Listener("outbound", args.outbound, build_outbound_app(sidecar)),
-            Listener("admin", args.admin, build_admin(runtime), reuse_port=False),
-        ], runtime
+    return run_loop(_main(args, config))
 
-    def ready(bound: dict[str, HostPort]) -> None:
-        announce("sidecar", bound, args.ready_file)
 
-    return run_loop(serve(build, drain_seconds=args.drain_seconds, on_ready=ready))
+async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
+    # Tracing outlives the listeners: serve() returns after the drain, then the last spans are flushed.
+    instance = {"lane.sidecar.service": args.service, "lane.sidecar.lane": args.lane}
+    async with open_tracing(otlp_traces_url(args.otlp_endpoint), "lane-sidecar", instance) as tracing:
+
+        async def build() -> tuple[list[Listener], Runtime]:
+            runtime = Runtime(config, args.config)
+            sidecar = Sidecar.create(runtime, args.service, args.lane, Endpoint(args.app.host, args.app.port),
+                                     tracing)
+            return [
+                Listener("inbound", args.listen, build_inbound_app(sidecar)),
+                Listener("outbound", args.outbound, build_outbound_app(sidecar)),
+                Listener("admin", args.admin, build_admin(runtime), reuse_port=False),
+            ], runtime
+
+        def ready(bound: dict[str, HostPort]) -> None:
+            announce("sidecar", bound, args.ready_file)
+
+        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready)

@@ -17,7 +17,12 @@ surface the real `kubernetes` Python client calls, and the tests drive the *real
   markers gets, i.e. Istio's), removal of fields a manager stops applying, 409 conflicts unless
   ``force=true``, no-op applies that leave ``resourceVersion`` alone, ``managedFields``;
 - ``dryRun=All`` on PATCH and DELETE (the answer is computed, nothing is stored or watched);
-- ``DELETE`` answering a ``Status``; 404/415/422 ``Status`` errors shaped like the real ones.
+- ``DELETE`` answering a ``Status``; 404/415/422 ``Status`` errors shaped like the real ones;
+- the authorization attributes RBAC would check for each request (`Access`: namespace, API group,
+  resource, verb), the way the API server derives them: GET of a name is ``get``, of a collection
+  ``list`` (``watch`` with ``?watch=true``), PATCH ``patch``, DELETE ``delete``, and a server-side
+  apply that creates its object is authorized as ``create`` as well (kubernetes.io, "Patch and
+  apply"). Tests compare them with the Roles lane ships (`access`).
 
 What it does not do (lane never calls it): authentication, other patch types, strategic merge of
 core objects, field selectors, pagination. Pods are created and changed by the test through
@@ -40,7 +45,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-__all__ = ["FakeKube", "Recorded"]
+__all__ = ["Access", "FakeKube", "Recorded"]
 
 JSON = dict[str, Any]
 
@@ -58,6 +63,16 @@ RESOURCES: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
 }
 _IDENTITY = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace")}
 _SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Access:
+    """What RBAC authorizes one request as."""
+
+    namespace: str
+    group: str
+    resource: str
+    verb: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +109,7 @@ class FakeKube:
         self._watchers: list[_Watcher] = []
         self._fail: list[int] = []
         self.requests: list[Recorded] = []
+        self._access: list[Access] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-kube", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -133,12 +149,12 @@ class FakeKube:
 
     def kubeconfig(self, namespace: str = "default") -> str:
         """A kubeconfig document pointing at this fake, as a user's ~/.kube/config would."""
-        return yaml.safe_dump({
+        return str(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
-        })
+        }))
 
     # -- what tests do to the cluster -----------------------------------------------------------------
     def put_pod(self, name: str, labels: dict[str, str], *, ready: bool = True, namespace: str = "default") -> None:
@@ -217,6 +233,20 @@ class FakeKube:
         with self._lock:
             return sum(1 for r in self.requests if r.query.get("watch") in ("true", "1"))
 
+    def access(self) -> set[Access]:
+        """Every authorization the requests so far needed."""
+        with self._lock:
+            return set(self._access)
+
+    def _authorize(self, request: web.Request, verb: str) -> None:
+        """Record what RBAC checks for *request* as *verb* (call with the lock held)."""
+        info = request.match_info
+        if "namespace" not in info:
+            return
+        if verb == "get" and "name" not in info:
+            verb = "watch" if request.query.get("watch") in ("true", "1") else "list"
+        self._access.append(Access(info["namespace"], info.get("group", ""), info["plural"], verb))
+
     # -- storage (call with the lock held) ---------------------------------------------------------
     def _next_rv(self) -> str:
         self._rv += 1
@@ -252,6 +282,7 @@ class FakeKube:
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         with self._lock:
             self.requests.append(Recorded(request.method, request.path, dict(request.query), request.content_type))
+            self._authorize(request, _VERBS.get(request.method, request.method.lower()))
             status = self._fail.pop(0) if self._fail else None
         if status is not None:
             return _status(status, "InternalError" if status >= 500 else "TooManyRequests", "injected failure")
@@ -297,13 +328,13 @@ class FakeKube:
                 queue.put_nowait(_expired_event(self._floor))
                 queue.put_nowait(None)
             elif since in ("", "0"):
-                for k, s in sorted(self._objects.items()):
-                    if k[:3] == key and _selects(selector, s.obj):
+                for stored_key, s in sorted(self._objects.items()):
+                    if stored_key[:3] == key and _selects(selector, s.obj):
                         queue.put_nowait({"type": "ADDED", "object": copy.deepcopy(s.obj)})
             else:
-                for rv, k, event, obj in self._history:
-                    if rv > int(since) and k == key and _selects(selector, obj):
-                        queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})
+                for rv, collection, kind_of_event, obj in self._history:
+                    if rv > int(since) and collection == key and _selects(selector, obj):
+                        queue.put_nowait({"type": kind_of_event, "object": copy.deepcopy(obj)})
             watcher = _Watcher(key, selector, queue)
             self._watchers.append(watcher)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -315,6 +346,7 @@ class FakeKube:
         try:
             while (left := deadline - asyncio.get_running_loop().time()) > 0:
                 wait = min(left, self.bookmark_interval) if bookmarks else left
+                event: JSON | None
                 try:
                     event = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
@@ -368,6 +400,8 @@ class FakeKube:
         key = (group, plural, ns, name)
         with self._lock:
             stored = self._objects.get(key)
+            if stored is None:  # a server-side apply that creates is authorized as create too
+                self._authorize(request, "create")
             result, owners = _apply(stored, body, manager, force)
             if stored is not None and _strip_server(result) == _strip_server(stored.obj):
                 return web.json_response(copy.deepcopy(stored.obj))  # a no-op apply keeps resourceVersion
@@ -391,6 +425,9 @@ class FakeKube:
         return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                                   "details": {"name": key[3], "group": group, "kind": plural,
                                               "uid": "deleted"}})
+
+
+_VERBS = {"GET": "get", "PATCH": "patch", "DELETE": "delete", "POST": "create", "PUT": "update"}
 
 
 def _dry_run(request: web.Request) -> bool:

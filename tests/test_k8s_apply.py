@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from fake_kube import FakeKube
+from k8s_rbac import assert_sync_may
 
 from lane.config import LaneConfig, load_config, parse_config
 from mesh_config.apply import Action, apply_objects, comparable
@@ -35,6 +36,7 @@ JSON = dict[str, Any]
 def fake() -> Iterator[FakeKube]:
     with FakeKube() as kube:
         yield kube
+        assert_sync_may(kube)  # the in-cluster sync's Roles allow every request apply made
 
 
 @pytest.fixture

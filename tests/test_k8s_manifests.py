@@ -74,7 +74,7 @@ def lane_config(objects: tuple[JSON, ...]) -> LaneConfig:
 
 
 def test_there_are_overlays() -> None:
-    assert {"demo", "loadtest", "loadtest-ui", "gray-off"} <= set(OVERLAYS)
+    assert {"demo", "loadtest", "loadtest-ui", "gray-off", "mesh-sync"} <= set(OVERLAYS)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -98,8 +98,14 @@ def test_references_resolve(overlay: str) -> None:
     objects = rendered(overlay)
     configmaps = of_kind(objects, "ConfigMap")
     pods = workloads(objects)
-    namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"}
+    # everything in lane-demo but the Roles lane mesh sync needs where the gateway lives
+    namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] not in ("Namespace", "Role", "RoleBinding")}
     assert namespaces == {"lane-demo"} and "lane-demo" in of_kind(objects, "Namespace")
+    accounts = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects if o["kind"] == "ServiceAccount"}
+    roles = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects if o["kind"] == "Role"}
+    for binding in (o for o in objects if o["kind"] == "RoleBinding"):
+        assert (binding["metadata"]["namespace"], binding["roleRef"]["name"]) in roles
+        assert {(s["namespace"], s["name"]) for s in binding["subjects"]} <= accounts
     for name, workload in pods.items():
         spec = pod_spec(workload)
         if "selector" in workload["spec"]:  # a Job's is generated
@@ -107,6 +113,8 @@ def test_references_resolve(overlay: str) -> None:
         for volume in spec.get("volumes") or []:
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in configmaps, f"{name}: {volume}"
+        if "serviceAccountName" in spec:
+            assert ("lane-demo", spec["serviceAccountName"]) in accounts, name
         ports = {p["name"] for c in spec["containers"] for p in c.get("ports") or []}
         for c in spec["containers"]:
             assert c["image"].startswith("lane:")
@@ -196,7 +204,7 @@ def test_every_lane_command_line_is_accepted_by_the_real_cli() -> None:
                 argv = list(c["args"])
                 args = build_parser(argv).parse_args(argv)
                 seen.add(args.command)
-    assert seen == {"gateway", "sidecar", "demo-app", "loadtest"}
+    assert seen == {"gateway", "sidecar", "demo-app", "loadtest", "mesh"}
 
 
 def test_gray_off_scales_only_gray_to_zero() -> None:

@@ -91,6 +91,16 @@ def locust_argv(spec: RunSpec, python: str = sys.executable) -> list[str]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
+    # One SIGINT reaches locust, however often Ctrl-C is pressed: a second one interrupts locust's
+    # own graceful shutdown (a traceback, and the HTML/JSON reports are not written).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return _escalate(proc)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _escalate(proc: subprocess.Popen[bytes]) -> int:
     for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         if proc.poll() is not None:
             break
@@ -106,7 +116,8 @@ def run_locust(spec: RunSpec, argv: Sequence[str] | None = None) -> int:
     """Run locust for *spec* to completion and return its exit code (the lane verdict)."""
     argv = list(argv) if argv is not None else locust_argv(spec)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, env=env)
+    # Its own session: the terminal's Ctrl-C reaches only us, and _stop passes exactly one SIGINT on.
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
     limit = spec.run_time + WATCHDOG_SLACK if spec.headless or spec.worker else None
     try:
         return proc.wait(timeout=limit)

@@ -289,3 +289,37 @@ def test_locust_is_never_imported_by_lane_or_the_cli() -> None:
     code = ("import sys, lane.cli, loadtest, loadtest.cli, loadtest.runner; lane.cli.build_parser(['loadtest']);"
             "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, 'locust imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env={**os.environ})
+
+
+def test_ctrl_c_stops_locust_once_cleanly_and_leaves_nothing(tmp_path: Path) -> None:
+    # Ctrl-C pressed twice in the web-UI mode: locust must see exactly one SIGINT (a second one breaks
+    # its graceful shutdown with a traceback and no reports), and no locust process may outlive us.
+    import signal
+
+    import psutil
+
+    port = free_port()
+    summary = tmp_path / "ctrl-c.json"
+    with fake_data_plane() as plane:
+        args = ["loadtest", "--host", plane.url, "--admin", plane.admin_url, "--run-time", "120", "--users", "2",
+                "--web-host", "127.0.0.1", "--web-port", str(port), "--json", str(summary), "--", "--autostart"]
+        with started(args, tmp_path / "ctrl-c.log") as proc:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if _get(f"http://127.0.0.1:{port}/lanes.json").get("totals", {}).get("requests", 0) > 0:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.3)
+            children = psutil.Process(proc.pid).children(recursive=True)
+            assert children, "locust runs as a child process"
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+            _, alive = psutil.wait_procs(children, timeout=10)
+    output = (tmp_path / "ctrl-c.log").read_text(errors="replace")
+    assert not alive, f"left running: {alive}"
+    assert "Traceback" not in output, output[-3000:]
+    assert json.loads(summary.read_text())["totals"]["requests"] > 0

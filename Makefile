@@ -20,6 +20,11 @@ test: $(STAMP)
 	bash scripts/ensure-test-tools
 	$(BIN)/python -m pytest
 
+# The data-plane benchmark (not a test): direct vs gateway vs gateway + sidecar, and the upload memory check.
+# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--requests 5000 --svg bench.svg".
+bench: $(STAMP)
+	$(BIN)/python bench/dataplane.py $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check lane mesh_config loadtest tests
 	$(BIN)/mypy

@@ -17,7 +17,8 @@ stays one tree across the gateway, every sidecar and the apps:
 Attributes: ``lane.proxy``, ``lane.service``, ``lane.requested``, ``lane.served``,
 ``lane.fallback`` (the `FallbackReason`, only when it fell back), ``lane.instance``, ``lane.rule``
 (gateway, when a rule chose the lane), ``http.request.method``, ``url.path``,
-``http.response.status_code`` and ``error.type`` on failures (5xx are errors).
+``http.response.status_code`` and ``error.type`` on failures (5xx are errors). A span ends when
+the answer has been relayed. WebSocket upgrades are not traced.
 
 The `TracerProvider` is private to the process's `Tracing` object, never the global one, and
 `open_tracing` owns it: spans are batched (`BatchSpanProcessor`, tuned by the usual

@@ -6,23 +6,33 @@ re-renders and applies only when the rendered objects differ from what it last a
 the last gray pod of ``c`` goes, c's VirtualService stops sending gray to the empty gray subset
 (traffic falls back to the stable lane) within one watch event, and gray returns with a ready pod.
 
+Pod events come in bursts (a rollout replaces ten pods at once, each pod changes several times on
+its way to Ready), and every apply costs the API server a dry run and a write per object, so
+changes are debounced: a burst leads to one render, and at most one apply, once no event has come
+for ``debounce`` seconds (0.5 by default), or at the latest ``max_delay`` after its first event so
+a never-quiet namespace still converges. A single change is applied ``debounce`` after it happens.
+
 Watches follow the API's rules: resume from the last resourceVersion seen (events and BOOKMARKs)
 after a stream ends or drops; on ``410 Gone`` the history is lost, so relist and start over. Any
 failure (5xx, 429, refused connection, timeout) backs off exponentially with jitter, capped: a
-failed watch then resumes from its resourceVersion, a failed list or apply relists and retries. Everything runs in one thread with the
-synchronous `kubernetes` client; `stop()` may be called from another thread or a signal handler.
+failed watch then resumes from its resourceVersion, a failed list or apply relists and retries.
+The sync runs in one thread with the synchronous `kubernetes` client; a helper thread only reads
+the watch stream into a queue, so the quiet window can end while no event arrives. `stop()` may
+be called from another thread or a signal handler.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import random
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import urllib3
 from kubernetes import watch
@@ -35,11 +45,14 @@ from .apply import apply_objects, kube_from_args, load_lane_config
 from .cluster import lanes_from_pods, pod_selector
 from .kube import Kube, KubeError, add_connection_arguments
 
-__all__ = ["Backoff", "LaneSync", "Renderer", "add_arguments", "run"]
+__all__ = ["DEBOUNCE", "Backoff", "LaneSync", "Renderer", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 Renderer = Callable[[LaneConfig, Mapping[str, frozenset[str]], str], list[JSON]]
+DEBOUNCE: Final = 0.5  # seconds without a pod event before a burst is rendered and applied
+_MAX_DELAY_FACTOR: Final = 10  # a burst that never goes quiet is applied after max(5 s, 10 x debounce)
+_Item = JSON | BaseException | None  # what the stream reader hands over: an event, its failure, the end
 
 
 class Backoff:
@@ -67,21 +80,31 @@ class LaneSync:
     """The list/watch/render/apply loop for one namespace."""
 
     def __init__(self, config: LaneConfig, kube: Kube, namespace: str, *, render: Renderer = _default_renderer,
-                 watch_timeout: int = 300, backoff: Backoff | None = None, out: TextIO | None = None) -> None:
+                 watch_timeout: int = 300, debounce: float = DEBOUNCE, max_delay: float | None = None,
+                 backoff: Backoff | None = None, out: TextIO | None = None) -> None:
+        if debounce < 0 or (max_delay is not None and max_delay < debounce):
+            raise ValueError(f"need 0 <= debounce <= max_delay, got debounce={debounce}, max_delay={max_delay}")
         self.config, self.kube, self.namespace, self.render = config, kube, namespace, render
         self.watch_timeout = watch_timeout
+        self.debounce = debounce
+        self.max_delay = max_delay if max_delay is not None else max(5.0, _MAX_DELAY_FACTOR * debounce)
         self.backoff = backoff or Backoff()
         self.out = out or sys.stdout
         self.pods: dict[str, JSON] = {}
         self.lanes: Mapping[str, frozenset[str]] | None = None
         self.applied: list[JSON] | None = None  # what the cluster holds from us, as last rendered
+        self.renders = 0
         self.applies = 0
         self.resource_version: str | None = None  # where the next watch resumes; None: relist first
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
+        self._events: queue.Queue[_Item] | None = None
+        self._burst: tuple[float, float] | None = None  # (first, last) unapplied pod event, monotonic
 
     def stop(self) -> None:
         self._stop.set()
+        if self._events is not None:
+            self._events.put(None)  # wake the sync thread waiting for the next event
         if self._watch is not None:
             self._watch.stop()  # type: ignore[no-untyped-call]
 
@@ -99,6 +122,7 @@ class LaneSync:
         """Render for the pods now known and apply if the result changed; True when it applied."""
         lanes = lanes_from_pods(self.config, self.pods.values())
         objects = self.render(self.config, lanes, self.namespace)
+        self.renders += 1
         if objects == self.applied:
             return False
         result = apply_objects(self.kube, objects, self.namespace)
@@ -124,7 +148,7 @@ class LaneSync:
                     dirty = True
                 if dirty:
                     self.reconcile()
-                    dirty = False
+                    dirty, self._burst = False, None
                 self._watch_once(self.resource_version)
                 self.backoff.reset()
             except ApiException as exc:
@@ -147,29 +171,77 @@ class LaneSync:
         self._stop.wait(delay)
 
     def _watch_once(self, rv: str) -> None:
-        """Follow one watch stream from *rv*, keeping `resource_version` at the last one seen."""
+        """Follow one watch stream from *rv*: keep the pod cache and `resource_version` current,
+        and reconcile when a burst of changes has gone quiet (or has lasted `max_delay`).
+
+        The stream is read by a helper thread (a blocking read cannot time out by itself) and
+        handed over through a queue; its failures are re-raised here, in the sync thread.
+        """
         self._watch = w = watch.Watch()  # type: ignore[no-untyped-call]
+        events: queue.Queue[_Item] = queue.Queue()
+        self._events = events
+        reader = threading.Thread(target=self._read, args=(w, rv, events), name="lane-sync-watch", daemon=True)
+        reader.start()
         try:
-            events = w.stream(  # type: ignore[no-untyped-call]
-                self.kube.core.list_namespaced_pod, self.namespace, label_selector=pod_selector(self.config),
-                resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout,
-                _request_timeout=(10, self.watch_timeout + 30))
-            for event in events:
-                if self.stopped:  # also covers a stop() that came before this watch existed
+            while not self.stopped:  # also covers a stop() that came before this watch existed
+                try:
+                    item = events.get(timeout=self._quiet_left())
+                except queue.Empty:  # the burst is over: one render, at most one apply
+                    self.reconcile()
+                    self._burst = None
+                    continue
+                if item is None:
                     break
-                obj = event["raw_object"]
-                seen = (obj.get("metadata") or {}).get("resourceVersion")
-                if seen:
-                    self.resource_version = str(seen)
-                if event["type"] in ("ADDED", "MODIFIED"):
-                    self.pods[obj["metadata"]["name"]] = obj
-                elif event["type"] == "DELETED":
-                    self.pods.pop(obj["metadata"]["name"], None)
-                else:
-                    continue  # BOOKMARK: only the resourceVersion moves
-                self.reconcile()
+                if isinstance(item, BaseException):
+                    raise item
+                self._observe(item)
         finally:
-            self._watch = None
+            self._watch = self._events = None
+            w.stop()  # type: ignore[no-untyped-call]
+            reader.join(5)
+
+    def _read(self, w: watch.Watch, rv: str, events: queue.Queue[_Item]) -> None:
+        """The reader thread: every event of one stream into *events*, then its failure or None."""
+        try:
+            for event in w.stream(  # type: ignore[no-untyped-call]
+                    self.kube.core.list_namespaced_pod, self.namespace, label_selector=pod_selector(self.config),
+                    resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout,
+                    _request_timeout=(10, self.watch_timeout + 30)):
+                events.put(event)
+        except BaseException as exc:  # noqa: BLE001 - handed to the sync thread, which decides
+            events.put(exc)
+        events.put(None)
+
+    def _observe(self, event: JSON) -> None:
+        obj = event["raw_object"]
+        seen = (obj.get("metadata") or {}).get("resourceVersion")
+        if seen:
+            self.resource_version = str(seen)
+        if event["type"] in ("ADDED", "MODIFIED"):
+            self.pods[obj["metadata"]["name"]] = obj
+        elif event["type"] == "DELETED":
+            self.pods.pop(obj["metadata"]["name"], None)
+        else:
+            return  # BOOKMARK: only the resourceVersion moves
+        now = time.monotonic()
+        self._burst = (self._burst[0] if self._burst else now, now)
+
+    def _quiet_left(self) -> float | None:
+        """Seconds until the pending burst is due (None: nothing pending, wait for events)."""
+        if self._burst is None:
+            return None
+        first, last = self._burst
+        return max(0.0, min(last + self.debounce, first + self.max_delay) - time.monotonic())
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 60, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +251,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                              "(without it: sync once and exit)")
     parser.add_argument("--watch-timeout", type=int, default=300,
                         help="seconds before a watch is renewed from its resourceVersion (default 300)")
+    parser.add_argument("--debounce", type=_seconds, default=DEBOUNCE,
+                        help="seconds without pod events before a burst of changes is applied at once "
+                             f"(default {DEBOUNCE}; 0 applies on every event)")
     add_connection_arguments(parser)
 
 
@@ -190,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     namespace = args.namespace or config.mesh.namespace
     try:
-        sync = LaneSync(config, kube_from_args(args), namespace, watch_timeout=args.watch_timeout)
+        sync = LaneSync(config, kube_from_args(args), namespace, watch_timeout=args.watch_timeout,
+                        debounce=args.debounce)
         if not args.watch:
             sync.sync_once()
             return 0

@@ -229,6 +229,11 @@ class FakeKube:
                 and r.query.get("watch") not in ("true", "1")
             )
 
+    def watching(self) -> int:
+        """Watch streams open right now (events reach only these)."""
+        with self._lock:
+            return len(self._watchers)
+
     def watch_count(self) -> int:
         with self._lock:
             return sum(1 for r in self.requests if r.query.get("watch") in ("true", "1"))

@@ -24,6 +24,7 @@ import pytest
 from fake_kube import FakeKube
 from k8s_rbac import assert_sync_may
 
+from lane.cli import build_parser
 from lane.config import LaneConfig, load_config
 from mesh_config.kube import Kube, connect
 from mesh_config.sync import Backoff, LaneSync
@@ -84,7 +85,8 @@ def running(fake: FakeKube, config: LaneConfig) -> Iterator[LaneSync]:
     thread = threading.Thread(target=sync.run, name="lane-sync", daemon=True)
     thread.start()
     try:
-        wait_for(lambda: sync.applies == 1 and gray_subset(fake) == "gray")  # the first sync is complete
+        # the first sync is complete and the watch is open (drop_watches() only reaches open ones)
+        wait_for(lambda: sync.applies == 1 and gray_subset(fake) == "gray" and fake.watching() > 0)
         yield sync
     finally:
         sync.stop()
@@ -171,6 +173,64 @@ def test_a_failed_apply_is_retried(fake: FakeKube, running: LaneSync) -> None:
     fake.fail_next(500)  # ...then the apply's first request fails
     wait_for(lambda: gray_subset(fake) == "base", timeout=20)
     assert fake.count("PATCH", dry_run=False) > writes
+
+
+def real_writes(fake: FakeKube, since: int) -> list[tuple[str, ...]]:
+    """(plural, name) of every PATCH that really wrote (no dry run) after request number *since*."""
+    return [tuple(r.path.rsplit("/", 2)[1:]) for r in fake.requests[since:]
+            if r.method == "PATCH" and "dryRun" not in r.query]
+
+
+def test_a_rollout_burst_gives_one_render_and_one_apply(fake: FakeKube, running: LaneSync) -> None:
+    renders, applies, seen = running.renders, running.applies, len(fake.requests)
+    # a rollout replacing ten pods at once (new ones start unready, then turn ready), and c's gray pod going away
+    fake.delete_pod("c-gray-1", namespace=NS)
+    for i in range(10):
+        fake.put_pod(f"c-base-new-{i}", {"app": "c", "version": "base"}, ready=False, namespace=NS)
+    for i in range(10):
+        fake.set_ready(f"c-base-new-{i}", True, namespace=NS)
+    wait_for(lambda: gray_subset(fake) == "base")
+    time.sleep(1.0)  # more than the quiet window: anything still pending would have been applied by now
+    assert running.renders == renders + 1 and running.applies == applies + 1
+    assert sorted(real_writes(fake, seen)) == [("destinationrules", "c"), ("virtualservices", "c")]
+
+
+def test_a_single_change_is_applied_once_the_quiet_window_has_passed(fake: FakeKube, running: LaneSync) -> None:
+    assert running.debounce == 0.5
+    start = time.monotonic()
+    fake.delete_pod("c-gray-1", namespace=NS)
+    wait_for(lambda: gray_subset(fake) == "base", timeout=10)
+    assert 0.5 <= time.monotonic() - start < 5.0
+
+
+def test_a_namespace_that_never_goes_quiet_still_converges(fake: FakeKube, config: LaneConfig) -> None:
+    sync = LaneSync(config, Kube(connect(server=fake.url), timeout=5), NS, watch_timeout=30, debounce=0.5,
+                    max_delay=1.5, backoff=Backoff(0.1, 0.3), out=io.StringIO())
+    thread = threading.Thread(target=sync.run, name="lane-sync", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: sync.applies == 1 and fake.watching() > 0)
+        start = time.monotonic()
+        fake.delete_pod("c-gray-1", namespace=NS)
+        converged = None
+        for i in range(40):  # an event every 0.1 s for 4 s: never 0.5 s of quiet
+            fake.set_ready("b-base-1", i % 2 == 1, namespace=NS)
+            if converged is None and gray_subset(fake) == "base":
+                converged = time.monotonic() - start
+            time.sleep(0.1)
+        assert converged is not None and 1.5 <= converged < 3.5
+    finally:
+        sync.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "sync did not stop"
+
+
+@pytest.mark.parametrize("value", ["-1", "61", "soon"])
+def test_a_bad_debounce_is_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["mesh", "sync", "--debounce", value]
+    with pytest.raises(SystemExit) as exc:
+        build_parser(argv).parse_args(argv)
+    assert exc.value.code == 2 and "--debounce: expected seconds" in capsys.readouterr().err
 
 
 def lane_process(fake: FakeKube, tmp_path: Path, *args: str) -> subprocess.Popen[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -22,10 +21,8 @@ from typing import Any, Final
 
 import yaml
 
-from lane.config import LaneConfig, demo_config_text, load_config, parse_config
-from lane.errors import ConfigError
-
-from .kube import CONFIG_LABEL, MANAGED_BY, Kube, KubeError, Ref, add_connection_arguments, connect
+from .kube import CONFIG_LABEL, MANAGED_BY, Kube, KubeError, Ref, add_connection_arguments
+from .target import Target, add_target_arguments, kube_from_args, load_lane_config, run_on_cluster
 
 __all__ = [
     "PRUNE_KINDS",
@@ -170,17 +167,8 @@ def _prune(kube: Kube, desired: Mapping[Ref, JSON], namespace: str, dry_run: boo
     return sorted(pruned, key=lambda c: c.ref)
 
 
-def load_lane_config(path: str | None) -> LaneConfig:
-    return load_config(path) if path else parse_config(demo_config_text(), "<embedded demo.yaml>")
-
-
-def kube_from_args(args: argparse.Namespace) -> Kube:
-    return Kube(connect(args.kubeconfig, args.context, args.server), timeout=args.request_timeout)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
-    parser.add_argument("--namespace", "-n", help="namespace to apply into (default: the config's mesh.namespace)")
+    add_target_arguments(parser, "namespace to apply into (default: the config's mesh.namespace)")
     parser.add_argument("--dry-run", action="store_true", help="send every write with dryRun=All: show, change nothing")
     parser.add_argument("--from-cluster", action="store_true",
                         help="render only the lanes that have ready pods now (see `lane mesh sync`)")
@@ -190,25 +178,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_on_cluster(args, lambda target: _apply(target, args))
+
+
+def _apply(target: Target, args: argparse.Namespace) -> int:
     from .render import render_objects  # the renderer is only needed once a config is in hand
 
-    try:
-        config = load_lane_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    namespace = args.namespace or config.mesh.namespace
-    try:
-        kube = kube_from_args(args)
-        lanes = None
-        if args.from_cluster:
-            from .cluster import lanes_from_cluster
+    lanes = None
+    if args.from_cluster:
+        from .cluster import lanes_from_cluster
 
-            lanes = lanes_from_cluster(config, namespace, kube=kube)
-        objects = render_objects(config, lanes=lanes, namespace=namespace)
-        result = apply_objects(kube, objects, namespace, dry_run=args.dry_run, prune=args.prune)
-    except KubeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        lanes = lanes_from_cluster(target.config, target.namespace, kube=target.kube)
+    objects = render_objects(target.config, lanes=lanes, namespace=target.namespace)
+    result = apply_objects(target.kube, objects, target.namespace, dry_run=args.dry_run, prune=args.prune)
     print(result.summary())
     return 0

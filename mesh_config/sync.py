@@ -39,11 +39,12 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from lane.config import LaneConfig
-from lane.errors import ConfigError, LaneError
+from lane.errors import LaneError
 
-from .apply import apply_objects, kube_from_args, load_lane_config
+from .apply import apply_objects
 from .cluster import lanes_from_pods, pod_selector
-from .kube import Kube, KubeError, add_connection_arguments
+from .kube import Kube, add_connection_arguments
+from .target import Target, add_target_arguments, run_on_cluster
 
 __all__ = ["DEBOUNCE", "Backoff", "LaneSync", "Renderer", "add_arguments", "run"]
 
@@ -245,8 +246,7 @@ def _seconds(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
-    parser.add_argument("--namespace", "-n", help="namespace to watch and apply into (default: mesh.namespace)")
+    add_target_arguments(parser, "namespace to watch and apply into (default: mesh.namespace)")
     parser.add_argument("--watch", action="store_true", help="keep watching pods and re-apply on every change "
                                                              "(without it: sync once and exit)")
     parser.add_argument("--watch-timeout", type=int, default=300,
@@ -258,27 +258,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_lane_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    namespace = args.namespace or config.mesh.namespace
-    try:
-        sync = LaneSync(config, kube_from_args(args), namespace, watch_timeout=args.watch_timeout,
-                        debounce=args.debounce)
-        if not args.watch:
-            sync.sync_once()
-            return 0
-    except KubeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_on_cluster(args, lambda target: _sync(target, args))
+
+
+def _sync(target: Target, args: argparse.Namespace) -> int:
+    sync = LaneSync(target.config, target.kube, target.namespace, watch_timeout=args.watch_timeout,
+                    debounce=args.debounce)
+    if not args.watch:
+        sync.sync_once()
+        return 0
 
     def _stop(signum: int, frame: object) -> None:
         threading.Thread(target=sync.stop, daemon=True).start()  # Watch.stop() may block on a socket
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    print(f"watching pods labelled {pod_selector(config)} in {namespace}", file=sys.stdout, flush=True)
+    print(f"watching pods labelled {pod_selector(target.config)} in {target.namespace}", file=sys.stdout, flush=True)
     sync.run()
     return 0

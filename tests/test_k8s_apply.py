@@ -184,11 +184,26 @@ def test_cli_applies_with_a_kubeconfig_then_reports_unchanged(fake: FakeKube, tm
     assert "0 created, 0 configured" in third.stdout
 
 
-def test_cli_reports_an_unreachable_cluster_and_a_bad_config(fake: FakeKube, tmp_path: Path) -> None:
-    result = lane("mesh", "apply", "--config", str(CONFIG), "--server", "http://127.0.0.1:9",
+@pytest.mark.parametrize("command", ["apply", "sync"])
+def test_cli_reports_an_unreachable_cluster_and_a_bad_config(command: str, fake: FakeKube, tmp_path: Path) -> None:
+    """apply and sync share their start (mesh_config/target.py), so they fail alike."""
+    result = lane("mesh", command, "--config", str(CONFIG), "--server", "http://127.0.0.1:9",
                   "--request-timeout", "2")
     assert result.returncode == 1 and "cannot reach the API server" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("entry: nope\nservices: {a: {selector: {app: a}}}\n")
-    result = lane("mesh", "apply", "--config", str(bad), "--server", fake.url)
+    result = lane("mesh", command, "--config", str(bad), "--server", fake.url)
     assert result.returncode == 2 and "entry" in result.stderr
+    assert not fake.requests  # a bad config never reaches the cluster
+
+
+def test_cli_namespace_option_overrides_the_config(fake: FakeKube, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "lane.yaml"
+    elsewhere.write_text(CONFIG.read_text().replace("namespace: lane-demo", "namespace: elsewhere"))
+    for command in ("apply", "sync"):
+        result = lane("mesh", command, "--config", str(elsewhere), "--server", fake.url, "-n", NS)
+        assert result.returncode == 0, result.stderr
+    assert fake.object(ISTIO, "virtualservices", "c", NS) is not None
+    assert not fake.objects(ISTIO, "virtualservices", "elsewhere")
+    assert {r.path.split("/namespaces/")[1].split("/")[0] for r in fake.requests} == {NS, "istio-system"}

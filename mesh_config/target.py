@@ -1,0 +1,57 @@
+"""Where a cluster command works: the lane config, the namespace, and the API connection.
+
+`lane mesh apply` and `lane mesh sync` start alike: load the lane config (the embedded demo one
+without ``--config``), take ``--namespace`` or the config's ``mesh.namespace``, connect with the
+connection options. `run_on_cluster` does that once for both, so they also fail alike: exit 2 when
+the config cannot be loaded (nothing was tried against the cluster), 1 when the cluster cannot be
+reached or refuses a request, each with a one-line ``error:`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lane.config import LaneConfig, demo_config_text, load_config, parse_config
+from lane.errors import ConfigError
+
+from .kube import Kube, KubeError, connect
+
+__all__ = ["Target", "add_target_arguments", "kube_from_args", "load_lane_config", "run_on_cluster"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    config: LaneConfig
+    namespace: str
+    kube: Kube
+
+
+def load_lane_config(path: str | None) -> LaneConfig:
+    return load_config(path) if path else parse_config(demo_config_text(), "<embedded demo.yaml>")
+
+
+def kube_from_args(args: argparse.Namespace) -> Kube:
+    return Kube(connect(args.kubeconfig, args.context, args.server), timeout=args.request_timeout)
+
+
+def add_target_arguments(parser: argparse.ArgumentParser, namespace_help: str) -> None:
+    """``--config``, ``--namespace`` (described by *namespace_help*) and the connection options."""
+    parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
+    parser.add_argument("--namespace", "-n", help=namespace_help)
+
+
+def run_on_cluster(args: argparse.Namespace, command: Callable[[Target], int]) -> int:
+    """Load, connect, then run *command*; returns its exit code, or 2 / 1 as the module says."""
+    try:
+        config = load_lane_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return command(Target(config, args.namespace or config.mesh.namespace, kube_from_args(args)))
+    except KubeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

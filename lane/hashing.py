@@ -27,8 +27,13 @@ def fnv1a_32(data: bytes) -> int:
 
 
 def bucket_of(key: str, salt: str = "") -> int:
-    """The bucket 0..99 that *key* always falls into for a rule salted with *salt*."""
-    return fnv1a_32((salt + key).encode("utf-8")) % BUCKETS
+    """The bucket 0..99 that *key* always falls into for a rule salted with *salt*.
+
+    Header values that were not valid UTF-8 reach us decoded with ``surrogateescape``; encoding
+    them back the same way hashes the bytes that were on the wire, as Envoy's Lua does, instead of
+    raising on an attacker's header.
+    """
+    return fnv1a_32((salt + key).encode("utf-8", "surrogateescape")) % BUCKETS
 
 
 def in_percentage(key: str, percent: int, salt: str = "") -> bool:

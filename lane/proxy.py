@@ -195,6 +195,17 @@ async def send(
         raise UpstreamBroken(endpoint, f"{type(exc).__name__}: {exc}"[:200]) from None
 
 
+class _RelayResponse(web.StreamResponse):
+    """A streamed answer whose head waits for its first body bytes, so both leave in one write.
+
+    The mechanism is aiohttp's own (`web.Response` buffers its head the same way); on a proxy
+    every write to a socket costs a system call and a wake-up of the reader, and most answers
+    fit in the first read. `relay` flushes the head itself when no body is there yet.
+    """
+
+    _send_headers_immediately = False
+
+
 async def relay(
     request: web.BaseRequest, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
 ) -> web.StreamResponse:
@@ -203,12 +214,18 @@ async def relay(
     If the upstream breaks mid-body the client connection is closed, so the client sees a cut
     answer rather than a complete-looking short one.
     """
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = _RelayResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    content = upstream.content
     try:
         await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-        await response.write_eof()
+        first = content.read_nowait()  # what arrived with the upstream's head
+        if content.at_eof():
+            await response.write_eof(first)  # a complete answer leaves in one write: head, body, end
+        else:
+            await response.write(first)  # the head leaves now (with what is here), even if the body is slow
+            async for chunk in content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.warning("upstream broke while streaming the answer of %s %s: %s", request.method, request.path, exc)
         upstream.close()

@@ -82,8 +82,23 @@ async def _download(request: web.Request) -> web.StreamResponse:
     return response
 
 
+HELD: web.AppKey[asyncio.Event] = web.AppKey("held", asyncio.Event)
+
+
+async def _held(request: web.Request) -> web.StreamResponse:
+    """The head at once, the body only once the test releases it (a long poll, a slow stream)."""
+    response = web.StreamResponse(headers={"X-Head": "early"})
+    await response.prepare(request)
+    await request.app[HELD].wait()
+    await response.write(b"late body")
+    await response.write_eof()
+    return response
+
+
 def upstream_app() -> web.Application:
     app = web.Application()
+    app[HELD] = asyncio.Event()
+    app.router.add_get("/held", _held)
     app.router.add_get("/redirect", _redirect)
     app.router.add_get("/gzip", _gzip)
     app.router.add_get("/hop", _hop)
@@ -140,6 +155,34 @@ async def test_redirects_are_passed_back_not_followed_and_bodies_not_decompresse
             async with client.get(f"http://127.0.0.1:{gw}/gzip", headers={"Accept-Encoding": "gzip"}) as resp:
                 assert resp.headers["Content-Encoding"] == "gzip"
                 assert gzip.decompress(await resp.read()) == b"hello " * 100
+
+
+async def test_the_head_of_a_slow_answer_is_relayed_before_its_body_arrives() -> None:
+    upstream = upstream_app()
+    async with serve_app(upstream) as up:
+        app, _ = await gateway_on(config_text(up, "proxy: {request_timeout: 10}"))
+        async with serve_app(app) as gw, aiohttp.ClientSession() as client:
+            async with asyncio.timeout(5):
+                async with client.get(f"http://127.0.0.1:{gw}/held") as resp:
+                    # The upstream holds its body until the head reached the client through the gateway.
+                    assert resp.status == 200 and resp.headers["X-Head"] == "early"
+                    upstream[HELD].set()
+                    assert await resp.read() == b"late body"
+
+
+async def test_a_small_answer_is_relayed_whole_and_the_connection_kept() -> None:
+    async with serve_app(upstream_app()) as up:
+        app, _ = await gateway_on(config_text(up))
+        async with serve_app(app) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw)
+            try:
+                for target in (b"/hop", b"/hop"):  # twice on one connection: the framing is intact
+                    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    assert head.startswith(b"HTTP/1.1 203 ") and b"\r\nContent-Length: 3\r\n" in head
+                    assert await asyncio.wait_for(reader.readexactly(3), 10) == b"hop"
+            finally:
+                writer.close()
 
 
 async def test_connection_refused_is_a_short_502_and_timeouts_a_504() -> None:

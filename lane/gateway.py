@@ -27,7 +27,7 @@ from .admin import build_admin
 from .config import LaneConfig
 from .dispatch import dispatch, http_opener, retry_guard
 from .errors import ConfigError, UpstreamUnavailable
-from .metrics import IN_FLIGHT, REJECTED_TAGS, observe_request
+from .metrics import REJECTED_TAGS, in_flight, observe_request
 from .proxy import (
     SESSION,
     Body,
@@ -115,7 +115,7 @@ async def _forward(
 ) -> web.StreamResponse:
     body = Body(request)
     method = request.method
-    IN_FLIGHT.labels(proxy="gateway").inc()
+    in_flight("gateway").inc()
     try:
         try:
             sent = await dispatch(
@@ -140,7 +140,7 @@ async def _forward(
             return await explain.relay_explained(request, sent.response, out)
         return await relay(request, sent.response, out)
     finally:
-        IN_FLIGHT.labels(proxy="gateway").dec()
+        in_flight("gateway").dec()
 
 
 def build_gateway_app(

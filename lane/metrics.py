@@ -3,6 +3,11 @@
 Label values are bounded: lanes the config does not declare are reported as ``undeclared`` (a
 client can invent any DNS label), services not in the config as ``unknown``. The invalid-tag
 counter lives in `lane.tags` (``lane_invalid_tags_total``) and is exported by the same registry.
+
+The per-request calls (`observe_request`, `in_flight`) keep the labelled children they made:
+prometheus-client's ``labels()`` validates, joins and locks on every call, which a proxy would
+otherwise pay several times per request. Label values are bounded, so the caches are too (they
+hold exactly the children the metrics hold anyway).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ __all__ = [
     "RELOADS",
     "REQUESTS",
     "ejection_hook",
+    "in_flight",
     "lane_label",
     "observe_request",
 ]
@@ -49,6 +55,19 @@ RELOADS: Final = Counter("lane_config_reloads", "Config reloads, by result.", ["
 IN_FLIGHT: Final = Gauge("lane_in_flight_requests", "Requests being forwarded right now.", ["proxy"])
 
 
+# (proxy, service, requested, served, fallback, status) -> the REQUESTS child; proxy -> IN_FLIGHT child
+_REQUEST_CHILDREN: dict[tuple[str, str, str, str, str, int], Counter] = {}
+_IN_FLIGHT_CHILDREN: dict[str, Gauge] = {}
+
+
+def in_flight(proxy: str) -> Gauge:
+    """The in-flight gauge of *proxy* (``gateway``, ``inbound``, ``outbound``)."""
+    child = _IN_FLIGHT_CHILDREN.get(proxy)
+    if child is None:
+        child = _IN_FLIGHT_CHILDREN[proxy] = IN_FLIGHT.labels(proxy=proxy)
+    return child
+
+
 def lane_label(config: LaneConfig, lane: str | None) -> str:
     if lane is None:
         return ""
@@ -59,14 +78,12 @@ def observe_request(
     config: LaneConfig, proxy: str, service: str | None, requested: str | None, served: str | None,
     fallback: str | None, status: int,
 ) -> None:
-    REQUESTS.labels(
-        proxy=proxy,
-        service=service if service in config.services else "unknown",
-        requested_lane=lane_label(config, requested),
-        served_lane=lane_label(config, served),
-        fallback=fallback or "",
-        status=str(status),
-    ).inc()
+    svc = service if service is not None and service in config.services else "unknown"
+    key = (proxy, svc, lane_label(config, requested), lane_label(config, served), fallback or "", status)
+    child = _REQUEST_CHILDREN.get(key)
+    if child is None:
+        child = _REQUEST_CHILDREN[key] = REQUESTS.labels(proxy, svc, key[2], key[3], key[4], str(status))
+    child.inc()
 
 
 def ejection_hook(config_of: Callable[[], LaneConfig]) -> Callable[[Endpoint], None]:

@@ -41,7 +41,7 @@ from .dispatch import UNAVAILABLE_HEADER, dispatch, http_opener, retry_guard
 from .errors import ConfigError, UpstreamUnavailable
 from .hop_collector import Collection, HopCollector
 from .hops import FALLBACK_HEADER, PATH_HEADER, FallbackReason, Hop, encode_path, parse_path
-from .metrics import FORBIDDEN, IN_FLIGHT, observe_request
+from .metrics import FORBIDDEN, in_flight, observe_request
 from .proxy import (
     SESSION,
     Body,
@@ -136,7 +136,7 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
     session = request.app[SESSION]
     if is_websocket(request):
         return await _inbound_websocket(request, sc, config, headers, target)
-    IN_FLIGHT.labels(proxy="inbound").inc()
+    in_flight("inbound").inc()
     try:
         with sc.tracing.span("inbound", sc.service, request.method, request.path, headers,
                              requested=requested) as span:
@@ -161,7 +161,7 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
             span.answered(upstream.status)
             return await relay(request, upstream, responses.own_headers(upstream.headers, path, own))
     finally:
-        IN_FLIGHT.labels(proxy="inbound").dec()
+        in_flight("inbound").dec()
 
 
 async def _inbound_websocket(
@@ -218,14 +218,14 @@ async def _outbound(request: web.Request) -> web.StreamResponse:
                                        service=svc.name, lane=lane, headers=headers, proxy="outbound")
     collection = sc.hops.find(keys)
     slot = collection.reserve() if collection is not None else -1
-    IN_FLIGHT.labels(proxy="outbound").inc()
+    in_flight("outbound").inc()
     try:
         with sc.tracing.span("outbound", svc.name, request.method, request.path, headers, requested=lane,
                              kind=SpanKind.CLIENT, parent=collection.trace_context if collection else None) as span:
             span.inject(headers)
             return await _forward_outbound(request, sc, config, svc.name, lane, headers, collection, slot, span)
     finally:
-        IN_FLIGHT.labels(proxy="outbound").dec()
+        in_flight("outbound").dec()
 
 
 async def _forward_outbound(

@@ -11,6 +11,7 @@ always safe to try elsewhere), `UpstreamTimeout` (504) and `UpstreamBroken` (502
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Final
@@ -102,13 +103,16 @@ async def session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """A copy of *headers* without hop-by-hop fields, including the ones ``Connection`` names."""
-    listed = {
-        token.strip().lower()
-        for value in headers.getall("Connection", [])
-        for token in value.split(",")
-        if token.strip()
-    }
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in listed)
+    out = CIMultiDict(headers)  # one C-level copy, then a few case-insensitive deletes
+    for name in HOP_BY_HOP:
+        if name in out:
+            del out[name]
+    for value in headers.getall("Connection", ()):
+        for token in value.split(","):
+            token = token.strip()
+            if token and token in out:
+                del out[token]
+    return out
 
 
 def upstream_headers(request: web.BaseRequest) -> CIMultiDict[str]:
@@ -163,6 +167,12 @@ class Body:
             yield chunk
 
 
+@functools.lru_cache(maxsize=16)
+def _timeout(total: float, connect: float) -> aiohttp.ClientTimeout:
+    """One (immutable) timeout object per config value, not one per request."""
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect)
+
+
 async def send(
     session: aiohttp.ClientSession,
     method: str,
@@ -178,7 +188,7 @@ async def send(
     or `UpstreamBroken`.
     """
     url = URL(f"http://{endpoint}{target}", encoded=True)
-    timeout = aiohttp.ClientTimeout(total=spec.request_timeout, sock_connect=spec.connect_timeout)
+    timeout = _timeout(spec.request_timeout, spec.connect_timeout)
     data = body.chunks() if body is not None and body.present else None
     try:
         return await session.request(

@@ -5,6 +5,7 @@ Gateway and upstream run in the test's event loop over real sockets on 127.0.0.1
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -139,6 +140,21 @@ def test_trust_is_by_cidr_and_trace_headers_are_only_added_when_missing() -> Non
     headers = CIMultiDict({"X-Request-Id": "keep"})
     ensure_trace_headers(headers)
     assert headers["x-request-id"] == "keep" and headers["traceparent"].startswith("00-")
+
+
+def test_generated_trace_ids_are_w3c_traceparents_and_version_4_uuids() -> None:
+    seen = set()
+    for _ in range(200):
+        headers: CIMultiDict[str] = CIMultiDict()
+        ensure_trace_headers(headers)
+        version, trace_id, span_id, flags = headers["traceparent"].split("-")
+        assert (version, len(trace_id), len(span_id), flags) == ("00", 32, 16, "01")
+        assert int(trace_id, 16) and int(span_id, 16)  # all-zero ids are invalid
+        request_id = uuid.UUID(headers["x-request-id"])
+        assert str(request_id) == headers["x-request-id"]
+        assert (request_id.version, request_id.variant) == (4, uuid.RFC_4122)
+        seen.add((trace_id, str(request_id)))
+    assert len(seen) == 200
 
 
 async def test_query_rules_see_the_raw_query_decoded_once() -> None:

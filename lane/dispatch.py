@@ -1,9 +1,9 @@
 """Send one request down its lane: route, connect, fall back live, learn health, record the hop.
 
-The loop behind "fallback, live": `choose_upstream` names the instances of the best lane that are
-not ejected; one is tried; if the connection fails (nothing was sent) that instance counts a
-failure and the request is routed again without it — to another instance of the same lane, or
-down the fallback chain with reason ``connect-failed``. Other failures are retried only for
+The loop behind "fallback, live": `choose_upstream` (through `Registry.route`) names the instances
+of the best lane that are not ejected; one is tried; if the connection fails (nothing was sent)
+that instance counts a failure and the request is routed again without it — to another instance
+of the same lane, or down the fallback chain with reason ``connect-failed``. Other failures are retried only for
 idempotent methods whose body was not consumed, at most `ProxySpec.retries` times. Every attempt
 ends in `PassiveHealth` (success or failure), which is what ejects a dead instance for everyone.
 """
@@ -23,7 +23,7 @@ from .errors import UpstreamUnavailable
 from .hops import FALLBACK_HEADER, Hop, encode_path, parse_path
 from .proxy import Body, ConnectFailed, UpstreamFailure, is_idempotent, send
 from .registry import Registry
-from .routing import Route, choose_upstream
+from .routing import Route
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -72,13 +72,12 @@ async def dispatch(
     *may_retry()* (idempotent and body untouched) and retries are left. Raises
     `UpstreamUnavailable` (nothing may serve) or the last `UpstreamFailure`.
     """
-    available = registry.available_in(config)
     failed: set[Endpoint] = set()
     retries_left = config.proxy.retries
     last: UpstreamFailure | None = None
     for _ in range(MAX_ATTEMPTS):
         try:
-            route = choose_upstream(config, service, lane, available, failed)
+            route = registry.route(config, service, lane, failed)
         except UpstreamUnavailable:
             if last is not None:
                 raise last from None  # everything in reach failed during this request: say how

@@ -71,6 +71,13 @@ class PassiveHealth:
         state = self._states.get(endpoint)
         return state is None or state.ejected_until <= self._clock()
 
+    def any_ejected(self) -> bool:
+        """Whether some instance is ejected right now (False, the common case, costs one check)."""
+        if not self._states:
+            return False
+        now = self._clock()
+        return any(state.ejected_until > now for state in self._states.values())
+
     def record_success(self, endpoint: Endpoint) -> None:
         if endpoint in self._states:
             del self._states[endpoint]

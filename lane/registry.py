@@ -4,17 +4,21 @@ One `Registry` per proxy process. The config is swapped atomically on reload: a 
 `registry.config` once when it starts and routes on that snapshot until it ends, so in-flight
 requests finish on the config they began with. Health state survives reloads for instances that
 are still configured.
+
+`route` is what every request asks: the routing decision on its snapshot and the health view. In
+the common case (nothing ejected, nothing failed during the request, a declared lane) the answer
+depends on the config alone, so it is computed once per config and kept until the next swap.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from .config import Endpoint, LaneConfig
 from .health import PassiveHealth
-from .routing import Available
+from .routing import Available, Route, choose_upstream
 
 __all__ = ["Registry"]
 
@@ -28,6 +32,7 @@ class Registry:
         self.health = PassiveHealth(config.proxy.eject_after_failures, config.proxy.eject_seconds, **kwargs)
         self._config = config
         self._turn = itertools.count()
+        self._routes: dict[tuple[str, str], Route] = {}  # (service, declared lane) -> route, current config
 
     @property
     def config(self) -> LaneConfig:
@@ -36,6 +41,7 @@ class Registry:
     def swap(self, config: LaneConfig) -> LaneConfig:
         """Install *config* for new requests; returns the previous one."""
         old, self._config = self._config, config
+        self._routes = {}
         self.health.configure(config.proxy.eject_after_failures, config.proxy.eject_seconds)
         self.health.forget_except({e for s in config.services.values() for eps in s.instances.values() for e in eps})
         return old
@@ -50,6 +56,21 @@ class Registry:
             return tuple(e for e in svc.instances.get(lane, ()) if self.health.is_available(e))
 
         return available
+
+    def route(self, config: LaneConfig, service: str, lane: str, failed: Collection[Endpoint] = ()) -> Route:
+        """`choose_upstream` for a request on *config* (its snapshot) with the current health view.
+
+        Raises `UpstreamUnavailable` like `choose_upstream`. Cached while every instance counts
+        as available, for the lanes the config declares (a client can invent any number of others).
+        """
+        cacheable = not failed and config is self._config and lane in config.lanes and not self.health.any_ejected()
+        if not cacheable:
+            return choose_upstream(config, service, lane, self.available_in(config), failed)
+        key = (service, lane)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = choose_upstream(config, service, lane)
+        return route
 
     def pick(self, upstreams: tuple[Endpoint, ...]) -> Endpoint:
         """Round-robin over *upstreams* (non-empty)."""

@@ -143,6 +143,26 @@ def test_registry_view_and_round_robin(config: LaneConfig) -> None:
     assert choose_upstream(config, "c", "gray", registry.available_in(config)).reason is FallbackReason.UNHEALTHY
 
 
+def test_registry_routes_follow_health_failures_and_reloads(config: LaneConfig) -> None:
+    now = [0.0]
+    registry = Registry(config, clock=lambda: now[0])
+    assert registry.route(config, "c", "gray") == choose_upstream(config, "c", "gray")
+    assert registry.route(config, "c", "gray").lane == "gray"  # again, now from the cache
+    assert registry.route(config, "c", "gray", [ep("10.2.1.1:80")]).reason is FallbackReason.CONNECT_FAILED
+    for _ in range(config.proxy.eject_after_failures):
+        registry.health.record_failure(ep("10.2.1.1:80"))
+    assert registry.route(config, "c", "gray").reason is FallbackReason.UNHEALTHY
+    now[0] += config.proxy.eject_seconds  # the ejection is over: gray serves again
+    assert registry.route(config, "c", "gray").lane == "gray"
+    assert registry.route(config, "c", "no-such-lane").lane == "base"  # undeclared lanes route like the default
+    with pytest.raises(UpstreamUnavailable):
+        registry.route(config, "a", "locked", [ep("10.0.2.1:80")])
+    reloaded = parse_config(CONFIG.replace('gray: ["10.2.1.1:80"]', 'gray: ["10.2.1.9:80"]'), "test.yaml")
+    registry.swap(reloaded)
+    assert registry.route(reloaded, "c", "gray").upstreams == (ep("10.2.1.9:80"),)
+    assert registry.route(config, "c", "gray").upstreams == (ep("10.2.1.1:80"),)  # an in-flight snapshot
+
+
 @pytest.mark.parametrize(("name", "value", "trace_id"), [
     ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "0af7651916cd43dd8448eb211c80319c"),
     ("x-request-id", "abc-123", "abc-123"),

@@ -126,7 +126,7 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
     headers = upstream_headers(request)
     incoming = request_lane(headers, config.tag)
     requested = incoming or config.default_lane
-    keys = trace_keys(request.headers.items(), config.proxy.trace_headers)
+    keys = trace_keys(request.headers, config.proxy.trace_headers)
     if incoming is not None:
         sc.traces.remember(keys, incoming)
     said = headers.popall(FALLBACK_HEADER, [""])[0].strip()
@@ -210,7 +210,7 @@ async def _outbound(request: web.Request) -> web.StreamResponse:
         return plain_error(403, f"lane sidecar: {shown} is not a service in the lane config {config.source}; "
                            f"the sidecar only forwards to: {', '.join(sorted(config.services))}")
     headers = upstream_headers(request)
-    keys = trace_keys(request.headers.items(), config.proxy.trace_headers)
+    keys = trace_keys(request.headers, config.proxy.trace_headers)
     lane = request_lane(headers, config.tag) or sc.traces.recall(keys) or config.default_lane
     set_lane(headers, config.tag, lane)
     if is_websocket(request):

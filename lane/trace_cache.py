@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Final
 from urllib.parse import unquote
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 __all__ = ["MAX_TRACE_ID_LENGTH", "TraceCache", "TraceKey", "trace_keys"]
 
 TraceKey = tuple[str, str]  # (lower-case header name, normalised trace id)
@@ -50,17 +52,23 @@ def _trace_id(name: str, value: str) -> str | None:
     return candidate
 
 
-def trace_keys(headers: Iterable[tuple[str, str]], names: Iterable[str]) -> list[TraceKey]:
+def trace_keys(headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str] | CIMultiDict[str],
+               names: Iterable[str]) -> list[TraceKey]:
     """The trace keys present in *headers*, in the order of *names* (the configured preference).
 
-    Only the first value of each header counts; values that are not trace ids are skipped.
+    *headers* are (name, value) pairs or a case-insensitive multidict (a request's headers: then
+    only the configured names are looked up, not every header). Only the first value of each
+    header counts; values that are not trace ids are skipped.
     """
-    wanted = {n.lower() for n in names}
-    first: dict[str, str] = {}
-    for name, value in headers:
-        lname = name.lower()
-        if lname in wanted and lname not in first:
-            first[lname] = value
+    if isinstance(headers, (CIMultiDictProxy, CIMultiDict)):
+        first = {lname: value for lname in map(str.lower, names) if (value := headers.get(lname)) is not None}
+    else:
+        wanted = {n.lower() for n in names}
+        first = {}
+        for name, value in headers:
+            lname = name.lower()
+            if lname in wanted and lname not in first:
+                first[lname] = value
     keys = []
     for name in names:
         lname = name.lower()

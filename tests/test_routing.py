@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from lane.config import Endpoint, LaneConfig, parse_config
 from lane.errors import UpstreamUnavailable
@@ -180,6 +181,15 @@ def test_trace_keys_skip_garbage_and_keep_the_configured_order() -> None:
     assert trace_keys(headers, ["x-b3-traceid", "traceparent", "x-request-id"]) == [
         ("x-b3-traceid", "b1"), ("x-request-id", "r1")]
     assert trace_keys([("x-request-id", "x" * 500)], ["x-request-id"]) == []
+
+
+def test_trace_keys_read_a_request_multidict_like_its_header_pairs() -> None:
+    pairs = [("X-Request-Id", "r1"), ("TraceParent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+             ("x-request-id", "second-value-ignored"), ("X-B3-TraceId", "bad id")]
+    names = ["X-B3-TraceId", "x-request-id", "traceparent"]
+    expected = [("x-request-id", "r1"), ("traceparent", "0af7651916cd43dd8448eb211c80319c")]
+    assert trace_keys(pairs, names) == expected
+    assert trace_keys(CIMultiDictProxy(CIMultiDict(pairs)), names) == expected
 
 
 def test_trace_cache_is_bounded_in_size_and_time() -> None:

@@ -1,0 +1,115 @@
+"""The sidecar's inbound listener (``--listen``): what callers reach, forwarding to the local app.
+
+It reads the request's lane (tag header, else baggage) and remembers ``trace id -> lane`` for
+every configured trace header, opens a hop collection under those trace ids, and answers with its
+own hop first followed by the hops of the calls the app made meanwhile (`lane.sidecar_outbound`).
+When the app cannot be reached it answers 502 with ``x-lane-unavailable``, so the caller treats
+this instance as down and falls back.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import responses
+from .config import LaneConfig
+from .dispatch import UNAVAILABLE_HEADER
+from .hops import FALLBACK_HEADER, FallbackReason, Hop, encode_path
+from .metrics import in_flight, observe_request
+from .proxy import (
+    SESSION,
+    Body,
+    ConnectFailed,
+    UpstreamFailure,
+    is_websocket,
+    plain_error,
+    relay,
+    request_target,
+    send,
+    session_ctx,
+    upstream_headers,
+)
+from .server import HostPort
+from .sidecar_state import SIDECAR, Sidecar
+from .trace_cache import trace_keys
+from .websocket_proxy import open_websocket, pump_websockets
+from .wire import request_lane
+
+__all__ = ["build_inbound_app"]
+
+_REASONS = frozenset(r.value for r in FallbackReason)
+
+
+def _own_instance(request: web.BaseRequest) -> str | None:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return None
+    return str(HostPort(sockname[0], sockname[1]))
+
+
+async def _inbound(request: web.Request) -> web.StreamResponse:
+    sc = request.app[SIDECAR]
+    config = sc.runtime.config
+    headers = upstream_headers(request)
+    incoming = request_lane(headers, config.tag)
+    requested = incoming or config.default_lane
+    keys = trace_keys(request.headers, config.proxy.trace_headers)
+    if incoming is not None:
+        sc.traces.remember(keys, incoming)
+    said = headers.popall(FALLBACK_HEADER, [""])[0].strip()
+    reason = said if said in _REASONS and requested != sc.lane else None
+    own = Hop(sc.service, sc.lane, requested, reason, _own_instance(request))
+    target = request_target(request)
+    session = request.app[SESSION]
+    if is_websocket(request):
+        return await _inbound_websocket(request, sc, config, headers, target)
+    in_flight("inbound").inc()
+    try:
+        with sc.tracing.span("inbound", sc.service, request.method, request.path, headers,
+                             requested=requested) as span:
+            span.inject(headers)
+            span.routed(sc.lane, reason, own.instance)
+            with sc.hops.collect(keys) as collection:
+                collection.trace_context = span.context
+                try:
+                    upstream = await send(session, request.method, sc.app, target, headers, Body(request),
+                                          config.proxy)
+                except ConnectFailed as exc:
+                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, 502)
+                    span.answered(502, type(exc).__name__)
+                    return plain_error(502, f"lane sidecar: the app of {sc.service}@{sc.lane} is unavailable: "
+                                       f"{exc.detail}", CIMultiDict({UNAVAILABLE_HEADER: "app-connect-failed"}))
+                except UpstreamFailure as exc:
+                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status)
+                    span.answered(exc.status, type(exc).__name__)
+                    return responses.failure(exc)
+                path = encode_path([own, *collection.hops()])
+            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status)
+            span.answered(upstream.status)
+            return await relay(request, upstream, responses.own_headers(upstream.headers, path, own))
+    finally:
+        in_flight("inbound").dec()
+
+
+async def _inbound_websocket(
+    request: web.Request, sc: Sidecar, config: LaneConfig, headers: CIMultiDict[str], target: str
+) -> web.StreamResponse:
+    protocols = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
+    try:
+        up = await open_websocket(request.app[SESSION], sc.app, target, headers, protocols,
+                                  config.proxy.connect_timeout)
+    except UpstreamFailure as exc:
+        return responses.failure(exc)
+    down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), max_msg_size=0, autoping=True)
+    await down.prepare(request)
+    await pump_websockets(down, up)
+    return down
+
+
+def build_inbound_app(sidecar: Sidecar) -> web.Application:
+    app = web.Application()
+    app[SIDECAR] = sidecar
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", _inbound)
+    return app

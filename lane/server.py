@@ -4,6 +4,8 @@
 * under ``--workers N`` (see `lane.workers`) data listeners bind with ``SO_REUSEPORT``: N
   processes on one port, the kernel spreads connections over them;
 * SIGTERM/SIGINT: stop accepting, let in-flight requests finish up to the drain deadline, exit 0;
+  more of them while stopping change nothing (the drain is bounded; SIGKILL still ends it at
+  once), so a second Ctrl-C cannot turn a clean stop into a ``KeyboardInterrupt`` halfway;
 * SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored.
 """
 
@@ -112,8 +114,10 @@ async def serve(
         await stop.wait()
         log.info("stopping: no new connections, draining in-flight requests for up to %gs", drain_seconds)
     finally:
+        # Ignored from now on, until the loop closes (`run_loop`): the caller's own cleanup after
+        # serve() returns (stopping children, flushing spans) is not cut short either.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, _while_stopping, sig)
         # Data listeners first (they drain), the admin listener last so /metrics answers to the end.
         data = [r for li, r in runners if li.name != "admin"]
         await asyncio.gather(*(r.cleanup() for r in data), return_exceptions=True)
@@ -122,6 +126,10 @@ async def serve(
                 await r.cleanup()
     log.info("stopped")
     return 0
+
+
+def _while_stopping(sig: int) -> None:
+    log.info("%s while stopping: ignored, the drain ends by itself", signal.Signals(sig).name)
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:

@@ -99,6 +99,25 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> 
                     pass
 
 
+async def test_a_second_stop_signal_during_the_drain_changes_nothing(tmp_path: Path) -> None:
+    async with serve_app(upstream()) as port:
+        config = tmp_path / "lane.yaml"
+        write_config(config, port)
+        with lane_process(tmp_path, "gw", "gateway", "--config", str(config), "--listen", "127.0.0.1:0",
+                          "--admin", "127.0.0.1:0", "--drain-seconds", "10") as gw:
+            async with aiohttp.ClientSession() as client:
+                slow = [asyncio.create_task(client.get(gw.url("gateway") + "/slow?s=2")) for _ in range(2)]
+                await asyncio.sleep(0.7)
+                gw.popen.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)  # draining now
+                gw.popen.send_signal(signal.SIGINT)  # an impatient Ctrl-C
+                answers = await asyncio.gather(*slow)
+                assert [(a.status, await a.text()) for a in answers] == [(200, "slow done")] * 2
+                exit_code = await asyncio.get_running_loop().run_in_executor(None, gw.popen.wait, 15)
+                assert exit_code == 0
+    assert "SIGINT while stopping: ignored" in gw.log_text()
+
+
 async def test_reload_swaps_a_rule_without_failing_in_flight_requests(tmp_path: Path) -> None:
     async with serve_app(upstream()) as port:
         config = tmp_path / "lane.yaml"

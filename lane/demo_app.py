@@ -147,4 +147,4 @@ def run(args: argparse.Namespace) -> int:
     def ready(bound: dict[str, HostPort]) -> None:
         announce("demo-app", bound, args.ready_file)
 
-    return run_loop(serve(build, drain_seconds=args.drain_seconds, on_ready=ready))
+    return run_loop(serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log))

@@ -209,5 +209,5 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
         def ready(bound: dict[str, HostPort]) -> None:
             announce("gateway", bound, args.ready_file)
 
-        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready)
+        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log)
 

@@ -6,6 +6,9 @@
 * SIGTERM/SIGINT: stop accepting, let in-flight requests finish up to the drain deadline, exit 0;
   more of them while stopping change nothing (the drain is bounded; SIGKILL still ends it at
   once), so a second Ctrl-C cannot turn a clean stop into a ``KeyboardInterrupt`` halfway;
+* no access log unless ``--access-log``: aiohttp's logger formats a line per request, which a
+  proxy would pay on every hop; when asked for, data listeners log to ``aiohttp.access`` at INFO
+  (shown whatever ``--log-level`` says: asking for it is explicit);
 * SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored.
 """
 
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.log import access_logger
 
 from .runtime import Runtime
 
@@ -67,6 +71,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str |
     parser.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS,
                         help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
     parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log one line per request served (aiohttp.access, INFO); off by default, it costs "
+                        "a formatted line per request")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +89,24 @@ async def serve(
     *,
     drain_seconds: float = DEFAULT_DRAIN_SECONDS,
     on_ready: Callable[[dict[str, HostPort]], None] | None = None,
+    access_log: bool = False,
 ) -> int:
-    """Run the listeners *build* returns until SIGTERM/SIGINT, then drain and return 0."""
+    """Run the listeners *build* returns until SIGTERM/SIGINT, then drain and return 0.
+
+    *access_log*: data listeners (not the admin one) log each request to ``aiohttp.access``.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    if access_log and access_logger.getEffectiveLevel() > logging.INFO:
+        access_logger.setLevel(logging.INFO)
     listeners, runtime = await build()
     runners: list[tuple[Listener, web.AppRunner]] = []
     bound: dict[str, HostPort] = {}
     try:
         for listener in listeners:
-            runner = web.AppRunner(listener.app, shutdown_timeout=drain_seconds, access_log=None)
+            logged = access_log and listener.name != "admin"
+            runner = web.AppRunner(listener.app, shutdown_timeout=drain_seconds,
+                                   access_log=access_logger if logged else None)
             await runner.setup()
             runners.append((listener, runner))
             share = listener.reuse_port and os.environ.get(REUSE_PORT_ENV) == "1"

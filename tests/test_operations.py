@@ -118,6 +118,26 @@ async def test_a_second_stop_signal_during_the_drain_changes_nothing(tmp_path: P
     assert "SIGINT while stopping: ignored" in gw.log_text()
 
 
+async def test_the_access_log_is_off_unless_asked_for(tmp_path: Path) -> None:
+    async with serve_app(upstream()) as port:
+        config = tmp_path / "lane.yaml"
+        write_config(config, port)
+        logs = {}
+        for name, flags in (("quiet", ()), ("logged", ("--access-log",))):
+            # INFO without the flag, WARNING with it: the flag alone decides
+            with lane_process(tmp_path, name, "gateway", "--config", str(config), "--listen", "127.0.0.1:0",
+                              "--admin", "127.0.0.1:0", *flags, log_level="WARNING" if flags else "INFO") as gw:
+                async with aiohttp.ClientSession() as client:
+                    async with client.get(gw.url("gateway") + f"/seen-by-{name}?x=1") as resp:
+                        assert resp.status == 200
+                    async with client.get(gw.url("admin") + "/healthz") as resp:
+                        assert resp.status == 200
+            logs[name] = gw.log_text()
+    assert "/seen-by-quiet" not in logs["quiet"] and "aiohttp.access" not in logs["quiet"]
+    assert '"GET /seen-by-logged?x=1 HTTP/1.1" 200' in logs["logged"]
+    assert "/healthz" not in logs["logged"]  # the admin listener is not logged
+
+
 async def test_reload_swaps_a_rule_without_failing_in_flight_requests(tmp_path: Path) -> None:
     async with serve_app(upstream()) as port:
         config = tmp_path / "lane.yaml"

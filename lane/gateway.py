@@ -25,16 +25,13 @@ from multidict import CIMultiDict
 from . import explain, responses
 from .admin import build_admin
 from .config import LaneConfig
-from .dispatch import dispatch, http_opener, retry_guard
-from .errors import ConfigError, UpstreamUnavailable
-from .metrics import REJECTED_TAGS, in_flight, observe_request
+from .errors import ConfigError
+from .forward import forward_http
+from .metrics import REJECTED_TAGS, in_flight
 from .proxy import (
     SESSION,
-    Body,
-    UpstreamFailure,
     is_websocket,
     relay,
-    request_target,
     session_ctx,
     upstream_headers,
 )
@@ -124,28 +121,12 @@ async def _forward(
     request: web.Request, runtime: Runtime, config: LaneConfig, service: str, lane: str,
     headers: CIMultiDict[str], span: RequestSpan,
 ) -> web.StreamResponse:
-    body = Body(request)
-    method = request.method
     in_flight("gateway").inc()
     try:
-        try:
-            sent = await dispatch(
-                runtime.registry, config, service=service, lane=lane, headers=headers,
-                opener=http_opener(request.app[SESSION], method, request_target(request), body, config.proxy),
-                may_retry=retry_guard(method, body),
-            )
-        except UpstreamUnavailable as exc:
-            observe_request(config, "gateway", service, lane, None, None, 503)
-            span.answered(503, type(exc).__name__)
-            return responses.unavailable(exc)
-        except UpstreamFailure as exc:
-            observe_request(config, "gateway", service, lane, None, None, exc.status)
-            span.answered(exc.status, type(exc).__name__)
-            return responses.failure(exc)
-        observe_request(config, "gateway", service, lane, sent.route.lane,
-                        sent.hop.fallback, sent.response.status)
-        span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
-        span.answered(sent.response.status)
+        sent = await forward_http(request, runtime.registry, config, proxy="gateway", service=service, lane=lane,
+                                  headers=headers, span=span)
+        if isinstance(sent, web.Response):
+            return sent
         out = responses.answer_headers(sent.response.headers, sent.hop)
         if request.app[EXPLAIN]:
             return await explain.relay_explained(request, sent.response, out)

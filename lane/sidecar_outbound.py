@@ -18,19 +18,15 @@ from yarl import URL
 
 from . import responses
 from .config import LaneConfig
-from .dispatch import dispatch, http_opener, retry_guard
-from .errors import UpstreamUnavailable
+from .forward import forward_http
 from .hop_collector import Collection
 from .hops import PATH_HEADER, parse_path
-from .metrics import FORBIDDEN, in_flight, observe_request
+from .metrics import FORBIDDEN, in_flight
 from .proxy import (
     SESSION,
-    Body,
-    UpstreamFailure,
     is_websocket,
     plain_error,
     relay,
-    request_target,
     session_ctx,
     upstream_headers,
 )
@@ -96,27 +92,13 @@ async def _forward_outbound(
     request: web.Request, sc: Sidecar, config: LaneConfig, service: str, lane: str, headers: CIMultiDict[str],
     collection: Collection | None, slot: int, span: RequestSpan,
 ) -> web.StreamResponse:
-    body = Body(request)
-    try:
-        sent = await dispatch(
-            sc.runtime.registry, config, service=service, lane=lane, headers=headers,
-            opener=http_opener(request.app[SESSION], request.method, request_target(request), body, config.proxy),
-            may_retry=retry_guard(request.method, body),
-        )
-    except UpstreamUnavailable as exc:
-        observe_request(config, "outbound", service, lane, None, None, 503)
-        span.answered(503, type(exc).__name__)
-        return responses.unavailable(exc)
-    except UpstreamFailure as exc:
-        observe_request(config, "outbound", service, lane, None, None, exc.status)
-        span.answered(exc.status, type(exc).__name__)
-        return responses.failure(exc)
+    sent = await forward_http(request, sc.runtime.registry, config, proxy="outbound", service=service, lane=lane,
+                              headers=headers, span=span)
+    if isinstance(sent, web.Response):
+        return sent
     out = responses.answer_headers(sent.response.headers, sent.hop)
     if collection is not None:
         collection.fill(slot, parse_path(out[PATH_HEADER]))
-    observe_request(config, "outbound", service, lane, sent.route.lane, sent.hop.fallback, sent.response.status)
-    span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
-    span.answered(sent.response.status)
     return await relay(request, sent.response, out)
 
 

@@ -551,6 +551,8 @@ def load_config(path: str | Path) -> LaneConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "", f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     return parse_config(text, str(path))
 
 

@@ -128,6 +128,13 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte \d+"):
+        load_config(bad)
+
+
 def test_unknown_key_names_its_path_and_the_allowed_keys() -> None:
     err = error_of(MINIMAL + "coloring:\n  - lane: base\n    match: {headers: [{name: a, exakt: b}]}\n")
     assert err.path == "coloring[0].match.headers[0].exakt"

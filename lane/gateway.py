@@ -3,8 +3,11 @@
 For every request: a lane tag an outside client sent (the tag header, the lane member of
 ``baggage``) is removed unless the peer is in ``proxy.trusted_cidrs`` — other baggage members
 survive; the request is colored by the rules (first match wins, else the default lane; a trusted
-peer's valid tag wins over the rules); it gets a ``traceparent`` and an ``x-request-id`` when it
-has none (so sidecars can always recover the lane by trace id); it leaves with the tag header and
+peer's valid tag wins over the rules); it gets a ``traceparent`` when it has none and an
+``x-request-id`` of the gateway's own unless the peer is trusted and sent one (so sidecars can always
+recover the lane by trace id, and a client cannot choose the id another request is recovered by:
+its id travels on as ``x-client-request-id``, like Envoy's ``preserve_external_request_id: false``;
+a client's ``traceparent`` is kept for tracing, sidecars distrust a trace id two lanes claim); it leaves with the tag header and
 the baggage member set, to the entry service's instance of its lane (with live fallback). The
 answer carries ``x-lane-path``, ``x-lane-served`` and, when it fell back, ``x-lane-fallback``.
 With ``--otlp-endpoint`` each request also gets a span with lane attributes (`lane.tracing`).
@@ -43,7 +46,18 @@ from .tracing import RequestSpan, Tracing, add_tracing_arguments, open_tracing, 
 from .websocket_proxy import forward_websocket
 from .wire import has_lane_tag, request_lane, set_lane, strip_lane
 
-__all__ = ["EXPLAIN", "RUNTIME", "TRACING", "add_arguments", "build_gateway_app", "ensure_trace_headers", "is_trusted", "run"]
+__all__ = [
+    "CLIENT_REQUEST_ID",
+    "EXPLAIN",
+    "RUNTIME",
+    "TRACING",
+    "add_arguments",
+    "build_gateway_app",
+    "distrust_request_id",
+    "ensure_trace_headers",
+    "is_trusted",
+    "run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +67,7 @@ TRACING = web.AppKey("lane_gateway_tracing", Tracing)
 # RFC 9562 version 4: the version nibble is 4, the variant bits are 10.
 _UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID_V4: Final = (0x4000 << 64) | (0x8000 << 48)
+CLIENT_REQUEST_ID: Final = "x-client-request-id"
 
 
 def is_trusted(config: LaneConfig, peer: str | None) -> bool:
@@ -64,6 +79,17 @@ def is_trusted(config: LaneConfig, peer: str | None) -> bool:
     except ValueError:
         return False
     return any(address in network for network in config.proxy.trusted_cidrs)
+
+
+def distrust_request_id(headers: CIMultiDict[str]) -> None:
+    """Move an untrusted client's ``x-request-id`` to ``x-client-request-id`` (the gateway mints its own).
+
+    Sidecars recover a request's lane and hop record by this id, so it must be unique per request:
+    a client that sent the same id with many requests would otherwise mix their lanes up.
+    """
+    sent = headers.popall("x-request-id", None)
+    if sent is not None:
+        headers[CLIENT_REQUEST_ID] = sent[0]
 
 
 def ensure_trace_headers(headers: CIMultiDict[str]) -> None:
@@ -80,10 +106,10 @@ def ensure_trace_headers(headers: CIMultiDict[str]) -> None:
         headers["x-request-id"] = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str]) -> Coloring:
+def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str], trusted: bool) -> Coloring:
     """The request's lane, and the rule that chose it (None: a trusted tag or the default lane)."""
     lane = None
-    if is_trusted(config, request.remote):
+    if trusted:
         lane = request_lane(headers, config.tag)
     elif has_lane_tag(headers, config.tag):
         source = "header" if config.tag.header in headers else "baggage"
@@ -102,7 +128,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
     headers = upstream_headers(request)
-    coloring = _lane_of(request, config, headers)
+    trusted = is_trusted(config, request.remote)
+    coloring = _lane_of(request, config, headers, trusted)
+    if not trusted:
+        distrust_request_id(headers)
     lane = coloring.lane
     set_lane(headers, config.tag, lane)
     service = config.entry

@@ -7,8 +7,12 @@ call order even when calls overlap) and fills it with the hops the call's answer
 the app answers, the inbound side appends the collected hops, depth first, after its own hop.
 
 The app does not have to forward anything lane-specific, only one trace header; an app that
-forwards no trace header at all gets a record that stops at its own hop. If one trace visits the
-same sidecar twice at the same time the most recent visit collects (a documented ambiguity).
+forwards no trace header at all gets a record that stops at its own hop. A trace id is not proof
+of belonging (clients choose them), so a key that two open collections claim at once is
+*ambiguous* until the last of them closes: `find` skips it and the next key decides, else no
+collection gets the call's hops (counted in ``lane_ambiguous_trace_ids_total``). Filing one
+request's hops into another's record would be worse than a record that stops early; the same
+holds for one trace visiting the same sidecar twice at the same time.
 Bounded: at most `MAX_OPEN` collections and `MAX_HOPS` hops each.
 """
 
@@ -21,11 +25,12 @@ from typing import Final
 from opentelemetry.context import Context
 
 from .hops import MAX_HOPS, Hop
-from .trace_cache import TraceKey
+from .trace_cache import AMBIGUOUS_TRACE_IDS, TraceKey
 
 __all__ = ["MAX_OPEN", "Collection", "HopCollector"]
 
 MAX_OPEN: Final = 10_000
+_AMBIGUOUS_IN_COLLECTOR: Final = AMBIGUOUS_TRACE_IDS.labels(store="hop_collector")
 
 
 class Collection:
@@ -58,6 +63,7 @@ class HopCollector:
         self._max_open = max_open
         self._open = 0
         self._by_key: dict[TraceKey, list[Collection]] = {}
+        self._ambiguous: set[TraceKey] = set()  # claimed by two collections since it was last free
 
     def __len__(self) -> int:
         return self._open
@@ -72,7 +78,11 @@ class HopCollector:
             return
         self._open += 1
         for key in keys:
-            self._by_key.setdefault(key, []).append(collection)
+            claimed = self._by_key.setdefault(key, [])
+            if claimed and key not in self._ambiguous:
+                self._ambiguous.add(key)
+                _AMBIGUOUS_IN_COLLECTOR.inc()
+            claimed.append(collection)
         try:
             yield collection
         finally:
@@ -84,11 +94,12 @@ class HopCollector:
                         stack.remove(collection)
                     if not stack:
                         del self._by_key[key]
+                        self._ambiguous.discard(key)
 
     def find(self, keys: Iterable[TraceKey]) -> Collection | None:
-        """The most recent open collection under the first of *keys* that has one."""
+        """The open collection under the first of *keys* that has exactly one (ambiguous keys are skipped)."""
         for key in keys:
             stack = self._by_key.get(key)
-            if stack:
+            if stack and key not in self._ambiguous:
                 return stack[-1]
         return None

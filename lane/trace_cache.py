@@ -7,6 +7,12 @@ the request back into its lane. Real apps forward different trace headers, so th
 names is configurable (`ProxySpec.trace_headers`); `trace_keys` knows how to take the *trace* id
 out of each format (not the span id, which changes on every hop).
 
+A trace id is chosen by whoever starts the trace, often an outside client, so it is not proof of
+belonging: two requests in different lanes can carry the same one (a client reusing its
+``traceparent``). A key remembered with two different lanes within its TTL is *ambiguous*: `recall`
+skips it (the next key decides, else the caller's default lane) until it expires, so one request can
+never pull another into its lane. Such keys are counted in ``lane_ambiguous_trace_ids_total``.
+
 The cache is bounded in entries (least recently used evicted first) and in time (a TTL), and
 cheap: an `OrderedDict`, one event loop, no locks.
 """
@@ -21,8 +27,9 @@ from typing import Final
 from urllib.parse import unquote
 
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Counter
 
-__all__ = ["MAX_TRACE_ID_LENGTH", "TraceCache", "TraceKey", "trace_keys"]
+__all__ = ["AMBIGUOUS_TRACE_IDS", "MAX_TRACE_ID_LENGTH", "TraceCache", "TraceKey", "trace_keys"]
 
 TraceKey = tuple[str, str]  # (lower-case header name, normalised trace id)
 MAX_TRACE_ID_LENGTH: Final = 128
@@ -30,6 +37,15 @@ MAX_TRACE_ID_LENGTH: Final = 128
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}.*")
 _ZERO_TRACE = "0" * 32
 _ID = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces
+_AMBIGUOUS: Final = ""  # the lane stored for a key seen with conflicting lanes (never a valid lane)
+
+AMBIGUOUS_TRACE_IDS: Final = Counter(
+    "lane_ambiguous_trace_ids",
+    "Trace ids ignored for lane recovery or hop collection because two requests claimed them at once "
+    "(different lanes in the trace cache, two open collections in the hop collector).",
+    ["store"],
+)
+_AMBIGUOUS_IN_CACHE: Final = AMBIGUOUS_TRACE_IDS.labels(store="trace_cache")
 
 
 def _trace_id(name: str, value: str) -> str | None:
@@ -99,12 +115,20 @@ class TraceCache:
             self._data.popitem(last=False)
 
     def put(self, key: TraceKey, lane: str) -> None:
-        self._data[key] = (lane, self._clock() + self.ttl)
+        """Remember *key* in *lane*; a live key already in another lane becomes ambiguous instead."""
+        now = self._clock()
+        known = self._data.get(key)
+        if known is not None and known[1] > now and known[0] != lane:
+            if known[0] != _AMBIGUOUS:
+                _AMBIGUOUS_IN_CACHE.inc()
+            lane = _AMBIGUOUS
+        self._data[key] = (lane, now + self.ttl)
         self._data.move_to_end(key)
         while len(self._data) > self.max_size:
             self._data.popitem(last=False)
 
     def get(self, key: TraceKey) -> str | None:
+        """The lane of *key*; None when unknown, expired or ambiguous."""
         item = self._data.get(key)
         if item is None:
             return None
@@ -113,14 +137,14 @@ class TraceCache:
             del self._data[key]
             return None
         self._data.move_to_end(key)
-        return lane
+        return lane or None
 
     def remember(self, keys: Iterable[TraceKey], lane: str) -> None:
         for key in keys:
             self.put(key, lane)
 
     def recall(self, keys: Iterable[TraceKey]) -> str | None:
-        """The lane of the first key that is known, in order."""
+        """The lane of the first key that is known (and not ambiguous), in order."""
         for key in keys:
             lane = self.get(key)
             if lane is not None:

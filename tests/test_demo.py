@@ -12,6 +12,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,28 @@ def test_d_forwards_only_x_request_id_and_c_still_sees_gray(demo: DemoRun) -> No
     assert d_call["service"] == "d"
     assert d_call["answer"]["calls"][0]["answer"]["lane"] == "gray"
     assert body["path"][3:] == ["d@base", "c@gray"]
+
+
+def test_requests_sharing_client_trace_ids_keep_their_own_lanes_and_paths(demo: DemoRun) -> None:
+    # Clients choose x-request-id and traceparent; 10 at a time, half gray, all sending the same
+    # ones. The gateway mints its own x-request-id (the client's travels as x-client-request-id),
+    # and sidecars ignore the traceparent two lanes claim, so no request leaks into another's lane
+    # or hop record.
+    shared = {"x-request-id": "shared-id", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    expected = {"gray": ["a@gray", "b@base", "c@gray", "d@base", "c@gray"],
+                "base": ["a@base", "b@base", "c@base", "d@base", "c@base"]}
+
+    def one(i: int) -> tuple[str, int, Any]:
+        lane = "gray" if i % 2 else "base"
+        status, _, body = get(demo.gateway + "/", {**shared, "User-Agent": "xiaoming" if lane == "gray" else "curl/8"})
+        return lane, status, body
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(one, range(60)))
+    for lane, status, body in results:
+        assert status == 200
+        assert body["path"] == expected[lane]
+        assert body["calls"][1]["answer"]["calls"][0]["answer"]["lane"] == lane  # c behind d
 
 
 def test_topology_and_union_health_view(demo: DemoRun) -> None:

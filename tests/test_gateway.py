@@ -111,11 +111,18 @@ async def test_every_request_leaves_with_a_traceparent_and_a_request_id() -> Non
         seen = body["headers"]
         assert isinstance(seen, dict)
         assert len(seen["traceparent"].split("-")[1]) == 32 and seen["x-request-id"]
-        _, body = await fetch(url + "/", {"x-request-id": "mine", "traceparent":
-                                          "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+        sent = {"x-request-id": "mine", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+        _, body = await fetch(url + "/", sent)
         seen = body["headers"]
         assert isinstance(seen, dict)
-        assert seen["x-request-id"] == "mine" and "0af7651916cd43dd8448eb211c80319c" in seen["traceparent"]
+        # an outside client's id is kept for reference but not trusted to be unique: the gateway mints its own
+        assert seen["x-client-request-id"] == "mine" and uuid.UUID(seen["x-request-id"]).version == 4
+        assert "0af7651916cd43dd8448eb211c80319c" in seen["traceparent"]  # tracing continuity
+    async with gateway(trusted='["127.0.0.0/8"]') as url:
+        _, body = await fetch(url + "/", sent)
+        seen = body["headers"]
+        assert isinstance(seen, dict)
+        assert seen["x-request-id"] == "mine" and "x-client-request-id" not in seen
 
 
 async def test_the_gray_instance_down_means_base_serves_and_the_answer_says_why() -> None:

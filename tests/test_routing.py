@@ -12,7 +12,7 @@ from lane.hop_collector import HopCollector
 from lane.hops import FallbackReason, Hop
 from lane.registry import Registry
 from lane.routing import choose_upstream
-from lane.trace_cache import TraceCache, trace_keys
+from lane.trace_cache import AMBIGUOUS_TRACE_IDS, TraceCache, trace_keys
 
 CONFIG = """
 lanes:
@@ -202,6 +202,46 @@ def test_trace_cache_is_bounded_in_size_and_time() -> None:
     assert len(cache) == 2 and cache.recall([("x-request-id", "2")]) is None
     now[0] = 10.0
     assert cache.recall([("x-request-id", "1"), ("x-request-id", "3")]) is None
+
+
+def _ambiguous_count(store: str) -> float:
+    return AMBIGUOUS_TRACE_IDS.labels(store=store)._value.get()
+
+
+def test_a_trace_id_remembered_in_two_lanes_recovers_neither_until_it_expires() -> None:
+    now = [0.0]
+    cache = TraceCache(100, 10.0, clock=lambda: now[0])
+    shared, own = ("traceparent", "0af7651916cd43dd8448eb211c80319c"), ("x-request-id", "r-base")
+    before = _ambiguous_count("trace_cache")
+    cache.remember([shared], "gray")
+    cache.remember([shared], "gray")  # the same lane again is no conflict
+    assert cache.recall([shared]) == "gray" and _ambiguous_count("trace_cache") == before
+    cache.remember([shared, own], "base")
+    assert cache.recall([shared]) is None  # not whichever lane came last
+    assert cache.recall([shared, own]) == "base"  # the next key decides
+    assert _ambiguous_count("trace_cache") == before + 1
+    cache.remember([shared], "gray")
+    cache.remember([shared], "base")  # still ambiguous: counted once
+    assert cache.recall([shared]) is None and _ambiguous_count("trace_cache") == before + 1
+    now[0] = 10.0  # the TTL since the last claim ran out: the id is free again
+    cache.remember([shared], "gray")
+    assert cache.recall([shared]) == "gray"
+
+
+def test_a_trace_id_two_open_collections_claim_collects_for_neither() -> None:
+    collector = HopCollector()
+    shared = ("traceparent", "0af7651916cd43dd8448eb211c80319c")
+    before = _ambiguous_count("hop_collector")
+    with collector.collect([shared, ("x-request-id", "1")]) as one:
+        assert collector.find([shared]) is one
+        with collector.collect([shared, ("x-request-id", "2")]) as two:
+            assert collector.find([shared]) is None
+            assert collector.find([shared, ("x-request-id", "2")]) is two
+            assert collector.find([shared, ("x-request-id", "1")]) is one
+        assert collector.find([shared]) is None  # a late call may still be two's: stays ambiguous
+        assert _ambiguous_count("hop_collector") == before + 1
+    with collector.collect([shared]) as three:
+        assert collector.find([shared]) is three  # free again once both closed
 
 
 def test_hops_are_collected_in_call_start_order() -> None:

@@ -7,10 +7,16 @@ memory. Method, path, query, status and end-to-end headers are preserved; hop-by
 ``X-Forwarded-For/Proto/Host`` are set; redirects are never followed; bodies are never
 decompressed. Failures are typed so the caller can decide: `ConnectFailed` (nothing was sent,
 always safe to try elsewhere), `UpstreamTimeout` (504) and `UpstreamBroken` (502).
+
+``proxy.request_timeout`` is the longest the proxy waits *without progress*, never a cap on a
+whole exchange (a 1 GiB upload or a long stream must not be cut because it is big or slow): the
+deadline is pushed back by every request body chunk that flows, the wait for the answer's head
+starts once the body is sent, and while the answer streams it is an idle (``sock_read``) timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -168,9 +174,43 @@ class Body:
 
 
 @functools.lru_cache(maxsize=16)
-def _timeout(total: float, connect: float) -> aiohttp.ClientTimeout:
-    """One (immutable) timeout object per config value, not one per request."""
-    return aiohttp.ClientTimeout(total=total, sock_connect=connect)
+def _timeout(idle: float, connect: float) -> aiohttp.ClientTimeout:
+    """One (immutable) timeout object per config value, not one per request.
+
+    No ``total``: only silence times out. aiohttp starts ``sock_read`` once the request body is
+    sent and restarts it on every read, so it bounds the wait for the head and every pause of
+    the answer's body. Waiting for a free pooled connection is waiting without progress too.
+    """
+    return aiohttp.ClientTimeout(total=None, connect=idle, sock_connect=connect, sock_read=idle)
+
+
+class _UploadDeadline:
+    """An `asyncio.timeout` pushed back while request body chunks flow to the upstream.
+
+    aiohttp's ``sock_read`` only starts after the body is sent; this bounds the upload itself, so
+    an upstream that stops reading (or a client that stops sending) cannot hold the request forever.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self.timeout = asyncio.timeout(seconds)
+        self._open = True
+
+    def close(self) -> None:
+        """The head arrived (or the request failed): the rest of the body no longer moves the deadline."""
+        self._open = False
+
+    def _push(self) -> None:
+        if self._open:
+            self.timeout.reschedule(self._loop.time() + self._seconds)
+
+    async def watch(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self._push()  # read from the client
+            yield chunk
+            self._push()  # written to the upstream
+        self._push()  # all sent: from here on the wait for the head
 
 
 async def send(
@@ -189,18 +229,27 @@ async def send(
     """
     url = URL(f"http://{endpoint}{target}", encoded=True)
     timeout = _timeout(spec.request_timeout, spec.connect_timeout)
-    data = body.chunks() if body is not None and body.present else None
     try:
-        return await session.request(
-            method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout,
-            compress=None, auto_decompress=False, proxy=None,
-        )
+        if body is None or not body.present:
+            return await session.request(
+                method, url, headers=headers, allow_redirects=False, timeout=timeout,
+                compress=None, auto_decompress=False, proxy=None,
+            )
+        upload = _UploadDeadline(spec.request_timeout)
+        try:
+            async with upload.timeout:
+                return await session.request(
+                    method, url, headers=headers, data=upload.watch(body.chunks()), allow_redirects=False,
+                    timeout=timeout, compress=None, auto_decompress=False, proxy=None,
+                )
+        finally:
+            upload.close()
     except aiohttp.ClientConnectorError as exc:
         raise ConnectFailed(endpoint, f"connect failed: {exc.os_error.strerror or exc.os_error}") from None
     except aiohttp.ConnectionTimeoutError:
         raise ConnectFailed(endpoint, f"connect timed out after {spec.connect_timeout:g}s") from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout(endpoint, f"no answer within {spec.request_timeout:g}s") from None
+        raise UpstreamTimeout(endpoint, f"no progress for {spec.request_timeout:g}s") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamBroken(endpoint, f"{type(exc).__name__}: {exc}"[:200]) from None
 

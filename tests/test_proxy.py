@@ -82,6 +82,23 @@ async def _download(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _trickle(request: web.Request) -> web.StreamResponse:
+    """A streamed answer that takes 3 s, a chunk every 0.4 s: slow, but never silent for long."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    for _ in range(8):
+        await response.write(b"t" * 1000)
+        await asyncio.sleep(0.4)
+    await response.write_eof()
+    return response
+
+
+async def _stall_upload(request: web.Request) -> web.Response:
+    """Reads nothing of the body and never answers: a hung app behind a big upload."""
+    await asyncio.sleep(30)
+    return web.Response(text="never")
+
+
 HELD: web.AppKey[asyncio.Event] = web.AppKey("held", asyncio.Event)
 
 
@@ -105,6 +122,8 @@ def upstream_app() -> web.Application:
     app.router.add_get("/slow", _slow)
     app.router.add_post("/upload", _upload)
     app.router.add_get("/download", _download)
+    app.router.add_get("/trickle", _trickle)
+    app.router.add_post("/stall", _stall_upload)
     app.router.add_route("*", "/{tail:.*}", _inspect)
     return app
 
@@ -203,6 +222,50 @@ async def test_connection_refused_is_a_short_502_and_timeouts_a_504() -> None:
             assert loop.time() - started < 4.5  # 1.5s per attempt, one retry for a GET
 
 
+async def _trickled(chunks: int, pause: float) -> AsyncIterator[bytes]:
+    for _ in range(chunks):
+        yield b"u" * 1000
+        await asyncio.sleep(pause)
+
+
+async def test_request_timeout_bounds_silence_not_slow_uploads_and_downloads() -> None:
+    """1 s of request_timeout: a 3 s upload and a 3 s streamed answer both complete, because data keeps flowing."""
+    async with serve_app(upstream_app()) as up:
+        app, _ = await gateway_on(config_text(up, "proxy: {request_timeout: 1, retries: 0}"))
+        async with serve_app(app) as gw, aiohttp.ClientSession() as client, asyncio.timeout(20):
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with client.post(f"http://127.0.0.1:{gw}/upload", data=_trickled(8, 0.4)) as resp:
+                assert resp.status == 200 and (await resp.json())["size"] == 8000
+            assert loop.time() - started > 2.5  # it really was slower than the timeout
+            started = loop.time()
+            async with client.get(f"http://127.0.0.1:{gw}/trickle") as resp:
+                assert resp.status == 200 and await resp.read() == b"t" * 8000
+            assert loop.time() - started > 2.5
+
+
+async def test_a_stall_is_still_a_quick_504_after_an_upload_and_a_cut_while_streaming() -> None:
+    async with serve_app(upstream_app()) as up:
+        app, _ = await gateway_on(config_text(up, "proxy: {request_timeout: 1, retries: 0}"))
+        async with serve_app(app) as gw, aiohttp.ClientSession() as client:
+            loop = asyncio.get_running_loop()
+            for data in (b"small body", _generated(64 * 1024 * 1024)):  # sent whole / the app stops reading
+                started = loop.time()
+                async with client.post(f"http://127.0.0.1:{gw}/stall", data=data) as resp:
+                    assert resp.status == 504 and "timed out" in await resp.text()
+                assert loop.time() - started < 4
+            upstream_held = f"http://127.0.0.1:{gw}/held"  # the head, then silence: the answer is cut
+            started = loop.time()
+            async with client.get(upstream_held) as resp:
+                assert resp.status == 200
+                try:
+                    await resp.read()
+                    raise AssertionError("a stalled answer must be cut, not completed")
+                except aiohttp.ClientPayloadError:
+                    pass
+            assert loop.time() - started < 4
+
+
 class FlakyUpstream:
     """A raw HTTP server that drops the first connection's request unanswered, then answers."""
 
@@ -254,7 +317,7 @@ async def test_a_50_mib_body_streams_both_ways_with_bounded_memory(tmp_path: Pat
         expected.update(chunk)
     async with serve_app(upstream_app()) as up:
         config = tmp_path / "lane.yaml"
-        config.write_text(config_text(up, "proxy: {request_timeout: 60}"))
+        config.write_text(config_text(up))  # request_timeout 1.5 s: it bounds silence, not size
         with lane_process(tmp_path, "gateway", "gateway", "--config", str(config), "--listen", "127.0.0.1:0",
                           "--admin", "127.0.0.1:0") as gateway:
             process = psutil.Process(gateway.popen.pid)

@@ -3,7 +3,8 @@
 `locust_argv` turns a `RunSpec` into ``python -m locust -f loadtest/locustfile.py ...`` with the
 lane options; `run_locust` runs it with a watchdog: a headless run that outlives its run time by
 far is stopped (SIGINT, then SIGTERM, then SIGKILL), and Ctrl-C is passed on and waited for, so
-no locust process outlives the command.
+no locust process outlives the command. A worker has no watchdog: the master owns the run time
+(a worker's own --run-time is only the CLI default), and a worker quits when its master does.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def run_locust(spec: RunSpec, argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Its own session: the terminal's Ctrl-C reaches only us, and _stop passes exactly one SIGINT on.
     proc = subprocess.Popen(argv, env=env, start_new_session=True)
-    limit = spec.run_time + WATCHDOG_SLACK if spec.headless or spec.worker else None
+    limit = spec.run_time + WATCHDOG_SLACK if spec.headless and not spec.worker else None
     try:
         return proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:

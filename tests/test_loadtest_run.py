@@ -336,3 +336,25 @@ def test_ctrl_c_stops_locust_once_cleanly_and_leaves_nothing(tmp_path: Path) -> 
     # locust finished its own shutdown: the verdict was reached, the summary written, the exit code is it
     assert "RESULT: PASS" in output and code == 0, output[-3000:]
     assert json.loads(summary.read_text())["totals"]["requests"] > 0
+
+
+def _sleeper(seconds: float) -> list[str]:
+    return [sys.executable, "-c", f"import time; time.sleep({seconds})"]
+
+
+def test_watchdog_stops_a_headless_run_far_past_its_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadtest import runner
+
+    monkeypatch.setattr(runner, "WATCHDOG_SLACK", 0.5)
+    started_at = time.monotonic()
+    assert runner.run_locust(runner.RunSpec(host=None, run_time=0), argv=_sleeper(60)) == 1
+    assert time.monotonic() - started_at < 30
+
+
+def test_a_worker_outlives_its_own_run_time_until_its_master_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker's run_time is only the CLI default; the master decides when the run ends.
+    from loadtest import runner
+
+    monkeypatch.setattr(runner, "WATCHDOG_SLACK", 0.5)
+    spec = runner.RunSpec(host=None, run_time=0, worker=True)
+    assert runner.run_locust(spec, argv=_sleeper(2.5)) == 0

@@ -127,8 +127,8 @@ def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str]
 async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
-    headers = upstream_headers(request)
     trusted = is_trusted(config, request.remote)
+    headers = upstream_headers(request, trust_forwarded=trusted)  # an outside client's X-Forwarded-* is replaced
     coloring = _lane_of(request, config, headers, trusted)
     if not trusted:
         distrust_request_id(headers)

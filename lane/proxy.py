@@ -121,16 +121,28 @@ def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMul
     return out
 
 
-def upstream_headers(request: web.BaseRequest) -> CIMultiDict[str]:
-    """The headers to send upstream: end-to-end ones plus ``X-Forwarded-*``."""
+def upstream_headers(request: web.BaseRequest, *, trust_forwarded: bool = True) -> CIMultiDict[str]:
+    """The headers to send upstream: end-to-end ones plus ``X-Forwarded-*``.
+
+    The peer is always appended to ``X-Forwarded-For``. ``X-Forwarded-Proto``/``-Host`` from the
+    peer are kept only when *trust_forwarded* (a sidecar's peers are mesh proxies that set them;
+    the gateway trusts only ``proxy.trusted_cidrs``): an outside client must not make an app
+    believe it was reached over https or under another host name.
+    """
     headers = strip_hop_by_hop(request.headers)
     peer = request.remote or ""
     prior = headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    headers.setdefault("X-Forwarded-Proto", request.scheme)
     original_host = request.headers.get("Host")
-    if original_host is not None:
-        headers.setdefault("X-Forwarded-Host", original_host)
+    if trust_forwarded:
+        headers.setdefault("X-Forwarded-Proto", request.scheme)
+        if original_host is not None:
+            headers.setdefault("X-Forwarded-Host", original_host)
+    else:
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers.popall("X-Forwarded-Host", None)
+        if original_host is not None:
+            headers["X-Forwarded-Host"] = original_host
     return headers
 
 

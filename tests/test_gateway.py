@@ -95,6 +95,18 @@ async def test_an_outside_tag_is_removed_other_baggage_survives() -> None:
         assert "x-lane-fallback" not in seen
 
 
+async def test_an_outside_client_cannot_claim_https_or_another_host_a_trusted_proxy_can() -> None:
+    claimed = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "bank.example", "X-Forwarded-For": "1.2.3.4"}
+    for trusted, proto, host in (("[]", "http", None), ('["127.0.0.0/8"]', "https", "bank.example")):
+        async with gateway(trusted=trusted) as url:
+            _, body = await fetch(url + "/", claimed)
+            seen = body["headers"]
+            assert isinstance(seen, dict)
+            assert seen["x-forwarded-proto"] == proto, trusted
+            assert seen["x-forwarded-host"] == (host or url.removeprefix("http://")), trusted
+            assert seen["x-forwarded-for"] == "1.2.3.4, 127.0.0.1", trusted  # the peer is appended either way
+
+
 async def test_a_trusted_peer_keeps_its_tag_and_rules_still_apply_without_one() -> None:
     async with gateway(trusted='["127.0.0.0/8"]') as url:
         _, body = await fetch(url + "/", {"baggage": "x-mse-tag=gray"})

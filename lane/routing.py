@@ -11,6 +11,12 @@ fell back:
 * ``connect-failed``: the ones left refused or timed out the connection during this request.
 
 A strict lane never falls back: `UpstreamUnavailable` (the proxy answers 503 with the reason).
+
+Panic mode (Envoy's panic threshold, at 0%): when every lane of the chain is out and the last one
+(usually the default lane) is out only because passive health *ejected* its instances, those are
+tried anyway (`Route.panic`). Ejection is a guess from traffic; answering 503 to everyone
+because of it would let a few bad answers take a whole service down. Instances that failed during
+this very request are not tried again.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Route:
     lane: str  # the lane that will serve it
     upstreams: tuple[Endpoint, ...]  # usable instances of `lane`, in config order
     reason: FallbackReason | None = None  # set exactly when lane != requested
+    panic: bool = False  # every lane was out: these are ejected instances of the chain's last lane, tried anyway
 
     @property
     def fell_back(self) -> bool:
@@ -86,6 +93,9 @@ def choose_upstream(
     served = config.lane_for(service, lane, has=lambda s, candidate: bool(usable(s, candidate)))
     first = config.chain(requested)[0]  # unknown lanes start at the default lane
     if served is None:
+        panic = _panic_route(config, service, requested, first, failed_set)
+        if panic is not None:
+            return panic
         configured = svc.instances.get(first, ())
         why = _reason(configured, failed_set).value
         strict = config.lanes.get(first)
@@ -97,3 +107,24 @@ def choose_upstream(
         reason = _reason(svc.instances.get(requested, ()), failed_set) if requested == first \
             else FallbackReason.NO_INSTANCE  # a lane the config does not declare
     return Route(service, requested, served, usable(service, served), reason)
+
+
+def _panic_route(
+    config: LaneConfig, service: str, requested: str, first: str, failed: frozenset[Endpoint]
+) -> Route | None:
+    """The ejected instances of the last lane of *requested*'s chain the service has, unless they failed just now."""
+    chain = config.chain(requested)
+    strict = config.lanes.get(first)
+    if strict is not None and strict.strict:
+        chain = chain[:1]
+    instances = config.services[service].instances
+    last = next((candidate for candidate in reversed(chain) if instances.get(candidate)), None)
+    if last is None:
+        return None
+    upstreams = tuple(e for e in instances[last] if e not in failed)
+    if not upstreams:
+        return None
+    reason = None
+    if last != requested:
+        reason = _reason(instances.get(requested, ()), failed) if requested == first else FallbackReason.NO_INSTANCE
+    return Route(service, requested, last, upstreams, reason, panic=True)

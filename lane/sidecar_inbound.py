@@ -33,7 +33,7 @@ from .proxy import (
 from .server import HostPort
 from .sidecar_state import SIDECAR, Sidecar
 from .trace_cache import trace_keys
-from .websocket_proxy import open_websocket, pump_websockets
+from .websocket_proxy import Refused, open_websocket, pump_websockets, refused_answer
 from .wire import request_lane
 
 __all__ = ["build_inbound_app"]
@@ -63,7 +63,7 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
     target = request_target(request)
     session = request.app[SESSION]
     if is_websocket(request):
-        return await _inbound_websocket(request, sc, config, headers, target)
+        return await _inbound_websocket(request, sc, config, headers, target, own)
     in_flight("inbound").inc()
     try:
         with sc.tracing.span("inbound", sc.service, request.method, request.path, headers,
@@ -93,7 +93,7 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
 
 
 async def _inbound_websocket(
-    request: web.Request, sc: Sidecar, config: LaneConfig, headers: CIMultiDict[str], target: str
+    request: web.Request, sc: Sidecar, config: LaneConfig, headers: CIMultiDict[str], target: str, own: Hop,
 ) -> web.StreamResponse:
     protocols = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
     try:
@@ -101,6 +101,8 @@ async def _inbound_websocket(
                                   config.proxy.connect_timeout)
     except UpstreamFailure as exc:
         return responses.failure(exc)
+    if isinstance(up, Refused):  # the app answered, just not with 101: relay its answer
+        return refused_answer(up, responses.own_headers(up.headers, own.encode(), own))
     down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), max_msg_size=0, autoping=True)
     await down.prepare(request)
     await pump_websockets(down, up)

@@ -3,16 +3,22 @@
 The upstream is chosen exactly like a plain request (lane, fallback, health), then the proxy
 completes the client's handshake with the subprotocol the upstream picked and relays frames both
 ways until one side closes, passing the close code on. Pings are answered per hop.
+
+An upstream that answers the upgrade with anything but 101 (a 404, a 401 asking for credentials)
+did answer: that is a health *success*, and its status and headers are relayed to the client as a
+plain answer (aiohttp's client drops the body of a refused handshake, so the body is empty).
+Counting refusals as failures would let any client eject an instance with a few bad upgrades.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Endpoint, LaneConfig
@@ -22,13 +28,28 @@ from .hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER
 from .metrics import observe_request
 from .proxy import ConnectFailed, UpstreamBroken, UpstreamFailure, request_target
 from .registry import Registry
-from .responses import failure, unavailable
+from .responses import answer_headers, failure, unavailable
 
-__all__ = ["forward_websocket", "open_websocket", "pump_websockets"]
+__all__ = ["Refused", "forward_websocket", "open_websocket", "pump_websockets", "refused_answer"]
 
 log = logging.getLogger(__name__)
 
 _HANDSHAKE = ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The upstream's answer to an upgrade it did not accept (any status but 101)."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+
+
+def refused_answer(refused: Refused, headers: CIMultiDict[str]) -> web.Response:
+    """The plain answer that relays a refused upgrade; *headers* are the answer headers to send."""
+    for name in ("content-length", "content-encoding"):
+        headers.popall(name, None)  # the body is not relayed
+    return web.Response(status=refused.status, headers=headers)
 
 
 def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
@@ -39,7 +60,8 @@ def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
 async def open_websocket(
     session: aiohttp.ClientSession, endpoint: Endpoint, target: str, headers: CIMultiDict[str],
     protocols: tuple[str, ...], connect_timeout: float,
-) -> aiohttp.ClientWebSocketResponse:
+) -> aiohttp.ClientWebSocketResponse | Refused:
+    """Open the upstream side of a WebSocket; a non-101 answer is returned as `Refused`, not raised."""
     for name in _HANDSHAKE:
         headers.popall(name, None)
     url = URL(f"http://{endpoint}{target}", encoded=True)
@@ -53,6 +75,8 @@ async def open_websocket(
     except aiohttp.ConnectionTimeoutError:
         raise ConnectFailed(endpoint, f"connect timed out after {connect_timeout:g}s") from None
     except aiohttp.WSServerHandshakeError as exc:
+        if exc.status != 101:
+            return Refused(exc.status, CIMultiDictProxy(CIMultiDict(exc.headers or {})))
         raise UpstreamBroken(endpoint, f"websocket handshake refused: {exc.status} {exc.message}"[:200]) from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise UpstreamBroken(endpoint, f"{type(exc).__name__}: {exc}"[:200]) from None
@@ -99,7 +123,7 @@ async def forward_websocket(
     protocols = _protocols(request)
     target = request_target(request)
 
-    async def opener(endpoint: Endpoint, attempt_headers: CIMultiDict[str]) -> aiohttp.ClientWebSocketResponse:
+    async def opener(endpoint: Endpoint, attempt_headers: CIMultiDict[str]) -> aiohttp.ClientWebSocketResponse | Refused:
         return await open_websocket(session, endpoint, target, attempt_headers, protocols, config.proxy.connect_timeout)
 
     try:
@@ -112,6 +136,9 @@ async def forward_websocket(
         observe_request(config, proxy, service, lane, None, None, exc.status)
         return failure(exc)
     up = sent.response
+    if isinstance(up, Refused):
+        observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, up.status)
+        return refused_answer(up, answer_headers(up.headers, sent.hop))
     down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), max_msg_size=0, autoping=True)
     down.headers[PATH_HEADER] = sent.hop.encode()
     down.headers[SERVED_HEADER] = sent.hop.lane

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -96,6 +98,19 @@ def test_a_strict_lane_never_falls_back(config: LaneConfig) -> None:
     assert info.value.reason.startswith("lane locked is strict")
     with pytest.raises(UpstreamUnavailable, match="strict"):
         choose_upstream(config, "a", "locked", failed=[ep("10.0.2.1:80")])
+
+
+def test_when_every_lane_is_ejected_the_last_one_is_tried_anyway(config: LaneConfig) -> None:
+    nothing: Callable[[str, str], tuple[Endpoint, ...]] = lambda s, lane: ()
+    route = choose_upstream(config, "c", "gray", nothing)
+    assert (route.lane, route.upstreams, route.reason, route.panic) == (
+        "base", (ep("10.2.0.1:80"),), FallbackReason.UNHEALTHY, True)
+    route = choose_upstream(config, "a", "base", nothing, failed=[ep("10.0.0.1:80")])
+    assert route.upstreams == (ep("10.0.0.2:80"),) and route.panic and route.reason is None
+    assert not choose_upstream(config, "a", "base").panic
+    with pytest.raises(UpstreamUnavailable):  # what failed in this very request is not tried again
+        choose_upstream(config, "b", "base", nothing, failed=[ep("10.1.0.1:80")])
+    assert choose_upstream(config, "a", "locked", nothing).lane == "locked"  # a strict lane stays itself
 
 
 def test_nothing_left_in_the_chain_is_unavailable(config: LaneConfig) -> None:

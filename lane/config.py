@@ -19,7 +19,7 @@ from typing import Any, Final
 import yaml
 
 from .errors import ConfigError
-from .rules import Condition, HashKey, MatchKind, Percentage, Rule, Source, ValueMatch
+from .rules import Condition, HashKey, MatchKind, Percentage, Rule, Source, ValueMatch, compile_re2
 from .tags import DEFAULT_BAGGAGE_KEY, DEFAULT_LANE, DEFAULT_TAG_HEADER, is_valid_lane
 
 __all__ = [
@@ -42,6 +42,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 # Constructs RE2 (Envoy, Istio) does not support; rejected so the mesh emitter can mirror every rule.
 _NON_RE2 = re.compile(r"\(\?[=!<>]|\(\?P=|\\[1-9]|[*+?}]\+")
+_MIN_LESS_REPEAT = re.compile(r"(?<!\\)\{,[0-9]*\}")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -359,11 +360,18 @@ def _parse_value_match(node: _At, kinds: tuple[MatchKind, ...]) -> ValueMatch:
         text = arg.string()
         if _NON_RE2.search(text):
             raise arg.fail(f"regex uses a construct RE2 (Envoy/Istio) does not support: {text!r}")
+        if _MIN_LESS_REPEAT.search(text):
+            raise arg.fail(f"regex has a {{,n}} repeat, which Python reads as {{0,n}} and RE2 as literal text "
+                           f"(write {{0,n}}, or \\{{ for a brace): {text!r}")
         try:
             pattern = re.compile(text, re.ASCII)  # \d \w \s are ASCII in RE2 (Envoy, Istio, the Lua mirror)
         except re.error as exc:
             raise arg.fail(f"invalid regex {text!r}: {exc}") from None
-        return ValueMatch("regex", text, pattern)
+        try:
+            engine = compile_re2(text)  # what matches: RE2, linear time (Python's re is only the parse)
+        except ValueError as exc:
+            raise arg.fail(f"invalid regex {text!r} for RE2: {exc}") from None
+        return ValueMatch("regex", text, pattern, engine)
     if not isinstance(arg.value, str):
         raise arg.fail(f"expected a string, got {_kind(arg.value)}")
     return ValueMatch(kind, arg.value)

@@ -10,6 +10,12 @@ Semantics (the Lua emitter in mesh_config mirrors them exactly):
 * Query parameters are form-decoded (percent-decoding, ``+`` is a space); the first of a name wins.
 * ``exact`` and ``prefix`` compare strings case-sensitively; ``regex`` must match the *whole*
   value (RE2 ``FullMatch``, like Istio's regex matches); ``present``/``absent`` test existence.
+  Regexes run on RE2 itself (`compile_re2`), never on Python's backtracking ``re``: a pattern such
+  as ``(a|a)*b`` costs linear time in the value instead of doubling per character, so a client
+  cannot freeze the gateway with a crafted User-Agent. RE2 sees the value's bytes as they came off
+  the wire (``surrogateescape``), so invalid UTF-8 never matches, as in Envoy. That also fixes
+  the RE2 meanings the Lua mirror follows: ``$`` is the end of the value (not before a final
+  newline) and ``\\s`` is ``[\\t\\n\\f\\r ]`` (no ``\\v``).
 * A percentage with a key hashes the key (see `lane.hashing`): the same key always gets the same
   answer. A keyed percentage whose key is missing from the request does not match. A percentage
   with no key is a fresh random draw per request (the plain weighted canary).
@@ -22,8 +28,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl
+
+import re2
 
 from .hashing import in_percentage
 
@@ -38,7 +46,19 @@ __all__ = [
     "Source",
     "ValueMatch",
     "color",
+    "compile_re2",
 ]
+
+
+def compile_re2(text: str) -> Any:
+    """*text* compiled by RE2 for bytes subjects; `ValueError` with RE2's reason if RE2 rejects it."""
+    options = re2.Options()
+    options.log_errors = False  # the caller reports the error with the config path
+    try:
+        return re2.compile(text.encode("utf-8"), options)
+    except (re2.error, UnicodeEncodeError) as exc:
+        reason = exc.args[0] if exc.args else exc
+        raise ValueError(reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)) from None
 
 
 class Source(str, Enum):
@@ -52,11 +72,21 @@ MatchKind = Literal["exact", "prefix", "regex", "present", "absent"]
 
 @dataclass(frozen=True, slots=True)
 class ValueMatch:
-    """How one value is tested. ``pattern`` is set for regex, ``value`` for exact/prefix."""
+    """How one value is tested. ``value`` is the text for exact/prefix/regex; for regex,
+    ``pattern`` is Python's parse (for tools that walk it, e.g. the load test's examples) and
+    ``engine`` the RE2 program that actually matches (compiled from ``value`` when not given)."""
 
     kind: MatchKind
     value: str | None = None
     pattern: re.Pattern[str] | None = None
+    engine: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "regex" and self.engine is None:
+            text = self.value if self.value is not None else (self.pattern.pattern if self.pattern else None)
+            if text is None:
+                raise ValueError("a regex ValueMatch needs its pattern text")
+            object.__setattr__(self, "engine", compile_re2(text))
 
     def test(self, actual: str | None) -> bool:
         if self.kind == "absent":
@@ -70,8 +100,7 @@ class ValueMatch:
         if self.kind == "prefix":
             assert self.value is not None
             return actual.startswith(self.value)
-        assert self.pattern is not None
-        return self.pattern.fullmatch(actual) is not None
+        return self.engine.fullmatch(actual.encode("utf-8", "surrogateescape")) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,13 @@ Envoy's Lua has no regex engine, so the gateway filter carries each coloring reg
 syntax tree that ``lua/regex.lua`` compiles to an NFA and simulates (linear time, no
 backtracking blow-up). Python parses the pattern once, at render time, into that tree; anything
 outside the subset is *rejected* with the config path of the rule, so what is rendered always
-does what the Python engine (``re.fullmatch`` with ``re.ASCII``, see `lane.config`) does.
+does what the Python engine (RE2 ``FullMatch`` on the value's bytes, see `lane.rules`) does.
 
 Supported: literals (any code point), ``.``, classes ``[...]`` with ranges and negation, ``\\d \\w
-\\s \\D \\W \\S`` (ASCII, as in RE2), escaped punctuation, ``\\n \\t \\r \\f \\v \\xHH``, ``* + ?
+\\s \\D \\W \\S`` (ASCII, as in RE2: ``\\s`` is ``[\\t\\n\\f\\r ]``), escaped punctuation, ``\\n \\t \\r \\f \\v \\xHH``, ``* + ?
 {m} {m,} {m,n}`` greedy or lazy (bounds up to 1000), groups ``(...)``, ``(?:...)``,
-``(?P<name>...)``, alternation ``|`` and the anchors ``^`` and ``$`` (Python's ``$`` also matches
-before a final newline). Rejected: flags, lookarounds, back references, ``\\b \\B \\A \\Z``,
+``(?P<name>...)``, alternation ``|`` and the anchors ``^`` and ``$`` (RE2's: start and end of the
+value; ``$`` does not match before a final newline as Python's does). Rejected: flags, lookarounds, back references, ``\\b \\B \\A \\Z``,
 Unicode property classes, a literal ``{`` (Python and RE2 read it differently) and nested-set
 syntax inside classes.
 
@@ -33,7 +33,7 @@ MAX_CODE_POINT: Final = 0x10FFFF
 
 _DIGIT: Final = ((0x30, 0x39),)
 _WORD: Final = ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))
-_SPACE: Final = ((0x09, 0x0D), (0x20, 0x20))  # \t \n \v \f \r and space: Python's ASCII \s
+_SPACE: Final = ((0x09, 0x0A), (0x0C, 0x0D), (0x20, 0x20))  # \t \n \f \r and space: RE2's \s (no \v)
 _SIMPLE_ESCAPES: Final = {"n": 0x0A, "t": 0x09, "r": 0x0D, "f": 0x0C, "v": 0x0B}
 _CLASS_ESCAPES: Final = {"d": (_DIGIT, False), "D": (_DIGIT, True), "w": (_WORD, False),
                          "W": (_WORD, True), "s": (_SPACE, False), "S": (_SPACE, True)}

@@ -9,7 +9,6 @@ regex, baggage) compare the real .lua files with the Python functions they mirro
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -21,7 +20,7 @@ from mesh_vectors import RANDOM_RULE_QUERY, conformance_config, conformance_vect
 from lane import baggage as py_baggage
 from lane.config import parse_config
 from lane.hashing import fnv1a_32
-from lane.rules import RequestView
+from lane.rules import RequestView, ValueMatch
 from mesh_config.lua import GATEWAY_MODULES, gateway_lua, lua_file, sidecar_lua, to_lua
 from mesh_config.regex import parse_regex
 from mesh_config.vectors import Vector, python_lanes
@@ -215,24 +214,29 @@ REGEX_CASES: tuple[tuple[str, str], ...] = (
     (r"\D\W\S", "a -1"),
     (r"(a|b)+$", "ab\n"),
     (r"^a$\n?", "a\n"),
+    (r"\s+\S?", " \v\t\n\f\rx"),
+    (r".*[^a]?", "a\udcff\udc80é"),  # lone surrogates: invalid UTF-8 bytes (surrogateescape)
 )
 
 
 @pytest.mark.parametrize(("pattern", "alphabet"), REGEX_CASES)
 def test_regex_matcher_matches_python_fullmatch(lua: Any, mods: Any, pattern: str, alphabet: str) -> None:
-    compiled = re.compile(pattern, re.ASCII)
+    """The Lua matcher answers what the Python data plane's engine (RE2 on the wire bytes) answers."""
+    match = ValueMatch("regex", pattern)
     program = mods.regex.compile(lua.eval(_b(to_lua(cast(Any, parse_regex(pattern))))))
+
+    def agree(subject: str) -> None:
+        cps, n = mods.text.codepoints(subject.encode("utf-8", "surrogateescape"))
+        assert bool(mods.regex.fullmatch(program, cps, n)) == match.test(subject), subject
 
     @settings(max_examples=250, deadline=None)
     @given(st.text(alphabet=alphabet, max_size=8))
     def check(subject: str) -> None:
-        cps, n = mods.text.codepoints(_b(subject))
-        assert bool(mods.regex.fullmatch(program, cps, n)) == (compiled.fullmatch(subject) is not None), subject
+        agree(subject)
 
     check()
     for subject in _samples(pattern):
-        cps, n = mods.text.codepoints(_b(subject))
-        assert bool(mods.regex.fullmatch(program, cps, n)) == (compiled.fullmatch(subject) is not None), subject
+        agree(subject)
 
 
 def _samples(pattern: str) -> Iterator[str]:
@@ -264,3 +268,36 @@ def test_sidecar_copies_lane_from_baggage_only_when_the_tag_is_missing_or_invali
 def test_python_view_of_vectors_uses_parsed_headers() -> None:
     view = Vector("v", (("X-Dev", " alice \t"),)).view()
     assert view == RequestView.from_parts([("x-dev", "alice")])
+
+
+def _lua_instructions(lua: Any, mods: Any, pattern: str, subject: str) -> tuple[bool, int]:
+    """Whether the Lua matcher fully matches, and how many Lua VM instructions it ran (a count
+    hook every 100 instructions, interpreter only so JIT traces cannot hide any work)."""
+    program = mods.regex.compile(lua.eval(_b(to_lua(cast(Any, parse_regex(pattern))))))
+    cps, n = mods.text.codepoints(_b(subject))
+    counted = lua.execute(b"""
+        local fullmatch, prog, cps, n = ...
+        local ticks = 0
+        if jit then jit.off(fullmatch, true) end
+        debug.sethook(function() ticks = ticks + 1 end, "", 100)
+        local ok = fullmatch(prog, cps, n)
+        debug.sethook()
+        if jit then jit.on(fullmatch, true) end
+        return ok, ticks * 100
+    """, mods.regex.fullmatch, program, cps, n)
+    return bool(counted[0]), int(counted[1])
+
+
+@pytest.mark.parametrize("pattern", ["(a|a)*b", "(a*)*b", "(x+x+)+y", "(a|aa)*c"])
+def test_regex_matcher_work_grows_linearly_with_the_value(lua: Any, mods: Any, pattern: str) -> None:
+    # A backtracker doubles its work per character on these; the NFA simulation visits each
+    # (state, position) at most once, so 10x the value costs about 10x the instructions.
+    letter = "x" if "x" in pattern else "a"
+    matched, small = _lua_instructions(lua, mods, pattern, letter * 500)
+    assert not matched
+    matched, large = _lua_instructions(lua, mods, pattern, letter * 5000)
+    assert not matched
+    assert large < 12 * small, (small, large)
+    states = int(mods.regex.compile(lua.eval(_b(to_lua(cast(Any, parse_regex(pattern))))))[b"n"])
+    assert large < 5000 * states * 60  # a few dozen instructions per (state, character)
+    assert _lua_instructions(lua, mods, pattern, letter * 30 + pattern[-1])[0]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from textwrap import dedent
 
 import pytest
 
 from lane.config import parse_config
+from lane.errors import ConfigError
 from lane.hashing import bucket_of
 from lane.rules import RequestView, color
 
@@ -158,3 +160,48 @@ def test_keyless_percentage_is_a_per_request_draw() -> None:
     n = 5000
     gray = sum(color(config.rules, RequestView(), "base", rng).lane == "gray" for _ in range(n))
     assert abs(gray - 500) < 5 * math.sqrt(n * 0.1 * 0.9)
+
+
+REDOS_PATTERNS = ("(a|a)*b", "(a*)*b", "(x+x+)+y", "(a|aa)*c")
+
+
+@pytest.mark.parametrize("pattern", REDOS_PATTERNS)
+def test_catastrophic_regexes_cost_linear_time_not_a_frozen_gateway(pattern: str) -> None:
+    # Python's backtracking re needs ~5 s for (a|a)*b on 24 characters and doubles per character;
+    # RE2 answers every length here in microseconds. The bound is generous for a loaded machine.
+    config = rules_of(f"""
+        - {{name: r, lane: gray, match: {{headers: [{{name: User-Agent, regex: '{pattern}'}}]}}}}
+        """)
+    letter = "x" if "x" in pattern else "a"
+    started = time.perf_counter()
+    for n in (24, 30, 200, 5000):
+        assert lane_of(config, [("User-Agent", letter * n)]) == "base"
+        assert lane_of(config, [("User-Agent", letter * n + pattern[-1])]) == "gray"
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize(("pattern", "value", "lane"), [
+    ("a$", "a\n", "base"),  # RE2: $ is the end of the value, not before a final newline (Python re)
+    (r"\s", "\v", "base"),  # RE2's \s is [\t\n\f\r ]
+    (r"\s", "\t", "gray"),
+    (".*", "ok\udcff", "base"),  # an invalid UTF-8 byte (surrogateescape) never matches, as in Envoy
+    ("é+", "éé", "gray"),
+])
+def test_regex_semantics_are_re2_fullmatch_on_the_wire_bytes(pattern: str, value: str, lane: str) -> None:
+    config = rules_of(f"""
+        - {{name: r, lane: gray, match: {{query: [{{name: q, regex: '{pattern}'}}]}}}}
+        """)
+    view = RequestView(query={"q": value})
+    assert color(config.rules, view, config.default_lane).lane == lane
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    ("x{,3}", r"a \{,n\} repeat"),  # Python reads {0,3}, RE2 literal text: rejected, not silently different
+    (r"\pN+", "invalid regex"),  # RE2 takes it, Python's re does not
+    ("a{1001}", "invalid regex .* for RE2: invalid repetition size"),  # Python takes it, RE2 does not
+])
+def test_regexes_the_engines_disagree_on_are_config_errors(pattern: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        rules_of(f"""
+            - {{name: r, lane: gray, match: {{headers: [{{name: x, regex: '{pattern}'}}]}}}}
+            """)

@@ -3,10 +3,13 @@
 -- mesh_config/regex.py parses each coloring regex (a checked subset of Python/RE2 syntax) into a
 -- tree of tables; this module compiles the tree to a Thompson NFA once and simulates it over the
 -- code points of a value, so a match costs O(len(value) * states) and can never blow up the way
--- a backtracking matcher can. Tree nodes:
+-- a backtracking matcher can: each state enters the active set at most once per position (the
+-- `mark` generation below), which is the memo a bit-state backtracker keeps. Semantics are RE2's
+-- FullMatch on the value's bytes (what the Python data plane runs): an invalid UTF-8 byte (a code
+-- point U+DC80..U+DCFF from text.codepoints) never matches, and $ is the end of the value. Tree nodes:
 --   {"set", {lo1, hi1, lo2, hi2, ...}}   one code point within the (sorted, merged) ranges
 --   {"cat", n1, n2, ...}  {"alt", n1, n2, ...}  {"rep", min, max (-1: unbounded), node}
---   {"bol"}  {"eol"}                      Python's ^ and $ (no MULTILINE)
+--   {"bol"}  {"eol"}                      RE2's ^ and $ (start and end of the value)
 local M = {}
 
 local function new_state(prog, state)
@@ -102,7 +105,7 @@ function M.fullmatch(prog, cps, n)
         add(list, state.out, pos)
       end
     elseif t == "eol" then
-      if pos == n or (pos == n - 1 and cps[n] == 10) then
+      if pos == n then
         add(list, state.out, pos)
       end
     else
@@ -115,6 +118,9 @@ function M.fullmatch(prog, cps, n)
   add(current, prog.start, 0)
   for pos = 1, n do
     local cp = cps[pos]
+    if cp >= 0xDC80 and cp <= 0xDCFF then
+      return false  -- a byte of invalid UTF-8: RE2 matches no character there
+    end
     local nextlist = {}
     generation = generation + 1
     for _, state in ipairs(current) do

@@ -97,6 +97,8 @@ class ProxySpec:
     trace_cache_size: int = 10_000
     trace_cache_ttl: float = 60.0
     trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Largest WebSocket message a proxy relays (bytes, aiohttp's default); a bigger one closes with 1009.
+    max_websocket_message: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +466,7 @@ def _parse_proxy(node: _At) -> ProxySpec:
         return ProxySpec()
     node.mapping({
         "connect_timeout", "request_timeout", "retries", "eject_after_failures", "eject_seconds",
-        "trace_headers", "trace_cache_size", "trace_cache_ttl", "trusted_cidrs",
+        "trace_headers", "trace_cache_size", "trace_cache_ttl", "trusted_cidrs", "max_websocket_message",
     })
     cidrs = []
     if node.has("trusted_cidrs"):
@@ -486,6 +488,7 @@ def _parse_proxy(node: _At) -> ProxySpec:
         trace_cache_size=node.child("trace_cache_size").integer(10_000, 1, 10_000_000),
         trace_cache_ttl=node.child("trace_cache_ttl").number(60.0, 0.01, 86400),
         trusted_cidrs=tuple(cidrs),
+        max_websocket_message=node.child("max_websocket_message").integer(4 * 1024 * 1024, 1, 1 << 30),
     )
 
 

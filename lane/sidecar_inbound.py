@@ -98,12 +98,13 @@ async def _inbound_websocket(
     protocols = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
     try:
         up = await open_websocket(request.app[SESSION], sc.app, target, headers, protocols,
-                                  config.proxy.connect_timeout)
+                                  config.proxy.connect_timeout, max_message=config.proxy.max_websocket_message)
     except UpstreamFailure as exc:
         return responses.failure(exc)
     if isinstance(up, Refused):  # the app answered, just not with 101: relay its answer
         return refused_answer(up, responses.own_headers(up.headers, own.encode(), own))
-    down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), max_msg_size=0, autoping=True)
+    down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (),
+                                 max_msg_size=config.proxy.max_websocket_message + 1, autoping=True)
     await down.prepare(request)
     await pump_websockets(down, up)
     return down

@@ -8,6 +8,11 @@ An upstream that answers the upgrade with anything but 101 (a 404, a 401 asking 
 did answer: that is a health *success*, and its status and headers are relayed to the client as a
 plain answer (aiohttp's client drops the body of a refused handshake, so the body is empty).
 Counting refusals as failures would let any client eject an instance with a few bad upgrades.
+
+Messages are bounded both ways by ``proxy.max_websocket_message``: aiohttp assembles each message
+in memory before it is relayed, so an unbounded one would let a client grow the proxy at will. The
+side that receives a bigger message closes with 1009 (message too big) and the relay passes that
+code on to the other side. (aiohttp's ``max_msg_size`` refuses sizes *at* it, hence the ``+ 1``.)
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .config import Endpoint, LaneConfig
+from .config import Endpoint, LaneConfig, ProxySpec
 from .dispatch import dispatch
 from .errors import UpstreamUnavailable
 from .hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER
@@ -34,6 +40,7 @@ __all__ = ["Refused", "forward_websocket", "open_websocket", "pump_websockets", 
 
 log = logging.getLogger(__name__)
 
+_DEFAULT_MAX_MESSAGE: Final = ProxySpec().max_websocket_message
 _HANDSHAKE = ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol")
 
 
@@ -59,7 +66,7 @@ def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
 
 async def open_websocket(
     session: aiohttp.ClientSession, endpoint: Endpoint, target: str, headers: CIMultiDict[str],
-    protocols: tuple[str, ...], connect_timeout: float,
+    protocols: tuple[str, ...], connect_timeout: float, *, max_message: int = _DEFAULT_MAX_MESSAGE,
 ) -> aiohttp.ClientWebSocketResponse | Refused:
     """Open the upstream side of a WebSocket; a non-101 answer is returned as `Refused`, not raised."""
     for name in _HANDSHAKE:
@@ -67,7 +74,7 @@ async def open_websocket(
     url = URL(f"http://{endpoint}{target}", encoded=True)
     try:
         return await session.ws_connect(
-            url, headers=headers, protocols=protocols, max_msg_size=0, compress=0, autoping=True,
+            url, headers=headers, protocols=protocols, max_msg_size=max_message + 1, compress=0, autoping=True,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
         )
     except aiohttp.ClientConnectorError as exc:
@@ -124,7 +131,8 @@ async def forward_websocket(
     target = request_target(request)
 
     async def opener(endpoint: Endpoint, attempt_headers: CIMultiDict[str]) -> aiohttp.ClientWebSocketResponse | Refused:
-        return await open_websocket(session, endpoint, target, attempt_headers, protocols, config.proxy.connect_timeout)
+        return await open_websocket(session, endpoint, target, attempt_headers, protocols, config.proxy.connect_timeout,
+                                    max_message=config.proxy.max_websocket_message)
 
     try:
         sent = await dispatch(registry, config, service=service, lane=lane, headers=headers,
@@ -139,7 +147,8 @@ async def forward_websocket(
     if isinstance(up, Refused):
         observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, up.status)
         return refused_answer(up, answer_headers(up.headers, sent.hop))
-    down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), max_msg_size=0, autoping=True)
+    down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (),
+                                 max_msg_size=config.proxy.max_websocket_message + 1, autoping=True)
     down.headers[PATH_HEADER] = sent.hop.encode()
     down.headers[SERVED_HEADER] = sent.hop.lane
     if sent.hop.fallback:

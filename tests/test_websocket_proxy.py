@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
+import pytest
 from aiohttp import web
 from conftest import serve_app
 
 from lane.config import Endpoint, parse_config
+from lane.errors import ConfigError
 from lane.gateway import build_gateway_app
 from lane.runtime import Runtime
 from lane.sidecar_inbound import build_inbound_app
@@ -97,3 +99,62 @@ async def test_the_only_instances_of_the_default_lane_are_tried_even_when_ejecte
         async with client.get(gw.url + "/") as resp:  # panic: a 503 for everyone would be worse than a try
             assert resp.status == 200 and resp.headers["x-lane-served"] == "base"
         assert health.is_available(gw.instance)  # it answered: the ejection is lifted
+
+
+async def _echo_ws(request: web.Request) -> web.WebSocketResponse:
+    """Echoes text; on ``big N`` answers with N bytes (the upstream allows any size)."""
+    ws = web.WebSocketResponse(max_msg_size=0)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is aiohttp.WSMsgType.TEXT and msg.data.startswith("big "):
+            await ws.send_bytes(b"\0" * int(msg.data[4:]))
+        elif msg.type is aiohttp.WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+def ws_app() -> web.Application:
+    app = web.Application()
+    app.router.add_get("/ws", _echo_ws)
+    return app
+
+
+LIMIT = 64 * 1024
+
+
+async def test_a_message_over_the_limit_closes_with_1009_either_way() -> None:
+    assert parse_config("entry: a\nservices: {a: {instances: {base: ['127.0.0.1:1']}}}", "d.yaml") \
+        .proxy.max_websocket_message == 4 * 1024 * 1024  # aiohttp's own default
+    async with serve_app(ws_app()) as app, gateway_to(app, f"{{max_websocket_message: {LIMIT}}}") as gw, \
+            aiohttp.ClientSession() as client:
+        async with client.ws_connect(gw.url + "/ws", max_msg_size=0) as ws:
+            await ws.send_bytes(b"\1" * LIMIT)  # at the limit: relayed
+            assert (await ws.receive(timeout=10)).data == b"\1" * LIMIT
+            await ws.send_bytes(b"\2" * (LIMIT + 1))
+            msg = await ws.receive(timeout=10)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+        async with client.ws_connect(gw.url + "/ws", max_msg_size=0) as ws:  # the upstream sends too much
+            await ws.send_str(f"big {LIMIT + 1}")
+            msg = await ws.receive(timeout=10)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+
+async def test_a_sidecar_limits_websocket_messages_too() -> None:
+    text = f"proxy: {{max_websocket_message: {LIMIT}}}\nentry: a\nservices: {{a: {{instances: {{base: ['127.0.0.1:1']}}}}}}"
+    async with serve_app(ws_app()) as app:
+        sidecar = Sidecar.create(Runtime(parse_config(text, "sc.yaml"), None), "a", "base", Endpoint("127.0.0.1", app))
+        async with serve_app(build_inbound_app(sidecar)) as inbound, aiohttp.ClientSession() as client, \
+                client.ws_connect(f"http://127.0.0.1:{inbound}/ws", max_msg_size=0) as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive(timeout=10)).data == "hello"
+            await ws.send_bytes(b"\2" * (LIMIT + 1))
+            msg = await ws.receive(timeout=10)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+
+def test_the_websocket_limit_must_be_a_positive_integer() -> None:
+    with pytest.raises(ConfigError, match="max_websocket_message"):
+        parse_config("proxy: {max_websocket_message: 0}\nentry: a\nservices: {a: {instances: {base: ['127.0.0.1:1']}}}",
+                     "bad.yaml")

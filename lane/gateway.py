@@ -71,13 +71,19 @@ CLIENT_REQUEST_ID: Final = "x-client-request-id"
 
 
 def is_trusted(config: LaneConfig, peer: str | None) -> bool:
-    """Whether *peer* (an IP address) is inside one of the trusted CIDRs."""
+    """Whether *peer* (an IP address) is inside one of the trusted CIDRs.
+
+    A dual-stack listener reports IPv4 clients as IPv4-mapped IPv6 (``::ffff:10.1.2.3``); they are
+    compared as the IPv4 address they are, so IPv4 CIDRs match them.
+    """
     if not peer or not config.proxy.trusted_cidrs:
         return False
     try:
         address = ipaddress.ip_address(peer.split("%", 1)[0])
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     return any(address in network for network in config.proxy.trusted_cidrs)
 
 

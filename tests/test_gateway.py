@@ -156,6 +156,8 @@ def test_trust_is_by_cidr_and_trace_headers_are_only_added_when_missing() -> Non
     config = parse_config(config_text(1, 2, '["10.0.0.0/8", "::1/128"]'), "gw.yaml")
     assert is_trusted(config, "10.1.2.3") and is_trusted(config, "::1")
     assert not is_trusted(config, "11.0.0.1") and not is_trusted(config, None) and not is_trusted(config, "junk")
+    # IPv4 clients of a dual-stack listener arrive IPv4-mapped
+    assert is_trusted(config, "::ffff:10.1.2.3") and not is_trusted(config, "::ffff:11.0.0.1")
     headers = CIMultiDict({"X-Request-Id": "keep"})
     ensure_trace_headers(headers)
     assert headers["x-request-id"] == "keep" and headers["traceparent"].startswith("00-")

@@ -39,7 +39,7 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from lane.config import LaneConfig
-from lane.errors import LaneError
+from lane.errors import ConfigError, LaneError
 
 from .apply import apply_objects
 from .cluster import lanes_from_pods, pod_selector
@@ -140,7 +140,10 @@ class LaneSync:
         return self.reconcile()
 
     def run(self) -> None:
-        """List, apply, then watch until `stop()`; never raises for API trouble (it backs off)."""
+        """List, apply, then watch until `stop()`; never raises for API trouble (it backs off).
+
+        A `ConfigError` (the renderer refuses the config) is raised: no retry can fix it.
+        """
         dirty = True
         while not self.stopped:
             try:
@@ -158,7 +161,9 @@ class LaneSync:
                     self.resource_version = None
                     continue
                 self._pause(f"watch failed: HTTP {exc.status} {exc.reason}")  # then resume from resource_version
-            except LaneError as exc:  # KubeError from list/apply, or a config the renderer refuses
+            except ConfigError:
+                raise
+            except LaneError as exc:  # KubeError from list/apply
                 self.resource_version, dirty = None, True
                 self._pause(str(exc))
             except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -3,8 +3,11 @@
 `lane mesh apply` and `lane mesh sync` start alike: load the lane config (the embedded demo one
 without ``--config``), take ``--namespace`` or the config's ``mesh.namespace``, connect with the
 connection options. `run_on_cluster` does that once for both, so they also fail alike: exit 2 when
-the config cannot be loaded (nothing was tried against the cluster), 1 when the cluster cannot be
-reached or refuses a request, each with a one-line ``error:`` on stderr.
+the config cannot be loaded or rendered (nothing was tried against the cluster; `lane check`
+accepts some configs the renderer refuses, e.g. a regex over the gateway Lua's limits, so the
+config is rendered once before connecting), 1 when the cluster cannot be reached or refuses a
+request, each with a one-line ``error:`` on stderr. A `ConfigError` raised later (a renderer that
+refuses the lanes seen in the cluster) is also exit 2: retrying cannot fix it.
 """
 
 from __future__ import annotations
@@ -45,13 +48,20 @@ def add_target_arguments(parser: argparse.ArgumentParser, namespace_help: str) -
 
 def run_on_cluster(args: argparse.Namespace, command: Callable[[Target], int]) -> int:
     """Load, connect, then run *command*; returns its exit code, or 2 / 1 as the module says."""
+    from .render import render_objects  # the renderer is only needed once a config is in hand
+
     try:
         config = load_lane_config(args.config)
+        namespace = args.namespace or config.mesh.namespace
+        render_objects(config, namespace=namespace)  # every lane: refuse what the renderer refuses, now
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return command(Target(config, args.namespace or config.mesh.namespace, kube_from_args(args)))
+        return command(Target(config, namespace, kube_from_args(args)))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KubeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -207,3 +207,19 @@ def test_cli_namespace_option_overrides_the_config(fake: FakeKube, tmp_path: Pat
     assert fake.object(ISTIO, "virtualservices", "c", NS) is not None
     assert not fake.objects(ISTIO, "virtualservices", "elsewhere")
     assert {r.path.split("/namespaces/")[1].split("/")[0] for r in fake.requests} == {NS, "istio-system"}
+
+
+@pytest.mark.parametrize("command", ["apply", "sync"])
+def test_cli_refuses_a_config_the_renderer_cannot_mirror_before_connecting(command: str, fake: FakeKube,
+                                                                          tmp_path: Path) -> None:
+    """`lane check` accepts this regex; the gateway Lua cannot hold it: exit 2, no traceback, no request."""
+    huge = tmp_path / "huge.yaml"
+    text = CONFIG.read_text()
+    assert "exact: xiaoming" in text
+    huge.write_text(text.replace("exact: xiaoming", f'regex: "{"[a-z]{1000}" * 21}"'))  # 21000 NFA states
+    assert lane("check", "--config", str(huge)).returncode == 0
+    result = lane("mesh", command, "--config", str(huge), "--server", fake.url)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.splitlines()[-1].startswith("error: ")
+    assert "coloring[0].match.headers[0].regex" in result.stderr
+    assert not fake.requests

@@ -266,3 +266,34 @@ def test_cli_sync_watch_follows_pods_and_stops_on_sigterm(fake: FakeKube, tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=20)
+
+
+def test_a_config_the_renderer_refuses_ends_the_loop_instead_of_retrying(fake: FakeKube, config: LaneConfig) -> None:
+    from lane.errors import ConfigError
+
+    renders = []
+
+    def refuse(cfg: LaneConfig, lanes: Any, namespace: str) -> list[JSON]:
+        renders.append(lanes)
+        raise ConfigError("lane.yaml", "coloring[0].match.headers[0].regex", "too big for the gateway Lua")
+
+    sync = LaneSync(config, Kube(connect(server=fake.url), timeout=5), NS, render=refuse,
+                    backoff=Backoff(0.01, 0.02), out=io.StringIO())
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            sync.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            raised.append(exc)
+
+    thread = threading.Thread(target=target, name="lane-sync", daemon=True)
+    thread.start()
+    try:
+        thread.join(10)
+        assert not thread.is_alive(), "sync kept retrying a config no retry can fix"
+    finally:
+        sync.stop()
+        thread.join(10)
+    assert len(renders) == 1 and isinstance(raised[0], ConfigError)
+    assert not fake.objects(ISTIO, "virtualservices", NS)

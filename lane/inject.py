@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
 
@@ -50,6 +50,8 @@ INJECTED_ANNOTATION: Final = "lane/sidecar-injected"
 WORKLOAD_KINDS: Final = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"})
 RUN_AS: Final = 10001  # the image's non-root user
 JSON = dict[str, Any]
+_Arg = TypeVar("_Arg")
+_Result = TypeVar("_Result")
 
 
 class InjectError(LaneError):
@@ -120,7 +122,29 @@ def _proxy_env(opts: InjectOptions) -> list[JSON]:
 
 
 def _describe(obj: JSON) -> str:
-    return f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name', '?')}"
+    meta = obj.get("metadata")
+    name = meta.get("name", "?") if isinstance(meta, dict) else "?"
+    return f"{obj.get('kind')}/{name}"
+
+
+def _mapping(parent: JSON, key: str, where: str) -> JSON:
+    """``parent[key]`` as a dict, created when absent or null (YAML's ``env:`` with nothing after it)."""
+    value = parent.get(key)
+    if value is None:
+        value = parent[key] = {}
+    if not isinstance(value, dict):
+        raise InjectError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _list(parent: JSON, key: str, where: str) -> list[Any]:
+    """``parent[key]`` as a list, created when absent or null."""
+    value = parent.get(key)
+    if value is None:
+        value = parent[key] = []
+    if not isinstance(value, list):
+        raise InjectError(f"{where}: {key} must be a list, got {type(value).__name__}")
+    return value
 
 
 def _app_port(obj: JSON, containers: list[JSON], opts: InjectOptions) -> int:
@@ -147,19 +171,22 @@ def _inject_template(obj: JSON, opts: InjectOptions) -> tuple[Mapping[str, str],
         raise InjectError(f"{_describe(obj)}: pod label {opts.service_label}={labels[opts.service_label]} is not "
                           f"a service of the lane config ({', '.join(sorted(opts.services))})")
     pod = template["spec"]
+    if not all(isinstance(c, dict) for c in pod["containers"]):
+        raise InjectError(f"{_describe(obj)}: every entry of spec.template.spec.containers must be a mapping")
     containers = [c for c in pod["containers"] if c.get("name") != SIDECAR_NAME]
     app_port = _app_port(obj, containers, opts)
     names = {str(p["name"]) for c in containers for p in c.get("ports") or [] if p.get("containerPort") == app_port
              and "name" in p}
     for container in containers:
-        env = container.setdefault("env", [])
-        present = {e.get("name") for e in env}
+        env = _list(container, "env", f"{_describe(obj)}: container {container.get('name', '?')}")
+        present = {e.get("name") for e in env if isinstance(e, dict)}
         if "HTTP_PROXY" not in present:
             env.extend(e for e in _proxy_env(opts) if e["name"] not in present)
     pod["containers"] = [*containers, sidecar_container(opts, app_port)]
     volumes = [v for v in pod.get("volumes") or [] if v.get("name") != CONFIG_VOLUME]
     pod["volumes"] = [*volumes, {"name": CONFIG_VOLUME, "configMap": {"name": opts.config_map}}]
-    template.setdefault("metadata", {}).setdefault("annotations", {})[INJECTED_ANNOTATION] = "true"
+    meta = _mapping(template, "metadata", f"{_describe(obj)}: the pod template")
+    _mapping(meta, "annotations", f"{_describe(obj)}: the pod template's metadata")[INJECTED_ANNOTATION] = "true"
     return labels, app_port, names
 
 
@@ -188,15 +215,25 @@ def inject_documents(docs: Iterable[JSON | None], opts: InjectOptions) -> list[J
         items = doc.get("items") if doc["kind"] == "List" else [doc]
         for item in items or []:
             if isinstance(item, dict) and item.get("kind") in WORKLOAD_KINDS:
-                pods.append(_inject_template(item, opts))
+                pods.append(_shaped(_inject_template, item, opts))
         out.append(doc)
     if not pods:
         raise InjectError(f"no workload to inject: expected one of {', '.join(sorted(WORKLOAD_KINDS))}")
     for doc in out:
         for item in doc.get("items") or [] if doc["kind"] == "List" else [doc]:
             if isinstance(item, dict) and item.get("kind") == "Service":
-                _repoint_service(item, pods)
+                _shaped(_repoint_service, item, pods)
     return out
+
+
+def _shaped(step: Callable[[JSON, _Arg], _Result], obj: JSON, arg: _Arg) -> _Result:
+    """Run *step* on *obj*; a field of a shape Kubernetes would not accept either (a string where
+    a list belongs, ...) becomes an `InjectError` naming the object instead of a traceback."""
+    try:
+        return step(obj, arg)
+    except (AttributeError, TypeError, KeyError) as exc:
+        raise InjectError(f"{_describe(obj)}: a field has an unexpected shape ({type(exc).__name__}: {exc}); "
+                          "check the manifest with kubectl apply --dry-run=client") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

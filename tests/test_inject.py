@@ -198,3 +198,43 @@ def test_cli_reports_unreadable_and_invalid_input(tmp_path: Path) -> None:
     bad.write_text("kind: [unclosed\n")
     result = lane("inject", "-f", str(bad))
     assert result.returncode == 2 and "not valid YAML" in result.stderr
+
+
+def test_null_env_and_annotations_are_treated_as_empty() -> None:
+    """`env:` and `annotations:` with nothing after them are YAML nulls; Kubernetes accepts them."""
+    source = docs()
+    source[0]["spec"]["template"]["metadata"]["annotations"] = None
+    for container in pod(source[0])["containers"]:
+        container["env"] = None
+    out = pod(inject(source)[0])
+    for container in out["containers"][:2]:
+        assert [e["name"] for e in container["env"]] == ["HTTP_PROXY", "NO_PROXY"]
+    assert inject(source)[0]["spec"]["template"]["metadata"]["annotations"] == {"lane/sidecar-injected": "true"}
+    assert inject(inject(source)) == inject(source)
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    (("spec", "template", "spec", "containers", 0, "env"), "LOG_LEVEL=debug", "env must be a list"),
+    (("spec", "template", "metadata"), ["app"], "unexpected shape"),
+    (("spec", "template", "spec", "containers", 1), "log-shipper", "containers must be a mapping"),
+    (("spec", "template", "spec", "containers", 0, "ports"), "9090", "unexpected shape"),
+])
+def test_unexpected_shapes_are_a_clear_error_naming_the_object(path: tuple[Any, ...], value: Any,
+                                                               expected: str) -> None:
+    source = docs()
+    parent: Any = source[0]
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    with pytest.raises(InjectError, match=expected) as info:
+        inject(source, app_port=9090)
+    assert str(info.value).startswith("Deployment/orders-gray: ")
+
+
+def test_cli_refuses_a_malformed_workload_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(ORIGINAL.replace("          env:\n            - {name: LOG_LEVEL, value: debug}\n",
+                                    "          env: LOG_LEVEL\n"))
+    result = lane("inject", "-f", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Deployment/orders-gray" in result.stderr and "env must be a list" in result.stderr

@@ -10,6 +10,7 @@ ends in `PassiveHealth` (success or failure), which is what ejects a dead instan
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -87,14 +88,17 @@ async def dispatch(
         attempt_headers.popall(FALLBACK_HEADER, None)
         if route.reason is not None:
             attempt_headers[FALLBACK_HEADER] = route.reason.value
+        reason = route.reason.value if route.reason else None
         try:
             response = await opener(endpoint, attempt_headers)
         except ConnectFailed as exc:
+            exc.hop = Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status))
             _failed(registry, endpoint, exc)
             failed.add(endpoint)
             last = exc
             continue
         except UpstreamFailure as exc:
+            exc.hop = Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status))
             _failed(registry, endpoint, exc)
             last = exc
             if retries_left > 0 and may_retry():
@@ -102,7 +106,7 @@ async def dispatch(
                 continue
             raise
         registry.health.record_success(endpoint)
-        hop = Hop(service, route.lane, route.requested, route.reason.value if route.reason else None, str(endpoint))
+        hop = Hop(service, route.lane, route.requested, reason, str(endpoint))
         return Dispatched(route, endpoint, response, hop)
     assert last is not None
     raise last
@@ -138,9 +142,12 @@ def path_after(hop: Hop, upstream_path: str | None) -> str:
     """The ``x-lane-path`` to answer with: *hop* first, then what the upstream reported.
 
     A lane sidecar upstream reports its own hop first; ours replaces it (we know the requested
-    lane, the fallback reason and the address we dialed), so the hop is not listed twice.
+    lane, the fallback reason and the address we dialed), so the hop is not listed twice — but
+    keeps its ``error`` (the sidecar could not get an answer from its app).
     """
     below = list(parse_path(upstream_path))
     if below and below[0].service == hop.service and below[0].lane == hop.lane:
+        if below[0].error and not hop.error:
+            hop = dataclasses.replace(hop, error=below[0].error)
         below = below[1:]
     return encode_path([hop, *below])

@@ -3,7 +3,8 @@
 `forward_http` routes and sends the request (`lane.dispatch`: live fallback, bounded retries) and
 records the outcome once — the ``lane_requests_total`` sample and the span's routing attributes.
 A request that could not be sent is already answered: 503 when no lane may serve it, 502/504 when
-the instances failed; the caller only has to relay a `Dispatched` answer.
+the instances failed, with the failed hop in ``x-lane-path`` (`lane.responses`); the caller only
+has to relay a `Dispatched` answer.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ async def forward_http(
     except UpstreamUnavailable as exc:
         observe_request(config, proxy, service, lane, None, None, 503)
         span.answered(503, type(exc).__name__)
-        return responses.unavailable(exc)
+        return responses.unavailable(exc, service, lane)
     except UpstreamFailure as exc:
         observe_request(config, proxy, service, lane, None, None, exc.status)
         span.answered(exc.status, type(exc).__name__)

@@ -10,7 +10,9 @@ Wire format (one header, comma-separated entries, ``;key=value`` parameters)::
     x-lane-path: a@gray;requested=gray;instance=10.0.0.7:8080, b@base;requested=gray;fallback=no-instance
 
 ``fallback`` is present only when the served lane differs from the requested one, and names why:
-see `FallbackReason`. Unknown parameters are ignored (forward compatible); malformed entries are
+see `FallbackReason`. ``error`` marks a hop that failed: the status the proxy answered instead
+(``c@gray;requested=gray;instance=…;error=504``; ``c@none;requested=gray;error=503`` when no lane
+could serve), so a verifier can tell "c failed" from "c was never called". Unknown parameters are ignored (forward compatible); malformed entries are
 skipped, never raised. The record is bounded (`MAX_HOPS`, `MAX_PATH_BYTES`); past the bound the
 last entry is ``...@truncated`` so a verifier can tell a cut record from a short path.
 """
@@ -58,6 +60,7 @@ class Hop:
     requested: str  # the lane the request was in
     fallback: str | None = None  # a FallbackReason value, when lane != requested
     instance: str | None = None  # host:port that served
+    error: str | None = None  # the status the proxy answered when this hop failed (e.g. "503")
 
     @property
     def fell_back(self) -> bool:
@@ -72,6 +75,8 @@ class Hop:
             parts.append(f"fallback={self.fallback}")
         if self.instance:
             parts.append(f"instance={self.instance}")
+        if self.error:
+            parts.append(f"error={self.error}")
         return ";".join(parts)
 
     @classmethod
@@ -85,7 +90,8 @@ class Hop:
             key, eq, value = param.partition("=")
             if eq and _TOKEN.fullmatch(value):
                 values.setdefault(key, value)
-        return cls(service, lane, values.get("requested", lane), values.get("fallback"), values.get("instance"))
+        return cls(service, lane, values.get("requested", lane), values.get("fallback"), values.get("instance"),
+                   values.get("error"))
 
 
 TRUNCATED: Final = Hop("...", "truncated", "truncated")

@@ -28,6 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Endpoint, ProxySpec
+from .hops import Hop
 
 __all__ = [
     "CHUNK_SIZE",
@@ -70,6 +71,8 @@ class UpstreamFailure(Exception):
     def __init__(self, endpoint: Endpoint, detail: str) -> None:
         self.endpoint = endpoint
         self.detail = detail
+        # The failed hop (service, lane tried, instance, error status), set by `lane.dispatch`.
+        self.hop: Hop | None = None
         super().__init__(f"{endpoint}: {detail}")
 
 

@@ -5,7 +5,8 @@ reported), ``x-lane-served`` and, when the request fell back, ``x-lane-fallback`
 upstream sent under those names, and the internal ``x-lane-unavailable`` marker, is replaced, so
 an app can never forge the record. Errors are short plain text saying which service, lane and
 instance failed and why: 503 when no instance may serve (strict lane, nothing left in the chain),
-502 when the upstream failed, 504 when it timed out.
+502 when the upstream failed, 504 when it timed out. Error answers carry the record too, with the
+failed hop marked (`Hop.error`) and ``x-lane-served: none``: nothing served the request.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .dispatch import UNAVAILABLE_HEADER, path_after
 from .errors import UpstreamUnavailable
-from .hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER, Hop
+from .hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER, Hop, encode_path
 from .proxy import UpstreamFailure, plain_error, strip_hop_by_hop
 
-__all__ = ["LANE_RESPONSE_HEADERS", "answer_headers", "failure", "own_headers", "unavailable"]
+__all__ = ["LANE_RESPONSE_HEADERS", "NOT_SERVED", "answer_headers", "error_headers", "failure", "own_headers",
+           "unavailable"]
 
 LANE_RESPONSE_HEADERS = (PATH_HEADER, SERVED_HEADER, FALLBACK_HEADER, UNAVAILABLE_HEADER)
+NOT_SERVED = "none"  # the lane of a hop no lane could serve, and x-lane-served of an error answer
 
 
 def _clean(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -51,10 +54,25 @@ def own_headers(upstream: CIMultiDictProxy[str], path: str, hop: Hop) -> CIMulti
     return headers
 
 
-def unavailable(exc: UpstreamUnavailable) -> web.Response:
-    return plain_error(503, f"lane: {exc}")
+def error_headers(path: list[Hop]) -> CIMultiDict[str]:
+    """Headers of an error answer: the hop record *path* (failed hop marked) and nothing served."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    if path:
+        headers[PATH_HEADER] = encode_path(path)
+        headers[SERVED_HEADER] = NOT_SERVED
+        if path[0].fallback:
+            headers[FALLBACK_HEADER] = path[0].fallback
+    return headers
 
 
-def failure(exc: UpstreamFailure) -> web.Response:
+def unavailable(exc: UpstreamUnavailable, service: str | None = None, lane: str | None = None) -> web.Response:
+    """503: no lane may serve *service* for *lane* (named in the record when given)."""
+    path = [Hop(service, NOT_SERVED, lane, error="503")] if service and lane else []
+    return plain_error(503, f"lane: {exc}", error_headers(path))
+
+
+def failure(exc: UpstreamFailure, path: list[Hop] | None = None) -> web.Response:
+    """502/504 for *exc*; the record is *path*, else the failed hop `lane.dispatch` set on *exc*."""
     what = "timed out" if exc.status == 504 else "failed"
-    return plain_error(exc.status, f"lane: upstream {exc.endpoint} {what}: {exc.detail}")
+    hops = path if path is not None else [exc.hop] if exc.hop is not None else []
+    return plain_error(exc.status, f"lane: upstream {exc.endpoint} {what}: {exc.detail}", error_headers(hops))

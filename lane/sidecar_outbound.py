@@ -95,6 +95,8 @@ async def _forward_outbound(
     sent = await forward_http(request, sc.runtime.registry, config, proxy="outbound", service=service, lane=lane,
                               headers=headers, span=span)
     if isinstance(sent, web.Response):
+        if collection is not None:  # the failed call stays in the record: "c answered 503", not "c never called"
+            collection.fill(slot, parse_path(sent.headers.get(PATH_HEADER)))
         return sent
     out = responses.answer_headers(sent.response.headers, sent.hop)
     if collection is not None:

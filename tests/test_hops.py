@@ -18,6 +18,16 @@ def test_round_trip_keeps_order_and_fallback_reasons() -> None:
     assert [h.fell_back for h in hops] == [False, True, False]
 
 
+def test_a_failed_hop_carries_its_error_status_and_old_readers_still_parse_it() -> None:
+    failed = Hop("c", "gray", "gray", instance="127.0.0.1:3", error="504")
+    nothing = Hop("c", "none", "gray", error="503")
+    value = encode_path([Hop("a", "gray", "gray"), failed, nothing])
+    assert value == "a@gray;requested=gray, c@gray;requested=gray;instance=127.0.0.1:3;error=504, " \
+        "c@none;requested=gray;error=503"
+    assert parse_path(value) == (Hop("a", "gray", "gray"), failed, nothing)
+    assert Hop("a", "gray", "gray").error is None  # a hop that did not fail says nothing
+
+
 def test_several_header_values_concatenate() -> None:
     assert [h.label() for h in parse_path(["a@gray", "b@base, c@gray"])] == ["a@gray", "b@base", "c@gray"]
 

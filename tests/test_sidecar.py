@@ -21,7 +21,7 @@ from conftest import free_port, serve_app
 from lane.config import Endpoint, parse_config
 from lane.demo_app import DemoApp, build_demo_app
 from lane.gateway import build_gateway_app
-from lane.hops import parse_path
+from lane.hops import Hop, parse_path
 from lane.runtime import Runtime
 from lane.sidecar import Sidecar, build_inbound_app, build_outbound_app
 
@@ -51,6 +51,16 @@ async def _front(request: web.Request) -> web.Response:
         return web.json_response({"c": await resp.json(), "c_path": resp.headers.get("x-lane-path")})
 
 
+async def _front_tolerant(request: web.Request) -> web.Response:
+    """Calls c through its sidecar and reports what it got, whatever the status."""
+    headers = {"x-request-id": request.headers["x-request-id"]}
+    async with aiohttp.ClientSession() as session, session.get(
+        "http://c/", headers=headers, proxy=request.app[OUTBOUND][0]
+    ) as resp:
+        return web.json_response({"c_status": resp.status, "c_path": resp.headers.get("x-lane-path"),
+                                  "c_served": resp.headers.get("x-lane-served")})
+
+
 @dataclass
 class Mesh:
     gateway: str
@@ -61,11 +71,15 @@ class Mesh:
 
 
 @asynccontextmanager
-async def mesh(front_app: web.Application | None = None) -> AsyncIterator[Mesh]:
-    """gateway -> front (sidecar + app) -> c (base and gray, plain apps)."""
+async def mesh(front_app: web.Application | None = None, c_alive: bool = True) -> AsyncIterator[Mesh]:
+    """gateway -> front (sidecar + app) -> c (base and gray, plain apps; closed ports unless *c_alive*)."""
     async with AsyncExitStack() as stack:
-        c_base = await stack.enter_async_context(serve_app(c_app("base")))
-        c_gray = await stack.enter_async_context(serve_app(c_app("gray")))
+        if c_alive:
+            c_base = await stack.enter_async_context(serve_app(c_app("base")))
+            c_gray = await stack.enter_async_context(serve_app(c_app("gray")))
+        else:
+            async with serve_app(c_app("base")) as c_base, serve_app(c_app("gray")) as c_gray:
+                pass  # both ports are closed again: nothing listens there
         front = front_app or web.Application()
         if front_app is None:
             front.router.add_get("/", _front)
@@ -114,6 +128,42 @@ async def test_an_app_that_forwards_nothing_gets_the_default_lane() -> None:
             body = await resp.json()
             path = [h.label() for h in parse_path(resp.headers["x-lane-path"])]
     assert body["c"]["lane"] == "base" and path == ["front@base"]
+
+
+async def test_a_failed_downstream_call_stays_in_the_hop_record_marked_with_its_error() -> None:
+    front = web.Application()
+    front.router.add_get("/", _front_tolerant)
+    async with mesh(front, c_alive=False) as m, aiohttp.ClientSession() as client:
+        async with client.get(f"{m.gateway}/", headers={"User-Agent": "xiaoming"}) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+            hops = parse_path(resp.headers["x-lane-path"])
+    # what the app got from its sidecar: a 502 that says which hop failed, served by no lane
+    assert body["c_status"] == 502 and body["c_served"] == "none"
+    c_hop = parse_path(body["c_path"])[0]
+    assert (c_hop.service, c_hop.requested, c_hop.error) == ("c", "gray", "502")
+    # and the caller's record shows that c was called and failed, not that it was never called
+    assert [h.label() for h in hops] == ["front@base", f"c@{c_hop.lane}"]
+    assert hops[0].error is None and hops[1] == c_hop
+
+
+async def test_an_error_answer_of_the_gateway_carries_the_failed_hop() -> None:
+    async with mesh(c_alive=False) as m, aiohttp.ClientSession() as client:
+        async with client.get(m.outbound + "/", headers={"Host": "c", "x-mse-tag": "gray"}) as resp:
+            assert resp.status == 502 and resp.headers["x-lane-served"] == "none"
+            hop = parse_path(resp.headers["x-lane-path"])[0]
+            assert (hop.service, hop.requested, hop.error) == ("c", "gray", "502") and hop.instance
+    text = """
+entry: x
+lanes: {gray: {strict: true}}
+coloring: [{lane: gray, match: {headers: [{name: user-agent, exact: t}]}}]
+services: {x: {instances: {base: ["127.0.0.1:1"]}}}
+"""
+    async with serve_app(build_gateway_app(Runtime(parse_config(text, "x.yaml"), None))) as gw, \
+            aiohttp.ClientSession() as client:
+        async with client.get(f"http://127.0.0.1:{gw}/", headers={"User-Agent": "t"}) as resp:
+            assert resp.status == 503 and resp.headers["x-lane-served"] == "none"
+            assert parse_path(resp.headers["x-lane-path"]) == (Hop("x", "none", "gray", error="503"),)
 
 
 async def test_unknown_hosts_and_tunnels_are_refused_with_403() -> None:

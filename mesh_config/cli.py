@@ -22,13 +22,30 @@ import yaml
 from lane.config import LaneConfig, demo_config_text, load_config, parse_config
 from lane.errors import LaneError
 
-__all__ = ["EXTERNAL", "add_arguments", "run"]
+__all__ = ["EXTERNAL", "EXTRAS", "add_arguments", "optional_module", "run"]
 
 # name -> (module, help); registered only if the module exists
 EXTERNAL: Final[dict[str, tuple[str, str]]] = {
     "apply": ("mesh_config.apply", "apply the rendered objects to the cluster and prune stale ones"),
     "sync": ("mesh_config.sync", "keep the cluster's routes in step with the lanes that have ready pods"),
 }
+
+
+# third-party module -> the extra that installs it; a command needing one names the pip command
+EXTRAS: Final[dict[str, str]] = {"kubernetes": "k8s", "urllib3": "k8s", "jsonschema": "validate"}
+
+
+def optional_module(module: str, what: str) -> Any:
+    """Import *module*; a third-party package it needs that is not installed (the extras are
+    optional: the image has no `mesh` extra) is a `LaneError` with the pip command, not a traceback."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in EXTRAS:
+            raise
+        raise LaneError(f"{what} needs the {missing!r} package, which is not installed: "
+                        f"pip install 'lane[{EXTRAS[missing]}]'") from None
 
 
 class _LazyParser(argparse.ArgumentParser):
@@ -39,7 +56,10 @@ class _LazyParser(argparse.ArgumentParser):
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         if self.lazy_module is not None:
             module, self.lazy_module = self.lazy_module, None
-            importlib.import_module(module).add_arguments(self)
+            try:
+                optional_module(module, self.prog).add_arguments(self)
+            except LaneError as exc:
+                self.exit(2, f"error: {exc}\n")
         return super().parse_known_args(args, namespace)
 
 
@@ -89,9 +109,7 @@ def _load(args: argparse.Namespace) -> LaneConfig:
 
 
 def _cluster() -> Any:
-    if importlib.util.find_spec("mesh_config.cluster") is None:
-        raise LaneError("this needs mesh_config.cluster (the Kubernetes support), which is not installed")
-    return importlib.import_module("mesh_config.cluster")
+    return optional_module("mesh_config.cluster", "--from-cluster / --check-endpoints")
 
 
 def _render(args: argparse.Namespace, out: IO[str]) -> int:
@@ -127,8 +145,9 @@ def _read_documents(files: Sequence[str]) -> list[Any]:
 
 def _validate(args: argparse.Namespace) -> int:
     from .render import render_objects
-    from .validate import load_crds, validate_objects
 
+    validate = optional_module("mesh_config.validate", "lane mesh validate")
+    load_crds, validate_objects = validate.load_crds, validate.validate_objects
     index = load_crds(args.crds)
     objects = _read_documents(args.files) if args.files else render_objects(_load(args))
     problems, cel = validate_objects(index, objects)

@@ -203,3 +203,30 @@ def test_cluster_flags_are_wired_to_the_cluster_module(monkeypatch: pytest.Monke
     args.from_cluster = False
     assert cli.run(args) == 1  # the config's gray c is not ready: flagged
     assert "endpoint check: c gray has no ready endpoints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("missing", "argv", "extra"), [
+    ("kubernetes", ["mesh", "apply", "--dry-run"], "k8s"),
+    ("kubernetes", ["mesh", "sync"], "k8s"),
+    ("kubernetes", ["mesh", "render", "--from-cluster"], "k8s"),
+    ("kubernetes", ["mesh", "render", "--check-endpoints"], "k8s"),
+    ("jsonschema", ["mesh", "validate", "--crds", "crds.yaml"], "validate"),
+])
+def test_a_missing_optional_package_names_the_extra_to_install(missing: str, argv: list[str], extra: str) -> None:
+    """The extras are optional (the image has no `mesh` extra): simulate an absent one in a subprocess."""
+    code = (f"import sys; sys.modules[{missing!r}] = None; from lane.cli import main; "
+            f"sys.exit(main({argv!r}))")
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert f"pip install 'lane[{extra}]'" in result.stderr and repr(missing) in result.stderr
+
+
+def test_image_installs_every_extra_its_commands_name() -> None:
+    from mesh_config.cli import EXTRAS
+
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    installed = dockerfile.split('pip install ".[', 1)[1].split("]", 1)[0].split(",")
+    assert set(EXTRAS.values()) <= set(installed)

@@ -4,22 +4,28 @@ The path a human sees in the demo must be the data plane's truth, not what the a
 themselves, so the gateway copies its own ``x-lane-path`` into the answer: ``"path"`` is the list
 of ``service@served-lane`` in call order, ``"hops"`` the full entries (requested lane, fallback
 reason, instance). Only JSON objects of at most `MAX_EXPLAIN_BYTES` are touched, and only when the
-body is not content-encoded; everything else streams through unchanged.
+body is not content-encoded; everything else streams through unchanged. An upstream that breaks
+or goes silent while its JSON body is read gets the relay's answers: 502, or 504 on a timeout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from . import responses
 from .hops import PATH_HEADER, Hop, parse_path
-from .proxy import relay
+from .proxy import plain_error, relay
 
 __all__ = ["MAX_EXPLAIN_BYTES", "hop_json", "relay_explained"]
+
+log = logging.getLogger(__name__)
 
 MAX_EXPLAIN_BYTES: Final = 1024 * 1024
 
@@ -41,7 +47,18 @@ async def relay_explained(
         or request.method == "HEAD"
     ):
         return await relay(request, upstream, headers)
-    raw = await upstream.read()
+    try:
+        raw = await upstream.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        upstream.close()
+        status = 504 if isinstance(exc, TimeoutError) else 502
+        log.warning("upstream broke while sending the answer of %s %s: %s", request.method, request.path, exc)
+        failed = list(parse_path(headers.get(PATH_HEADER)))
+        if failed:
+            failed[0] = dataclasses.replace(failed[0], error=str(status))
+        what = "timed out" if status == 504 else "failed"
+        return plain_error(status, f"lane: upstream {what} while sending its answer: {type(exc).__name__}",
+                           responses.error_headers(failed))
     upstream.release()
     try:
         document = json.loads(raw)

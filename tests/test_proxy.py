@@ -380,3 +380,29 @@ async def test_malformed_and_oversized_requests_get_4xx_and_the_proxy_keeps_serv
             assert answer.startswith(b"HTTP/1.1 200")
             async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{gw}/still") as resp:
                 assert resp.status == 200 and (await resp.json())["target"] == "/still"
+
+
+async def test_explain_json_maps_a_broken_or_silent_json_answer_to_502_or_504() -> None:
+    """With --explain-json the gateway reads small JSON answers whole: a cut or stalled body is 502/504, not a 500."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\": ")
+        await writer.drain()
+        if b"/stall" in head.split(b"\r\n")[0]:
+            await asyncio.sleep(10)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        runtime = Runtime(parse_config(config_text(port, "proxy: {request_timeout: 1, retries: 0}"), "t.yaml"), None)
+        async with serve_app(build_gateway_app(runtime, explain_json=True)) as gw, \
+                aiohttp.ClientSession() as client:
+            for target, status in (("/cut", 502), ("/stall", 504)):
+                async with client.get(f"http://127.0.0.1:{gw}{target}") as resp:
+                    assert resp.status == status, target
+                    assert resp.headers["x-lane-path"].endswith(f"error={status}")
+    finally:
+        server.close()
+        await server.wait_closed()

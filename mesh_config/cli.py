@@ -123,7 +123,11 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
     if args.output == "-":
         out.write(dump_yaml(objects))
     else:
-        for path in write_objects(objects, Path(args.output)):
+        try:
+            written = write_objects(objects, Path(args.output))
+        except OSError as exc:
+            raise LaneError(f"cannot write {exc.filename or args.output}: {exc.strerror or exc}") from None
+        for path in written:
             print(f"wrote {path}", file=sys.stderr)
     for problem in problems:
         print(f"endpoint check: {problem}", file=sys.stderr)

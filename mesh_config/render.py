@@ -11,7 +11,11 @@ then the EnvoyFilters -- subsets exist before routes name them.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import secrets
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
 from types import MappingProxyType
@@ -110,12 +114,26 @@ def object_file_name(obj: Mapping[str, Any], index: int) -> str:
 def write_objects(objects: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write one file per object into *out_dir* (created if missing); returns the paths.
 
-    Callers render everything first, so a config error leaves *out_dir* untouched.
+    Callers render everything first, so a config error leaves *out_dir* untouched. The files are
+    written into a temporary directory beside *out_dir* first and then renamed into place, so a
+    write that fails (disk full, no permission) leaves no half-written set of manifests behind for
+    a ``kubectl apply -f`` to pick up; the `OSError` is raised to the caller.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, obj in enumerate(objects):
-        path = out_dir / object_file_name(obj, i)
-        path.write_text(dump_yaml([obj]), encoding="utf-8")
-        paths.append(path)
-    return paths
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    staging.mkdir()  # not mkdtemp: the directory keeps the mode (umask) a plain mkdir would give it
+    try:
+        names = []
+        for i, obj in enumerate(objects):
+            names.append(object_file_name(obj, i))
+            (staging / names[-1]).write_text(dump_yaml([obj]), encoding="utf-8")
+        if not out_dir.exists():
+            staging.rename(out_dir)
+        else:
+            for name in names:
+                os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / name for name in names]

@@ -230,3 +230,43 @@ def test_image_installs_every_extra_its_commands_name() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     installed = dockerfile.split('pip install ".[', 1)[1].split("]", 1)[0].split(",")
     assert set(EXTRAS.values()) <= set(installed)
+
+
+@pytest.mark.parametrize("target", ["a-file", "a-file/sub"])
+def test_cli_output_path_that_cannot_be_a_directory_is_a_clear_error(tmp_path: Path, target: str) -> None:
+    (tmp_path / "a-file").write_text("keep me\n")
+    result = lane("mesh", "render", "--config", str(DEMO), "-o", str(tmp_path / target))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: cannot write ") and str(tmp_path / "a-file") in result.stderr
+    assert (tmp_path / "a-file").read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no staging directory left behind
+
+
+def test_a_write_failing_halfway_leaves_no_partial_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh_config import render
+
+    objects = render_objects(load_config(DEMO))
+    real_dump, dumped = render.dump_yaml, []
+
+    def dump_until_the_disk_fills(objs: Any) -> str:
+        dumped.append(objs)
+        if len(dumped) == 3:
+            raise OSError(28, "No space left on device")
+        return real_dump(objs)
+
+    monkeypatch.setattr(render, "dump_yaml", dump_until_the_disk_fills)
+    with pytest.raises(OSError, match="No space left"):
+        render.write_objects(objects, tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the staging directory
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "00-gateway-lane-gateway.yaml").write_text("old\n")
+    dumped.clear()
+    with pytest.raises(OSError, match="No space left"):
+        render.write_objects(objects, existing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    assert [p.name for p in existing.iterdir()] == ["00-gateway-lane-gateway.yaml"]
+    assert (existing / "00-gateway-lane-gateway.yaml").read_text() == "old\n"
+    monkeypatch.setattr(render, "dump_yaml", real_dump)
+    assert len(render.write_objects(objects, existing)) == len(objects)
+    assert (existing / "00-gateway-lane-gateway.yaml").read_text() != "old\n"

@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--from-cluster", action="store_true",
                         help="route only to the lanes that have ready pods in the cluster right now")
     render.add_argument("--check-endpoints", action="store_true",
-                        help="exit 1 if a route names a subset with no ready endpoints in the cluster")
+                        help="exit 1 if a route names a subset with no ready endpoints in the cluster "
+                             "(services without a selector cannot be checked: a warning only)")
 
     validate = sub.add_parser("validate", help="validate rendered objects against the cluster's CRD schemas")
     _config_argument(validate)
@@ -120,6 +121,7 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
     lanes = _cluster().lanes_from_cluster(config, namespace) if args.from_cluster else None
     objects = render_objects(config, lanes=lanes, namespace=args.namespace)
     problems = _cluster().check_endpoints(objects, config, namespace) if args.check_endpoints else []
+    warnings = _cluster().unchecked_services(objects, config) if args.check_endpoints else []
     if args.output == "-":
         out.write(dump_yaml(objects))
     else:
@@ -129,6 +131,8 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
             raise LaneError(f"cannot write {exc.filename or args.output}: {exc.strerror or exc}") from None
         for path in written:
             print(f"wrote {path}", file=sys.stderr)
+    for warning in warnings:  # not failures: a config may leave selectors out
+        print(f"endpoint check: warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"endpoint check: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -33,6 +33,7 @@ __all__ = [
     "pod_is_ready",
     "pod_matches",
     "pod_selector",
+    "unchecked_services",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ def check_endpoints(objects: Iterable[JSON], config: LaneConfig, namespace: str,
 def endpoint_problems(objects: Iterable[JSON], config: LaneConfig, pods: Iterable[JSON]) -> list[str]:
     """Every VirtualService route to a subset no DestinationRule defines or no ready pod serves.
 
-    Services without a ``selector`` cannot be judged (which pods are theirs is unknown) and are
-    reported once so the silence is not mistaken for health.
+    Services without a ``selector`` cannot be judged (which pods are theirs is unknown): they are
+    no problem (a config may well leave selectors out), `unchecked_services` names them.
     """
     objects, ready = list(objects), [p for p in pods if pod_is_ready(p)]
     subsets: dict[tuple[str, str], Mapping[str, str]] = {}
@@ -112,7 +113,6 @@ def endpoint_problems(objects: Iterable[JSON], config: LaneConfig, pods: Iterabl
             for subset in spec.get("subsets") or []:
                 subsets[(_bare(str(spec.get("host", ""))), str(subset.get("name")))] = subset.get("labels") or {}
     problems: list[str] = []
-    unjudged: set[str] = set()
     for obj in objects:
         if obj.get("kind") != "VirtualService":
             continue
@@ -128,12 +128,21 @@ def endpoint_problems(objects: Iterable[JSON], config: LaneConfig, pods: Iterabl
                 if (host, subset) not in subsets:
                     problems.append(f"{where}: subset {subset!r} of {host} is defined by no DestinationRule")
                 elif not svc.selector:
-                    unjudged.add(svc.name)
+                    continue
                 elif not any(_serves(p, svc, subsets[(host, subset)]) for p in ready):
                     wanted = ",".join(f"{k}={v}" for k, v in {**svc.selector, **subsets[(host, subset)]}.items())
                     problems.append(f"{where}: subset {subset!r} of {host} has no ready pod ({wanted})")
-    problems += [f"service {s}: no selector in the config, its endpoints cannot be checked" for s in sorted(unjudged)]
     return problems
+
+
+def unchecked_services(objects: Iterable[JSON], config: LaneConfig) -> list[str]:
+    """A warning for each routed service without a ``selector``, whose endpoints no check can see,
+    so the silence of `endpoint_problems` about it is not mistaken for health."""
+    routed = {_bare(str((route.get("destination") or {}).get("host", "")))
+              for obj in objects if obj.get("kind") == "VirtualService"
+              for http in (obj.get("spec") or {}).get("http") or [] for route in http.get("route") or []}
+    unjudged = sorted(svc.name for host in routed if (svc := config.service_by_host(host)) and not svc.selector)
+    return [f"service {s}: no selector in the config, its endpoints cannot be checked" for s in unjudged]
 
 
 def _serves(pod: JSON, svc: Service, subset_labels: Mapping[str, str]) -> bool:

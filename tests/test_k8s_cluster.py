@@ -18,7 +18,13 @@ import yaml
 from fake_kube import FakeKube
 
 from lane.config import LaneConfig, load_config
-from mesh_config.cluster import check_endpoints, endpoint_problems, lanes_from_cluster, lanes_from_pods
+from mesh_config.cluster import (
+    check_endpoints,
+    endpoint_problems,
+    lanes_from_cluster,
+    lanes_from_pods,
+    unchecked_services,
+)
 from mesh_config.kube import Kube, connect
 from mesh_config.render import render_objects
 
@@ -128,3 +134,30 @@ def test_render_from_cluster_with_the_default_kubeconfig(fake: FakeKube, tmp_pat
                              "--check-endpoints"], capture_output=True, text=True, timeout=120, env=env, check=False)
     assert result.returncode == 1
     assert "subset 'gray' of c has no ready pod" in result.stdout + result.stderr
+
+
+def test_services_without_a_selector_are_a_warning_not_a_failed_check(fake: FakeKube, tmp_path: Path) -> None:
+    """A config without selectors (like the demo) is routable; --check-endpoints cannot judge it and says so."""
+    from lane.config import parse_config
+
+    text = CONFIG.read_text()
+    for app in "abcd":
+        assert f"    selector: {{app: {app}}}\n" in text
+    text = text.replace("    selector: {app: c}\n", "")
+    static = parse_config(text)
+    objects = render_objects(static, namespace=NS)
+    ready = [pod(f"{app}-{lane}", app, lane) for app, lane in (("a", "base"), ("a", "gray"), ("b", "base"),
+                                                                ("d", "base"))]
+    assert endpoint_problems(objects, static, ready) == []
+    assert unchecked_services(objects, static) == ["service c: no selector in the config, its endpoints cannot be checked"]
+    no_selectors = tmp_path / "lane.yaml"
+    no_selectors.write_text(text.replace("    selector: {app: a}\n", "").replace("    selector: {app: b}\n", "")
+                            .replace("    selector: {app: d}\n", ""))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(fake.kubeconfig(NS))
+    result = subprocess.run([sys.executable, "-m", "lane", "mesh", "render", "--config", str(no_selectors),
+                             "--check-endpoints"], capture_output=True, text=True, timeout=120, check=False,
+                            env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == 0, result.stderr
+    assert "endpoint check: warning: service c: no selector" in result.stderr
+    assert result.stderr.count("endpoint check: warning:") == 4

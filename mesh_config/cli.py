@@ -22,6 +22,8 @@ import yaml
 from lane.config import LaneConfig, demo_config_text, load_config, parse_config
 from lane.errors import LaneError
 
+from .connection import add_connection_arguments
+
 __all__ = ["EXTERNAL", "EXTRAS", "add_arguments", "optional_module", "run"]
 
 # name -> (module, help); registered only if the module exists
@@ -79,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--check-endpoints", action="store_true",
                         help="exit 1 if a route names a subset with no ready endpoints in the cluster "
                              "(services without a selector cannot be checked: a warning only)")
+    add_connection_arguments(render)  # used only with --from-cluster / --check-endpoints
 
     validate = sub.add_parser("validate", help="validate rendered objects against the cluster's CRD schemas")
     _config_argument(validate)
@@ -118,9 +121,13 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
 
     config = _load(args)
     namespace = args.namespace or config.mesh.namespace
-    lanes = _cluster().lanes_from_cluster(config, namespace) if args.from_cluster else None
+    kube = None
+    if args.from_cluster or args.check_endpoints:
+        render_objects(config, namespace=args.namespace)  # a config the renderer refuses: before connecting
+        kube = optional_module("mesh_config.target", "--from-cluster / --check-endpoints").kube_from_args(args)
+    lanes = _cluster().lanes_from_cluster(config, namespace, kube=kube) if args.from_cluster else None
     objects = render_objects(config, lanes=lanes, namespace=args.namespace)
-    problems = _cluster().check_endpoints(objects, config, namespace) if args.check_endpoints else []
+    problems = _cluster().check_endpoints(objects, config, namespace, kube=kube) if args.check_endpoints else []
     warnings = _cluster().unchecked_services(objects, config) if args.check_endpoints else []
     if args.output == "-":
         out.write(dump_yaml(objects))

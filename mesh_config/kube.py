@@ -9,7 +9,6 @@ the real `kubernetes` client: grouped resources (Istio's) go through ``CustomObj
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from lane.errors import LaneError
 
+from .connection import add_connection_arguments
 from .model import CONFIG_LABEL, MANAGED_BY_LABEL
 
 __all__ = [
@@ -44,15 +44,6 @@ JSON = dict[str, Any]
 
 class KubeError(LaneError):
     """The cluster could not be reached or refused a request; the message says which and why."""
-
-
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("cluster connection")
-    group.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
-    group.add_argument("--context", help="kubeconfig context to use (default: its current-context)")
-    group.add_argument("--server", help="API server URL to talk to directly without credentials "
-                                        "(e.g. `kubectl proxy` at http://127.0.0.1:8001)")
-    group.add_argument("--request-timeout", type=float, default=30.0, help="seconds per API request (default 30)")
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None, server: str | None = None) -> client.ApiClient:

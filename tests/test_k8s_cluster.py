@@ -161,3 +161,33 @@ def test_services_without_a_selector_are_a_warning_not_a_failed_check(fake: Fake
     assert result.returncode == 0, result.stderr
     assert "endpoint check: warning: service c: no selector" in result.stderr
     assert result.stderr.count("endpoint check: warning:") == 4
+
+
+@pytest.mark.parametrize("how", ["server", "kubeconfig-context"])
+def test_render_takes_the_same_connection_options_as_apply(fake: FakeKube, tmp_path: Path, how: str) -> None:
+    """No $KUBECONFIG, no ~/.kube/config: --server, or --kubeconfig with --context, must be what connects."""
+    for name, (app, lane) in {"a1": ("a", "base"), "a2": ("a", "gray"), "b1": ("b", "base"), "c1": ("c", "base"),
+                              "d1": ("d", "base")}.items():
+        fake.put_pod(name, {"app": app, "version": lane}, namespace=NS)
+    home = tmp_path / "home"
+    home.mkdir()
+    if how == "server":
+        options = ["--server", fake.url, "--request-timeout", "5"]
+    else:
+        doc = yaml.safe_load(fake.kubeconfig(NS))
+        doc["contexts"].append({"name": "elsewhere", "context": {"cluster": "nowhere", "user": "fake"}})
+        doc["clusters"].append({"name": "nowhere", "cluster": {"server": "http://127.0.0.1:9"}})
+        doc["current-context"] = "elsewhere"  # only --context fake reaches the fake
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(doc))
+        options = ["--kubeconfig", str(kubeconfig), "--context", "fake"]
+    env = {**os.environ, "HOME": str(home), "KUBECONFIG": str(tmp_path / "missing"), "KUBERNETES_SERVICE_HOST": ""}
+    before = len(fake.requests)
+    result = subprocess.run([sys.executable, "-m", "lane", "mesh", "render", "--config", str(CONFIG), "--from-cluster",
+                             "--check-endpoints", *options], capture_output=True, text=True, timeout=120, env=env,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    rules = {o["metadata"]["name"]: o for o in yaml.safe_load_all(result.stdout) if o and o["kind"] == "DestinationRule"}
+    assert {s["name"] for s in rules["a"]["spec"]["subsets"]} == {"base", "gray"}
+    assert {s["name"] for s in rules["c"]["spec"]["subsets"]} == {"base"}  # no ready gray c
+    assert len([r for r in fake.requests[before:] if r.path.endswith("/pods")]) == 2  # lanes, then the check

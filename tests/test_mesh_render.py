@@ -183,11 +183,13 @@ def test_cluster_flags_are_wired_to_the_cluster_module(monkeypatch: pytest.Monke
 
     calls: list[tuple[str, str]] = []
 
-    def lanes_from_cluster(config: Any, namespace: str) -> dict[str, frozenset[str]]:
+    def lanes_from_cluster(config: Any, namespace: str, *, kube: Any) -> dict[str, frozenset[str]]:
+        assert kube.api.configuration.host == "http://127.0.0.1:9"  # the connection options reach it
         calls.append(("lanes", namespace))
         return {"c": frozenset({"base"})}
 
-    def check_endpoints(objects: list[dict[str, Any]], config: Any, namespace: str) -> list[str]:
+    def check_endpoints(objects: list[dict[str, Any]], config: Any, namespace: str, *, kube: Any) -> list[str]:
+        assert kube.api.configuration.host == "http://127.0.0.1:9"
         calls.append(("check", namespace))
         c_routes = routes(objects_of(objects, "VirtualService")["c"])
         return [] if c_routes["gray"] == "base" else ["c gray has no ready endpoints"]
@@ -195,7 +197,8 @@ def test_cluster_flags_are_wired_to_the_cluster_module(monkeypatch: pytest.Monke
     monkeypatch.setattr(cluster, "lanes_from_cluster", lanes_from_cluster)
     monkeypatch.setattr(cluster, "check_endpoints", check_endpoints)
     args = argparse.Namespace(mesh_command="render", config=str(DEMO), output="-", namespace="lanes",
-                              from_cluster=True, check_endpoints=True)
+                              from_cluster=True, check_endpoints=True, kubeconfig=None, context=None,
+                              server="http://127.0.0.1:9", request_timeout=1.0)
     assert cli.run(args) == 0
     assert calls == [("lanes", "lanes"), ("check", "lanes")]
     rendered = list(yaml.safe_load_all(capsys.readouterr().out))

@@ -151,7 +151,7 @@ def _near_misses(rule: Rule, draft: _Draft) -> list[tuple[str, _Draft]]:
             variants.append(("present", "1"))
         for label, value in variants:
             out.append((f"~{label} {where}", {**draft, key: value}))
-        if m.kind != "absent" and (m.kind == "present" or cond.source is not Source.HEADER):
+        if m.kind != "absent":  # the right value under a name one typo off, for every source
             similar = {k: v for k, v in draft.items() if k != key}
             similar[(cond.source, _similar_name(cond.source, cond.name))] = draft.get(key)
             out.append((f"~name {where}", similar))

@@ -62,6 +62,7 @@ def test_demo_personas_match_near_miss_nothing_and_forged() -> None:
     assert [(p.name, p.lane) for p in personas] == [
         ("xiaoming", "gray"),
         ("xiaoming ~case header user-agent", "base"),
+        ("xiaoming ~name header user-agent", "base"),
         ("no-match", "base"),
         ("forged x-mse-tag=gray", "base"),
         ("forged baggage x-mse-tag=gray", "base"),
@@ -69,6 +70,8 @@ def test_demo_personas_match_near_miss_nothing_and_forged() -> None:
     assert dict(by_name(personas, "xiaoming").headers)["user-agent"] == "xiaoming"
     assert dict(by_name(personas, "xiaoming ~case header user-agent").headers)["user-agent"] == "XIAOMING"
     assert dict(by_name(personas, "no-match").headers)["user-agent"] == USER_AGENT
+    typo = dict(by_name(personas, "xiaoming ~name header user-agent").headers)
+    assert typo["user-agen"] == "xiaoming" and typo["user-agent"] == USER_AGENT
     assert dict(by_name(personas, "forged x-mse-tag=gray").headers)["x-mse-tag"] == "gray"
     assert dict(by_name(personas, "forged baggage x-mse-tag=gray").headers)["baggage"] == "x-mse-tag=gray"
 
@@ -88,6 +91,7 @@ def test_each_rule_gets_a_matching_persona_and_near_misses_do_not_match_it(rich)
     assert {p.name for p in misses} >= {
         "xiaoming ~case header user-agent",
         "beta-users ~prefix header x-user",
+        "beta-users ~name header x-user",
         "beta-users ~regex cookie uid",
         "beta-users ~name cookie uid",
         "sticky ~no key",
@@ -100,6 +104,24 @@ def test_each_rule_gets_a_matching_persona_and_near_misses_do_not_match_it(rich)
         assert not all(c.holds(p.view()) for c in rule.conditions) or not rule.matches(p.view(), random.Random(1))
     assert dict(by_name(personas, "beta-users ~prefix header x-user").headers)["x-user"] == "bet"
     assert dict(by_name(personas, "beta-users ~name cookie uid").headers)["cookie"] == "UID=u000"
+    typo = dict(by_name(personas, "beta-users ~name header x-user").headers)
+    assert typo["x-use"] == "beta1" and "x-user" not in typo
+
+
+def test_a_header_name_one_typo_off_is_a_near_miss_for_every_match_kind() -> None:
+    """README: near misses include "a cookie or header name one typo off" -- exact, prefix, regex, present."""
+    text = demo_config_text().replace(
+        "        - name: User-Agent\n          exact: xiaoming\n",
+        "        - {name: x-exact, exact: yes-please}\n        - {name: x-prefix, prefix: be}\n"
+        "        - {name: x-regex, regex: 'r[0-9]'}\n        - {name: x-present, present: true}\n")
+    config = parse_config(text, "typos.yaml")
+    assert [c.name for c in config.rules[0].conditions] == ["x-exact", "x-prefix", "x-regex", "x-present"]
+    personas = build_personas(config)
+    for header in ("x-exact", "x-prefix", "x-regex", "x-present"):
+        typo = by_name(personas, f"xiaoming ~name header {header}")
+        assert typo.kind == "near-miss" and typo.lane == "base"
+        sent = dict(typo.headers)
+        assert header not in sent and header[:-1] in sent
 
 
 def test_sticky_keys_sit_on_both_sides_of_the_share_by_the_hash(rich) -> None:  # type: ignore[no-untyped-def]

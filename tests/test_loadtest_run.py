@@ -237,17 +237,19 @@ def test_web_ui_has_a_live_lanes_tab_and_page(tmp_path: Path) -> None:
         with started(args, tmp_path / "ui.log") as proc:
             base = f"http://127.0.0.1:{port}"
             live: dict[str, Any] = {}
+            page = ""
             deadline = time.monotonic() + 60
+            # live while the run lasts: wait until a gray request has been seen (the first request may be base)
             while time.monotonic() < deadline and proc.poll() is None:
                 try:
                     live = _get(base + "/lanes.json")
+                    page = _get(base + "/lanes")
                 except OSError:
-                    live = {}
-                if live.get("totals", {}).get("requests", 0) > 0:
+                    live, page = {}, ""
+                if live.get("totals", {}).get("requests", 0) > 0 and "a@gray → b@base → c@gray" in page:
                     break
                 time.sleep(0.3)
             assert live.get("totals", {}).get("requests", 0) > 0, (tmp_path / "ui.log").read_text()[-3000:]
-            page = _get(base + "/lanes")
             index = _get(base + "/")
             stats = _get(base + "/stats/requests")
             code = proc.wait(TIMEOUT)

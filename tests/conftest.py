@@ -31,6 +31,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def started_process(argv: list[str], log: Path, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process writing to *log*; terminated (then killed) on the way out if still running."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **popen)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
 @dataclass
 class LaneProcess:
     """A running ``python -m lane ...`` child and what its ready file said."""

@@ -14,17 +14,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
 import pytest
+from conftest import free_port, started_process
 from test_k8s_manifests import REPO, arg, container, lane_config, of_kind, pod_spec, rendered, workloads
 from test_loadtest_dataplane import fake_data_plane
 
@@ -222,27 +222,8 @@ def test_locust_accepts_the_worker_and_ui_master_command_lines(overlay: str, tmp
         assert "LaneUser" in result.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def _started(argv: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+def _started(argv: Sequence[str], log: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    return started_process(list(argv), log, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _distributed_run(tmp: Path, *, poll_admins: bool) -> tuple[int, str, JSON]:
@@ -252,7 +233,7 @@ def _distributed_run(tmp: Path, *, poll_admins: bool) -> tuple[int, str, JSON]:
     length and user count (kept short), plus --json to read the verdict's details.
     """
     config = write_config(tmp)
-    port = _free_port()
+    port = free_port()
     summary = tmp / "summary.json"
     with fake_data_plane(lane_config(rendered("loadtest"))) as plane:
         urlopen(Request(plane.admin_url + "/demo/instances/c/gray/stop", method="POST"), timeout=5).close()

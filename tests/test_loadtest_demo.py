@@ -19,7 +19,8 @@ from typing import Any
 
 import psutil
 import pytest
-from test_loadtest_run import free_port, run_lane
+from conftest import free_port
+from test_loadtest_run import run_lane
 
 from lane.config import demo_config_text
 

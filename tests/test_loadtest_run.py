@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port, started_process
 from test_loadtest_dataplane import Bugs, fake_data_plane
 
 from lane.config import parse_config
@@ -29,26 +29,8 @@ LANE = [sys.executable, "-m", "lane"]
 TIMEOUT = 150
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def started(args: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*LANE, *args], stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+def started(args: Sequence[str], log: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    return started_process([*LANE, *args], log)
 
 
 def run_lane(args: Sequence[str], tmp: Path, name: str = "run") -> tuple[int, str, dict[str, Any]]:

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 from aiohttp import web
+from conftest import free_port
 from test_loadtest_dataplane import fake_data_plane
-from test_loadtest_run import free_port
 
 from lane.config import demo_config_text, parse_config
 from lane.hops import parse_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import LaneConfig, demo_config_text, load_config, parse_config
+from .config import LaneConfig, load_config_or_demo
 from .errors import ConfigError
 
 __all__ = ["add_arguments", "describe", "run"]
@@ -42,7 +42,7 @@ def describe(config: LaneConfig) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config) if args.config else parse_config(demo_config_text(), "<embedded demo.yaml>")
+        config = load_config_or_demo(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from .tags import DEFAULT_BAGGAGE_KEY, DEFAULT_LANE, DEFAULT_TAG_HEADER, is_vali
 
 __all__ = [
     "DEFAULT_TRACE_HEADERS",
+    "DEMO_SOURCE",
     "Endpoint",
     "Lane",
     "LaneConfig",
@@ -34,9 +35,11 @@ __all__ = [
     "TagSpec",
     "demo_config_text",
     "load_config",
+    "load_config_or_demo",
     "parse_config",
 ]
 
+DEMO_SOURCE: Final = "<embedded demo.yaml>"  # how errors and reports name the embedded default
 DEFAULT_TRACE_HEADERS: Final[tuple[str, ...]] = ("traceparent", "x-request-id", "x-b3-traceid", "uber-trace-id", "sw8")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
@@ -565,6 +568,11 @@ def load_config(path: str | Path) -> LaneConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), "", f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     return parse_config(text, str(path))
+
+
+def load_config_or_demo(path: str | Path | None) -> LaneConfig:
+    """The config at *path*, or the embedded demo config when no path is given (every command's default)."""
+    return load_config(path) if path else parse_config(demo_config_text(), DEMO_SOURCE)
 
 
 def demo_config_text() -> str:

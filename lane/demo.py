@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .config import demo_config_text, parse_config
+from .config import DEMO_SOURCE, demo_config_text, parse_config
 from .demo_topology import Instance, Plan, effective_config_text, plan
 from .errors import ConfigError
 from .readiness import write_json_atomically
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         source = args.config
     else:
-        text, source = demo_config_text(), "<embedded demo.yaml>"
+        text, source = demo_config_text(), DEMO_SOURCE
     with tempfile.TemporaryDirectory(prefix="lane-demo-") as tmp:
         try:
             demo = Demo(text, source, Path(tmp), args.port, args.child_log_level)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LaneConfig, demo_config_text, load_config, parse_config
+from .config import DEMO_SOURCE, LaneConfig, demo_config_text, load_config, parse_config
 from .errors import ConfigError
 from .metrics import RELOADS, ejection_hook
 from .registry import Registry
@@ -32,7 +32,7 @@ class ReloadResult:
 def load_initial(path: str | None) -> LaneConfig:
     """The config at *path*, or the embedded demo config when no path is given."""
     if path is None:
-        return parse_config(demo_config_text(), "<embedded demo.yaml>")
+        return parse_config(demo_config_text(), DEMO_SOURCE)
     return load_config(path)
 
 

@@ -13,7 +13,7 @@ import re
 import sys
 from urllib.parse import urlsplit
 
-from lane.config import LaneConfig, demo_config_text, load_config, parse_config
+from lane.config import LaneConfig, load_config_or_demo
 from lane.errors import ConfigError
 
 from .runner import RunSpec, run_locust
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str | None) -> LaneConfig:
-    return load_config(path) if path else parse_config(demo_config_text(), "<embedded demo.yaml>")
+    return load_config_or_demo(path)
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:

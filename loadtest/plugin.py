@@ -26,7 +26,7 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
 
-from lane.config import LaneConfig, demo_config_text, load_config, parse_config
+from lane.config import LaneConfig, load_config_or_demo
 
 from .chaos import choose_target, parse_target, run_chaos
 from .report import build_json, dumps, inject_html, render_html_section, render_text
@@ -88,7 +88,7 @@ def add_options(parser: Any, **_: Any) -> None:
 
 def options_from(parsed: Any) -> tuple[LaneConfig, LaneOptions]:
     path = getattr(parsed, "lane_config", "") or ""
-    config = load_config(path) if path else parse_config(demo_config_text(), "<embedded demo.yaml>")
+    config = load_config_or_demo(path)
     admins = tuple(a.strip() for a in (getattr(parsed, "lane_admin", "") or "").split(",") if a.strip())
     options = LaneOptions(
         admins=admins,

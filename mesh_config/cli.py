@@ -19,7 +19,7 @@ from typing import IO, Any, Final
 
 import yaml
 
-from lane.config import LaneConfig, demo_config_text, load_config, parse_config
+from lane.config import LaneConfig, load_config_or_demo
 from lane.errors import LaneError
 
 from .connection import add_connection_arguments
@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> LaneConfig:
     path = getattr(args, "config", None)
-    return load_config(path) if path else parse_config(demo_config_text(), "<embedded demo.yaml>")
+    return load_config_or_demo(path)
 
 
 def _cluster() -> Any:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lane.config import LaneConfig, demo_config_text, load_config, parse_config
+from lane.config import LaneConfig, load_config_or_demo
 from lane.errors import ConfigError
 
 from .kube import Kube, KubeError, connect
@@ -33,7 +33,7 @@ class Target:
 
 
 def load_lane_config(path: str | None) -> LaneConfig:
-    return load_config(path) if path else parse_config(demo_config_text(), "<embedded demo.yaml>")
+    return load_config_or_demo(path)
 
 
 def kube_from_args(args: argparse.Namespace) -> Kube:

@@ -24,11 +24,13 @@ from typing import Final
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Endpoint, ProxySpec
-from .hops import Hop
+from .failures import ConnectFailed, UpstreamBroken, UpstreamFailure, UpstreamTimeout
+from .headers import HOP_BY_HOP, is_idempotent, strip_hop_by_hop, upstream_headers
+from .headers import is_websocket as headers_are_websocket
 
 __all__ = [
     "CHUNK_SIZE",
@@ -54,38 +56,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE: Final = 64 * 1024
-# RFC 9110 §7.6.1 and the usual suspects; `Expect` too, the proxy answers 100-continue itself.
-HOP_BY_HOP: Final = frozenset({
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "transfer-encoding", "upgrade", "expect",
-})
-IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 SESSION: Final = web.AppKey("lane_session", aiohttp.ClientSession)
-
-
-class UpstreamFailure(Exception):
-    """The upstream could not give an answer; `status` is what the proxy answers instead."""
-
-    status = 502
-
-    def __init__(self, endpoint: Endpoint, detail: str) -> None:
-        self.endpoint = endpoint
-        self.detail = detail
-        # The failed hop (service, lane tried, instance, error status), set by `lane.dispatch`.
-        self.hop: Hop | None = None
-        super().__init__(f"{endpoint}: {detail}")
-
-
-class ConnectFailed(UpstreamFailure):
-    """No connection could be made: nothing was sent, so trying another instance is always safe."""
-
-
-class UpstreamTimeout(UpstreamFailure):
-    status = 504
-
-
-class UpstreamBroken(UpstreamFailure):
-    """The connection broke or the answer was not HTTP, after (part of) the request was sent."""
 
 
 def make_session() -> aiohttp.ClientSession:
@@ -110,45 +81,6 @@ async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         await app[SESSION].close()
 
 
-def strip_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """A copy of *headers* without hop-by-hop fields, including the ones ``Connection`` names."""
-    out = CIMultiDict(headers)  # one C-level copy, then a few case-insensitive deletes
-    for name in HOP_BY_HOP:
-        if name in out:
-            del out[name]
-    for value in headers.getall("Connection", ()):
-        for token in value.split(","):
-            token = token.strip()
-            if token and token in out:
-                del out[token]
-    return out
-
-
-def upstream_headers(request: web.BaseRequest, *, trust_forwarded: bool = True) -> CIMultiDict[str]:
-    """The headers to send upstream: end-to-end ones plus ``X-Forwarded-*``.
-
-    The peer is always appended to ``X-Forwarded-For``. ``X-Forwarded-Proto``/``-Host`` from the
-    peer are kept only when *trust_forwarded* (a sidecar's peers are mesh proxies that set them;
-    the gateway trusts only ``proxy.trusted_cidrs``): an outside client must not make an app
-    believe it was reached over https or under another host name.
-    """
-    headers = strip_hop_by_hop(request.headers)
-    peer = request.remote or ""
-    prior = headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    original_host = request.headers.get("Host")
-    if trust_forwarded:
-        headers.setdefault("X-Forwarded-Proto", request.scheme)
-        if original_host is not None:
-            headers.setdefault("X-Forwarded-Host", original_host)
-    else:
-        headers["X-Forwarded-Proto"] = request.scheme
-        headers.popall("X-Forwarded-Host", None)
-        if original_host is not None:
-            headers["X-Forwarded-Host"] = original_host
-    return headers
-
-
 def request_target(request: web.BaseRequest) -> str:
     """The origin-form target (path and query, as sent) of *request*, also for absolute-form requests."""
     raw = request.raw_path
@@ -157,14 +89,8 @@ def request_target(request: web.BaseRequest) -> str:
     return URL(raw, encoded=True).raw_path_qs or "/"
 
 
-def is_idempotent(method: str) -> bool:
-    return method.upper() in IDEMPOTENT
-
-
 def is_websocket(request: web.BaseRequest) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in {
-        t.strip().lower() for t in request.headers.get("Connection", "").split(",")
-    }
+    return headers_are_websocket(request.headers)
 
 
 class Body:

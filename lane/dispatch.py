@@ -16,13 +16,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-import aiohttp
 from multidict import CIMultiDict
 
-from .config import Endpoint, LaneConfig, ProxySpec
+from .config import Endpoint, LaneConfig
 from .errors import UpstreamUnavailable
+from .failures import ConnectFailed, UpstreamFailure
+from .h1.body import BodySource
+from .headers import is_idempotent
 from .hops import FALLBACK_HEADER, Hop, encode_path, parse_path
-from .proxy import Body, ConnectFailed, UpstreamFailure, is_idempotent, send
 from .registry import Registry
 from .routing import Route
 
@@ -32,7 +33,6 @@ __all__ = [
     "Dispatched",
     "Opener",
     "dispatch",
-    "http_opener",
     "path_after",
     "retry_guard",
 ]
@@ -112,23 +112,7 @@ async def dispatch(
     raise last
 
 
-def http_opener(
-    session: aiohttp.ClientSession, method: str, target: str, body: Body | None, spec: ProxySpec
-) -> Opener[aiohttp.ClientResponse]:
-    """The opener of a plain HTTP request; an instance whose sidecar cannot reach its app counts as down."""
-
-    async def open_http(endpoint: Endpoint, headers: CIMultiDict[str]) -> aiohttp.ClientResponse:
-        response = await send(session, method, endpoint, target, headers, body, spec)
-        why = response.headers.get(UNAVAILABLE_HEADER)
-        if why is not None and not (body is not None and body.started):
-            response.close()
-            raise ConnectFailed(endpoint, f"the app behind it is unavailable ({why[:60]})")
-        return response
-
-    return open_http
-
-
-def retry_guard(method: str, body: Body | None) -> Callable[[], bool]:
+def retry_guard(method: str, body: BodySource | None) -> Callable[[], bool]:
     """Whether a failed attempt may be repeated: idempotent method and a body nobody read yet."""
     return lambda: is_idempotent(method) and not (body is not None and body.started)
 

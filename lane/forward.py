@@ -9,19 +9,20 @@ has to relay a `Dispatched` answer.
 
 from __future__ import annotations
 
-from aiohttp import ClientResponse, web
+from aiohttp import ClientResponse, ClientSession, web
 from multidict import CIMultiDict
 
 from . import responses
-from .config import LaneConfig
-from .dispatch import Dispatched, dispatch, http_opener, retry_guard
+from .config import Endpoint, LaneConfig, ProxySpec
+from .dispatch import UNAVAILABLE_HEADER, Dispatched, Opener, dispatch, retry_guard
 from .errors import UpstreamUnavailable
+from .failures import ConnectFailed
 from .metrics import observe_request
-from .proxy import SESSION, Body, UpstreamFailure, request_target
+from .proxy import SESSION, Body, UpstreamFailure, request_target, send
 from .registry import Registry
 from .tracing import RequestSpan
 
-__all__ = ["forward_http"]
+__all__ = ["forward_http", "http_opener"]
 
 
 async def forward_http(
@@ -48,3 +49,19 @@ async def forward_http(
     span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
     span.answered(sent.response.status)
     return sent
+
+
+def http_opener(
+    session: ClientSession, method: str, target: str, body: Body | None, spec: ProxySpec
+) -> Opener[ClientResponse]:
+    """The opener of a plain HTTP request; an instance whose sidecar cannot reach its app counts as down."""
+
+    async def open_http(endpoint: Endpoint, headers: CIMultiDict[str]) -> ClientResponse:
+        response = await send(session, method, endpoint, target, headers, body, spec)
+        why = response.headers.get(UNAVAILABLE_HEADER)
+        if why is not None and not (body is not None and body.started):
+            response.close()
+            raise ConnectFailed(endpoint, f"the app behind it is unavailable ({why[:60]})")
+        return response
+
+    return open_http

@@ -108,6 +108,10 @@ class Body:
     def present(self) -> bool:
         return self._request.body_exists
 
+    @property
+    def length(self) -> int | None:
+        return self._request.content_length
+
     async def chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._request.content.iter_chunked(CHUNK_SIZE):
             self.started = True

@@ -1,0 +1,625 @@
+"""The fast core's server side: one llhttp parser per connection, requests handed to a coroutine.
+
+`H1Server` is the protocol factory of a listener. Each connection parses with httptools; a parsed
+head becomes a `Request` and the listener's handler coroutine answers it through `Request.respond`
+(a complete answer) or `Request.start`/`write`/`end` (a streamed one). Requests on one connection
+are answered in order (pipelining is parsed, answers are serialized); the body streams to the
+handler through `RequestBody`, which pauses reading from the client while the handler lags.
+
+What is not a plain request-answer exchange is handed, with the bytes read so far, to the
+listener's aiohttp server on the same transport (`Fallback`): WebSocket and other upgrades,
+``CONNECT``. aiohttp is imported only then, so a proxy that never sees one never loads it.
+
+Limits (a proxy in front of everything must not buffer what a client sends it): request line and
+each header field ≤ 8 KiB, the whole head ≤ 64 KiB and ≤ 128 fields (431 otherwise); a malformed
+head or body framing (including Content-Length with Transfer-Encoding: request smuggling) is a 400
+and the connection is closed. Idle keep-alive connections are closed after `keepalive_seconds`,
+a head that takes longer than that to arrive too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
+from typing import Final, cast
+
+import httptools
+from multidict import CIMultiDict
+
+__all__ = [
+    "MAX_FIELD",
+    "MAX_HEAD",
+    "ClientGone",
+    "Fallback",
+    "H1Server",
+    "Handler",
+    "Request",
+    "RequestBody",
+    "reason_phrase",
+    "serialize_head",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_FIELD: Final = 8190  # request line / one header field, aiohttp's default too
+MAX_HEAD: Final = 64 * 1024
+MAX_FIELDS: Final = 128
+_BODY_HIGH: Final = 256 * 1024  # buffered request body above which reading from the client pauses
+_BODY_LOW: Final = 64 * 1024
+_WRITE_HIGH: Final = 256 * 1024
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
+
+Handler = Callable[["Request"], Awaitable[None]]
+# Builds (once, lazily) the aiohttp protocol factory upgrades are handed to.
+Fallback = Callable[[], Awaitable[Callable[[], asyncio.Protocol]]]
+
+
+class ClientGone(ConnectionError):
+    """The client closed the connection (mid-body, or before the answer could be written)."""
+
+
+class _HeadTooLarge(Exception):
+    def __init__(self, status: int, what: str) -> None:
+        self.status = status
+        self.what = what
+
+
+def reason_phrase(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+def serialize_head(status: int, reason: str, headers: CIMultiDict[str], extra: str = "") -> bytes:
+    """``HTTP/1.1`` status line and header block; *extra* is pre-formatted framing lines.
+
+    Header text round-trips what the parser decoded (UTF-8 with surrogate escapes), so bytes an
+    upstream sent leave as they came.
+    """
+    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    lines.append(extra)
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+class RequestBody:
+    """The body of one request as it arrives (a `lane.h1.body.BodySource`), read at most once."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_conn",
+        "_done",
+        "_error",
+        "_expect_continue",
+        "_waiter",
+        "length",
+        "present",
+        "started",
+    )
+
+    def __init__(self, conn: H1Connection, present: bool, length: int | None, expect_continue: bool) -> None:
+        self._conn = conn
+        self.present = present
+        self.length = length
+        self.started = False
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._done = not present
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._expect_continue = expect_continue
+
+    @property
+    def complete(self) -> bool:
+        """All of the body arrived (it may still be buffered here)."""
+        return self._done
+
+    @property
+    def consumed(self) -> bool:
+        return self._done and not self._chunks
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > _BODY_HIGH:
+            self._conn.pause_reading()
+        self._wake()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if not self._done:
+            self._done = True
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._expect_continue:  # the client waits for this before it sends the body
+            self._expect_continue = False
+            self._conn.write_raw(_CONTINUE)
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < _BODY_LOW:
+                    self._conn.resume_reading()
+                self.started = True
+                yield chunk
+                continue
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+class Request:
+    """One request head, its body stream and the way to answer it."""
+
+    __slots__ = ("_chunked", "_conn", "_keep_alive", "_no_body", "_started", "body", "headers", "method",
+                 "target", "version")
+
+    scheme: Final = "http"
+
+    def __init__(self, conn: H1Connection, method: str, target: str, version: str, headers: CIMultiDict[str],
+                 body: RequestBody, keep_alive: bool) -> None:
+        self._conn = conn
+        self.method = method
+        self.target = target  # as sent: origin form, or absolute form for a forward proxy
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self._keep_alive = keep_alive
+        self._started = False
+        self._chunked = False
+        self._no_body = method == "HEAD"
+
+    # --- what the header helpers read (the same names an aiohttp request has) ---
+    @property
+    def remote(self) -> str | None:
+        return self._conn.peer
+
+    @property
+    def sockname(self) -> tuple[str, int] | None:
+        return self._conn.sockname
+
+    @property
+    def raw_path(self) -> str:
+        return self.target
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def query_string(self) -> str:
+        return self.target.partition("?")[2]
+
+    @property
+    def answered(self) -> bool:
+        return self._started
+
+    def close_after(self) -> None:
+        """The connection closes once this answer is written (framing by close, or a failure)."""
+        self._keep_alive = False
+
+    # --- answering ---
+    def respond(self, status: int, headers: CIMultiDict[str], body: bytes = b"", reason: str | None = None) -> None:
+        """A complete answer of known length, written at once."""
+        if status in _NO_BODY_STATUS or status < 200:
+            body = b""
+            framing = ""
+        else:
+            framing = f"Content-Length: {len(body)}\r\n"
+        self._begin()
+        if "content-length" in headers:
+            headers.popall("content-length")
+        conn = self._conn
+        if not self._keep_alive or conn.closing:
+            framing += "Connection: close\r\n"
+        head = serialize_head(status, reason or reason_phrase(status), headers, framing)
+        conn.write_raw(head if self._no_body else head + body)
+        conn.answer_done(self)
+
+    def start(self, status: int, reason: str, headers: CIMultiDict[str], length: int | None, first: bytes,
+              end: bool) -> None:
+        """The head of a streamed answer, with its first body bytes (*end*: and nothing more).
+
+        *length* is the body's Content-Length when known (it stays in *headers*), else the body is
+        sent chunked (HTTP/1.1 clients) or delimited by closing the connection (HTTP/1.0).
+        """
+        self._begin()
+        framing = ""
+        bodiless = self._no_body or status in _NO_BODY_STATUS or status < 200
+        if bodiless:
+            first = b""
+        elif length is not None:
+            if "content-length" not in headers:
+                framing = f"Content-Length: {length}\r\n"
+        else:
+            headers.popall("content-length", None)
+            if self.version == "1.1":
+                self._chunked = True
+                framing = "Transfer-Encoding: chunked\r\n"
+            else:
+                self._keep_alive = False
+        conn = self._conn
+        if not self._keep_alive or conn.closing:
+            self._keep_alive = False
+            framing += "Connection: close\r\n"
+        head = serialize_head(status, reason, headers, framing)
+        if self._chunked:
+            if first:
+                head += b"%x\r\n%b\r\n" % (len(first), first)
+            if end:
+                head += b"0\r\n\r\n"
+            conn.write_raw(head)
+        else:
+            conn.write_raw(head + first)
+        if bodiless and not end:
+            self._no_body = True
+        if end:
+            conn.answer_done(self)
+
+    async def write(self, chunk: bytes) -> None:
+        """More of a streamed answer; waits while the client reads slower than it is sent."""
+        conn = self._conn
+        if conn.gone:
+            raise ClientGone("the client went away")
+        if not chunk or self._no_body:
+            return
+        conn.write_raw(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
+        await conn.drain()
+
+    def end(self) -> None:
+        if self._chunked and not self._conn.gone:
+            self._conn.write_raw(b"0\r\n\r\n")
+        self._conn.answer_done(self)
+
+    def abort(self) -> None:
+        """The answer cannot be completed (its upstream broke): cut the connection so the client sees it."""
+        self._conn.abort()
+
+    def _begin(self) -> None:
+        if self._started:
+            raise RuntimeError("this request was already answered")
+        self._started = True
+
+
+class H1Connection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order."""
+
+    def __init__(self, server: H1Server) -> None:
+        self._server = server
+        self.loop = server.loop
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer: str | None = None
+        self.sockname: tuple[str, int] | None = None
+        self.gone = False
+        self.closing = False
+        self._paused = False
+        self._write_paused: asyncio.Future[None] | None = None
+        self._queue: collections.deque[Request] = collections.deque()
+        self._current: Request | None = None  # being answered
+        self._parsing: Request | None = None  # whose body is being parsed
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_bytes = 0
+        self._upgrade: Request | None = None
+        self._upgrade_data: bytes | None = None
+        self._refused = False
+        self._eof = False
+        self._task: asyncio.Task[None] | None = None
+        self.idle_since = self.loop.time()
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = tcp = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        tcp.set_write_buffer_limits(high=_WRITE_HIGH)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else None
+        sock = transport.get_extra_info("sockname")
+        self.sockname = (sock[0], sock[1]) if sock else None
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        self._server.connections.discard(self)
+        if self._parsing is not None:
+            self._parsing.body._finish(ClientGone("the client closed the connection before its body was sent"))
+        for request in self._queue:
+            request.body._finish(ClientGone("the client closed the connection"))
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        if self._write_paused is None:
+            self._write_paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter, self._write_paused = self._write_paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head or self._parsing is None:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0]
+            self._begin_upgrade(data[offset:])
+            return
+        except _HeadTooLarge as exc:
+            self._refuse(exc.status, exc.what)
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _HeadTooLarge):
+                self._refuse(cause.status, cause.what)
+            else:
+                self._refuse(400, f"malformed request: {exc}")
+            return
+        if self._in_head and self._head_bytes > MAX_HEAD:
+            self._refuse(431, f"request head larger than {MAX_HEAD} bytes")
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._parsing is not None:
+            self._parsing.body._finish(ClientGone("the client closed the connection before its body was sent"))
+            self._parsing = None
+        if self._current is None and not self._queue:
+            return None  # nothing to answer: close
+        return True  # half-closed: still answer what was asked
+
+    # --- httptools callbacks ---
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._fields = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_FIELD:
+            raise _HeadTooLarge(414, f"request target longer than {MAX_FIELD} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_FIELD:
+            raise _HeadTooLarge(431, f"a header field longer than {MAX_FIELD} bytes")
+        if len(self._fields) >= MAX_FIELDS:
+            raise _HeadTooLarge(431, f"more than {MAX_FIELDS} header fields")
+        self._fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        parser = self._parser
+        headers: CIMultiDict[str] = CIMultiDict(
+            [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in self._fields])
+        method = parser.get_method().decode("ascii")
+        length_text = headers.get("Content-Length")
+        chunked = "Transfer-Encoding" in headers
+        if chunked:
+            present, length = True, None
+        elif length_text is not None:
+            length = int(length_text)  # llhttp validated it
+            present = length > 0
+        else:
+            present, length = False, 0
+        expect = present and headers.get("Expect", "").lower() == "100-continue"
+        body = RequestBody(self, present, length, expect)
+        request = Request(self, method, self._url.decode("utf-8", "surrogateescape"), parser.get_http_version(),
+                          headers, body, parser.should_keep_alive())
+        if parser.should_upgrade():
+            self._upgrade = request  # `HttpParserUpgrade` follows: the connection goes to aiohttp
+            return
+        self._parsing = request if present else None
+        self._enqueue(request)
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.body._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._parsing is not None:
+            self._parsing.body._finish()
+            self._parsing = None
+
+    # --- answering in order ---
+    def _enqueue(self, request: Request) -> None:
+        if self._current is None:
+            self._current = request
+            self._task = self.loop.create_task(self._serve(request))
+        else:
+            self._queue.append(request)
+            if len(self._queue) > 1:
+                self.pause_reading()  # a client pipelining far ahead waits
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            await self._server.handler(request)
+        except ClientGone:
+            self.abort()
+            return
+        except Exception:
+            log.exception("lane proxy: the handler of %s %s failed", request.method, request.path)
+            if not request.answered and not self.gone:
+                request.close_after()
+                request.respond(500, CIMultiDict(), b"lane: internal error\n")
+            else:
+                self.abort()
+            return
+        if not request.answered:
+            log.error("lane proxy: the handler of %s %s did not answer", request.method, request.path)
+            request.close_after()
+            request.respond(500, CIMultiDict(), b"lane: internal error\n")
+
+    def answer_done(self, request: Request) -> None:
+        """The answer to the current request was written: next one, keep alive, or close."""
+        if request is not self._current:
+            return
+        self._current = None
+        keep = request._keep_alive and not self.closing and not self.gone and not self._eof
+        if keep and not request.body.complete:
+            keep = False  # the rest of an unread body is still on the wire: no way to find the next request
+        if not keep:
+            self.close()
+            return
+        if self._queue:
+            nxt = self._queue.popleft()
+            self._current = nxt
+            if len(self._queue) <= 1:
+                self.resume_reading()
+            self._task = self.loop.create_task(self._serve(nxt))
+            return
+        self.idle_since = self.loop.time()
+        if self._upgrade is not None and self._upgrade_data is not None:
+            self._hand_over()
+
+    # --- flow control and closing ---
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None and not self.gone:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.gone:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def write_raw(self, data: bytes) -> None:
+        if not self.gone and self.transport is not None:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.gone:
+            raise ClientGone("the client went away")
+        waiter = self._write_paused
+        if waiter is not None:
+            await waiter
+            if self.gone:
+                raise ClientGone("the client went away")
+
+    @property
+    def idle(self) -> bool:
+        return self._current is None and not self._in_head
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _refuse(self, status: int, what: str) -> None:
+        """Answer a request that could not be parsed, then close: nothing after it can be trusted."""
+        log.debug("refused a request from %s: %s", self.peer, what)
+        self._refused = True
+        self._in_head = False
+        if self._current is None:
+            body = f"lane: {what}\n".encode()
+            self.write_raw(serialize_head(status, reason_phrase(status), CIMultiDict(
+                {"Content-Type": "text/plain; charset=utf-8"}),
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n") + body)
+            self.close()
+        else:
+            self.closing = True  # the answer in progress finishes, then the connection closes
+            self.pause_reading()
+
+    # --- upgrades: handed to aiohttp on the same transport ---
+    def _begin_upgrade(self, rest: bytes) -> None:
+        request = self._upgrade
+        if request is None:  # pragma: no cover - llhttp signals an upgrade only after a complete head
+            self._refuse(400, "unexpected upgrade")
+            return
+        self._upgrade_data = _head_bytes(request) + rest
+        self.pause_reading()
+        if self._current is None:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        data = self._upgrade_data
+        assert data is not None and self.transport is not None
+        self._upgrade_data = None
+        self._server.connections.discard(self)
+        self.loop.create_task(self._server.hand_over(self.transport, data, self._paused))
+
+
+def _head_bytes(request: Request) -> bytes:
+    """The request head again, for the parser it is handed to (same fields, same order)."""
+    lines = [f"{request.method} {request.target} HTTP/{request.version}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+class H1Server:
+    """A listener's protocol factory: its connections, its handler, and what upgrades go to."""
+
+    def __init__(self, handler: Handler, fallback: Fallback | None = None, *, keepalive_seconds: float = 75.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.handler = handler
+        self.connections: set[H1Connection] = set()
+        self._fallback = fallback
+        self._fallback_factory: Callable[[], asyncio.Protocol] | None = None
+        self._keepalive = keepalive_seconds
+        self._sweeper = self.loop.call_later(min(5.0, keepalive_seconds), self._sweep)
+
+    def __call__(self) -> H1Connection:
+        return H1Connection(self)
+
+    def _sweep(self) -> None:
+        """Close connections idle (or stuck in a head) longer than the keep-alive timeout; one timer for all."""
+        deadline = self.loop.time() - self._keepalive
+        for conn in [c for c in self.connections if c.idle_since < deadline and (c.idle or c._in_head)]:
+            conn.close()
+        self._sweeper = self.loop.call_later(min(5.0, self._keepalive), self._sweep)
+
+    async def hand_over(self, transport: asyncio.Transport, data: bytes, paused: bool) -> None:
+        if self._fallback is None:
+            transport.write(serialize_head(501, "Not Implemented", CIMultiDict(), "Content-Length: 0\r\nConnection: "
+                                           "close\r\n"))
+            transport.close()
+            return
+        if self._fallback_factory is None:
+            self._fallback_factory = await self._fallback()
+        if transport.is_closing():
+            return
+        protocol = self._fallback_factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(data)
+        if paused:
+            transport.resume_reading()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections now, let the others finish their answer (up to *timeout*), then cut them."""
+        self._sweeper.cancel()
+        for conn in list(self.connections):
+            conn.closing = True
+            if conn.idle:
+                conn.close()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()

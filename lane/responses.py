@@ -11,16 +11,22 @@ failed hop marked (`Hop.error`) and ``x-lane-served: none``: nothing served the 
 
 from __future__ import annotations
 
-from aiohttp import web
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .dispatch import UNAVAILABLE_HEADER, path_after
 from .errors import UpstreamUnavailable
+from .failures import UpstreamFailure
+from .headers import strip_hop_by_hop
 from .hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER, Hop, encode_path
-from .proxy import UpstreamFailure, plain_error, strip_hop_by_hop
 
-__all__ = ["LANE_RESPONSE_HEADERS", "NOT_SERVED", "answer_headers", "error_headers", "failure", "own_headers",
-           "unavailable"]
+if TYPE_CHECKING:  # the aiohttp core's answers; the fast core uses `PlainAnswer` and never loads aiohttp
+    from aiohttp import web
+
+__all__ = ["LANE_RESPONSE_HEADERS", "NOT_SERVED", "PlainAnswer", "answer_headers", "error_headers", "failure",
+           "failure_answer", "own_headers", "unavailable", "unavailable_answer"]
 
 LANE_RESPONSE_HEADERS = (PATH_HEADER, SERVED_HEADER, FALLBACK_HEADER, UNAVAILABLE_HEADER)
 NOT_SERVED = "none"  # the lane of a hop no lane could serve, and x-lane-served of an error answer
@@ -65,14 +71,36 @@ def error_headers(path: list[Hop]) -> CIMultiDict[str]:
     return headers
 
 
-def unavailable(exc: UpstreamUnavailable, service: str | None = None, lane: str | None = None) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class PlainAnswer:
+    """A short plain-text answer of the proxy's own, before either core writes it."""
+
+    status: int
+    text: str
+    headers: CIMultiDict[str]
+
+    def as_response(self) -> web.Response:
+        from .proxy import plain_error  # aiohttp core only
+
+        return plain_error(self.status, self.text, self.headers)
+
+
+def unavailable_answer(exc: UpstreamUnavailable, service: str | None = None, lane: str | None = None) -> PlainAnswer:
     """503: no lane may serve *service* for *lane* (named in the record when given)."""
     path = [Hop(service, NOT_SERVED, lane, error="503")] if service and lane else []
-    return plain_error(503, f"lane: {exc}", error_headers(path))
+    return PlainAnswer(503, f"lane: {exc}", error_headers(path))
 
 
-def failure(exc: UpstreamFailure, path: list[Hop] | None = None) -> web.Response:
+def failure_answer(exc: UpstreamFailure, path: list[Hop] | None = None) -> PlainAnswer:
     """502/504 for *exc*; the record is *path*, else the failed hop `lane.dispatch` set on *exc*."""
     what = "timed out" if exc.status == 504 else "failed"
     hops = path if path is not None else [exc.hop] if exc.hop is not None else []
-    return plain_error(exc.status, f"lane: upstream {exc.endpoint} {what}: {exc.detail}", error_headers(hops))
+    return PlainAnswer(exc.status, f"lane: upstream {exc.endpoint} {what}: {exc.detail}", error_headers(hops))
+
+
+def unavailable(exc: UpstreamUnavailable, service: str | None = None, lane: str | None = None) -> web.Response:
+    return unavailable_answer(exc, service, lane).as_response()
+
+
+def failure(exc: UpstreamFailure, path: list[Hop] | None = None) -> web.Response:
+    return failure_answer(exc, path).as_response()

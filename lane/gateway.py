@@ -19,6 +19,7 @@ import argparse
 import ipaddress
 import logging
 import os
+from collections.abc import Iterable
 from random import getrandbits
 from typing import Final
 
@@ -32,6 +33,7 @@ from .errors import ConfigError
 from .forward import forward_http
 from .metrics import REJECTED_TAGS, in_flight
 from .proxy import (
+    FAST_PATH,
     SESSION,
     is_websocket,
     relay,
@@ -56,6 +58,7 @@ __all__ = [
     "distrust_request_id",
     "ensure_trace_headers",
     "is_trusted",
+    "lane_of",
     "run",
 ]
 
@@ -112,22 +115,26 @@ def ensure_trace_headers(headers: CIMultiDict[str]) -> None:
         headers["x-request-id"] = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _lane_of(request: web.Request, config: LaneConfig, headers: CIMultiDict[str], trusted: bool) -> Coloring:
-    """The request's lane, and the rule that chose it (None: a trusted tag or the default lane)."""
+def lane_of(config: LaneConfig, headers: CIMultiDict[str], received: Iterable[tuple[str, str]], raw_query: str,
+            trusted: bool, peer: str | None) -> Coloring:
+    """The request's lane, and the rule that chose it (None: a trusted tag or the default lane).
+
+    *headers* are the ones leaving (the lane tag is stripped from them); *received* and *raw_query*
+    are what the client sent, which the rules look at.
+    """
     lane = None
     if trusted:
         lane = request_lane(headers, config.tag)
     elif has_lane_tag(headers, config.tag):
         source = "header" if config.tag.header in headers else "baggage"
         REJECTED_TAGS.labels(source=source).inc()
-        log.debug("removed a lane tag sent by untrusted peer %s", request.remote)
+        log.debug("removed a lane tag sent by untrusted peer %s", peer)
     strip_lane(headers, config.tag)
     if lane is not None:
         return Coloring(lane, None)
     if not config.rules:
         return Coloring(config.default_lane, None)  # nothing to match: skip building the request view
-    view = RequestView.from_parts(request.headers.items(), request.rel_url.raw_query_string)
-    return color(config.rules, view, config.default_lane)
+    return color(config.rules, RequestView.from_parts(received, raw_query), config.default_lane)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -135,7 +142,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
     trusted = is_trusted(config, request.remote)
     headers = upstream_headers(request, trust_forwarded=trusted)  # an outside client's X-Forwarded-* is replaced
-    coloring = _lane_of(request, config, headers, trusted)
+    coloring = lane_of(config, headers, request.headers.items(), request.rel_url.raw_query_string, trusted,
+                       request.remote)
     if not trusted:
         distrust_request_id(headers)
     lane = coloring.lane
@@ -179,6 +187,10 @@ def build_gateway_app(
     app[TRACING] = tracing or Tracing()
     app.cleanup_ctx.append(session_ctx)
     app.router.add_route("*", "/{tail:.*}", _handle)
+    if not explain_json:  # the fast core serves everything but upgrades (and --explain-json, a demo aid)
+        from .gateway_h1 import gateway_path
+
+        app[FAST_PATH] = gateway_path(runtime, app[TRACING])
     return app
 
 
@@ -225,5 +237,6 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
         def ready(bound: dict[str, HostPort]) -> None:
             announce("gateway", bound, args.ready_file)
 
-        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log)
+        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log,
+                           core=args.core)
 

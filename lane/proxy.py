@@ -20,7 +20,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
@@ -32,8 +32,12 @@ from .failures import ConnectFailed, UpstreamBroken, UpstreamFailure, UpstreamTi
 from .headers import HOP_BY_HOP, is_idempotent, strip_hop_by_hop, upstream_headers
 from .headers import is_websocket as headers_are_websocket
 
+if TYPE_CHECKING:
+    from .h1.listen import FastPath
+
 __all__ = [
     "CHUNK_SIZE",
+    "FAST_PATH",
     "HOP_BY_HOP",
     "SESSION",
     "Body",
@@ -57,6 +61,9 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE: Final = 64 * 1024
 SESSION: Final = web.AppKey("lane_session", aiohttp.ClientSession)
+# The fast-core handler of an app (`lane.h1`): when set, the listener serves the app's requests
+# with it and hands only upgrades to the app itself.
+FAST_PATH: Final[web.AppKey[FastPath]] = web.AppKey("lane_fast_path")
 
 
 def make_session() -> aiohttp.ClientSession:

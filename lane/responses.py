@@ -39,7 +39,7 @@ def _clean(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[st
     return headers
 
 
-def answer_headers(upstream: CIMultiDictProxy[str], hop: Hop) -> CIMultiDict[str]:
+def answer_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str], hop: Hop) -> CIMultiDict[str]:
     """Headers for the answer of a routed request: *hop* first, then the upstream's reported path."""
     below = upstream.get(PATH_HEADER)
     headers = _clean(upstream)
@@ -50,7 +50,7 @@ def answer_headers(upstream: CIMultiDictProxy[str], hop: Hop) -> CIMultiDict[str
     return headers
 
 
-def own_headers(upstream: CIMultiDictProxy[str], path: str, hop: Hop) -> CIMultiDict[str]:
+def own_headers(upstream: CIMultiDictProxy[str] | CIMultiDict[str], path: str, hop: Hop) -> CIMultiDict[str]:
     """Headers for an inbound sidecar's answer: its own *path* record replaces anything the app sent."""
     headers = _clean(upstream)
     headers[PATH_HEADER] = path

@@ -21,21 +21,26 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
-
-from aiohttp import web
-from aiohttp.log import access_logger
+from typing import TYPE_CHECKING, Any, Literal
 
 from .runtime import Runtime
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .h1.listen import FastPath
+
 __all__ = [
+    "CORES",
     "DEFAULT_DRAIN_SECONDS",
     "HostPort",
     "Listener",
+    "Started",
     "add_server_arguments",
     "host_port",
     "run_loop",
     "serve",
+    "start_listener",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,9 @@ DEFAULT_DRAIN_SECONDS = 20.0
 # Set by the `--workers` supervisor for its workers: only then is a port shared (SO_REUSEPORT), so
 # a second proxy started by mistake on a busy port fails loudly instead of silently sharing it.
 REUSE_PORT_ENV = "LANE_REUSE_PORT"
+# The forwarding cores: `lane.h1` (llhttp, keep-alive pools; the default) or aiohttp's server and client.
+CORES = ("h1", "aiohttp")
+Core = Literal["h1", "aiohttp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,10 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str |
     parser.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS,
                         help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
     parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")
+    parser.add_argument("--core", choices=CORES, default=os.environ.get("LANE_CORE", "h1"),
+                        help="forwarding core: h1 (llhttp parsing and keep-alive pools, the fast one; upgrades go "
+                        "to aiohttp) or aiohttp (aiohttp's server and client for everything; --access-log "
+                        "needs it). Default: $LANE_CORE, else h1")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request served (aiohttp.access, INFO); off by default, it costs "
                         "a formatted line per request")
@@ -80,8 +92,84 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str |
 class Listener:
     name: str  # "gateway", "inbound", "outbound", "admin"
     address: HostPort
-    app: web.Application
+    # The aiohttp app; a callable builds it only when needed (a fast-core listener's first upgrade).
+    app: web.Application | Callable[[], web.Application]
     reuse_port: bool = True  # data listeners share the port between workers; admin does not
+    fast: FastPath | None = None  # the fast-core handler; else the app's `FAST_PATH`, if it has one
+
+
+class Started:
+    """A listener that is accepting; `close` drains it."""
+
+    def __init__(self, address: HostPort, close: Callable[[float], Awaitable[None]]) -> None:
+        self.address = address
+        self._close = close
+
+    async def close(self, drain_seconds: float) -> None:
+        await self._close(drain_seconds)
+
+
+def _fast_path(listener: Listener) -> FastPath | None:
+    if listener.fast is not None:
+        return listener.fast
+    if callable(listener.app) and not _is_app(listener.app):
+        return None
+    from .proxy import FAST_PATH
+
+    return listener.app.get(FAST_PATH)  # type: ignore[union-attr]
+
+
+def _is_app(app: object) -> bool:
+    from aiohttp import web
+
+    return isinstance(app, web.Application)
+
+
+def _app_of(listener: Listener) -> web.Application:
+    app = listener.app
+    return app if _is_app(app) else app()  # type: ignore[return-value]
+
+
+async def start_listener(listener: Listener, *, core: Core = "h1", drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+                         access_log: bool = False, reuse_port: bool | None = None) -> Started:
+    """Bind *listener* and start serving; `OSError` when the address is taken.
+
+    On the h1 core a listener with a fast path serves its requests itself and builds the aiohttp
+    app only for the first upgrade; everything else is served by aiohttp.
+    """
+    fast = _fast_path(listener) if core == "h1" and not access_log else None
+    if fast is not None:
+        from .h1.listen import AiohttpFallback, listen_h1
+
+        fallback = AiohttpFallback(lambda: _app_of(listener), shutdown_timeout=drain_seconds, access_log=None)
+        running = await listen_h1(fast, listener.address.host, listener.address.port, fallback=fallback,
+                                  reuse_port=reuse_port)
+
+        async def close_fast(drain: float) -> None:
+            await running.close(drain)
+            await fallback.cleanup()
+
+        host, port = running.address
+        return Started(HostPort(host, port), close_fast)
+
+    from aiohttp import web
+    from aiohttp.log import access_logger
+
+    runner = web.AppRunner(_app_of(listener), shutdown_timeout=drain_seconds,
+                           access_log=access_logger if access_log else None)
+    await runner.setup()
+    site = web.TCPSite(runner, listener.address.host, listener.address.port, reuse_port=reuse_port, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    host, port = runner.addresses[0][:2]
+
+    async def close_runner(drain: float) -> None:
+        await runner.cleanup()
+
+    return Started(HostPort(host, port), close_runner)
 
 
 async def serve(
@@ -90,35 +178,35 @@ async def serve(
     drain_seconds: float = DEFAULT_DRAIN_SECONDS,
     on_ready: Callable[[dict[str, HostPort]], None] | None = None,
     access_log: bool = False,
+    core: Core = "h1",
 ) -> int:
     """Run the listeners *build* returns until SIGTERM/SIGINT, then drain and return 0.
 
-    *access_log*: data listeners (not the admin one) log each request to ``aiohttp.access``.
+    *access_log*: data listeners (not the admin one) log each request to ``aiohttp.access`` (on
+    the aiohttp core: asking for a line per request is asking for its cost).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    if access_log and access_logger.getEffectiveLevel() > logging.INFO:
-        access_logger.setLevel(logging.INFO)
+    if access_log:
+        from aiohttp.log import access_logger
+
+        if access_logger.getEffectiveLevel() > logging.INFO:
+            access_logger.setLevel(logging.INFO)
     listeners, runtime = await build()
-    runners: list[tuple[Listener, web.AppRunner]] = []
+    started: list[tuple[Listener, Started]] = []
     bound: dict[str, HostPort] = {}
     try:
         for listener in listeners:
             logged = access_log and listener.name != "admin"
-            runner = web.AppRunner(listener.app, shutdown_timeout=drain_seconds,
-                                   access_log=access_logger if logged else None)
-            await runner.setup()
-            runners.append((listener, runner))
             share = listener.reuse_port and os.environ.get(REUSE_PORT_ENV) == "1"
-            site = web.TCPSite(runner, listener.address.host, listener.address.port,
-                               reuse_port=share or None, backlog=1024)
             try:
-                await site.start()
+                running = await start_listener(listener, core=core, drain_seconds=drain_seconds, access_log=logged,
+                                               reuse_port=share or None)
             except OSError as exc:
                 log.error("%s cannot listen on %s: %s", listener.name, listener.address, exc.strerror or exc)
                 return 1
-            host, port = runner.addresses[0][:2]
-            bound[listener.name] = HostPort(host, port)
+            started.append((listener, running))
+            bound[listener.name] = running.address
             log.info("%s listening on http://%s", listener.name, bound[listener.name])
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -134,11 +222,11 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, _while_stopping, sig)
         # Data listeners first (they drain), the admin listener last so /metrics answers to the end.
-        data = [r for li, r in runners if li.name != "admin"]
-        await asyncio.gather(*(r.cleanup() for r in data), return_exceptions=True)
-        for li, r in runners:
+        data = [r for li, r in started if li.name != "admin"]
+        await asyncio.gather(*(r.close(drain_seconds) for r in data), return_exceptions=True)
+        for li, r in started:
             if li.name == "admin":
-                await r.cleanup()
+                await r.close(drain_seconds)
     log.info("stopped")
     return 0
 

@@ -127,4 +127,5 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
         def ready(bound: dict[str, HostPort]) -> None:
             announce("sidecar", bound, args.ready_file)
 
-        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log)
+        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log,
+                           core=args.core)

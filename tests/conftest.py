@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from lane.server import HostPort, Listener, start_listener
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -137,13 +139,15 @@ def lane_demo(tmp_path: Path, *extra: str, ready_timeout: float = 90.0) -> Itera
 
 @contextlib.asynccontextmanager
 async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
-    """Serve *app* in this event loop on 127.0.0.1; yields the bound port."""
-    runner = web.AppRunner(app, shutdown_timeout=5.0)
-    await runner.setup()
+    """Serve *app* in this event loop on 127.0.0.1; yields the bound port.
+
+    The way `lane.server.serve` does: an app with a fast path (the gateway's, a sidecar's) is served
+    by the fast core unless ``LANE_CORE=aiohttp``, so the proxy tests exercise the core users run.
+    """
+    core = "aiohttp" if os.environ.get("LANE_CORE") == "aiohttp" else "h1"
+    started = await start_listener(Listener("test", HostPort(host, port), app), core=core, drain_seconds=5.0)
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield int(runner.addresses[0][1])
+        yield started.address.port
     finally:
-        await runner.cleanup()
+        await started.close(5.0)
 

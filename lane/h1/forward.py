@@ -1,0 +1,91 @@
+"""One HTTP request sent down its lane on the fast core, as the gateway and a sidecar's outbound do it.
+
+The same decision as the aiohttp core's `lane.forward.forward_http` (`lane.dispatch`: live
+fallback, bounded retries; one ``lane_requests_total`` sample and the span's routing
+attributes), sending with the keep-alive pools of `lane.h1.upstream`. A request that could not
+be sent gets its error answer back (503/502/504 with the failed hop), ready to write.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
+
+from .. import responses
+from ..config import Endpoint, LaneConfig
+from ..dispatch import UNAVAILABLE_HEADER, Dispatched, dispatch, retry_guard
+from ..errors import UpstreamUnavailable
+from ..failures import ConnectFailed, UpstreamFailure
+from ..metrics import observe_request
+from ..registry import Registry
+from .body import BodySource
+from .server import Request
+
+if TYPE_CHECKING:
+    from ..tracing import RequestSpan
+    from .upstream import UpstreamAnswer, Upstreams
+
+__all__ = ["forward", "origin_form"]
+
+
+def origin_form(target: str) -> str:
+    """The path and query of *target*, also when it came in absolute form (``http://host/path``)."""
+    if target.startswith("/") or target == "*":
+        return target
+    scheme_end = target.find("://")
+    if scheme_end < 0:
+        return "/"
+    slash = target.find("/", scheme_end + 3)
+    query = target.find("?", scheme_end + 3)
+    if slash < 0 or (0 <= query < slash):
+        return "/" + target[query:] if query >= 0 else "/"
+    return target[slash:]
+
+
+class _Opener:
+    """Opens the request at one instance; an instance whose sidecar cannot reach its app counts as down."""
+
+    __slots__ = ("_body", "_method", "_spec", "_target", "_upstreams")
+
+    def __init__(self, upstreams: Upstreams, request: Request, target: str, body: BodySource,
+                 config: LaneConfig) -> None:
+        self._upstreams = upstreams
+        self._method = request.method
+        self._target = target
+        self._body = body
+        self._spec = config.proxy
+
+    async def __call__(self, endpoint: Endpoint, headers: CIMultiDict[str]) -> UpstreamAnswer:
+        answer = await self._upstreams.send(self._method, endpoint, self._target, headers, self._body, self._spec)
+        why = answer.headers.get(UNAVAILABLE_HEADER)
+        if why is not None and not self._body.started:
+            answer.close()
+            raise ConnectFailed(endpoint, f"the app behind it is unavailable ({why[:60]})")
+        return answer
+
+
+async def forward(
+    request: Request, upstreams: Upstreams, registry: Registry, config: LaneConfig, *, proxy: str, service: str,
+    lane: str, headers: CIMultiDict[str], span: RequestSpan,
+) -> Dispatched[UpstreamAnswer] | responses.PlainAnswer:
+    """Send *request* to *service* for *lane*; the upstream answer, or the error answer to give instead."""
+    body = request.body
+    try:
+        sent = await dispatch(
+            registry, config, service=service, lane=lane, headers=headers,
+            opener=_Opener(upstreams, request, origin_form(request.target), body, config),
+            may_retry=retry_guard(request.method, body),
+        )
+    except UpstreamUnavailable as exc:
+        observe_request(config, proxy, service, lane, None, None, 503)
+        span.answered(503, type(exc).__name__)
+        return responses.unavailable_answer(exc, service, lane)
+    except UpstreamFailure as exc:
+        observe_request(config, proxy, service, lane, None, None, exc.status)
+        span.answered(exc.status, type(exc).__name__)
+        return responses.failure_answer(exc)
+    observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, sent.response.status)
+    span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
+    span.answered(sent.response.status)
+    return sent

@@ -25,27 +25,30 @@ The `TracerProvider` is private to the process's `Tracing` object, never the glo
 ``OTEL_BSP_*`` variables) and flushed when the proxy stops (SIGTERM: after the drain). Headers,
 TLS and compression of the export come from the usual ``OTEL_EXPORTER_OTLP_*`` variables;
 ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` override the default service name.
+
+Importing this module imports neither the OpenTelemetry SDK, the OTLP exporter, the trace API nor
+yarl: they are imported when tracing is turned on (an endpoint is given), so a proxy that does
+not trace does not carry them in memory (the SDK alone is several MiB of a sidecar's RSS).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from multidict import CIMultiDict
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from yarl import URL
+if TYPE_CHECKING:  # only for types: imported for real once tracing is on
+    from multidict import CIMultiDict
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, SpanKind
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
     "OTLP_ENV",
@@ -64,13 +67,28 @@ log = logging.getLogger(__name__)
 OTLP_ENV: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 TRACES_PATH: Final = "/v1/traces"
 _OFF: Final = frozenset({"", "none", "off"})
-_PROPAGATOR: Final = TraceContextTextMapPropagator()
+
+
+@functools.cache
+def _propagator() -> TraceContextTextMapPropagator:
+    """The W3C trace-context propagator, made (and its module imported) on first use."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
+
+
+def _span_kind(kind: SpanKind | str) -> SpanKind:
+    from opentelemetry.trace import SpanKind
+
+    return kind if isinstance(kind, SpanKind) else SpanKind[kind.upper()]
 
 
 def otlp_url(text: str) -> str:
     """argparse type of ``--otlp-endpoint``: an http(s) URL, or ``none`` to turn tracing off."""
     if text.strip().lower() in _OFF:
         return "none"
+    from yarl import URL
+
     url = URL(text.strip())
     if url.scheme not in ("http", "https") or not url.host:
         raise argparse.ArgumentTypeError(f"expected an http(s) URL such as http://127.0.0.1:4318, got {text!r}")
@@ -87,6 +105,8 @@ def otlp_traces_url(flag: str | None, environ: Mapping[str, str] = os.environ) -
     if flag is not None:
         if flag.strip().lower() in _OFF:
             return None
+        from yarl import URL
+
         url = URL(flag)
         return str(url.with_path(TRACES_PATH)) if url.path in ("", "/") else str(url)
     traces, base = (environ.get(name, "").strip() for name in OTLP_ENV)
@@ -116,12 +136,18 @@ class RequestSpan:
     @property
     def context(self) -> Context | None:
         """A context with this span as the current one: the parent of calls made on its behalf."""
-        return None if self._span is None else trace.set_span_in_context(self._span)
+        if self._span is None:
+            return None
+        from opentelemetry import trace
+
+        return trace.set_span_in_context(self._span)
 
     def inject(self, headers: CIMultiDict[str]) -> None:
         """Make this span the parent the request leaves with (``traceparent``, ``tracestate``)."""
         if self._span is not None:
-            _PROPAGATOR.inject(headers, context=trace.set_span_in_context(self._span))
+            from opentelemetry import trace
+
+            _propagator().inject(headers, context=trace.set_span_in_context(self._span))
 
     def routed(self, served: str, fallback: str | None, instance: str | None) -> None:
         if self._span is None:
@@ -137,6 +163,8 @@ class RequestSpan:
             return
         self._span.set_attribute("http.response.status_code", status)
         if error is not None or status >= 500:
+            from opentelemetry.trace import Status, StatusCode
+
             self._span.set_attribute("error.type", error or str(status))
             self._span.set_status(Status(StatusCode.ERROR))
 
@@ -155,6 +183,10 @@ class Tracing:
     def exporting(cls, exporter: SpanExporter, service_name: str,
                   attributes: Mapping[str, str] | None = None) -> Tracing:
         """Spans batched to *exporter*, under *service_name* unless the OTEL_* variables name one."""
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
         resource_attributes = dict(attributes or {})
         if str(Resource.create().attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource_attributes[SERVICE_NAME] = service_name
@@ -169,20 +201,28 @@ class Tracing:
     @contextmanager
     def span(
         self, proxy: str, service: str, method: str, path: str, headers: CIMultiDict[str], *, requested: str,
-        kind: SpanKind = SpanKind.SERVER, parent: Context | None = None, rule: str | None = None,
+        kind: SpanKind | str = "server", parent: Context | None = None, rule: str | None = None,
     ) -> Iterator[RequestSpan]:
-        """The span of one request, child of the ``traceparent`` in *headers* (else of *parent*)."""
+        """The span of one request, child of the ``traceparent`` in *headers* (else of *parent*).
+
+        *kind* is a `SpanKind` or its name (``"server"``, ``"client"``): a caller that passes the
+        name need not import the trace API, which only matters when tracing is on.
+        """
         if self._tracer is None:
             yield _NO_SPAN
             return
-        context = _PROPAGATOR.extract(headers)
+        from opentelemetry import trace
+        from opentelemetry.trace import Status, StatusCode
+
+        context = _propagator().extract(headers)
         if not trace.get_current_span(context).get_span_context().is_valid and parent is not None:
             context = parent
         attributes: dict[str, str] = {"lane.proxy": proxy, "lane.service": service, "lane.requested": requested,
                                       "http.request.method": method, "url.path": path}
         if rule is not None:
             attributes["lane.rule"] = rule
-        span = self._tracer.start_span(f"{proxy} {service}", context=context, kind=kind, attributes=attributes)
+        span = self._tracer.start_span(f"{proxy} {service}", context=context, kind=_span_kind(kind),
+                                       attributes=attributes)
         try:
             yield RequestSpan(span)
         except BaseException as exc:

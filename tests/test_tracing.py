@@ -265,3 +265,32 @@ def test_a_bad_endpoint_is_a_clear_command_line_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert done.returncode == 2
     assert "expected an http(s) URL such as http://127.0.0.1:4318, got 'collector:4318'" in done.stderr
+
+
+def test_untraced_proxies_import_no_sdk_exporter_or_yarl() -> None:
+    """The no-op path (no endpoint) must not pay the SDK's memory: a fresh interpreter proves it."""
+    code = (
+        "import sys\n"
+        "from lane.tracing import Tracing, otlp_traces_url\n"
+        "assert otlp_traces_url(None, {}) is None\n"
+        "tracing = Tracing()\n"
+        "with tracing.span('inbound', 'b', 'GET', '/', {}, requested='gray', kind='client') as span:\n"
+        "    span.routed('base', 'no-instance', '127.0.0.1:1'); span.answered(502, 'x'); span.inject({})\n"
+        "    assert span.context is None\n"
+        "heavy = ('opentelemetry.sdk', 'opentelemetry.exporter', 'opentelemetry.trace', 'yarl')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_span_kind_may_be_given_by_name() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.exporting(exporter, "lane-sidecar")
+    with tracing.span("outbound", "c", "GET", "/", {}, requested="base", kind="client") as span:
+        span.answered(200)
+    with tracing.span("inbound", "c", "GET", "/", {}, requested="base") as span:
+        span.answered(200)
+    tracing.provider.shutdown()  # type: ignore[union-attr]
+    assert [s.kind for s in exporter.get_finished_spans()] == [SpanKind.CLIENT, SpanKind.SERVER]

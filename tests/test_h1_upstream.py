@@ -614,6 +614,8 @@ async def test_a_request_body_that_fails_before_the_head_raises_its_own_error() 
 async def test_close_drops_idle_and_busy_connections_and_refuses_new_requests() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: Raw) -> None:
         while request := await read_request(reader, raw):
+            if request.startswith(b"GET /silent "):
+                continue
             partial = request.startswith(b"GET /partial ")
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc" if partial else OK)
             await writer.drain()
@@ -622,30 +624,36 @@ async def test_close_drops_idle_and_busy_connections_and_refuses_new_requests() 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             upstreams = Upstreams()
-            first, second, third = [await upstreams.send("GET", endpoint(raw.port), "/", CIMultiDict(), None, SPEC)
-                                    for _ in range(3)]
-            for answer in (first, second, third):
+            answers = [await upstreams.send("GET", endpoint(raw.port), "/", CIMultiDict(), None, SPEC)
+                       for _ in range(4)]
+            for answer in answers:
                 assert await read_all(answer) == b"ok"
-            first.release()
-            third.release()
+            for answer in answers[0], answers[2], answers[3]:
+                answer.release()
             busy = await upstreams.send("GET", endpoint(raw.port), "/partial", CIMultiDict(), None, SPEC)
             assert busy.read_nowait() == b"abc"
-            # one connection idle, one mid-body (`busy`), one complete but not released (`second`)
-            assert upstreams.connections == 3 and upstreams.idle(endpoint(raw.port)) == 1
+            in_flight = asyncio.create_task(
+                upstreams.send("GET", endpoint(raw.port), "/silent", CIMultiDict(), None, SPEC))
+            while len(raw.requests) < 6:
+                await asyncio.sleep(0.01)
+            # idle: one; mid-body: `busy`; waiting for a head: `in_flight`; complete, not released: answers[1]
+            assert upstreams.connections == 4 and upstreams.idle(endpoint(raw.port)) == 1
             await upstreams.close()
             assert upstreams.connections == 0 and upstreams.idle(endpoint(raw.port)) == 0
             with pytest.raises(UpstreamBroken, match="closed"):
                 await read_all(busy)
+            with pytest.raises(UpstreamBroken, match="closed"):  # not retried elsewhere: the client is closed
+                await in_flight
             busy.close()
-            second.release()
+            answers[1].release()
             with pytest.raises(ConnectFailed, match="closed"):
                 await upstreams.send("GET", endpoint(raw.port), "/", CIMultiDict(), None, SPEC)
-            for _ in range(50):  # the server sees all three connections end
-                if raw.closed == 3:
+            for _ in range(50):  # the server sees all four connections end
+                if raw.closed == 4:
                     break
                 await asyncio.sleep(0.02)
-            assert raw.closed == 3 and raw.connections == 3
-            del first, second, third, busy, upstreams
+            assert raw.closed == 4 and raw.connections == 4
+            del answers, answer, busy, in_flight, upstreams
             gc.collect()
         assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 

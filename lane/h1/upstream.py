@@ -559,7 +559,7 @@ class Upstreams:
             return await conn.exchange(head, head_only, body, spec.request_timeout)
         except UpstreamBroken:
             # The stale keep-alive race: the upstream closed an idle connection as we reused it.
-            if not conn.reused or conn.got_bytes or (body is not None and body.started):
+            if self.closed or not conn.reused or conn.got_bytes or (body is not None and body.started):
                 raise
         conn = await self._connect(pool, spec)
         return await conn.exchange(head, head_only, body, spec.request_timeout)

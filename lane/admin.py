@@ -10,29 +10,17 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Final
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .admin_registry import metrics_registry
 from .runtime import Runtime
 
 __all__ = ["RUNTIME", "build_admin", "metrics_handler", "metrics_registry"]
 
 RUNTIME: Final = web.AppKey("lane_runtime", Runtime)
-
-
-def metrics_registry() -> CollectorRegistry:
-    """The registry to expose: aggregated over worker processes when they share a multiprocess dir."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        from prometheus_client import multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-        return registry
-    return REGISTRY
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -22,30 +22,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from .admin import build_admin
+from .admin_h1 import admin_path
 from .config import Endpoint, LaneConfig
 from .errors import ConfigError
 from .readiness import announce
 from .runtime import Runtime, load_initial
 from .server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
-from .sidecar_inbound import build_inbound_app
-from .sidecar_outbound import build_outbound_app, target_host
-from .sidecar_state import SIDECAR, Sidecar
+from .sidecar_h1 import inbound_path, outbound_path
+from .sidecar_state import Sidecar
 from .tags import is_valid_lane
 from .tracing import add_tracing_arguments, open_tracing, otlp_traces_url
 
-__all__ = [
-    "SIDECAR",
-    "WORKERS_REFUSED",
-    "Sidecar",
-    "add_arguments",
-    "build_inbound_app",
-    "build_outbound_app",
-    "run",
-    "target_host",
-]
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["WORKERS_REFUSED", "Sidecar", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +50,24 @@ WORKERS_REFUSED: Final = (
     "live in the process's memory, so an outbound call of the app that lands on another worker would "
     "lose its lane and its hops. To scale, run more app instances, each with its own sidecar"
 )
+
+
+def _inbound_app(sidecar: Sidecar) -> web.Application:
+    from .sidecar_inbound import build_inbound_app
+
+    return build_inbound_app(sidecar)
+
+
+def _outbound_app(sidecar: Sidecar) -> web.Application:
+    from .sidecar_outbound import build_outbound_app
+
+    return build_outbound_app(sidecar)
+
+
+def _admin_app(runtime: Runtime) -> web.Application:
+    from .admin import build_admin
+
+    return build_admin(runtime)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,10 +129,13 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
             runtime = Runtime(config, args.config)
             sidecar = Sidecar.create(runtime, args.service, args.lane, Endpoint(args.app.host, args.app.port),
                                      tracing)
+            # The fast core serves every listener; the aiohttp apps are built (and aiohttp loaded)
+            # only for what it hands them: WebSocket upgrades, CONNECT, or everything with --core aiohttp.
             return [
-                Listener("inbound", args.listen, build_inbound_app(sidecar)),
-                Listener("outbound", args.outbound, build_outbound_app(sidecar)),
-                Listener("admin", args.admin, build_admin(runtime), reuse_port=False),
+                Listener("inbound", args.listen, lambda: _inbound_app(sidecar), fast=inbound_path(sidecar)),
+                Listener("outbound", args.outbound, lambda: _outbound_app(sidecar), fast=outbound_path(sidecar)),
+                Listener("admin", args.admin, lambda: _admin_app(runtime), reuse_port=False,
+                         fast=admin_path(runtime)),
             ], runtime
 
         def ready(bound: dict[str, HostPort]) -> None:

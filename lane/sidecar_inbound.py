@@ -18,6 +18,7 @@ from .dispatch import UNAVAILABLE_HEADER
 from .hops import FALLBACK_HEADER, FallbackReason, Hop, encode_path
 from .metrics import in_flight, observe_request
 from .proxy import (
+    FAST_PATH,
     SESSION,
     Body,
     ConnectFailed,
@@ -31,7 +32,8 @@ from .proxy import (
     upstream_headers,
 )
 from .server import HostPort
-from .sidecar_state import SIDECAR, Sidecar
+from .sidecar_key import SIDECAR
+from .sidecar_state import Sidecar
 from .trace_cache import trace_keys
 from .websocket_proxy import Refused, open_websocket, pump_websockets, refused_answer
 from .wire import request_lane
@@ -115,4 +117,7 @@ def build_inbound_app(sidecar: Sidecar) -> web.Application:
     app[SIDECAR] = sidecar
     app.cleanup_ctx.append(session_ctx)
     app.router.add_route("*", "/{tail:.*}", _inbound)
+    from .sidecar_h1 import inbound_path
+
+    app[FAST_PATH] = inbound_path(sidecar)  # the fast core serves it; upgrades reach this app
     return app

@@ -23,6 +23,7 @@ from .hop_collector import Collection
 from .hops import PATH_HEADER, parse_path
 from .metrics import FORBIDDEN, in_flight
 from .proxy import (
+    FAST_PATH,
     SESSION,
     is_websocket,
     plain_error,
@@ -30,7 +31,8 @@ from .proxy import (
     session_ctx,
     upstream_headers,
 )
-from .sidecar_state import SIDECAR, Sidecar
+from .sidecar_key import SIDECAR
+from .sidecar_state import Sidecar
 from .trace_cache import trace_keys
 from .tracing import RequestSpan
 from .websocket_proxy import forward_websocket
@@ -109,4 +111,7 @@ def build_outbound_app(sidecar: Sidecar) -> web.Application:
     app[SIDECAR] = sidecar
     app.cleanup_ctx.append(session_ctx)
     app.router.add_route("*", "/{tail:.*}", _outbound)
+    from .sidecar_h1 import outbound_path
+
+    app[FAST_PATH] = outbound_path(sidecar)  # the fast core serves it; upgrades reach this app
     return app

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from .config import Endpoint
 from .hop_collector import HopCollector
 from .runtime import Runtime
 from .trace_cache import TraceCache
 from .tracing import Tracing
 
-__all__ = ["SIDECAR", "Sidecar"]
+__all__ = ["Sidecar"]
 
 
 @dataclass(slots=True)
@@ -42,5 +40,3 @@ class Sidecar:
         runtime.on_swap(lambda c: sidecar.traces.configure(c.proxy.trace_cache_size, c.proxy.trace_cache_ttl))
         return sidecar
 
-
-SIDECAR = web.AppKey("lane_sidecar", Sidecar)

@@ -23,7 +23,9 @@ from lane.demo_app import DemoApp, build_demo_app
 from lane.gateway import build_gateway_app
 from lane.hops import Hop, parse_path
 from lane.runtime import Runtime
-from lane.sidecar import Sidecar, build_inbound_app, build_outbound_app
+from lane.sidecar import Sidecar
+from lane.sidecar_inbound import build_inbound_app
+from lane.sidecar_outbound import build_outbound_app
 
 LANE = web.AppKey("lane", str)
 OUTBOUND = web.AppKey("outbound", list[str])  # filled once the sidecar listens

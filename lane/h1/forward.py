@@ -20,27 +20,13 @@ from ..failures import ConnectFailed, UpstreamFailure
 from ..metrics import observe_request
 from ..registry import Registry
 from .body import BodySource
-from .server import Request
+from .server import Request, origin_form
 
 if TYPE_CHECKING:
     from ..tracing import RequestSpan
     from .upstream import UpstreamAnswer, Upstreams
 
 __all__ = ["forward", "origin_form"]
-
-
-def origin_form(target: str) -> str:
-    """The path and query of *target*, also when it came in absolute form (``http://host/path``)."""
-    if target.startswith("/") or target == "*":
-        return target
-    scheme_end = target.find("://")
-    if scheme_end < 0:
-        return "/"
-    slash = target.find("/", scheme_end + 3)
-    query = target.find("?", scheme_end + 3)
-    if slash < 0 or (0 <= query < slash):
-        return "/" + target[query:] if query >= 0 else "/"
-    return target[slash:]
 
 
 class _Opener:

@@ -38,6 +38,7 @@ __all__ = [
     "Handler",
     "Request",
     "RequestBody",
+    "origin_form",
     "reason_phrase",
     "serialize_head",
 ]
@@ -67,6 +68,20 @@ class _HeadTooLarge(Exception):
     def __init__(self, status: int, what: str) -> None:
         self.status = status
         self.what = what
+
+
+def origin_form(target: str) -> str:
+    """The path and query of *target*, also when it came in absolute form (``http://host/path``)."""
+    if target.startswith("/") or target == "*":
+        return target
+    scheme_end = target.find("://")
+    if scheme_end < 0:
+        return "/"
+    slash = target.find("/", scheme_end + 3)
+    query = target.find("?", scheme_end + 3)
+    if slash < 0 or (0 <= query < slash):
+        return "/" + target[query:] if query >= 0 else "/"
+    return target[slash:]
 
 
 def reason_phrase(status: int) -> str:
@@ -201,7 +216,7 @@ class Request:
 
     @property
     def path(self) -> str:
-        return self.target.partition("?")[0]
+        return origin_form(self.target).partition("?")[0]
 
     @property
     def query_string(self) -> str:

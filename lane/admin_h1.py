@@ -1,0 +1,58 @@
+"""The admin listener on the fast core (what a sidecar serves without loading aiohttp).
+
+The same four endpoints as `lane.admin`: ``GET /metrics`` (Prometheus text), ``GET /healthz``,
+``GET /lane/instances`` (the registry's view as JSON), ``POST /lane/reload``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from multidict import CIMultiDict
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .admin_registry import metrics_registry
+from .h1.server import Handler, Request
+from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from .h1.listen import FastPath
+    from .h1.upstream import Upstreams
+
+__all__ = ["admin_path"]
+
+
+def _json(request: Request, body: Any, status: int = 200) -> None:
+    request.respond(status, CIMultiDict({"Content-Type": "application/json; charset=utf-8"}),
+                    json.dumps(body).encode())
+
+
+def admin_path(runtime: Runtime) -> FastPath:
+    def with_pools(upstreams: Upstreams) -> Handler:
+        async def admin(request: Request) -> None:
+            path, method = request.path, request.method
+            routes = {"/metrics": "GET", "/healthz": "GET", "/lane/instances": "GET", "/lane/reload": "POST"}
+            if path not in routes:
+                request.respond(404, CIMultiDict({"Content-Type": "text/plain"}), b"404: Not Found")
+                return
+            if method != routes[path] and not (method == "HEAD" and routes[path] == "GET"):
+                request.respond(405, CIMultiDict({"Allow": routes[path], "Content-Type": "text/plain"}),
+                                b"405: Method Not Allowed")
+                return
+            async for _ in request.body.chunks():  # an admin request's body means nothing; read it off the wire
+                pass
+            if path == "/metrics":
+                request.respond(200, CIMultiDict({"Content-Type": CONTENT_TYPE_LATEST}),
+                                generate_latest(metrics_registry()))
+            elif path == "/healthz":
+                request.respond(200, CIMultiDict({"Content-Type": "text/plain; charset=utf-8"}), b"ok\n")
+            elif path == "/lane/instances":
+                _json(request, {"config": runtime.config.source, "services": runtime.registry.view()})
+            else:
+                result = runtime.reload()
+                _json(request, {"reloaded": result.ok, "message": result.message}, 200 if result.ok else 400)
+
+        return admin
+
+    return with_pools

@@ -1,0 +1,158 @@
+"""``lane sidecar`` on the fast core: its inbound and outbound sides, per request.
+
+The same steps as the aiohttp core's `lane.sidecar_inbound` / `lane.sidecar_outbound` (lane from
+the tag or baggage, ``trace id -> lane`` remembered, hop collection, ``x-lane-unavailable`` when
+the app is down, 403 for hosts outside the config), with parsing, sending and relaying by
+`lane.h1`. Nothing here imports aiohttp: a sidecar that never sees a WebSocket or a ``CONNECT``
+(both handed to the aiohttp apps on the same connection) never loads it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
+from opentelemetry.trace import SpanKind
+
+from . import responses
+from .dispatch import UNAVAILABLE_HEADER
+from .failures import ConnectFailed, UpstreamFailure
+from .h1.forward import forward
+from .h1.relay import relay, respond_plain
+from .h1.server import Handler, Request, origin_form
+from .headers import upstream_headers
+from .hops import FALLBACK_HEADER, PATH_HEADER, FallbackReason, Hop, encode_path, parse_path
+from .metrics import FORBIDDEN, in_flight, observe_request
+from .responses import PlainAnswer
+from .sidecar_state import Sidecar
+from .trace_cache import trace_keys
+from .wire import request_lane, set_lane
+
+if TYPE_CHECKING:
+    from .h1.listen import FastPath
+    from .h1.upstream import Upstreams
+
+__all__ = ["inbound_path", "outbound_path", "target_authority"]
+
+_REASONS = frozenset(r.value for r in FallbackReason)
+
+
+def _instance(sockname: tuple[str, int] | None) -> str | None:
+    if not sockname:
+        return None
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def inbound_path(sc: Sidecar) -> FastPath:
+    gauge = in_flight("inbound")
+
+    def with_pools(upstreams: Upstreams) -> Handler:
+        async def inbound(request: Request) -> None:
+            config = sc.runtime.config
+            headers = upstream_headers(request)
+            incoming = request_lane(headers, config.tag)
+            requested = incoming or config.default_lane
+            keys = trace_keys(request.headers, config.proxy.trace_headers)
+            if incoming is not None:
+                sc.traces.remember(keys, incoming)
+            said = headers.popall(FALLBACK_HEADER, [""])[0].strip()
+            reason = said if said in _REASONS and requested != sc.lane else None
+            own = Hop(sc.service, sc.lane, requested, reason, _instance(request.sockname))
+            gauge.inc()
+            try:
+                with sc.tracing.span("inbound", sc.service, request.method, request.path, headers,
+                                     requested=requested) as span:
+                    span.inject(headers)
+                    span.routed(sc.lane, reason, own.instance)
+                    with sc.hops.collect(keys) as collection:
+                        collection.trace_context = span.context
+                        try:
+                            upstream = await upstreams.send(request.method, sc.app, origin_form(request.target),
+                                                            headers, request.body, config.proxy)
+                        except ConnectFailed as exc:
+                            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, 502)
+                            span.answered(502, type(exc).__name__)
+                            respond_plain(request, PlainAnswer(
+                                502, f"lane sidecar: the app of {sc.service}@{sc.lane} is unavailable: {exc.detail}",
+                                CIMultiDict({UNAVAILABLE_HEADER: "app-connect-failed"})))
+                            return
+                        except UpstreamFailure as exc:
+                            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status)
+                            span.answered(exc.status, type(exc).__name__)
+                            respond_plain(request, responses.failure_answer(exc))
+                            return
+                        path = encode_path([own, *collection.hops()])
+                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status)
+                    span.answered(upstream.status)
+                    await relay(request, upstream, responses.own_headers(upstream.headers, path, own))
+            finally:
+                gauge.dec()
+
+        return inbound
+
+    return with_pools
+
+
+def target_authority(request: Request) -> str | None:
+    """The host an outbound request is for: the absolute-form target's authority, else the Host header."""
+    target = request.target
+    if not target.startswith("/") and target != "*":
+        start = target.find("://")
+        if start >= 0:
+            rest = target[start + 3:]
+            end = len(rest)
+            for stop in "/?#":
+                at = rest.find(stop)
+                if 0 <= at < end:
+                    end = at
+            authority = rest[:end].rpartition("@")[2]  # never a userinfo part
+            if authority:
+                return authority.lower()
+    return request.headers.get("Host")
+
+
+def outbound_path(sc: Sidecar) -> FastPath:
+    gauge = in_flight("outbound")
+
+    def with_pools(upstreams: Upstreams) -> Handler:
+        async def outbound(request: Request) -> None:
+            config = sc.runtime.config
+            host = target_authority(request)
+            svc = config.service_by_host(host) if host else None
+            if svc is None:
+                FORBIDDEN.inc()
+                shown = repr(host[:100]) if host else "(no host)"
+                respond_plain(request, PlainAnswer(
+                    403, f"lane sidecar: {shown} is not a service in the lane config {config.source}; "
+                    f"the sidecar only forwards to: {', '.join(sorted(config.services))}", CIMultiDict()))
+                return
+            headers = upstream_headers(request)
+            keys = trace_keys(request.headers, config.proxy.trace_headers)
+            lane = request_lane(headers, config.tag) or sc.traces.recall(keys) or config.default_lane
+            set_lane(headers, config.tag, lane)
+            collection = sc.hops.find(keys)
+            slot = collection.reserve() if collection is not None else -1
+            gauge.inc()
+            try:
+                with sc.tracing.span("outbound", svc.name, request.method, request.path, headers, requested=lane,
+                                     kind=SpanKind.CLIENT,
+                                     parent=collection.trace_context if collection else None) as span:
+                    span.inject(headers)
+                    sent = await forward(request, upstreams, sc.runtime.registry, config, proxy="outbound",
+                                         service=svc.name, lane=lane, headers=headers, span=span)
+                    if isinstance(sent, PlainAnswer):
+                        if collection is not None:  # the failed call stays in the record
+                            collection.fill(slot, parse_path(sent.headers.get(PATH_HEADER)))
+                        respond_plain(request, sent)
+                        return
+                    out = responses.answer_headers(sent.response.headers, sent.hop)
+                    if collection is not None:
+                        collection.fill(slot, parse_path(out[PATH_HEADER]))
+                    await relay(request, sent.response, out)
+            finally:
+                gauge.dec()
+
+        return outbound
+
+    return with_pools

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
-from opentelemetry.trace import SpanKind
 
 from . import responses
 from .dispatch import UNAVAILABLE_HEADER
@@ -136,7 +135,7 @@ def outbound_path(sc: Sidecar) -> FastPath:
             gauge.inc()
             try:
                 with sc.tracing.span("outbound", svc.name, request.method, request.path, headers, requested=lane,
-                                     kind=SpanKind.CLIENT,
+                                     kind="client",
                                      parent=collection.trace_context if collection else None) as span:
                     span.inject(headers)
                     sent = await forward(request, upstreams, sc.runtime.registry, config, proxy="outbound",

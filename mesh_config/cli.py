@@ -9,7 +9,6 @@ command could not run (bad config, unreadable file, no cluster, no Envoy).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.util
 import sys
@@ -177,6 +176,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: render and validate need no event loop
+
     from .calls import parse_calls
     from .vectors import load_vectors
     from .verify import format_result, verify

@@ -180,18 +180,44 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+# class -> ((attribute, API name), ...) of a dataclass; None for any other class. Filled on first
+# use: `to_data` runs once per node of every rendered object (~100k for 1,000 services), and
+# `dataclasses.fields` plus the camelCase spelling per node were most of `lane mesh render`'s
+# object-building time.
+_FIELDS: dict[type, tuple[tuple[str, str], ...] | None] = {}
+_SCALARS: Final = frozenset({str, int, bool, float, type(None)})
+
+
+def _fields(cls: type) -> tuple[tuple[str, str], ...] | None:
+    try:
+        return _FIELDS[cls]
+    except KeyError:
+        spelled = tuple((f.name, _camel(f.name)) for f in dataclasses.fields(cls)) \
+            if dataclasses.is_dataclass(cls) else None
+        _FIELDS[cls] = spelled
+        return spelled
+
+
 def to_data(value: Any) -> Any:
-    """*value* as plain YAML/JSON data: dataclasses to camelCase dicts without unset fields."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    """*value* as plain YAML/JSON data: dataclasses to camelCase dicts without unset fields.
+
+    Every dict and list returned is new, even for a mapping shared by several objects (the labels):
+    YAML would otherwise write anchors and aliases for objects it meets twice.
+    """
+    cls = type(value)
+    if cls in _SCALARS:
+        return value
+    spelled = _fields(cls)
+    if spelled is not None:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            if item is None or (isinstance(item, (tuple, Mapping)) and not item):
+        for name, api_name in spelled:
+            item = getattr(value, name)
+            if item is None or (not item and isinstance(item, (tuple, Mapping))):
                 continue
-            out[_camel(f.name)] = to_data(item)
+            out[api_name] = to_data(item)
         return out
-    if isinstance(value, Mapping):
+    if cls is dict or cls is MappingProxyType or isinstance(value, Mapping):
         return {str(k): to_data(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
+    if cls is tuple or cls is list or isinstance(value, (tuple, list)):
         return [to_data(v) for v in value]
     return value

@@ -16,12 +16,10 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Any, Final
-
-import yaml
 
 from lane.config import LaneConfig
 
@@ -31,6 +29,7 @@ from .gateway import gateway
 from .lanes import Presence, present_lanes
 from .model import CONFIG_LABEL, MANAGED_BY_LABEL, Resource, to_data
 from .virtual_service import virtual_services
+from .yaml_dump import dump_yaml
 
 __all__ = [
     "MANAGED_BY",
@@ -81,28 +80,6 @@ def render_objects(
     gateway cannot mirror raises `lane.errors.ConfigError` naming the rule.
     """
     return [to_data(r) for r in render_resources(config, lanes=lanes, namespace=namespace)]
-
-
-class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
-    """SafeDumper that writes multi-line strings (the Lua) as literal blocks, readable in review."""
-
-
-def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    if "\n" in value:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
-
-
-_Dumper.add_representer(str, _str_representer)
-
-
-def dump_yaml(objects: Iterable[Mapping[str, Any]]) -> str:
-    """Deterministic multi-document YAML of *objects* (keys sorted, Lua as literal blocks)."""
-    text: str = yaml.dump_all(
-        [dict(o) for o in objects], Dumper=_Dumper, sort_keys=True, default_flow_style=False,
-        allow_unicode=False, width=4096, explicit_start=True,
-    )
-    return text
 
 
 def object_file_name(obj: Mapping[str, Any], index: int) -> str:

@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lane-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-dataplane clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,15 @@ test: $(STAMP)
 	bash scripts/ensure-test-tools
 	$(BIN)/python -m pytest
 
-# The data-plane benchmark (not a test): direct vs gateway vs gateway + sidecar, and the upload memory check.
-# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--requests 5000 --svg bench.svg".
+# The side-by-side benchmark (not a test): lane gateway / sidecar chain vs Envoy vs direct, with wrk,
+# results as a table plus JSON and SVG in bench/results/. Options through BENCH_ARGS, e.g.
+# make bench BENCH_ARGS="--quick" or BENCH_ARGS="--subjects direct,envoy,gateway --rounds 5".
 bench: $(STAMP)
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+
+# The older data-plane run: an aiohttp client against direct / gateway / gateway + sidecar, and the
+# upload memory check (256 MiB streamed through the gateway, peak RSS growth vs the body size).
+bench-dataplane: $(STAMP)
 	$(BIN)/python bench/dataplane.py $(BENCH_ARGS)
 
 lint: $(STAMP)

@@ -1,0 +1,232 @@
+"""The side-by-side benchmark: lane's gateway and sidecars against Envoy and against direct.
+
+One command starts, on 127.0.0.1 only, stub backends that are not the bottleneck (Envoy
+``direct_response`` listeners that answer 421 to a request of the wrong lane), then the subjects
+(`bench/subjects.py`): ``direct``, ``envoy`` (Envoy 1.40, 2 workers, the gateway Lua and routes
+``lane mesh render`` emits), ``gateway`` (``lane gateway --workers 2``), ``gateway-1w``,
+``gateway-aiohttp`` (when ``lane gateway`` has ``--core``), ``chain`` (gateway -> sidecar -> app
+-> sidecar -> sidecar -> app) and ``direct-chain`` (the same apps, no proxies). wrk drives each
+with the same interleaved gray + plain traffic, subjects alternating A B A B over the rounds, at
+32 connections (2 threads) and at 1 (1 thread), for a bounded time after a short warm-up. Every
+run must route every request right (`bench/runs.py`): no free speed from misrouting.
+
+It prints one table (medians over the rounds; ratios against Envoy and direct from this run),
+the issue's targets as met / not met, and writes everything as JSON (and an SVG chart beside it)
+so runs can be compared over time. Exit status 1 when any run misrouted, else 0.
+
+    python bench/compare.py                 # full: 3 rounds x 10 s, every subject, extra sections
+    python bench/compare.py --quick         # 1 round x 3 s, fewer subjects, no extra sections
+    python bench/compare.py --subjects direct,envoy,gateway --rounds 1 --duration 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import uvloop
+from envoy_proc import envoy_version
+from measure import ProcessTree
+from runs import Run, check_routing
+from sections import SECTIONS, machine_info, run_section
+from stub_backend import instance_counts
+from subjects import ALL_SUBJECTS, QUICK_SUBJECTS, STUBS, Lab, Target, has_core_option
+from summary import HIGH, LOW, ratios, summarize, targets
+from svg_chart import Bar, render_svg
+from table import format_table, format_targets
+from wrk import ensure_wrk, run_wrk, wrk_version
+
+__all__ = ["main"]
+
+HERE: Final = Path(__file__).resolve().parent
+SCHEMA: Final = "lane-bench-compare/1"
+INTERRUPTED: list[int] = []  # the signals that interrupted the run (set by the loop's signal handler)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _subjects(text: str | None, quick: bool, core_option: bool) -> list[str]:
+    if text is None:
+        chosen = list(QUICK_SUBJECTS if quick else ALL_SUBJECTS)
+        return [s for s in chosen if s != "gateway-aiohttp" or core_option]
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in ALL_SUBJECTS]
+    if unknown or not chosen:
+        raise SystemExit(f"error: unknown subject(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(ALL_SUBJECTS)}")
+    if "gateway-aiohttp" in chosen and not core_option:
+        raise SystemExit("error: gateway-aiohttp needs `lane gateway --core`, which this lane does not have yet")
+    return list(dict.fromkeys(chosen))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="development mode: 1 round of 3 s, fewer subjects")
+    parser.add_argument("--rounds", type=int, help="rounds over every subject (full 3, quick 1)")
+    parser.add_argument("--duration", type=int, help="seconds per measured wrk run (full 10, quick 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load before each run (default 1)")
+    parser.add_argument("--subjects", help=f"comma-separated, from {', '.join(ALL_SUBJECTS)} "
+                        f"(default: all; quick: {', '.join(QUICK_SUBJECTS)})")
+    parser.add_argument("--with-soak", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"also run bench/{{{','.join(SECTIONS)}}}.py --json if present (default: on, "
+                        "off with --quick)")
+    parser.add_argument("--section-timeout", type=float, default=1200, help="seconds per extra section (default 1200)")
+    parser.add_argument("--json", dest="json_path", help="write the results here (default "
+                        "bench/results/compare-<UTC time>.json)")
+    parser.add_argument("--no-svg", action="store_true", help="do not draw the SVG chart next to the JSON")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    args.duration = args.duration if args.duration is not None else (3 if args.quick else 10)
+    args.with_soak = args.with_soak if args.with_soak is not None else not args.quick
+    if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
+        parser.error("--rounds and --duration must be at least 1, --warmup at least 0")
+    return args
+
+
+def _on_signal(task: asyncio.Task[Any], signum: int) -> None:
+    if not INTERRUPTED:
+        say(f"{signal.Signals(signum).name}: stopping every benchmark process ...")
+    INTERRUPTED.append(signum)
+    task.cancel()
+
+
+async def measure(args: argparse.Namespace, exe: str, subjects: list[str], core_option: bool
+                  ) -> tuple[dict[str, Target], list[Run], dict[str, dict[str, int]]]:
+    """Start everything, run the rounds, read peak memory, stop everything (whatever happens).
+
+    SIGINT (Ctrl-C) and SIGTERM cancel this task, so the ``finally`` of every block below stops
+    what it started, wrk included."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _on_signal, task, signum)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="lane-bench-compare-") as tmp:
+        async with Lab(Path(tmp), subjects, core_option=core_option) as lab:
+            found = await lab.start(say)
+            assert lab.stubs is not None
+            trees = {name: ProcessTree(t.processes) for name, t in found.items()}
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                for rnd in range(1, args.rounds + 1):
+                    for conns in (HIGH, LOW):
+                        for name in subjects:
+                            target = found[name]
+                            say(f"round {rnd}/{args.rounds}: {name}, {conns} conn{'s' * (conns > 1)} ...")
+                            if args.warmup:
+                                await run_wrk(exe, target.url, connections=conns, seconds=args.warmup,
+                                              requests=target.requests)
+                            before, cpu_before = await instance_counts(session, lab.stubs, STUBS), trees[name].cpu()
+                            result = await run_wrk(exe, target.url, connections=conns, seconds=args.duration,
+                                                   requests=target.requests)
+                            cpu = cpu_before.until(trees[name].cpu())
+                            after = await instance_counts(session, lab.stubs, STUBS)
+                            run = Run(rnd, name, conns, result, cpu, check_routing(target, result, conns, before, after))
+                            runs.append(run)
+                            say(f"    {result.rps:,.0f} req/s, p50 {result.p50_us / 1000:.3f} ms, p99 "
+                                f"{result.p99_us / 1000:.3f} ms, {run.cpu_per_10k or 0:.2f} CPU s/10k, routing "
+                                + ("ok" if run.routing.ok else "FAILED: " + "; ".join(run.routing.problems)))
+            rss = {name: tree.peak_rss() for name, tree in trees.items()}
+        say("every benchmark process stopped")
+    return found, runs, rss
+
+
+def _default_json_path() -> Path:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return HERE / "results" / f"compare-{stamp}.json"
+
+
+def _svg(path: Path, document: dict[str, Any]) -> None:
+    bars = [Bar(name, s["rps"].get(f"c{HIGH}") or 0.0, s["p50_ms"].get(f"c{HIGH}") or 0.0,
+                s["p99_ms"].get(f"c{HIGH}") or 0.0) for name, s in document["subjects"].items()]
+    notes = [f"{'met    ' if t['met'] else 'not met' if t['met'] is False else 'n/a    '}  {t['target']}: {t['measured']}"
+             for t in document["targets"]]
+    title = (f"lane vs Envoy on 127.0.0.1, {HIGH} connections, median of {document['settings']['rounds']} "
+             f"x {document['settings']['duration_s']} s (wrk)")
+    path.write_text(render_svg(title, bars, notes), encoding="utf-8")
+
+
+def _section_status(result: dict[str, Any]) -> str:
+    if "result" in result:
+        return f"ran (exit {result['exit_code']}, result in the JSON)"
+    return str(result.get("skipped") or result.get("failed"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exe = ensure_wrk()
+    core_option = has_core_option()
+    subjects = _subjects(args.subjects, args.quick, core_option)
+    info = machine_info(envoy_version(), wrk_version(exe))
+    started = time.time()
+    say(f"lane bench compare: {', '.join(subjects)}; {args.rounds} round(s) x {args.duration} s at {HIGH} and "
+        f"{LOW} connection(s), {args.warmup} s warm-up each; {info['cores']} cores, Envoy {info['envoy']}")
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            found, runs, rss = runner.run(measure(args, exe, subjects, core_option))
+    except BaseException:
+        if INTERRUPTED:  # whatever broke while stopping (a child that got the signal too) is expected
+            say("interrupted: every benchmark process was stopped; no results written")
+            return 128 + INTERRUPTED[0]
+        raise
+    summaries = summarize(found, runs, rss)
+    vs_envoy, vs_direct = ratios(summaries, "envoy"), ratios(summaries, "direct")
+    checks = targets(summaries)
+    sections: dict[str, Any] = {}
+    for name in SECTIONS if args.with_soak else ():
+        say(f"section {name} ...")
+        sections[name] = run_section(name, args.section_timeout)
+    if not args.with_soak:
+        sections = {name: {"skipped": "not run (--quick or --no-with-soak)"} for name in SECTIONS}
+    table = format_table(summaries, vs_envoy, vs_direct)
+    routing_ok = bool(runs) and all(r.routing.ok for r in runs)
+    document = {
+        "schema": SCHEMA,
+        "started_utc": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 1),
+        "machine": info,
+        "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
+                     "connections": [HIGH, LOW], "threads": {str(HIGH): 2, str(LOW): 1}, "quick": args.quick,
+                     "subjects": subjects, "gateway_core_option": core_option},
+        "routing_ok": routing_ok,
+        "subjects": {name: s.to_json() for name, s in summaries.items()},
+        "ratios": {"vs_envoy": vs_envoy, "vs_direct": vs_direct},
+        "targets": [c.to_json() for c in checks],
+        "runs": [r.to_json() for r in runs],
+        "sections": sections,
+        "table": table,
+    }
+    path = Path(args.json_path) if args.json_path else _default_json_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    notes = [f"{s.name}: {s.description}" for s in summaries.values()]
+    print(f"lane vs Envoy vs direct on 127.0.0.1 -- median of {args.rounds} round(s) x {args.duration} s, wrk "
+          f"-t2 -c{HIGH} / -t1 -c{LOW}; {info['cores']} cores shared with wrk; req/s, ms, CPU s per 10k requests "
+          f"at {HIGH} conns, peak RSS (VmHWM) of the subject's processes")
+    print(table)
+    print("\ntargets (ratios from this run; reported, not enforced):")
+    print(format_targets(checks))
+    print("\n" + "\n".join(notes))
+    print("\nsections: " + "; ".join(f"{name} {_section_status(result)}" for name, result in sections.items()))
+    print(f"routing under load: {'every run routed every request right' if routing_ok else 'FAILED (see JSON)'}")
+    print(f"results: {path}", flush=True)
+    if not args.no_svg:
+        _svg(path.with_suffix(".svg"), document)
+        say(f"chart: {path.with_suffix('.svg')}")
+    return 0 if routing_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The benchmark's backends: Envoy ``direct_response`` listeners that check the lane they were sent.
+
+They must not be the bottleneck, and Envoy answering from its route table is the fastest thing
+on this machine (~90k req/s on 2 cores, far above any proxy measured here). One Envoy process
+plays every ``service@lane`` instance, one listener each, and each listener makes routing
+correctness observable *under load* without slowing the load generator down:
+
+* ``200 <service>@<lane>`` only when the request arrived with the tag header naming its own lane
+  (``x-mse-tag: gray`` at a gray instance), so a proxy that routes right but tags wrong fails;
+* ``421 Misdirected Request`` otherwise, which wrk counts as a status error.
+
+Each listener has its own stat prefix (``stub_<service>_<lane>``), so the admin counters
+``http.stub_a_gray.downstream_rq_2xx`` say how many requests reached that instance and were
+right: the benchmark compares them with wrk's count (no free speed from misrouting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from envoy_proc import EnvoyProcess, envoy_counters
+
+__all__ = ["STATUS_MISROUTED", "Instance", "InstanceCounts", "instance_counts", "stub_bootstrap"]
+
+STATUS_MISROUTED: Final = 421
+_HCM_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER: Final = {"name": "envoy.filters.http.router",
+                  "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Instance:
+    service: str
+    lane: str
+
+    @property
+    def listener(self) -> str:
+        return f"{self.service}-{self.lane}"
+
+    @property
+    def stat_prefix(self) -> str:
+        return f"stub_{self.service}_{self.lane}"
+
+    def __str__(self) -> str:
+        return f"{self.service}@{self.lane}"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceCounts:
+    """Answers of one stub instance: right lane (2xx) and wrong lane or tag (4xx)."""
+
+    ok: int
+    refused: int
+
+    def __sub__(self, other: InstanceCounts) -> InstanceCounts:
+        return InstanceCounts(self.ok - other.ok, self.refused - other.refused)
+
+
+def _listener(instance: Instance, tag_header: str) -> dict[str, Any]:
+    right = {"match": {"prefix": "/", "headers": [{"name": tag_header, "string_match": {"exact": instance.lane}}]},
+             "direct_response": {"status": 200, "body": {"inline_string": f"{instance}\n"}}}
+    wrong = {"match": {"prefix": "/"},
+             "direct_response": {"status": STATUS_MISROUTED,
+                                 "body": {"inline_string": f"misrouted: this is {instance}\n"}}}
+    hcm = {"@type": _HCM_TYPE, "stat_prefix": instance.stat_prefix, "http_filters": [_ROUTER],
+           "route_config": {"name": instance.listener,
+                            "virtual_hosts": [{"name": "stub", "domains": ["*"], "routes": [right, wrong]}]}}
+    return {"name": instance.listener,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": hcm}]}]}
+
+
+def stub_bootstrap(instances: Iterable[Instance], tag_header: str) -> dict[str, Any]:
+    """An Envoy bootstrap with one checking listener per instance (admin and listeners on port 0)."""
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [_listener(i, tag_header) for i in sorted(set(instances))]},
+    }
+
+
+async def instance_counts(session: aiohttp.ClientSession, stubs: EnvoyProcess,
+                          instances: Iterable[Instance]) -> Mapping[Instance, InstanceCounts]:
+    """Each instance's 2xx and 4xx answer counts so far, from the stub Envoy's admin counters."""
+    counters = await envoy_counters(session, stubs.admin, "^http\\.stub_.*\\.downstream_rq_[24]xx$")
+    return {i: InstanceCounts(counters.get(f"http.{i.stat_prefix}.downstream_rq_2xx", 0),
+                              counters.get(f"http.{i.stat_prefix}.downstream_rq_4xx", 0))
+            for i in instances}

@@ -1,0 +1,136 @@
+"""The load generator of `bench/compare.py`: wrk, found or installed, run for a bounded time.
+
+wrk is a C load generator that does not share the subjects' weaknesses (it is not Python, so a
+slow Python client cannot hide a slow proxy). Each run uses ``bench/wrk_report.lua``: it cycles
+through pre-built requests (so gray and plain traffic interleave in one run) and prints one JSON
+line from wrk's own ``done()`` summary, which is parsed here instead of wrk's human output.
+
+Threads follow the brief: ``-t 1`` for 1 connection, ``-t 2`` otherwise, the same for every
+subject. A run is bounded by ``-d`` and, in case wrk hangs, by a wall-clock timeout after which
+it is killed; a cancelled run (Ctrl-C) kills wrk too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = ["WrkError", "WrkResult", "ensure_wrk", "run_wrk", "wrk_version"]
+
+SCRIPT: Final = Path(__file__).resolve().parent / "wrk_report.lua"
+_MARK: Final = "WRK_JSON "
+
+
+class WrkError(RuntimeError):
+    """wrk is missing and cannot be installed, or a run did not produce its summary."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    """One wrk run's summary (wrk's own numbers; latencies in microseconds)."""
+
+    requests: int
+    duration_us: int
+    connect_errors: int
+    read_errors: int
+    write_errors: int
+    status_errors: int  # answers with a status > 399: a misrouted request here
+    timeouts: int
+    p50_us: int
+    p90_us: int
+    p99_us: int
+    mean_us: float
+
+    @property
+    def seconds(self) -> float:
+        return self.duration_us / 1e6
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.duration_us else 0.0
+
+    @property
+    def socket_errors(self) -> int:
+        return self.connect_errors + self.read_errors + self.write_errors + self.timeouts
+
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.status_errors
+
+
+def ensure_wrk() -> str:
+    """The wrk executable: on PATH, else installed from Debian's package when root, else WrkError."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise WrkError("wrk is not installed and this is not root: install it (e.g. `sudo apt-get install wrk`)")
+    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, check=False)
+        if done.returncode != 0:
+            raise WrkError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    found = shutil.which("wrk")
+    if not found:
+        raise WrkError("apt-get install wrk succeeded but wrk is still not on PATH")
+    return found
+
+
+def wrk_version(exe: str) -> str:
+    """wrk's first line of ``-v`` output (it exits 1 with its usage, which is expected)."""
+    done = subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else "wrk (unknown version)"
+
+
+def parse_summary(output: str) -> WrkResult:
+    """The WrkResult of the script's JSON line in *output*; WrkError when there is none."""
+    for line in output.splitlines():
+        if line.startswith(_MARK):
+            data = json.loads(line[len(_MARK):])
+            return WrkResult(
+                requests=int(data["requests"]), duration_us=int(data["duration_us"]),
+                connect_errors=int(data["connect"]), read_errors=int(data["read"]),
+                write_errors=int(data["write"]), status_errors=int(data["status"]),
+                timeouts=int(data["timeout"]), p50_us=int(data["p50_us"]), p90_us=int(data["p90_us"]),
+                p99_us=int(data["p99_us"]), mean_us=float(data["mean_us"]),
+            )
+    raise WrkError(f"wrk printed no summary line:\n{output[-2000:]}")
+
+
+def wrk_argv(exe: str, url: str, connections: int, seconds: int, requests: Sequence[Sequence[tuple[str, str]]]
+             ) -> list[str]:
+    threads = 1 if connections == 1 else 2
+    specs = ["\n".join(f"{name}: {value}" for name, value in headers) for headers in requests]
+    return [exe, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s",
+            "-s", str(SCRIPT), url, "--", *specs]
+
+
+async def run_wrk(exe: str, url: str, *, connections: int, seconds: int,
+                  requests: Sequence[Sequence[tuple[str, str]]]) -> WrkResult:
+    """One bounded wrk run against *url*, cycling through *requests* (each a list of extra headers)."""
+    if connections < 1 or seconds < 1:
+        raise ValueError("wrk needs at least 1 connection and 1 second")
+    proc = await asyncio.create_subprocess_exec(
+        *wrk_argv(exe, url, connections, seconds, requests),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    finally:
+        if proc.returncode is None:  # timed out or cancelled (Ctrl-C): never leave wrk running
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    text = out.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise WrkError(f"wrk exited with {proc.returncode}:\n{text[-2000:]}")
+    return parse_summary(text)

@@ -144,8 +144,9 @@ async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0
     The way `lane.server.serve` does: an app with a fast path (the gateway's, a sidecar's) is served
     by the fast core unless ``LANE_CORE=aiohttp``, so the proxy tests exercise the core users run.
     """
-    core = "aiohttp" if os.environ.get("LANE_CORE") == "aiohttp" else "h1"
-    started = await start_listener(Listener("test", HostPort(host, port), app), core=core, drain_seconds=5.0)
+    started = await start_listener(Listener("test", HostPort(host, port), app),
+                                   core="aiohttp" if os.environ.get("LANE_CORE") == "aiohttp" else "h1",
+                                   drain_seconds=5.0)
     try:
         yield started.address.port
     finally:

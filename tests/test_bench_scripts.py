@@ -61,3 +61,15 @@ def test_propagation_reports_every_case_against_the_otel_pair() -> None:
         assert len(case["ns_per_op"]) == report["repeat"] == 3
         assert 10 < case["median_ns"] < 10_000_000  # nanoseconds: not zero, not seconds
         assert case["ratio"] == case["median_ns"] / cases["otel tracecontext+baggage"]["median_ns"]
+
+
+def test_imports_measures_fresh_interpreters_and_finds_the_aiohttp_chain() -> None:
+    report = run_json("imports.py", "lane.proxy", "lane.tracing", "lane.no_such_module")
+    bare, imports = report["bare"], report["imports"]
+    assert 5 < bare["peak_rss_mib"] < 100  # a bare interpreter, not this test's process (see VmHWM)
+    proxy = imports["lane.proxy"]
+    chain = proxy["chains"]["aiohttp"]  # lane.proxy -> ... -> aiohttp(.something)
+    assert "aiohttp" in proxy["heavy"] and chain[0] == "lane.proxy" and chain[-1].split(".")[0] == "aiohttp"
+    assert proxy["peak_rss_mib"] > bare["peak_rss_mib"] and proxy["modules"] > 100
+    assert "opentelemetry.sdk" not in imports["lane.tracing"]["heavy"]  # the tracing import diet
+    assert imports["lane.no_such_module"]["error"].startswith("missing:")

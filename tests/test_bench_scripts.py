@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -73,3 +74,19 @@ def test_imports_measures_fresh_interpreters_and_finds_the_aiohttp_chain() -> No
     assert proxy["peak_rss_mib"] > bare["peak_rss_mib"] and proxy["modules"] > 100
     assert "opentelemetry.sdk" not in imports["lane.tracing"]["heavy"]  # the tracing import diet
     assert imports["lane.no_such_module"]["error"].startswith("missing:")
+
+
+def test_soak_runs_a_sidecar_samples_its_rss_and_draws_it(tmp_path: Path) -> None:
+    report = run_json("soak.py", "--seconds", "3", "--first-requests", "50", "--concurrency", "4",
+                      "--results", str(tmp_path))
+    assert report["errors"] == 0 and report["wrong_lane"] == 0 and report["sidecar_alive_at_end"]
+    assert report["requests"] >= 50 + report["soak_requests"] and report["soak_requests"] > 0
+    samples = report["samples"]
+    assert len(samples) >= 3 and samples[-1]["seconds"] >= 3 - 0.01
+    assert [s["requests"] for s in samples] == sorted(s["requests"] for s in samples)
+    rss = [s["rss_mib"] for s in samples]
+    assert 5 < report["idle_rss_mib"] < 500 and report["peak_rss_mib"] == max(rss) and report["end_rss_mib"] == rss[-1]
+    assert report["verdict"] in ("no growth", "grows")
+    assert json.loads((tmp_path / "soak.json").read_text()) == report
+    svg = ElementTree.parse(tmp_path / "soak-rss.svg").getroot()  # well-formed XML
+    assert svg.tag.endswith("svg") and any(e.tag.endswith("polyline") for e in svg.iter())

@@ -9,10 +9,12 @@ command could not run (bad config, unreadable file, no cluster, no Envoy).
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -115,6 +117,23 @@ def _cluster() -> Any:
     return optional_module("mesh_config.cluster", "--from-cluster / --check-endpoints")
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a one-shot render.
+
+    A big render allocates ~100k dicts and lists that all stay reachable until they are written,
+    so the collector's passes over them find nothing; for 1,000 services they were ~40% of the
+    object-building time. The objects hold no cycles, and the collector is back on afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _render(args: argparse.Namespace, out: IO[str]) -> int:
     from .render import dump_yaml, render_objects, write_objects
 
@@ -125,14 +144,17 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
         render_objects(config, namespace=args.namespace)  # a config the renderer refuses: before connecting
         kube = optional_module("mesh_config.target", "--from-cluster / --check-endpoints").kube_from_args(args)
     lanes = _cluster().lanes_from_cluster(config, namespace, kube=kube) if args.from_cluster else None
-    objects = render_objects(config, lanes=lanes, namespace=args.namespace)
+    with _collector_paused():
+        objects = render_objects(config, lanes=lanes, namespace=args.namespace)
     problems = _cluster().check_endpoints(objects, config, namespace, kube=kube) if args.check_endpoints else []
     warnings = _cluster().unchecked_services(objects, config) if args.check_endpoints else []
     if args.output == "-":
-        out.write(dump_yaml(objects))
+        with _collector_paused():
+            out.write(dump_yaml(objects))
     else:
         try:
-            written = write_objects(objects, Path(args.output))
+            with _collector_paused():
+                written = write_objects(objects, Path(args.output))
         except OSError as exc:
             raise LaneError(f"cannot write {exc.filename or args.output}: {exc.strerror or exc}") from None
         for path in written:

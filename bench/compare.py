@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -102,8 +103,7 @@ def _on_signal(task: asyncio.Task[Any], signum: int) -> None:
     task.cancel()
 
 
-async def measure(args: argparse.Namespace, exe: str, subjects: list[str], core_option: bool
-                  ) -> tuple[dict[str, Target], list[Run], dict[str, dict[str, int]]]:
+async def measure(args: argparse.Namespace, exe: str, subjects: list[str]) -> tuple[dict[str, Target], list[Run], dict[str, dict[str, int]]]:
     """Start everything, run the rounds, read peak memory, stop everything (whatever happens).
 
     SIGINT (Ctrl-C) and SIGTERM cancel this task, so the ``finally`` of every block below stops
@@ -115,7 +115,7 @@ async def measure(args: argparse.Namespace, exe: str, subjects: list[str], core_
         loop.add_signal_handler(signum, _on_signal, task, signum)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="lane-bench-compare-") as tmp:
-        async with Lab(Path(tmp), subjects, core_option=core_option) as lab:
+        async with Lab(Path(tmp), subjects) as lab:
             found = await lab.start(say)
             assert lab.stubs is not None
             trees = {name: ProcessTree(t.processes) for name, t in found.items()}
@@ -173,6 +173,15 @@ def _section_status(result: dict[str, Any]) -> str:
     return str(result.get("skipped") or result.get("failed"))
 
 
+def _busy_note(info: dict[str, Any]) -> str | None:
+    """A warning when something else kept the machine busy before the run (the 1-minute load)."""
+    load, cores = info.get("load_average_at_start"), info.get("cores") or 1
+    if not load or load[0] <= cores / 2:
+        return None
+    return (f"note: the machine was busy before this run (load average {load[0]:.1f} on {cores} cores): absolute "
+            "numbers are depressed; the ratios compare subjects measured alternately under the same load")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exe = ensure_wrk()
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{LOW} connection(s), {args.warmup} s warm-up each; {info['cores']} cores, Envoy {info['envoy']}")
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            found, runs, rss = runner.run(measure(args, exe, subjects, core_option))
+            found, runs, rss = runner.run(measure(args, exe, subjects))
     except BaseException:
         if INTERRUPTED:  # whatever broke while stopping (a child that got the signal too) is expected
             say("interrupted: every benchmark process was stopped; no results written")
@@ -208,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
                      "connections": [HIGH, LOW], "threads": {str(HIGH): 2, str(LOW): 1}, "quick": args.quick,
-                     "subjects": subjects, "gateway_core_option": core_option},
+                     "subjects": subjects, "gateway_core_option": core_option,
+                     "lane_core_env": os.environ.get("LANE_CORE")},
         "routing_ok": routing_ok,
         "subjects": {name: s.to_json() for name, s in summaries.items()},
         "ratios": {"vs_envoy": vs_envoy, "vs_direct": vs_direct},
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.json_path) if args.json_path else _default_json_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    notes = [f"{s.name}: {s.description}" for s in summaries.values()]
+    notes = [f"{name}: {t.description}" + "".join(f"; {note}" for note in t.notes) for name, t in found.items()]
     print(f"lane vs Envoy vs direct on 127.0.0.1 -- median of {args.rounds} round(s) x {args.duration} s, wrk "
           f"-t2 -c{HIGH} / -t1 -c{LOW}; {info['cores']} cores shared with wrk; req/s, ms, CPU s per 10k requests "
           f"at {HIGH} conns, peak RSS (VmHWM) of the subject's processes")
@@ -230,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "\n".join(notes))
     print("\nsections: " + "; ".join(f"{name} {_section_status(result)}" for name, result in sections.items()))
     print(f"routing under load: {'every run routed every request right' if routing_ok else 'FAILED (see JSON)'}")
+    busy = _busy_note(info)
+    if busy:
+        print(busy)
     print(f"results: {path}", flush=True)
     if not args.no_svg:
         _svg(path.with_suffix(".svg"), document)

@@ -102,10 +102,9 @@ def _config_text(services: Mapping[str, Mapping[str, str]]) -> str:
 class Lab:
     """Starts what the chosen subjects need, once, under *workdir*; stops everything on exit."""
 
-    def __init__(self, workdir: Path, subjects: Sequence[str], *, core_option: bool) -> None:
+    def __init__(self, workdir: Path, subjects: Sequence[str]) -> None:
         self.workdir = workdir
         self.subjects = tuple(subjects)
-        self.core_option = core_option
         self.children: list[Child] = []
         self.stack = contextlib.AsyncExitStack()
         self.targets: dict[str, Target] = {}
@@ -166,7 +165,8 @@ class Lab:
             if name == "direct":
                 self.targets[name] = Target(
                     name, f"http://{self.stub_address(A_BASE)}/", (DIRECT_BASE,), {A_BASE: 1.0},
-                    {"stub-backends": stubs.pid}, 0, None, "wrk -> stub a@base (the backend alone)")
+                    {"stub-backends": stubs.pid}, 0, None, "wrk -> stub a@base (the backend alone)",
+                    ("its CPU and RSS are the stub backends' Envoy's (the other subjects' exclude it)",))
             elif name == "envoy":
                 self.targets[name] = await self._envoy()
             elif name in ("gateway", "gateway-1w", "gateway-aiohttp"):
@@ -183,7 +183,8 @@ class Lab:
                 apps = await self._apps()
                 self.targets[name] = Target(
                     name, f"http://{apps['base'][1]}/direct", (DIRECT_BASE,), {B_BASE: 1.0},
-                    {"app-a-base": apps["base"][0]}, 0, None, "wrk -> app a@base -> stub b@base (no proxies)")
+                    {"app-a-base": apps["base"][0]}, 0, None, "wrk -> app a@base -> stub b@base (no proxies)",
+                    ("the app is bench/chain_app.py (raw asyncio + httptools), as in chain",))
             else:
                 raise ValueError(f"unknown subject {name!r}")
         return self.targets

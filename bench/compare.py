@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--subjects", help=f"comma-separated, from {', '.join(ALL_SUBJECTS)} "
                         f"(default: all; quick: {', '.join(QUICK_SUBJECTS)})")
     parser.add_argument("--with-soak", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"also run bench/{{{','.join(SECTIONS)}}}.py --json if present (default: on, "
-                        "off with --quick)")
+                        help=f"also run bench/{{{','.join(SECTIONS)}}}.py --json if present, with --quick when "
+                        "this is --quick (default: on, off with --quick)")
     parser.add_argument("--section-timeout", type=float, default=1200, help="seconds per extra section (default 1200)")
     parser.add_argument("--json", dest="json_path", help="write the results here (default "
                         "bench/results/compare-<UTC time>.json)")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: dict[str, Any] = {}
     for name in SECTIONS if args.with_soak else ():
         say(f"section {name} ...")
-        sections[name] = run_section(name, args.section_timeout)
+        sections[name] = run_section(name, args.section_timeout, quick=args.quick)
     if not args.with_soak:
         sections = {name: {"skipped": "not run (--quick or --no-with-soak)"} for name in SECTIONS}
     table = format_table(summaries, vs_envoy, vs_direct)

@@ -24,13 +24,24 @@ HERE: Final = Path(__file__).resolve().parent
 SECTIONS: Final = ("soak", "propagation", "render_scale")
 
 
-def run_section(name: str, timeout: float) -> dict[str, Any]:
-    """``python bench/<name>.py --json``: its JSON object, or a note saying why there is none."""
+def _has_quick(script: Path) -> bool:
+    try:
+        done = subprocess.run([sys.executable, str(script), "--help"], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    return "--quick" in done.stdout
+
+
+def run_section(name: str, timeout: float, *, quick: bool = False) -> dict[str, Any]:
+    """``python bench/<name>.py --json`` (plus ``--quick`` when asked and the script has it): its JSON
+    object, or a note saying why there is none."""
     script = HERE / f"{name}.py"
     if not script.exists():
         return {"skipped": f"bench/{name}.py does not exist (yet)"}
+    argv = [sys.executable, str(script), "--json", *(["--quick"] if quick and _has_quick(script) else [])]
     try:
-        done = subprocess.run([sys.executable, str(script), "--json"], stdin=subprocess.DEVNULL,
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:  # subprocess.run kills the child before raising
         return {"failed": f"bench/{name}.py --json did not finish within {timeout:g}s"}
@@ -41,7 +52,7 @@ def run_section(name: str, timeout: float) -> dict[str, Any]:
         except ValueError:
             continue
         if isinstance(document, dict):
-            return {"exit_code": done.returncode, "result": document}
+            return {"argv": argv[1:], "exit_code": done.returncode, "result": document}
     return {"failed": f"bench/{name}.py --json exited {done.returncode} without a JSON object",
             "stderr_tail": done.stderr[-1500:]}
 

@@ -20,9 +20,10 @@ from .h1.forward import forward
 from .h1.relay import relay, respond_plain
 from .h1.server import Handler, Request, origin_form
 from .headers import upstream_headers
-from .hops import FALLBACK_HEADER, PATH_HEADER, FallbackReason, Hop, encode_path, parse_path
+from .hops import PATH_HEADER, encode_path, parse_path
 from .metrics import FORBIDDEN, in_flight, observe_request
 from .responses import PlainAnswer
+from .server import HostPort
 from .sidecar_state import Sidecar
 from .trace_cache import trace_keys
 from .wire import request_lane, set_lane
@@ -33,16 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["inbound_path", "outbound_path", "target_authority"]
 
-_REASONS = frozenset(r.value for r in FallbackReason)
-
-
-def _instance(sockname: tuple[str, int] | None) -> str | None:
-    if not sockname:
-        return None
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def inbound_path(sc: Sidecar) -> FastPath:
     gauge = in_flight("inbound")
 
@@ -50,14 +41,9 @@ def inbound_path(sc: Sidecar) -> FastPath:
         async def inbound(request: Request) -> None:
             config = sc.runtime.config
             headers = upstream_headers(request)
-            incoming = request_lane(headers, config.tag)
-            requested = incoming or config.default_lane
-            keys = trace_keys(request.headers, config.proxy.trace_headers)
-            if incoming is not None:
-                sc.traces.remember(keys, incoming)
-            said = headers.popall(FALLBACK_HEADER, [""])[0].strip()
-            reason = said if said in _REASONS and requested != sc.lane else None
-            own = Hop(sc.service, sc.lane, requested, reason, _instance(request.sockname))
+            sockname = request.sockname
+            arrival = sc.arrive(request.headers, headers, str(HostPort(*sockname)) if sockname else None)
+            requested, keys, reason, own = arrival.requested, arrival.keys, arrival.reason, arrival.own
             gauge.inc()
             try:
                 with sc.tracing.span("inbound", sc.service, request.method, request.path, headers,

@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from . import responses
 from .config import LaneConfig
 from .dispatch import UNAVAILABLE_HEADER
-from .hops import FALLBACK_HEADER, FallbackReason, Hop, encode_path
+from .hops import Hop, encode_path
 from .metrics import in_flight, observe_request
 from .proxy import (
     FAST_PATH,
@@ -34,13 +34,10 @@ from .proxy import (
 from .server import HostPort
 from .sidecar_key import SIDECAR
 from .sidecar_state import Sidecar
-from .trace_cache import trace_keys
 from .websocket_proxy import Refused, open_websocket, pump_websockets, refused_answer
-from .wire import request_lane
 
 __all__ = ["build_inbound_app"]
 
-_REASONS = frozenset(r.value for r in FallbackReason)
 
 
 def _own_instance(request: web.BaseRequest) -> str | None:
@@ -54,14 +51,8 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
     sc = request.app[SIDECAR]
     config = sc.runtime.config
     headers = upstream_headers(request)
-    incoming = request_lane(headers, config.tag)
-    requested = incoming or config.default_lane
-    keys = trace_keys(request.headers, config.proxy.trace_headers)
-    if incoming is not None:
-        sc.traces.remember(keys, incoming)
-    said = headers.popall(FALLBACK_HEADER, [""])[0].strip()
-    reason = said if said in _REASONS and requested != sc.lane else None
-    own = Hop(sc.service, sc.lane, requested, reason, _own_instance(request))
+    arrival = sc.arrive(request.headers, headers, _own_instance(request))
+    requested, keys, reason, own = arrival.requested, arrival.keys, arrival.reason, arrival.own
     target = request_target(request)
     session = request.app[SESSION]
     if is_websocket(request):

@@ -32,7 +32,8 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
 def _available() -> dict[str, tuple[str, str]]:
     out = {}
     for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module) is not None:
+        # The top-level package only: finding ``loadtest.cli`` would import ``loadtest`` itself.
+        if importlib.util.find_spec(module.partition(".")[0]) is not None:
             out[name] = (module, help_text)
     return out
 

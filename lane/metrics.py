@@ -2,7 +2,8 @@
 
 Label values are bounded: lanes the config does not declare are reported as ``undeclared`` (a
 client can invent any DNS label), services not in the config as ``unknown``. The invalid-tag
-counter lives in `lane.tags` (``lane_invalid_tags_total``) and is exported by the same registry.
+counter (``lane_invalid_tags_total``) is incremented by `lane.tags`, which imports it only when a tag
+is invalid, so the propagation library and `lane mesh render` do not import prometheus-client.
 
 The per-request calls (`observe_request`, `in_flight`) keep the labelled children they made:
 prometheus-client's ``labels()`` validates, joins and locks on every call, which a proxy would
@@ -22,6 +23,7 @@ from .config import Endpoint, LaneConfig
 __all__ = [
     "EJECTIONS",
     "FORBIDDEN",
+    "INVALID_TAGS",
     "IN_FLIGHT",
     "REJECTED_TAGS",
     "RELOADS",
@@ -36,6 +38,11 @@ REQUESTS: Final = Counter(
     "lane_requests",
     "Requests forwarded by a lane proxy, by service, requested lane, served lane, fallback reason and status.",
     ["proxy", "service", "requested_lane", "served_lane", "fallback", "status"],
+)
+INVALID_TAGS: Final = Counter(
+    "lane_invalid_tags",
+    "Lane tag values received from the network that were not DNS labels and were treated as absent.",
+    ["source"],
 )
 REJECTED_TAGS: Final = Counter(
     "lane_rejected_tags",

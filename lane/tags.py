@@ -11,13 +11,10 @@ import logging
 import re
 from typing import Final
 
-from prometheus_client import Counter
-
 __all__ = [
     "DEFAULT_BAGGAGE_KEY",
     "DEFAULT_LANE",
     "DEFAULT_TAG_HEADER",
-    "INVALID_TAGS",
     "LANE_PATTERN",
     "MAX_LANE_LENGTH",
     "is_valid_lane",
@@ -35,11 +32,6 @@ _PREVIEW_CHARS: Final = 16
 
 log = logging.getLogger(__name__)
 
-INVALID_TAGS: Final = Counter(
-    "lane_invalid_tags",
-    "Lane tag values received from the network that were not DNS labels and were treated as absent.",
-    ["source"],
-)
 
 
 def is_valid_lane(value: str) -> bool:
@@ -66,6 +58,8 @@ def parse_lane(value: str | None, *, source: str = "header") -> str | None:
         return None
     if is_valid_lane(candidate):
         return candidate
+    from .metrics import INVALID_TAGS  # here: `import lane` (and `lane mesh render`) stay free of prometheus
+
     INVALID_TAGS.labels(source=source).inc()
     log.warning("ignoring invalid lane tag from %s (%s)", source, log_preview(value))
     return None

@@ -121,9 +121,9 @@ def _cluster() -> Any:
 def _collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for a one-shot render.
 
-    A big render allocates ~100k dicts and lists that all stay reachable until they are written,
-    so the collector's passes over them find nothing; for 1,000 services they were ~40% of the
-    object-building time. The objects hold no cycles, and the collector is back on afterwards.
+    A big render allocates ~100k dicts and lists that all stay reachable until they are written
+    (and reading its config as many again), so the collector's passes over them find nothing; for
+    1,000 services they were ~40% of the object-building time and ~20% of the parsing. The objects hold no cycles, and the collector is back on afterwards.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -137,7 +137,8 @@ def _collector_paused() -> Iterator[None]:
 def _render(args: argparse.Namespace, out: IO[str]) -> int:
     from .render import dump_yaml, render_objects, write_objects
 
-    config = _load(args)
+    with _collector_paused():
+        config = _load(args)
     namespace = args.namespace or config.mesh.namespace
     kube = None
     if args.from_cluster or args.check_endpoints:
@@ -157,8 +158,7 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
                 written = write_objects(objects, Path(args.output))
         except OSError as exc:
             raise LaneError(f"cannot write {exc.filename or args.output}: {exc.strerror or exc}") from None
-        for path in written:
-            print(f"wrote {path}", file=sys.stderr)
+        sys.stderr.write("".join(f"wrote {path}\n" for path in written))  # one write, not 2,000
     for warning in warnings:  # not failures: a config may leave selectors out
         print(f"endpoint check: warning: {warning}", file=sys.stderr)
     for problem in problems:

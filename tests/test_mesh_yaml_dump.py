@@ -54,7 +54,10 @@ def test_rendered_objects_dump_like_safe_dumper(text: str) -> None:
 
 def test_scalars_that_look_like_other_types_are_quoted_as_safe_dumper_does() -> None:
     data = {"s": ["true", "no", "1", "0x1f", "1.5", "null", "~", "", " lead", "a: b", "#x", "é", "line\nnext\n"],
-            "n": [0, -3, 10**20, True, False], "k": {"2": 1, "10": 2}, "empty": {"list": [], "map": {}}}
+            "n": [0, -3, 10**20, True, False, 1], "k": {"2": 1, "10": 2, "true": 1, "": 0},
+            "empty": {"list": [], "map": {}, "items": [{}, [], ""]},
+            "blocks": {"in a list": ["one\ntwo", " leading space\n", "kept\n\n\n"],
+                       "in a map": {"deep": [{"lua": "a\n\n  indented\nb", "n": 1}]}}}
     assert dump_yaml([data]) == reference([data])
 
 
@@ -62,7 +65,12 @@ def test_scalars_that_look_like_other_types_are_quoted_as_safe_dumper_does() -> 
     {"shared": (shared := {"a": 1}), "again": shared},  # an anchor and an alias
     {"float": 1.5, "none": None, "tuple": ("a", "b")},  # types only SafeDumper knows how to write
     {"mixed": {1: "int key", "s": "str key"}},  # keys that do not sort: insertion order
-], ids=["alias", "other-types", "unsortable-keys"])
+    {"nested": [["a", "b"], ["c"]]},  # a list in a list
+    {"long": "word " * 1000},  # a line PyYAML folds at the width
+    {"k" * 200: "a key longer than 128 characters is a complex key"},
+    {"trailing": "spaces \nthen a break\n"},  # not a literal block: double-quoted
+    {},  # an empty document
+], ids=["alias", "other-types", "unsortable-keys", "list-in-list", "fold-width", "complex-key", "not-literal", "empty"])
 def test_data_off_the_fast_path_still_dumps_like_safe_dumper(data: dict[str, Any]) -> None:
     assert dump_yaml([data]) == reference([data])
 
@@ -72,5 +80,5 @@ def test_the_fast_path_is_taken_for_rendered_objects(monkeypatch: pytest.MonkeyP
     def no_fallback(*args: Any, **kwargs: Any) -> str:
         raise AssertionError("fell back to yaml.dump_all")
 
-    monkeypatch.setattr(yaml_dump.yaml, "dump_all", no_fallback)
+    monkeypatch.setattr(yaml_dump, "_dump_with_pyyaml", no_fallback)
     assert dump_yaml(render_objects(parse_config(demo_config_text()))).startswith("---\n")

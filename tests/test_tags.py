@@ -7,7 +7,8 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from lane.tags import INVALID_TAGS, MAX_LANE_LENGTH, is_valid_lane, log_preview, parse_lane
+from lane.metrics import INVALID_TAGS
+from lane.tags import MAX_LANE_LENGTH, is_valid_lane, log_preview, parse_lane
 
 
 def invalid_count(source: str) -> float:

@@ -19,12 +19,11 @@ import argparse
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable
 from random import getrandbits
 from typing import Final
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 from . import explain, responses
 from .admin import build_admin
@@ -115,7 +114,7 @@ def ensure_trace_headers(headers: CIMultiDict[str]) -> None:
         headers["x-request-id"] = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def lane_of(config: LaneConfig, headers: CIMultiDict[str], received: Iterable[tuple[str, str]], raw_query: str,
+def lane_of(config: LaneConfig, headers: CIMultiDict[str], received: MultiMapping[str], raw_query: str,
             trusted: bool, peer: str | None) -> Coloring:
     """The request's lane, and the rule that chose it (None: a trusted tag or the default lane).
 
@@ -134,7 +133,7 @@ def lane_of(config: LaneConfig, headers: CIMultiDict[str], received: Iterable[tu
         return Coloring(lane, None)
     if not config.rules:
         return Coloring(config.default_lane, None)  # nothing to match: skip building the request view
-    return color(config.rules, RequestView.from_parts(received, raw_query), config.default_lane)
+    return color(config.rules, RequestView.of_request(received, raw_query), config.default_lane)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -142,7 +141,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
     trusted = is_trusted(config, request.remote)
     headers = upstream_headers(request, trust_forwarded=trusted)  # an outside client's X-Forwarded-* is replaced
-    coloring = lane_of(config, headers, request.headers.items(), request.rel_url.raw_query_string, trusted,
+    coloring = lane_of(config, headers, request.headers, request.rel_url.raw_query_string, trusted,
                        request.remote)
     if not trusted:
         distrust_request_id(headers)

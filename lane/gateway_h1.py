@@ -36,7 +36,7 @@ def gateway_path(runtime: Runtime, tracing: Tracing) -> FastPath:
             config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
             trusted = is_trusted(config, request.remote)
             headers = upstream_headers(request, trust_forwarded=trusted)
-            coloring = lane_of(config, headers, request.headers.items(), request.query_string, trusted,
+            coloring = lane_of(config, headers, request.headers, request.query_string, trusted,
                                request.remote)
             if not trusted:
                 distrust_request_id(headers)

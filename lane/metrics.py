@@ -8,7 +8,8 @@ is invalid, so the propagation library and `lane mesh render` do not import prom
 The per-request calls (`observe_request`, `in_flight`) keep the labelled children they made:
 prometheus-client's ``labels()`` validates, joins and locks on every call, which a proxy would
 otherwise pay several times per request. Label values are bounded, so the caches are too (they
-hold exactly the children the metrics hold anyway).
+hold exactly the children the metrics hold anyway). Their updates go through `lane.metric_tally`,
+which hands them to prometheus-client in batches (on every read of the registry, else within a second).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Final
 from prometheus_client import Counter, Gauge
 
 from .config import Endpoint, LaneConfig
+from .metric_tally import Tallied  # first: its flushing collector must precede the metrics below
 
 __all__ = [
     "EJECTIONS",
@@ -63,15 +65,15 @@ IN_FLIGHT: Final = Gauge("lane_in_flight_requests", "Requests being forwarded ri
 
 
 # (proxy, service, requested, served, fallback, status) -> the REQUESTS child; proxy -> IN_FLIGHT child
-_REQUEST_CHILDREN: dict[tuple[str, str, str, str, str, int], Counter] = {}
-_IN_FLIGHT_CHILDREN: dict[str, Gauge] = {}
+_REQUEST_CHILDREN: dict[tuple[str, str, str, str, str, int], Tallied] = {}
+_IN_FLIGHT_CHILDREN: dict[str, Tallied] = {}
 
 
-def in_flight(proxy: str) -> Gauge:
+def in_flight(proxy: str) -> Tallied:
     """The in-flight gauge of *proxy* (``gateway``, ``inbound``, ``outbound``)."""
     child = _IN_FLIGHT_CHILDREN.get(proxy)
     if child is None:
-        child = _IN_FLIGHT_CHILDREN[proxy] = IN_FLIGHT.labels(proxy=proxy)
+        child = _IN_FLIGHT_CHILDREN[proxy] = Tallied(IN_FLIGHT.labels(proxy=proxy))
     return child
 
 
@@ -89,7 +91,7 @@ def observe_request(
     key = (proxy, svc, lane_label(config, requested), lane_label(config, served), fallback or "", status)
     child = _REQUEST_CHILDREN.get(key)
     if child is None:
-        child = _REQUEST_CHILDREN[key] = REQUESTS.labels(proxy, svc, key[2], key[3], key[4], str(status))
+        child = _REQUEST_CHILDREN[key] = Tallied(REQUESTS.labels(proxy, svc, key[2], key[3], key[4], str(status)))
     child.inc()
 
 

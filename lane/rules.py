@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl
 
 import re2
@@ -152,37 +152,115 @@ class Rule:
         return self.percentage is None or self.percentage.holds(request, rng)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
-    """The parts of a request the rules look at, normalised once."""
+class _ReceivedHeaders(Protocol):
+    """A request's header fields looked up case-insensitively: multidict's ``CIMultiDict(Proxy)``."""
 
-    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case name -> ","-joined values
-    cookies: Mapping[str, str] = field(default_factory=dict)
-    query: Mapping[str, str] = field(default_factory=dict)
+    def getall(self, key: str, default: Any) -> Any: ...
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+class RequestView:
+    """The parts of a request the rules look at, normalised on first use.
+
+    The gateway makes one per request; a rule list that decides on a header (the usual case) never
+    pays for a copy of every header, the cookies or the query string -- only what a rule reads.
+    Equal views have equal ``headers`` (lower-case name -> ","-joined values), ``cookies`` and ``query``.
+    """
+
+    __slots__ = ("_cookies", "_flat", "_query", "_query_string", "_received")
+
+    def __init__(self, headers: Mapping[str, str] | None = None, cookies: Mapping[str, str] | None = None,
+                 query: Mapping[str, str] | None = None) -> None:
+        """A view of already normalised parts (header names lower-case)."""
+        self._received: _ReceivedHeaders | None = None
+        self._query_string = ""
+        self._flat: dict[str, str] | None = dict(headers or {})
+        self._cookies: dict[str, str] | None = dict(cookies or {})
+        self._query: dict[str, str] | None = dict(query or {})
 
     @classmethod
     def from_parts(cls, headers: Iterable[tuple[str, str]], query_string: str = "") -> RequestView:
-        joined: dict[str, list[str]] = {}
-        for name, value in headers:
-            joined.setdefault(name.lower(), []).append(value)
-        flat = {name: ",".join(values) for name, values in joined.items()}
-        cookies: dict[str, str] = {}
-        for cookie_header in joined.get("cookie", []):
-            for part in cookie_header.split(";"):
-                name, sep, value = part.strip().partition("=")
-                if sep and name and name not in cookies:
-                    cookies[name] = value.strip()
-        query: dict[str, str] = {}
-        for name, value in parse_qsl(query_string, keep_blank_values=True):
-            query.setdefault(name, value)
-        return cls(headers=flat, cookies=cookies, query=query)
+        """The view of a request's header fields (in order, repeats kept) and raw query string."""
+        return cls.of_request(_CaseInsensitiveFields(headers), query_string)
+
+    @classmethod
+    def of_request(cls, headers: _ReceivedHeaders, query_string: str = "") -> RequestView:
+        """The view of a request's case-insensitive header multidict (not copied) and raw query string."""
+        view = cls.__new__(cls)
+        view._received, view._query_string = headers, query_string
+        view._flat = view._cookies = view._query = None
+        return view
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._flat is None:
+            assert self._received is not None
+            joined: dict[str, list[str]] = {}
+            for name, value in self._received.items():
+                joined.setdefault(name.lower(), []).append(value)
+            self._flat = {name: ",".join(values) for name, values in joined.items()}
+        return self._flat
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        if self._cookies is None:
+            assert self._received is not None
+            cookies: dict[str, str] = {}
+            for cookie_header in self._received.getall("cookie", ()):
+                for part in cookie_header.split(";"):
+                    name, sep, value = part.strip().partition("=")
+                    if sep and name and name not in cookies:
+                        cookies[name] = value.strip()
+            self._cookies = cookies
+        return self._cookies
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        if self._query is None:
+            query: dict[str, str] = {}
+            for name, value in parse_qsl(self._query_string, keep_blank_values=True):
+                query.setdefault(name, value)
+            self._query = query
+        return self._query
 
     def get(self, source: Source, name: str) -> str | None:
         if source is Source.HEADER:
-            return self.headers.get(name.lower())
+            if self._flat is not None:
+                return self._flat.get(name.lower())
+            assert self._received is not None
+            values = self._received.getall(name, ())
+            return ",".join(values) if values else None
         if source is Source.COOKIE:
             return self.cookies.get(name)
         return self.query.get(name)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestView):
+            return NotImplemented
+        return (self.headers, self.cookies, self.query) == (other.headers, other.cookies, other.query)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RequestView(headers={self.headers!r}, cookies={self.cookies!r}, query={self.query!r})"
+
+
+class _CaseInsensitiveFields:
+    """Header fields as a list, looked up the way a case-insensitive multidict does."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Iterable[tuple[str, str]]) -> None:
+        self._fields = [(name, value) for name, value in fields]
+
+    def getall(self, key: str, default: Any) -> Any:
+        key = key.lower()
+        found = [value for name, value in self._fields if name.lower() == key]
+        return found or default
+
+    def items(self) -> Iterable[tuple[str, str]]:
+        return self._fields
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -236,9 +237,18 @@ def _while_stopping(sig: int) -> None:
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run *main* on uvloop when it is installed, else on asyncio's default loop."""
+    """Run *main* on uvloop when it is installed, else on asyncio's default loop.
+
+    Metric updates still pending when the loop ends are handed to prometheus-client then: with
+    ``--workers`` its files outlive the process and the supervisor still reads them.
+    """
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(main)
-    return uvloop.run(main)
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            return asyncio.run(main)
+        return uvloop.run(main)
+    finally:
+        tally = sys.modules.get("lane.metric_tally")
+        if tally is not None:
+            tally.flush()

@@ -39,7 +39,7 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:  # only for types: imported for real once tracing is on
@@ -170,6 +170,7 @@ class RequestSpan:
 
 
 _NO_SPAN: Final = RequestSpan(None)
+_NO_SPAN_CONTEXT: Final = nullcontext(_NO_SPAN)  # reusable: nullcontext keeps no state between uses
 
 
 class Tracing:
@@ -198,19 +199,27 @@ class Tracing:
     def enabled(self) -> bool:
         return self._tracer is not None
 
-    @contextmanager
     def span(
         self, proxy: str, service: str, method: str, path: str, headers: CIMultiDict[str], *, requested: str,
         kind: SpanKind | str = "server", parent: Context | None = None, rule: str | None = None,
-    ) -> Iterator[RequestSpan]:
+    ) -> AbstractContextManager[RequestSpan]:
         """The span of one request, child of the ``traceparent`` in *headers* (else of *parent*).
 
         *kind* is a `SpanKind` or its name (``"server"``, ``"client"``): a caller that passes the
-        name need not import the trace API, which only matters when tracing is on.
+        name need not import the trace API, which only matters when tracing is on. With tracing off
+        this is one shared no-op context: a generator-based one per request cost ~2% of a request.
         """
         if self._tracer is None:
-            yield _NO_SPAN
-            return
+            return _NO_SPAN_CONTEXT
+        return self._span(proxy, service, method, path, headers, requested=requested, kind=kind, parent=parent,
+                          rule=rule)
+
+    @contextmanager
+    def _span(
+        self, proxy: str, service: str, method: str, path: str, headers: CIMultiDict[str], *, requested: str,
+        kind: SpanKind | str, parent: Context | None, rule: str | None,
+    ) -> Iterator[RequestSpan]:
+        assert self._tracer is not None
         from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
 

@@ -191,11 +191,16 @@ async def test_workers_share_the_port_and_the_supervisor_aggregates(tmp_path: Pa
                 for _ in range(20):
                     async with aiohttp.ClientSession() as fresh:  # new connections spread over the workers
                         assert await served_lane(fresh, f"http://{listen}", "xiaoming") == "gray"
-                async with client.get(gw.url("admin") + "/metrics") as resp:
-                    text = await resp.text()
+                want = 'requested_lane="gray",served_lane="gray",service="up",status="200"} 20.0'
+                for _ in range(50):  # workers hand their counts over within a second (lane.metric_tally)
+                    async with client.get(gw.url("admin") + "/metrics") as resp:
+                        text = await resp.text()
+                    if want in text:
+                        break
+                    await asyncio.sleep(0.1)
                 async with client.get(gw.url("admin") + "/lane/instances") as resp:
                     view = await resp.json()
-            assert 'requested_lane="gray",served_lane="gray",service="up",status="200"} 20.0' in text
+            assert want in text
             assert view["workers"] == 2 and view["services"]["up"]["gray"][0]["healthy"] is True
             started = time.monotonic()
             assert stop_process(gw.popen) == 0 and time.monotonic() - started < 30

@@ -8,6 +8,7 @@ import time
 from textwrap import dedent
 
 import pytest
+from multidict import CIMultiDict
 
 from lane.config import parse_config
 from lane.errors import ConfigError
@@ -29,7 +30,13 @@ def rules_of(coloring: str):  # type: ignore[no-untyped-def]
 
 
 def lane_of(config, headers=(), query: str = "") -> str:  # type: ignore[no-untyped-def]
-    return color(config.rules, RequestView.from_parts(headers, query), config.default_lane).lane
+    """The lane, asserting the gateway's view (over the received multidict, read lazily) agrees."""
+    lane = color(config.rules, RequestView.from_parts(headers, query), config.default_lane).lane
+    received = CIMultiDict(headers)
+    gateway_view = RequestView.of_request(received, query)
+    assert color(config.rules, gateway_view, config.default_lane).lane == lane
+    assert gateway_view == RequestView.from_parts(headers, query)
+    return lane
 
 
 @pytest.mark.parametrize(

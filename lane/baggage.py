@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote
 
@@ -132,7 +133,14 @@ def remove_member(headers: Iterable[str], key: str) -> str | None:
     return ",".join(kept) if kept else None
 
 
+@lru_cache(maxsize=256)
+def _encoded_member(key: str, value: str) -> str:
+    """``key=value`` percent-encoded; cached because a proxy writes the same few lanes all day."""
+    return f"{_encode_key(key)}={encode_value(value)}"
+
+
 def set_member(headers: Iterable[str], key: str, value: str) -> str:
     """One header value with ``key=<value>`` as its first member and every other member kept."""
-    first = f"{_encode_key(key)}={encode_value(value)}"
-    return ",".join([first, *(m for m in members(headers) if not _names(m, key))])
+    first = _encoded_member(key, value)
+    rest = [m for m in members(headers) if not _names(m, key)]
+    return ",".join([first, *rest]) if rest else first

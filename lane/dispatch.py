@@ -49,7 +49,7 @@ T = TypeVar("T")
 Opener = Callable[[Endpoint, CIMultiDict[str]], Awaitable[T]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs a setattr call per field
 class Dispatched(Generic[T]):
     route: Route
     endpoint: Endpoint

@@ -145,10 +145,15 @@ class Rule:
     lane: str
     conditions: tuple[Condition, ...] = ()
     percentage: Percentage | None = None
+    coloring: Coloring = field(init=False, compare=False, repr=False)  # what `color` answers when it matches
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "coloring", Coloring(self.lane, self.name))
 
     def matches(self, request: RequestView, rng: random.Random | None = None) -> bool:
-        if not all(c.holds(request) for c in self.conditions):
-            return False
+        for condition in self.conditions:
+            if not condition.holds(request):
+                return False
         return self.percentage is None or self.percentage.holds(request, rng)
 
 
@@ -277,5 +282,5 @@ def color(
     """The lane of *request*: the first matching rule's, else *default_lane*."""
     for rule in rules:
         if rule.matches(request, rng):
-            return Coloring(rule.lane, rule.name)
+            return rule.coloring
     return Coloring(default_lane, None)

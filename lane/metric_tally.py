@@ -32,6 +32,7 @@ class _Incrementable(Protocol):
 
 _pending: dict[_Incrementable, float] = {}
 _timer: asyncio.TimerHandle | None = None
+_timer_loop: asyncio.AbstractEventLoop | None = None
 
 
 def flush() -> None:
@@ -47,15 +48,15 @@ def flush() -> None:
 
 
 def _add(child: _Incrementable, amount: float) -> None:
-    global _timer
+    global _timer, _timer_loop
     _pending[child] = _pending.get(child, 0) + amount
-    if _timer is None:
+    if _timer is None or _timer_loop is None or _timer_loop.is_closed():  # a closed loop never fires its timer
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             flush()
             return
-        _timer = loop.call_later(FLUSH_AFTER_SECONDS, flush)
+        _timer, _timer_loop = loop.call_later(FLUSH_AFTER_SECONDS, flush), loop
 
 
 class Tallied:

@@ -66,3 +66,26 @@ async def test_flush_applies_everything_and_cancels_the_timer() -> None:
     assert metric_tally._timer is not None
     metric_tally.flush()
     assert counter.labels(k="z")._value.get() == 2
+
+
+def test_a_timer_left_on_a_closed_loop_does_not_hold_counts_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process (or test) that runs a second loop after the first closed still gets its counts handed over."""
+    metric_tally.flush()
+    monkeypatch.setattr(metric_tally, "FLUSH_AFTER_SECONDS", 0.05)
+    counter, _ = _metrics(CollectorRegistry())
+    child = Tallied(counter.labels(k="w"))
+
+    async def one_update() -> None:
+        child.inc()
+
+    async def update_and_wait() -> float:
+        child.inc()
+        for _ in range(100):  # bounded: 100 x 20 ms
+            if counter.labels(k="w")._value.get() >= 1:
+                break
+            await asyncio.sleep(0.02)
+        return float(counter.labels(k="w")._value.get())
+
+    asyncio.run(one_update())  # arms a timer, then the loop closes before it fires
+    assert counter.labels(k="w")._value.get() == 0
+    assert asyncio.run(update_and_wait()) == 2

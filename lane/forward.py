@@ -1,7 +1,7 @@
 """One HTTP request sent down its lane, as the gateway and a sidecar's outbound both do it.
 
 `forward_http` routes and sends the request (`lane.dispatch`: live fallback, bounded retries) and
-records the outcome once — the ``lane_requests_total`` sample and the span's routing attributes.
+records the outcome once (`lane.recorded_dispatch`, shared with the fast core's `lane.h1.forward`).
 A request that could not be sent is already answered: 503 when no lane may serve it, 502/504 when
 the instances failed, with the failed hop in ``x-lane-path`` (`lane.responses`); the caller only
 has to relay a `Dispatched` answer.
@@ -12,14 +12,13 @@ from __future__ import annotations
 from aiohttp import ClientResponse, ClientSession, web
 from multidict import CIMultiDict
 
-from . import responses
 from .config import Endpoint, LaneConfig, ProxySpec
-from .dispatch import UNAVAILABLE_HEADER, Dispatched, Opener, dispatch, retry_guard
-from .errors import UpstreamUnavailable
+from .dispatch import UNAVAILABLE_HEADER, Dispatched, Opener, retry_guard
 from .failures import ConnectFailed
-from .metrics import observe_request
-from .proxy import SESSION, Body, UpstreamFailure, request_target, send
+from .proxy import SESSION, Body, request_target, send
+from .recorded_dispatch import dispatch_recorded
 from .registry import Registry
+from .responses import PlainAnswer
 from .tracing import RequestSpan
 
 __all__ = ["forward_http", "http_opener"]
@@ -31,24 +30,12 @@ async def forward_http(
 ) -> Dispatched[ClientResponse] | web.Response:
     """Send *request* to *service* for *lane*; the upstream answer, or the error answer to give instead."""
     body = Body(request)
-    try:
-        sent = await dispatch(
-            registry, config, service=service, lane=lane, headers=headers,
-            opener=http_opener(request.app[SESSION], request.method, request_target(request), body, config.proxy),
-            may_retry=retry_guard(request.method, body),
-        )
-    except UpstreamUnavailable as exc:
-        observe_request(config, proxy, service, lane, None, None, 503)
-        span.answered(503, type(exc).__name__)
-        return responses.unavailable(exc, service, lane)
-    except UpstreamFailure as exc:
-        observe_request(config, proxy, service, lane, None, None, exc.status)
-        span.answered(exc.status, type(exc).__name__)
-        return responses.failure(exc)
-    observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, sent.response.status)
-    span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
-    span.answered(sent.response.status)
-    return sent
+    sent = await dispatch_recorded(
+        registry, config, proxy=proxy, service=service, lane=lane, headers=headers,
+        opener=http_opener(request.app[SESSION], request.method, request_target(request), body, config.proxy),
+        may_retry=retry_guard(request.method, body), span=span,
+    )
+    return sent.as_response() if isinstance(sent, PlainAnswer) else sent
 
 
 def http_opener(

@@ -1,8 +1,8 @@
 """One HTTP request sent down its lane on the fast core, as the gateway and a sidecar's outbound do it.
 
-The same decision as the aiohttp core's `lane.forward.forward_http` (`lane.dispatch`: live
-fallback, bounded retries; one ``lane_requests_total`` sample and the span's routing
-attributes), sending with the keep-alive pools of `lane.h1.upstream`. A request that could not
+The same decision and record as the aiohttp core's `lane.forward.forward_http`
+(`lane.recorded_dispatch`: live fallback, bounded retries, one ``lane_requests_total`` sample
+and the span's routing attributes), sending with the keep-alive pools of `lane.h1.upstream`. A request that could not
 be sent gets its error answer back (503/502/504 with the failed hop), ready to write.
 """
 
@@ -14,10 +14,9 @@ from multidict import CIMultiDict
 
 from .. import responses
 from ..config import Endpoint, LaneConfig
-from ..dispatch import UNAVAILABLE_HEADER, Dispatched, dispatch, retry_guard
-from ..errors import UpstreamUnavailable
-from ..failures import ConnectFailed, UpstreamFailure
-from ..metrics import observe_request
+from ..dispatch import UNAVAILABLE_HEADER, Dispatched, retry_guard
+from ..failures import ConnectFailed
+from ..recorded_dispatch import dispatch_recorded
 from ..registry import Registry
 from .body import BodySource
 from .server import Request, origin_form
@@ -57,21 +56,8 @@ async def forward(
 ) -> Dispatched[UpstreamAnswer] | responses.PlainAnswer:
     """Send *request* to *service* for *lane*; the upstream answer, or the error answer to give instead."""
     body = request.body
-    try:
-        sent = await dispatch(
-            registry, config, service=service, lane=lane, headers=headers,
-            opener=_Opener(upstreams, request, origin_form(request.target), body, config),
-            may_retry=retry_guard(request.method, body),
-        )
-    except UpstreamUnavailable as exc:
-        observe_request(config, proxy, service, lane, None, None, 503)
-        span.answered(503, type(exc).__name__)
-        return responses.unavailable_answer(exc, service, lane)
-    except UpstreamFailure as exc:
-        observe_request(config, proxy, service, lane, None, None, exc.status)
-        span.answered(exc.status, type(exc).__name__)
-        return responses.failure_answer(exc)
-    observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, sent.response.status)
-    span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
-    span.answered(sent.response.status)
-    return sent
+    return await dispatch_recorded(
+        registry, config, proxy=proxy, service=service, lane=lane, headers=headers,
+        opener=_Opener(upstreams, request, origin_form(request.target), body, config),
+        may_retry=retry_guard(request.method, body), span=span,
+    )

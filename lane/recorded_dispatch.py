@@ -1,0 +1,60 @@
+"""`lane.dispatch` plus what a forwarding proxy records about it, for both cores.
+
+Each request gets one ``lane_requests_total`` sample and the span's routing attributes, whichever
+way it went. A request that could not be sent comes back as its error answer -- 503 when no lane
+may serve it, 502/504 when the instances failed, with the failed hop in ``x-lane-path`` -- for the
+caller to write its own way (an aiohttp response, or straight onto the fast core's connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from multidict import CIMultiDict
+
+from .config import LaneConfig
+from .dispatch import Dispatched, Opener, dispatch
+from .errors import UpstreamUnavailable
+from .failures import UpstreamFailure
+from .metrics import observe_request
+from .registry import Registry
+from .responses import PlainAnswer, failure_answer, unavailable_answer
+
+if TYPE_CHECKING:
+    from .tracing import RequestSpan
+
+__all__ = ["dispatch_recorded"]
+
+
+
+class _Answer(Protocol):
+    """An upstream answer of either core (aiohttp's `ClientResponse`, `lane.h1.upstream.UpstreamAnswer`)."""
+
+    @property
+    def status(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Answer)
+
+
+async def dispatch_recorded(
+    registry: Registry, config: LaneConfig, *, proxy: str, service: str, lane: str, headers: CIMultiDict[str],
+    opener: Opener[T], may_retry: Callable[[], bool], span: RequestSpan,
+) -> Dispatched[T] | PlainAnswer:
+    """`dispatch`, recorded; the upstream answer, or the error answer to give instead."""
+    try:
+        sent = await dispatch(registry, config, service=service, lane=lane, headers=headers, opener=opener,
+                              may_retry=may_retry)
+    except UpstreamUnavailable as exc:
+        observe_request(config, proxy, service, lane, None, None, 503)
+        span.answered(503, type(exc).__name__)
+        return unavailable_answer(exc, service, lane)
+    except UpstreamFailure as exc:
+        observe_request(config, proxy, service, lane, None, None, exc.status)
+        span.answered(exc.status, type(exc).__name__)
+        return failure_answer(exc)
+    observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, sent.response.status)
+    span.routed(sent.route.lane, sent.hop.fallback, sent.hop.instance)
+    span.answered(sent.response.status)
+    return sent

@@ -30,6 +30,7 @@ from .admin import build_admin
 from .config import LaneConfig
 from .errors import ConfigError
 from .forward import forward_http
+from .headers import ForwardedFrom
 from .metrics import REJECTED_TAGS, in_flight
 from .proxy import (
     FAST_PATH,
@@ -136,17 +137,26 @@ def lane_of(config: LaneConfig, headers: CIMultiDict[str], received: MultiMappin
     return color(config.rules, RequestView.of_request(received, raw_query), config.default_lane)
 
 
+def colored_headers(config: LaneConfig, request: ForwardedFrom, raw_query: str) -> tuple[CIMultiDict[str], Coloring]:
+    """The headers to send upstream and the request's coloring, as both cores' gateways start a request.
+
+    Only a trusted peer keeps its X-Forwarded-*, lane tag and x-request-id; the request leaves with its
+    lane in the tag header and as the first baggage member.
+    """
+    trusted = is_trusted(config, request.remote)
+    headers = upstream_headers(request, trust_forwarded=trusted)
+    coloring = lane_of(config, headers, request.headers, raw_query, trusted, request.remote)
+    if not trusted:
+        distrust_request_id(headers)
+    set_lane(headers, config.tag, coloring.lane)
+    return headers, coloring
+
+
 async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
-    trusted = is_trusted(config, request.remote)
-    headers = upstream_headers(request, trust_forwarded=trusted)  # an outside client's X-Forwarded-* is replaced
-    coloring = lane_of(config, headers, request.headers, request.rel_url.raw_query_string, trusted,
-                       request.remote)
-    if not trusted:
-        distrust_request_id(headers)
+    headers, coloring = colored_headers(config, request, request.rel_url.raw_query_string)
     lane = coloring.lane
-    set_lane(headers, config.tag, lane)
     service = config.entry
     if is_websocket(request):
         ensure_trace_headers(headers)

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .gateway import distrust_request_id, ensure_trace_headers, is_trusted, lane_of
+from .gateway import colored_headers, ensure_trace_headers
 from .h1.forward import forward
 from .h1.listen import FastPath
 from .h1.relay import relay, respond_plain
 from .h1.server import Handler, Request
-from .headers import upstream_headers
 from .metrics import in_flight
 from .responses import PlainAnswer, answer_headers
 from .runtime import Runtime
 from .tracing import Tracing
-from .wire import set_lane
 
 if TYPE_CHECKING:
     from .h1.upstream import Upstreams
@@ -34,14 +32,8 @@ def gateway_path(runtime: Runtime, tracing: Tracing) -> FastPath:
     def with_pools(upstreams: Upstreams) -> Handler:
         async def handle(request: Request) -> None:
             config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
-            trusted = is_trusted(config, request.remote)
-            headers = upstream_headers(request, trust_forwarded=trusted)
-            coloring = lane_of(config, headers, request.headers, request.query_string, trusted,
-                               request.remote)
-            if not trusted:
-                distrust_request_id(headers)
+            headers, coloring = colored_headers(config, request, request.query_string)
             lane = coloring.lane
-            set_lane(headers, config.tag, lane)
             service = config.entry
             with tracing.span("gateway", service, request.method, request.path, headers, requested=lane,
                               rule=coloring.rule) as span:

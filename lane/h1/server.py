@@ -11,10 +11,14 @@ listener's aiohttp server on the same transport (`Fallback`): WebSocket and othe
 ``CONNECT``. aiohttp is imported only then, so a proxy that never sees one never loads it.
 
 Limits (a proxy in front of everything must not buffer what a client sends it): request line and
-each header field ≤ 8 KiB, the whole head ≤ 64 KiB and ≤ 128 fields (431 otherwise); a malformed
-head or body framing (including Content-Length with Transfer-Encoding: request smuggling) is a 400
-and the connection is closed. Idle keep-alive connections are closed after `keepalive_seconds`,
-a head that takes longer than that to arrive too.
+each header field ≤ 8 KiB, the whole head ≤ 64 KiB and ≤ 128 fields (431 otherwise), counted on
+the parsed fields however the bytes arrive (one read or many); a malformed head or body framing
+(including Content-Length with Transfer-Encoding: request smuggling) is a 400. After such an answer
+the connection is closed *gracefully*: the write side is shut down and what the client still sends is
+read and dropped (bounded: `_LINGER_BYTES`, `_LINGER_SECONDS`), because closing a socket with unread
+bytes makes the kernel send a reset, which can destroy the answer before the client reads it.
+Idle keep-alive connections are closed after `keepalive_seconds`, a head that takes longer than
+that to arrive too.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ _BODY_HIGH: Final = 256 * 1024  # buffered request body above which reading from
 _BODY_LOW: Final = 64 * 1024
 _WRITE_HIGH: Final = 256 * 1024
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_BYTES: Final = 1024 * 1024  # dropped after a refusal before the connection is closed anyway
+_LINGER_SECONDS: Final = 2.0
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 
@@ -333,10 +339,13 @@ class H1Connection(asyncio.Protocol):
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []
         self._in_head = False
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes received while a head is incomplete (a head trickled in)
+        self._head_size = 0  # bytes of the parsed head so far: request target and fields
         self._upgrade: Request | None = None
         self._upgrade_data: bytes | None = None
         self._refused = False
+        self._refusal: bytes | None = None  # the answer to a refused request, written after the current one
+        self._linger_left = 0
         self._eof = False
         self._task: asyncio.Task[None] | None = None
         self.idle_since = self.loop.time()
@@ -374,6 +383,9 @@ class H1Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            self._linger_left -= len(data)
+            if self._linger_left < 0 and self._refusal is None:
+                self.abort()  # still sending after the answer: enough was read
             return
         if self._in_head or self._parsing is None:
             self._head_bytes += len(data)
@@ -398,6 +410,8 @@ class H1Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
+        if self._refused and self._refusal is None:
+            return None  # the refusal was written: the client read it and closed, so close too
         if self._parsing is not None:
             self._parsing.body._finish(ClientGone("the client closed the connection before its body was sent"))
             self._parsing = None
@@ -410,17 +424,25 @@ class H1Connection(asyncio.Protocol):
         self._in_head = True
         self._url = b""
         self._fields = []
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > MAX_FIELD:
             raise _HeadTooLarge(414, f"request target longer than {MAX_FIELD} bytes")
+        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_FIELD:
+        size = len(name) + len(value)
+        if size > MAX_FIELD:
             raise _HeadTooLarge(431, f"a header field longer than {MAX_FIELD} bytes")
         if len(self._fields) >= MAX_FIELDS:
             raise _HeadTooLarge(431, f"more than {MAX_FIELDS} header fields")
+        # The whole head, also when it arrived in one read (the byte count in `data_received`
+        # only sees a head that is still incomplete): ": " and CRLF count as the client sent them.
+        self._head_size += size + 4
+        if self._head_size > MAX_HEAD:
+            raise _HeadTooLarge(431, f"request head larger than {MAX_HEAD} bytes")
         self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -496,7 +518,10 @@ class H1Connection(asyncio.Protocol):
         if keep and not request.body.complete:
             keep = False  # the rest of an unread body is still on the wire: no way to find the next request
         if not keep:
-            self.close()
+            if self._refusal is not None:
+                self._write_refusal()
+            else:
+                self.close()
             return
         if self._queue:
             nxt = self._queue.popleft()
@@ -550,15 +575,35 @@ class H1Connection(asyncio.Protocol):
         log.debug("refused a request from %s: %s", self.peer, what)
         self._refused = True
         self._in_head = False
+        body = f"lane: {what}\n".encode()
+        self._refusal = serialize_head(status, reason_phrase(status), CIMultiDict(
+            {"Content-Type": "text/plain; charset=utf-8"}),
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n") + body
         if self._current is None:
-            body = f"lane: {what}\n".encode()
-            self.write_raw(serialize_head(status, reason_phrase(status), CIMultiDict(
-                {"Content-Type": "text/plain; charset=utf-8"}),
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n") + body)
-            self.close()
+            self._write_refusal()
         else:
-            self.closing = True  # the answer in progress finishes, then the connection closes
+            self.closing = True  # the answer in progress finishes, then the refusal, then the close
             self.pause_reading()
+
+    def _write_refusal(self) -> None:
+        """Write the refusal, shut the write side, and drop what the client still sends (bounded) before closing.
+
+        A socket closed with unread bytes in its receive buffer answers with a reset, and a reset
+        can reach the client before it read the answer: it would see "connection reset" instead
+        of the 431. Reading to the client's end (or `_LINGER_BYTES`, or `_LINGER_SECONDS`) avoids it.
+        """
+        answer, self._refusal = self._refusal, None
+        transport = self.transport
+        if answer is None or transport is None or self.gone:
+            return
+        transport.write(answer)
+        if self._eof or not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()
+        self._linger_left = _LINGER_BYTES
+        self.resume_reading()
+        self.loop.call_later(_LINGER_SECONDS, self.close)
 
     # --- upgrades: handed to aiohttp on the same transport ---
     def _begin_upgrade(self, rest: bytes) -> None:

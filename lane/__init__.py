@@ -2,15 +2,46 @@
 
 The library surface other teams import: the config model, the coloring rules and the
 OpenTelemetry propagation of the lane (see `lane.propagation`, `lane.aiohttp_server`,
-`lane.aiohttp_client`).
+`lane.aiohttp_client`, `lane.instrumentor`).
+
+``import lane`` stays light (no YAML, no RE2, no config loader, no rules): apps import it for the
+propagator alone. The config and rule names below are loaded on first use (PEP 562).
 """
 
-from .config import LaneConfig, load_config, parse_config
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .errors import ConfigError, LaneError, UpstreamUnavailable
 from .hops import Hop, encode_path, parse_path
 from .propagation import LanePropagator, current_lane, use_lane, with_lane, without_lane
-from .rules import Coloring, RequestView, Rule, color
 from .tags import is_valid_lane, parse_lane
+
+if TYPE_CHECKING:
+    from .config import LaneConfig, load_config, parse_config
+    from .rules import Coloring, RequestView, Rule, color
+
+_LAZY = {
+    "LaneConfig": "config",
+    "load_config": "config",
+    "parse_config": "config",
+    "Coloring": "rules",
+    "RequestView": "rules",
+    "Rule": "rules",
+    "color": "rules",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The config and rule names, imported when first asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lane' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Coloring",

@@ -33,7 +33,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 
 from .baggage import BAGGAGE_HEADER, get_member, remove_member, set_member
-from .propagation import LanePropagator
+from .propagation import LanePropagator, global_lane_propagator, propagator_from_env
 from .tags import parse_lane
 
 __all__ = ["LaneClientInstrumentor", "apply_lane", "lane_client_middleware"]
@@ -70,17 +70,22 @@ def apply_lane(headers: CIMultiDict[str], propagator: LanePropagator, context: C
 
 
 def lane_client_middleware(propagator: LanePropagator | None = None) -> ClientMiddlewareType:
-    """A client middleware that makes each request carry the caller's lane (see `apply_lane`)."""
-    lanes = propagator or LanePropagator()
+    """A client middleware that makes each request carry the caller's lane (see `apply_lane`).
+
+    *propagator* names the tag header and baggage key; by default the ``lane`` member of the global
+    propagators (``OTEL_PROPAGATORS``), else one named by ``LANE_TAG_HEADER`` / ``LANE_BAGGAGE_KEY``
+    — the same choice `lane.aiohttp_server.lane_middleware` makes, so both sides agree.
+    """
+    fallback = propagator or propagator_from_env()
 
     async def lane_headers(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         try:
-            apply_lane(request.headers, lanes)
+            apply_lane(request.headers, propagator or global_lane_propagator() or fallback)
         except Exception:  # a lane problem must never fail the app's call
             log.exception("could not set the lane on an outgoing request to %s", request.url.host)
         return await handler(request)
 
-    setattr(lane_headers, _MARK, lanes)
+    setattr(lane_headers, _MARK, fallback)
     return lane_headers
 
 

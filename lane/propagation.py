@@ -12,37 +12,54 @@ When a middle service dropped the header, only baggage is present and it is used
 are treated as absent (logged and counted by `lane.tags.parse_lane`), so an invalid header falls
 through to a valid baggage entry, and an invalid lane never lives in a context this module returns.
 
-Registered as the ``lane`` entry point of ``opentelemetry_propagator``, so
-``OTEL_PROPAGATORS=tracecontext,baggage,lane`` works with no code change. Listed after ``baggage``
-it also repairs what the stock baggage propagator loses (oversized or split headers, ``+``).
+Registered as the ``lane`` entry point of ``opentelemetry_propagator`` (`propagator_from_env`), so
+``OTEL_PROPAGATORS=tracecontext,baggage,lane`` works with no code change; ``LANE_TAG_HEADER`` and
+``LANE_BAGGAGE_KEY`` name another tag header or baggage key. Run after ``baggage`` it also repairs
+what the stock baggage propagator loses (oversized or split headers, ``+``); run before it, the stock
+one would overwrite the lane's answer, which is why `lane_last` exists and lane's instrumentor and
+server middleware always run the lane propagator last, whatever order ``OTEL_PROPAGATORS`` lists.
+
+Importing this module loads no config, YAML or regex engine: ``import lane`` stays light.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import baggage as otel_baggage
 from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.propagators import textmap
+from opentelemetry.propagators.composite import CompositePropagator
 
 from .baggage import BAGGAGE_HEADER, get_member, remove_member, set_member
-from .config import LaneConfig, TagSpec
 from .tags import DEFAULT_BAGGAGE_KEY, DEFAULT_TAG_HEADER, is_valid_lane, parse_lane
 
+if TYPE_CHECKING:  # the config module loads YAML and RE2; the library surface must not
+    from .config import LaneConfig, TagSpec
+
 __all__ = [
+    "BAGGAGE_KEY_ENV",
+    "TAG_HEADER_ENV",
     "LanePropagator",
     "carrier_values",
     "current_lane",
+    "global_lane_propagator",
+    "lane_last",
+    "propagator_from_env",
     "use_lane",
     "with_lane",
     "without_lane",
 ]
 
 log = logging.getLogger(__name__)
+
+TAG_HEADER_ENV: Final = "LANE_TAG_HEADER"
+BAGGAGE_KEY_ENV: Final = "LANE_BAGGAGE_KEY"
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -215,3 +232,59 @@ def _set(carrier: Any, setter: textmap.Setter[Any], name: str, value: str | None
                 del carrier[name]
             return
     setter.set(carrier, name, value if value is not None else "")
+
+
+def propagator_from_env(environ: Mapping[str, str] | None = None) -> LanePropagator:
+    """The ``lane`` entry point: a `LanePropagator` named by ``LANE_TAG_HEADER`` / ``LANE_BAGGAGE_KEY``.
+
+    Unset or empty variables mean the defaults (``x-mse-tag`` for both; like ``tag:`` in the config,
+    the baggage key does not follow the header). An invalid value is one logged error and the
+    default, never an exception: OpenTelemetry loads this at import time, and a raise there would
+    stop the app on a typo in a variable that only names a header.
+    """
+    env = os.environ if environ is None else environ
+    header = _env_name(env, TAG_HEADER_ENV, DEFAULT_TAG_HEADER, "an HTTP header name (an RFC 9110 token)")
+    key = _env_name(env, BAGGAGE_KEY_ENV, DEFAULT_BAGGAGE_KEY, "a W3C baggage key (a token)")
+    return LanePropagator(header, key)
+
+
+def _env_name(env: Mapping[str, str], variable: str, default: str, what: str) -> str:
+    value = env.get(variable, "").strip()
+    if not value:
+        return default
+    if _TOKEN.fullmatch(value):
+        return value
+    log.error("%s=%r is not %s; using the default %r", variable, value[:64], what, default)
+    return default
+
+
+def lane_last(propagator: textmap.TextMapPropagator) -> textmap.TextMapPropagator:
+    """*propagator* with its lane propagators moved to the end (the same object when already so).
+
+    A composite calls its members in order on both extract and inject, and the stock baggage
+    propagator overwrites whatever ran before it: listed after ``lane`` it would put a stale
+    ``baggage`` lane over a valid tag header on extract, and rewrite the ``baggage`` header without
+    the lane-first order on inject. Lane last gives the same answer for every ``OTEL_PROPAGATORS``
+    order. Other members keep their relative order.
+    """
+    members = getattr(propagator, "_propagators", None)  # CompositePropagator's members, in order
+    if not isinstance(propagator, CompositePropagator) or not isinstance(members, list):
+        return propagator
+    lanes = [p for p in members if isinstance(p, LanePropagator)]
+    others = [p for p in members if not isinstance(p, LanePropagator)]
+    if not lanes or members == others + lanes:
+        return propagator
+    return CompositePropagator(others + lanes)
+
+
+def global_lane_propagator() -> LanePropagator | None:
+    """The lane propagator among the global ones (``OTEL_PROPAGATORS=...,lane``), the last if several."""
+    # Imported here: importing opentelemetry.propagate loads the OTEL_PROPAGATORS entry points, this
+    # module's among them, so a module-level import would load this module while half-initialized.
+    from opentelemetry import propagate
+
+    configured = propagate.get_global_textmap()
+    members = getattr(configured, "_propagators", None)  # CompositePropagator's members, in order
+    candidates = list(members) if isinstance(members, list) else [configured]
+    lanes = [p for p in candidates if isinstance(p, LanePropagator)]
+    return lanes[-1] if lanes else None

@@ -18,11 +18,20 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY
 
 from lane.config import parse_config
-from lane.propagation import LanePropagator, current_lane, use_lane, with_lane, without_lane
+from lane.propagation import (
+    LanePropagator,
+    current_lane,
+    lane_last,
+    propagator_from_env,
+    use_lane,
+    with_lane,
+    without_lane,
+)
 
 LANES = LanePropagator()
 
@@ -260,3 +269,87 @@ def test_otel_propagators_env_loads_lane_via_entry_point() -> None:
     assert result["names"] == ["TraceContextTextMapPropagator", "W3CBaggagePropagator", "LanePropagator"]
     assert result["lane"] == "gray"  # stock baggage dropped the oversized header; lane recovered it
     assert result["injected"] == {"baggage": "x-mse-tag=canary,user=alice", "x-mse-tag": "canary"}
+
+
+def test_importing_lane_first_with_lane_in_otel_propagators_works() -> None:
+    """``import lane`` before OpenTelemetry: loading the entry point must not meet a half-imported module."""
+    probe = ("import lane\nfrom opentelemetry import propagate\n"
+             "print([type(p).__name__ for p in propagate.get_global_textmap()._propagators])")
+    env = {**os.environ, "OTEL_PROPAGATORS": "tracecontext,baggage,lane"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.split() == ["['TraceContextTextMapPropagator',", "'W3CBaggagePropagator',", "'LanePropagator']"]
+
+
+def test_import_lane_stays_light() -> None:
+    probe = ("import sys, lane\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('yaml', 're2', 'aiohttp', 'prometheus_client')"
+             " or m in ('lane.config', 'lane.rules')))\n"
+             "print(lane.LaneConfig.__name__, lane.color.__name__)")  # the lazy names still resolve
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.splitlines() == ["[]", "LaneConfig color"]
+
+
+# --- the entry point's environment and the propagator order --------------------------------------
+
+
+def test_env_defaults_are_the_tag_spec_defaults() -> None:
+    lanes = propagator_from_env({})
+    assert (lanes.header, lanes.baggage_key, lanes.default_lane) == ("x-mse-tag", "x-mse-tag", None)
+    assert propagator_from_env({"LANE_TAG_HEADER": " ", "LANE_BAGGAGE_KEY": ""}).header == "x-mse-tag"
+
+
+def test_env_names_another_tag_header_and_baggage_key() -> None:
+    lanes = propagator_from_env({"LANE_TAG_HEADER": "X-Lane", "LANE_BAGGAGE_KEY": "lane"})
+    assert (lanes.header, lanes.baggage_key) == ("x-lane", "lane")
+    assert propagator_from_env({"LANE_TAG_HEADER": "x-lane"}).baggage_key == "x-mse-tag"  # independent, as in tag:
+    assert lane_in({"x-lane": "gray"}, lanes) == "gray"
+
+
+def test_invalid_env_is_one_error_line_and_the_default(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("ERROR", logger="lane.propagation"):
+        lanes = propagator_from_env({"LANE_TAG_HEADER": "x lane\r\nx-evil: 1", "LANE_BAGGAGE_KEY": "a=b"})
+    assert (lanes.header, lanes.baggage_key) == ("x-mse-tag", "x-mse-tag")
+    assert [r.getMessage() for r in caplog.records] == [
+        ("LANE_TAG_HEADER='x lane\\r\\nx-evil: 1' is not an HTTP header name (an RFC 9110 token); "
+         "using the default 'x-mse-tag'"),
+        "LANE_BAGGAGE_KEY='a=b' is not a W3C baggage key (a token); using the default 'x-mse-tag'",
+    ]
+
+
+ORDERS = {
+    "lane,baggage,tracecontext": lambda: [LanePropagator(), W3CBaggagePropagator(), TraceContextTextMapPropagator()],
+    "baggage,lane,tracecontext": lambda: [W3CBaggagePropagator(), LanePropagator(), TraceContextTextMapPropagator()],
+    "tracecontext,baggage,lane": lambda: [TraceContextTextMapPropagator(), W3CBaggagePropagator(), LanePropagator()],
+}
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_lane_last_gives_the_same_answer_for_every_order(order: str) -> None:
+    composite = lane_last(CompositePropagator(ORDERS[order]()))
+    ctx = composite.extract({"x-mse-tag": "gray", "baggage": "user=42,x-mse-tag=blue"}, context=Context())
+    assert current_lane(ctx) == "gray"  # the valid tag header wins over the stale baggage entry
+    assert otel_baggage.get_baggage("user", ctx) == "42"
+    out: dict[str, str] = {}
+    composite.inject(out, context=ctx)
+    assert (out["x-mse-tag"], out["baggage"]) == ("gray", "x-mse-tag=gray,user=42")
+
+
+def test_without_lane_last_the_stock_baggage_propagator_overrules_the_header() -> None:
+    """Why `lane_last` exists: a plain composite in the ``lane,baggage`` order gets it wrong."""
+    composite = CompositePropagator(ORDERS["lane,baggage,tracecontext"]())
+    ctx = composite.extract({"x-mse-tag": "gray", "baggage": "user=42,x-mse-tag=blue"}, context=Context())
+    assert current_lane(ctx) == "blue"
+
+
+def test_lane_last_leaves_what_needs_no_change_alone() -> None:
+    ordered = CompositePropagator(ORDERS["tracecontext,baggage,lane"]())
+    assert lane_last(ordered) is ordered
+    no_lane = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    assert lane_last(no_lane) is no_lane
+    single: TextMapPropagator = LANES
+    assert lane_last(single) is single
+    members = [TraceContextTextMapPropagator(), LANES, W3CBaggagePropagator()]
+    moved = lane_last(CompositePropagator(members))
+    assert moved._propagators == [members[0], members[2], LANES]  # type: ignore[attr-defined]

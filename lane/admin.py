@@ -5,11 +5,13 @@
 * ``GET /healthz``: 200 ``ok`` while the proxy serves;
 * ``GET /lane/instances``: ``{"services": {svc: {lane: [{"instance", "healthy", ...}]}}}``, this
   proxy's passive-health view;
-* ``POST /lane/reload``: reload the config file; 200 when swapped, 400 with the reason when rejected.
+* ``POST /lane/reload``: reload the config file; 200 when swapped, 400 with the reason when rejected;
+* more read-only JSON views a proxy adds (*views*: a sidecar's ``/lane/carriers``, `lane.carriers`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -43,8 +45,17 @@ async def _reload(request: web.Request) -> web.Response:
     return web.json_response({"reloaded": result.ok, "message": result.message}, status=200 if result.ok else 400)
 
 
-def build_admin(runtime: Runtime) -> web.Application:
+def _view(make: Callable[[], Any]) -> Callable[[web.Request], Any]:
+    async def view(request: web.Request) -> web.Response:
+        return web.json_response(make())
+
+    return view
+
+
+def build_admin(runtime: Runtime, views: Mapping[str, Callable[[], Any]] | None = None) -> web.Application:
     app = web.Application()
+    for path, make in (views or {}).items():
+        app.router.add_get(path, _view(make))
     app[RUNTIME] = runtime
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", _healthz)

@@ -7,6 +7,7 @@ The same four endpoints as `lane.admin`: ``GET /metrics`` (Prometheus text), ``G
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict
@@ -28,11 +29,15 @@ def _json(request: Request, body: Any, status: int = 200) -> None:
                     json.dumps(body).encode())
 
 
-def admin_path(runtime: Runtime) -> FastPath:
+def admin_path(runtime: Runtime, views: Mapping[str, Callable[[], Any]] | None = None) -> FastPath:
+    """The admin handler; *views* are more read-only JSON endpoints (path -> what to serve)."""
+    extra = dict(views or {})
+    routes = {"/metrics": "GET", "/healthz": "GET", "/lane/instances": "GET", "/lane/reload": "POST",
+              **dict.fromkeys(extra, "GET")}
+
     def with_pools(upstreams: Upstreams) -> Handler:
         async def admin(request: Request) -> None:
             path, method = request.path, request.method
-            routes = {"/metrics": "GET", "/healthz": "GET", "/lane/instances": "GET", "/lane/reload": "POST"}
             if path not in routes:
                 request.respond(404, CIMultiDict({"Content-Type": "text/plain"}), b"404: Not Found")
                 return
@@ -49,6 +54,8 @@ def admin_path(runtime: Runtime) -> FastPath:
                 request.respond(200, CIMultiDict({"Content-Type": "text/plain; charset=utf-8"}), b"ok\n")
             elif path == "/lane/instances":
                 _json(request, {"config": runtime.config.source, "services": runtime.registry.view()})
+            elif path in extra:
+                _json(request, extra[path]())
             else:
                 result = runtime.reload()
                 _json(request, {"reloaded": result.ok, "message": result.message}, 200 if result.ok else 400)

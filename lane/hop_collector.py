@@ -18,6 +18,7 @@ Bounded: at most `MAX_OPEN` collections and `MAX_HOPS` hops each.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -26,6 +27,7 @@ from opentelemetry.context import Context
 
 from .hops import MAX_HOPS, Hop
 from .trace_cache import AMBIGUOUS_TRACE_IDS, TraceKey
+from .trace_identity import TraceIdentity
 
 __all__ = ["MAX_OPEN", "Collection", "HopCollector"]
 
@@ -42,6 +44,12 @@ class Collection:
         # The request's tracing span (`lane.tracing`), so calls that carry only a trace id like
         # x-request-id still get it as their parent; None when tracing is off.
         self.trace_context: Context | None = None
+        # The request's trace identity and x-request-id, so the sidecar can give the app's calls
+        # back the trace formats the app dropped (`lane.trace_identity`).
+        self.identity: TraceIdentity | None = None
+        self.request_id: str | None = None
+        # When the sidecar stops waiting for the app (`time.monotonic`): its calls are capped by it.
+        self.deadline = math.inf
 
     def reserve(self) -> int:
         self._slots.append(None)
@@ -56,6 +64,10 @@ class Collection:
 
     def hops(self) -> list[Hop]:
         return [hop for slot in self._slots if slot for hop in slot]
+
+    def waiting(self) -> bool:
+        """Whether a call the app made is still unanswered (the app is waiting on it, not hung)."""
+        return None in self._slots
 
 
 class HopCollector:

@@ -12,7 +12,9 @@ Wire format (one header, comma-separated entries, ``;key=value`` parameters)::
 ``fallback`` is present only when the served lane differs from the requested one, and names why:
 see `FallbackReason`. ``error`` marks a hop that failed: the status the proxy answered instead
 (``c@gray;requested=gray;instance=…;error=504``; ``c@none;requested=gray;error=503`` when no lane
-could serve), so a verifier can tell "c failed" from "c was never called". Unknown parameters are ignored (forward compatible); malformed entries are
+could serve), so a verifier can tell "c failed" from "c was never called". ``recovered`` names the
+trace header the calling sidecar recovered the lane from, because the calling app forwarded neither
+the tag nor the baggage member (``c@gray;requested=gray;recovered=x-request-id``). Unknown parameters are ignored (forward compatible); malformed entries are
 skipped, never raised. The record is bounded (`MAX_HOPS`, `MAX_PATH_BYTES`); past the bound the
 last entry is ``...@truncated`` so a verifier can tell a cut record from a short path.
 """
@@ -61,6 +63,9 @@ class Hop:
     fallback: str | None = None  # a FallbackReason value, when lane != requested
     instance: str | None = None  # host:port that served
     error: str | None = None  # the status the proxy answered when this hop failed (e.g. "503")
+    # The trace header the caller's sidecar recovered the lane from, when the calling app forwarded
+    # neither the tag nor the baggage member (``recovered=x-request-id``): the app is breaking the lane.
+    recovered: str | None = None
 
     @property
     def fell_back(self) -> bool:
@@ -77,6 +82,8 @@ class Hop:
             parts.append(f"instance={self.instance}")
         if self.error:
             parts.append(f"error={self.error}")
+        if self.recovered:
+            parts.append(f"recovered={self.recovered}")
         return ";".join(parts)
 
     @classmethod
@@ -91,7 +98,7 @@ class Hop:
             if eq and _TOKEN.fullmatch(value):
                 values.setdefault(key, value)
         return cls(service, lane, values.get("requested", lane), values.get("fallback"), values.get("instance"),
-                   values.get("error"))
+                   values.get("error"), values.get("recovered"))
 
 
 TRUNCATED: Final = Hop("...", "truncated", "truncated")

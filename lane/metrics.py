@@ -27,9 +27,11 @@ __all__ = [
     "FORBIDDEN",
     "INVALID_TAGS",
     "IN_FLIGHT",
+    "LANE_SOURCES",
     "REJECTED_TAGS",
     "RELOADS",
     "REQUESTS",
+    "count_lane_source",
     "ejection_hook",
     "in_flight",
     "lane_label",
@@ -62,11 +64,19 @@ FORBIDDEN: Final = Counter(
 )
 RELOADS: Final = Counter("lane_config_reloads", "Config reloads, by result.", ["result"])
 IN_FLIGHT: Final = Gauge("lane_in_flight_requests", "Requests being forwarded right now.", ["proxy"])
+LANE_SOURCES: Final = Counter(
+    "lane_outbound_lane_source",
+    "Outbound calls of a sidecar's app by how their lane was found: the tag header, the baggage member, "
+    "recovered from a trace id (via: which trace header), or lost (left in the default lane: the app "
+    "forwarded nothing the sidecar could use, a propagation break).",
+    ["service", "source", "via"],
+)
 
 
 # (proxy, service, requested, served, fallback, status) -> the REQUESTS child; proxy -> IN_FLIGHT child
 _REQUEST_CHILDREN: dict[tuple[str, str, str, str, str, int], Tallied] = {}
 _IN_FLIGHT_CHILDREN: dict[str, Tallied] = {}
+_SOURCE_CHILDREN: dict[tuple[str, str, str], Tallied] = {}
 
 
 def in_flight(proxy: str) -> Tallied:
@@ -92,6 +102,15 @@ def observe_request(
     child = _REQUEST_CHILDREN.get(key)
     if child is None:
         child = _REQUEST_CHILDREN[key] = Tallied(REQUESTS.labels(proxy, svc, key[2], key[3], key[4], str(status)))
+    child.inc()
+
+
+def count_lane_source(service: str, source: str, via: str = "") -> None:
+    """Count one outbound call of *service*'s app by how its lane was found (`lane.carriers.LaneSource`)."""
+    key = (service, source, via)
+    child = _SOURCE_CHILDREN.get(key)
+    if child is None:
+        child = _SOURCE_CHILDREN[key] = Tallied(LANE_SOURCES.labels(service, source, via))
     child.inc()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from .admin_h1 import admin_path
@@ -64,10 +65,15 @@ def _outbound_app(sidecar: Sidecar) -> web.Application:
     return build_outbound_app(sidecar)
 
 
-def _admin_app(runtime: Runtime) -> web.Application:
+def _admin_app(runtime: Runtime, sidecar: Sidecar) -> web.Application:
     from .admin import build_admin
 
-    return build_admin(runtime)
+    return build_admin(runtime, _admin_views(sidecar))
+
+
+def _admin_views(sidecar: Sidecar) -> dict[str, Callable[[], object]]:
+    """The sidecar's own admin views: ``/lane/carriers``, what its app forwards of the lane (`lane.carriers`)."""
+    return {"/lane/carriers": lambda: sidecar.carriers.view()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +107,29 @@ def _check(args: argparse.Namespace, config: LaneConfig) -> str | None:
         return f"--lane must be a DNS label (or set LANE_LANE), got {args.lane!r}"
     if args.app is None:
         return "--app HOST:PORT is required (or set LANE_APP)"
+    return _check_instances(args, config)
+
+
+def _check_instances(args: argparse.Namespace, config: LaneConfig) -> str | None:
+    """The two silent misconfigurations: the app's port listed as an instance, a lane the service lacks.
+
+    An instance address is what callers reach, so it must be a sidecar's inbound address: with the
+    app's own port listed, everything answers, but calls bypass the sidecar and the lane is lost
+    after one hop. Found at start-up instead of in a gray release.
+    """
+    app = Endpoint(args.app.host, args.app.port)
+    for svc in config.services.values():
+        for lane, endpoints in svc.instances.items():
+            if app in endpoints:
+                return (f"--app {app} is listed in {config.source} as an instance of {svc.name}@{lane}, but instance "
+                        f"addresses must be the sidecars' inbound addresses (what callers reach): write this "
+                        f"sidecar's --listen {args.listen} under services.{svc.name}.instances.{lane} instead; "
+                        f"with the app's own port there, calls bypass the sidecar and lose their lane after one hop")
+    svc = config.services[args.service]
+    if svc.instances and args.lane not in svc.instances:
+        return (f"--lane {args.lane}: service {svc.name} has no {args.lane} instance in {config.source} (its lanes: "
+                f"{', '.join(svc.instances)}); add this sidecar's --listen {args.listen} under "
+                f"services.{svc.name}.instances.{args.lane}")
     return None
 
 
@@ -134,8 +163,8 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
             return [
                 Listener("inbound", args.listen, lambda: _inbound_app(sidecar), fast=inbound_path(sidecar)),
                 Listener("outbound", args.outbound, lambda: _outbound_app(sidecar), fast=outbound_path(sidecar)),
-                Listener("admin", args.admin, lambda: _admin_app(runtime), reuse_port=False,
-                         fast=admin_path(runtime)),
+                Listener("admin", args.admin, lambda: _admin_app(runtime, sidecar), reuse_port=False,
+                         fast=admin_path(runtime, _admin_views(sidecar))),
             ], runtime
 
         def ready(bound: dict[str, HostPort]) -> None:

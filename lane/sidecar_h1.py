@@ -14,19 +14,17 @@ from typing import TYPE_CHECKING
 from multidict import CIMultiDict
 
 from . import responses
-from .dispatch import UNAVAILABLE_HEADER
-from .failures import ConnectFailed, UpstreamFailure
+from .failures import UpstreamFailure
 from .h1.forward import forward
 from .h1.relay import relay, respond_plain
 from .h1.server import Handler, Request, origin_form
 from .headers import upstream_headers
-from .hops import PATH_HEADER, encode_path, parse_path
+from .hops import encode_path
 from .metrics import FORBIDDEN, in_flight, observe_request
 from .responses import PlainAnswer
 from .server import HostPort
+from .sidecar_app import app_failure_answer, app_wait
 from .sidecar_state import Sidecar
-from .trace_cache import trace_keys
-from .wire import request_lane, set_lane
 
 if TYPE_CHECKING:
     from .h1.listen import FastPath
@@ -43,29 +41,23 @@ def inbound_path(sc: Sidecar) -> FastPath:
             headers = upstream_headers(request)
             sockname = request.sockname
             arrival = sc.arrive(request.headers, headers, str(HostPort(*sockname)) if sockname else None)
-            requested, keys, reason, own = arrival.requested, arrival.keys, arrival.reason, arrival.own
+            requested, reason, own = arrival.requested, arrival.reason, arrival.own
             gauge.inc()
             try:
                 with sc.tracing.span("inbound", sc.service, request.method, request.path, headers,
                                      requested=requested) as span:
                     span.inject(headers)
                     span.routed(sc.lane, reason, own.instance)
-                    with sc.hops.collect(keys) as collection:
+                    with sc.collecting(arrival, headers) as collection:
                         collection.trace_context = span.context
                         try:
                             upstream = await upstreams.send(request.method, sc.app, origin_form(request.target),
-                                                            headers, request.body, config.proxy)
-                        except ConnectFailed as exc:
-                            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, 502)
-                            span.answered(502, type(exc).__name__)
-                            respond_plain(request, PlainAnswer(
-                                502, f"lane sidecar: the app of {sc.service}@{sc.lane} is unavailable: {exc.detail}",
-                                CIMultiDict({UNAVAILABLE_HEADER: "app-connect-failed"})))
-                            return
+                                                            headers, request.body, config.proxy,
+                                                            app_wait(arrival.wait, sc.app))
                         except UpstreamFailure as exc:
                             observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status)
                             span.answered(exc.status, type(exc).__name__)
-                            respond_plain(request, responses.failure_answer(exc))
+                            respond_plain(request, app_failure_answer(sc.service, sc.lane, own, exc, collection))
                             return
                         path = encode_path([own, *collection.hops()])
                     observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status)
@@ -113,10 +105,8 @@ def outbound_path(sc: Sidecar) -> FastPath:
                     f"the sidecar only forwards to: {', '.join(sorted(config.services))}", CIMultiDict()))
                 return
             headers = upstream_headers(request)
-            keys = trace_keys(request.headers, config.proxy.trace_headers)
-            lane = request_lane(headers, config.tag) or sc.traces.recall(keys) or config.default_lane
-            set_lane(headers, config.tag, lane)
-            collection = sc.hops.find(keys)
+            departure = sc.depart(headers)
+            lane, collection = departure.lane, departure.collection
             slot = collection.reserve() if collection is not None else -1
             gauge.inc()
             try:
@@ -127,13 +117,15 @@ def outbound_path(sc: Sidecar) -> FastPath:
                     sent = await forward(request, upstreams, sc.runtime.registry, config, proxy="outbound",
                                          service=svc.name, lane=lane, headers=headers, span=span)
                     if isinstance(sent, PlainAnswer):
+                        hops = departure.answered(sent.headers)
                         if collection is not None:  # the failed call stays in the record
-                            collection.fill(slot, parse_path(sent.headers.get(PATH_HEADER)))
+                            collection.fill(slot, hops)
                         respond_plain(request, sent)
                         return
                     out = responses.answer_headers(sent.response.headers, sent.hop)
+                    hops = departure.answered(out)
                     if collection is not None:
-                        collection.fill(slot, parse_path(out[PATH_HEADER]))
+                        collection.fill(slot, hops)
                     await relay(request, sent.response, out)
             finally:
                 gauge.dec()

@@ -14,17 +14,14 @@ from multidict import CIMultiDict
 
 from . import responses
 from .config import LaneConfig
-from .dispatch import UNAVAILABLE_HEADER
 from .hops import Hop, encode_path
 from .metrics import in_flight, observe_request
 from .proxy import (
     FAST_PATH,
     SESSION,
     Body,
-    ConnectFailed,
     UpstreamFailure,
     is_websocket,
-    plain_error,
     relay,
     request_target,
     send,
@@ -32,6 +29,7 @@ from .proxy import (
     upstream_headers,
 )
 from .server import HostPort
+from .sidecar_app import app_failure_answer, app_wait
 from .sidecar_key import SIDECAR
 from .sidecar_state import Sidecar
 from .websocket_proxy import Refused, open_websocket, pump_websockets, refused_answer
@@ -52,7 +50,7 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
     config = sc.runtime.config
     headers = upstream_headers(request)
     arrival = sc.arrive(request.headers, headers, _own_instance(request))
-    requested, keys, reason, own = arrival.requested, arrival.keys, arrival.reason, arrival.own
+    requested, reason, own = arrival.requested, arrival.reason, arrival.own
     target = request_target(request)
     session = request.app[SESSION]
     if is_websocket(request):
@@ -63,20 +61,15 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
                              requested=requested) as span:
             span.inject(headers)
             span.routed(sc.lane, reason, own.instance)
-            with sc.hops.collect(keys) as collection:
+            with sc.collecting(arrival, headers) as collection:
                 collection.trace_context = span.context
                 try:
                     upstream = await send(session, request.method, sc.app, target, headers, Body(request),
-                                          config.proxy)
-                except ConnectFailed as exc:
-                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, 502)
-                    span.answered(502, type(exc).__name__)
-                    return plain_error(502, f"lane sidecar: the app of {sc.service}@{sc.lane} is unavailable: "
-                                       f"{exc.detail}", CIMultiDict({UNAVAILABLE_HEADER: "app-connect-failed"}))
+                                          config.proxy, app_wait(arrival.wait, sc.app))
                 except UpstreamFailure as exc:
                     observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status)
                     span.answered(exc.status, type(exc).__name__)
-                    return responses.failure(exc)
+                    return app_failure_answer(sc.service, sc.lane, own, exc, collection).as_response()
                 path = encode_path([own, *collection.hops()])
             observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status)
             span.answered(upstream.status)

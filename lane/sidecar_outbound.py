@@ -19,8 +19,6 @@ from yarl import URL
 from . import responses
 from .config import LaneConfig
 from .forward import forward_http
-from .hop_collector import Collection
-from .hops import PATH_HEADER, parse_path
 from .metrics import FORBIDDEN, in_flight
 from .proxy import (
     FAST_PATH,
@@ -32,11 +30,9 @@ from .proxy import (
     upstream_headers,
 )
 from .sidecar_key import SIDECAR
-from .sidecar_state import Sidecar
-from .trace_cache import trace_keys
+from .sidecar_state import Departure, Sidecar
 from .tracing import RequestSpan
 from .websocket_proxy import forward_websocket
-from .wire import request_lane, set_lane
 
 __all__ = ["build_outbound_app", "target_host"]
 
@@ -72,37 +68,38 @@ async def _outbound(request: web.Request) -> web.StreamResponse:
         return plain_error(403, f"lane sidecar: {shown} is not a service in the lane config {config.source}; "
                            f"the sidecar only forwards to: {', '.join(sorted(config.services))}")
     headers = upstream_headers(request)
-    keys = trace_keys(request.headers, config.proxy.trace_headers)
-    lane = request_lane(headers, config.tag) or sc.traces.recall(keys) or config.default_lane
-    set_lane(headers, config.tag, lane)
+    departure = sc.depart(headers)
+    lane, collection = departure.lane, departure.collection
     if is_websocket(request):
         return await forward_websocket(request, request.app[SESSION], sc.runtime.registry, config,
                                        service=svc.name, lane=lane, headers=headers, proxy="outbound")
-    collection = sc.hops.find(keys)
     slot = collection.reserve() if collection is not None else -1
     in_flight("outbound").inc()
     try:
         with sc.tracing.span("outbound", svc.name, request.method, request.path, headers, requested=lane,
                              kind=SpanKind.CLIENT, parent=collection.trace_context if collection else None) as span:
             span.inject(headers)
-            return await _forward_outbound(request, sc, config, svc.name, lane, headers, collection, slot, span)
+            return await _forward_outbound(request, sc, config, svc.name, headers, departure, slot, span)
     finally:
         in_flight("outbound").dec()
 
 
 async def _forward_outbound(
-    request: web.Request, sc: Sidecar, config: LaneConfig, service: str, lane: str, headers: CIMultiDict[str],
-    collection: Collection | None, slot: int, span: RequestSpan,
+    request: web.Request, sc: Sidecar, config: LaneConfig, service: str, headers: CIMultiDict[str],
+    departure: Departure, slot: int, span: RequestSpan,
 ) -> web.StreamResponse:
+    lane, collection = departure.lane, departure.collection
     sent = await forward_http(request, sc.runtime.registry, config, proxy="outbound", service=service, lane=lane,
                               headers=headers, span=span)
     if isinstance(sent, web.Response):
+        hops = departure.answered(sent.headers)
         if collection is not None:  # the failed call stays in the record: "c answered 503", not "c never called"
-            collection.fill(slot, parse_path(sent.headers.get(PATH_HEADER)))
+            collection.fill(slot, hops)
         return sent
     out = responses.answer_headers(sent.response.headers, sent.hop)
+    hops = departure.answered(out)
     if collection is not None:
-        collection.fill(slot, parse_path(out[PATH_HEADER]))
+        collection.fill(slot, hops)
     return await relay(request, sent.response, out)
 
 

@@ -73,24 +73,37 @@ def trace_keys(headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str] | CIMu
     """The trace keys present in *headers*, in the order of *names* (the configured preference).
 
     *headers* are (name, value) pairs or a case-insensitive multidict (a request's headers: then
-    only the configured names are looked up, not every header). Only the first value of each
-    header counts; values that are not trace ids are skipped.
+    only the configured names are looked up, not every header). A header sent several times with
+    *different* values gives no key at all: which value an app keeps is the app's choice, so a
+    client that appended another request's trace id could otherwise pull its call into that
+    request's lane. Values that are not trace ids are skipped.
     """
+    values: dict[str, str | None] = {}  # lower-case name -> its one value; None when values conflict
     if isinstance(headers, (CIMultiDictProxy, CIMultiDict)):
-        first = {lname: value for lname in map(str.lower, names) if (value := headers.get(lname)) is not None}
+        for lname in map(str.lower, names):
+            if lname in values:
+                continue
+            found = headers.getall(lname, None)
+            if found is not None:
+                first = found[0].strip()
+                values[lname] = first if all(v.strip() == first for v in found[1:]) else None
     else:
         wanted = {n.lower() for n in names}
-        first = {}
         for name, value in headers:
             lname = name.lower()
-            if lname in wanted and lname not in first:
-                first[lname] = value
+            if lname in wanted:
+                value = value.strip()
+                if lname not in values:
+                    values[lname] = value
+                elif values[lname] != value:
+                    values[lname] = None
     keys = []
     for name in names:
         lname = name.lower()
-        if lname in first:
-            trace_id = _trace_id(lname, first[lname])
-            if trace_id is not None:
+        one = values.get(lname)
+        if one is not None:
+            trace_id = _trace_id(lname, one)
+            if trace_id is not None and (lname, trace_id) not in keys:
                 keys.append((lname, trace_id))
     return keys
 
@@ -145,8 +158,13 @@ class TraceCache:
 
     def recall(self, keys: Iterable[TraceKey]) -> str | None:
         """The lane of the first key that is known (and not ambiguous), in order."""
+        found = self.recall_by(keys)
+        return found[0] if found is not None else None
+
+    def recall_by(self, keys: Iterable[TraceKey]) -> tuple[str, TraceKey] | None:
+        """The lane of the first key that is known (and not ambiguous), and that key."""
         for key in keys:
             lane = self.get(key)
             if lane is not None:
-                return lane
+                return lane, key
         return None

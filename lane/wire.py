@@ -18,27 +18,46 @@ from .config import TagSpec
 from .hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER
 from .tags import parse_lane
 
-__all__ = ["INTERNAL_HEADERS", "Headers", "has_lane_tag", "request_lane", "set_lane", "strip_lane"]
+__all__ = [
+    "INTERNAL_HEADERS",
+    "MAX_MERGED_BAGGAGE",
+    "Headers",
+    "has_lane_tag",
+    "lane_and_carrier",
+    "request_lane",
+    "set_lane",
+    "strip_lane",
+]
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
 # Headers only lane proxies may set on a request: the routing proxy tells the next sidecar why
 # the request fell back (`x-lane-fallback`). Outside clients never get to send them.
 INTERNAL_HEADERS: Final = (FALLBACK_HEADER, SERVED_HEADER, PATH_HEADER)
+# The longest merged ``baggage`` value set_lane writes: under the 8 KiB header-field limit of lane's
+# own listeners (and aiohttp's, nginx's default), with room for the lane member.
+MAX_MERGED_BAGGAGE: Final = 8000
 
 
 def request_lane(headers: Headers, tag: TagSpec) -> str | None:
     """The lane a request carries (tag header first, then baggage), or None."""
+    return lane_and_carrier(headers, tag)[0]
+
+
+def lane_and_carrier(headers: Headers, tag: TagSpec) -> tuple[str | None, str | None]:
+    """The lane a request carries and where it was found (``"header"`` or ``"baggage"``), or (None, None)."""
     value = headers.get(tag.header)
     if value is not None:
         lane = parse_lane(value, source="header")
         if lane is not None:
-            return lane
+            return lane, "header"
     if BAGGAGE_HEADER in headers:
         member = get_member(headers.getall(BAGGAGE_HEADER), tag.baggage_key)
         if member is not None:
-            return parse_lane(member, source="baggage")
-    return None
+            lane = parse_lane(member, source="baggage")
+            if lane is not None:
+                return lane, "baggage"
+    return None, None
 
 
 def has_lane_tag(headers: Headers, tag: TagSpec) -> bool:
@@ -56,12 +75,30 @@ def strip_lane(headers: CIMultiDict[str], tag: TagSpec) -> None:
     for name in INTERNAL_HEADERS:
         headers.popall(name, None)
     if BAGGAGE_HEADER in headers:
-        rest = remove_member(headers.popall(BAGGAGE_HEADER), tag.baggage_key)
-        if rest is not None:
-            headers[BAGGAGE_HEADER] = rest
+        for value in headers.popall(BAGGAGE_HEADER):  # each header kept apart: merging could outgrow a limit
+            rest = value if get_member((value,), tag.baggage_key) is None else remove_member((value,), tag.baggage_key)
+            if rest is not None:
+                headers.add(BAGGAGE_HEADER, rest)
 
 
 def set_lane(headers: CIMultiDict[str], tag: TagSpec, lane: str) -> None:
-    """Put *lane* in the tag header and as the first baggage member."""
+    """Put *lane* in the tag header and as the first baggage member.
+
+    Several ``baggage`` headers are merged into one when the result fits in one header field of the
+    next hop (`MAX_MERGED_BAGGAGE`); otherwise only the lane member is rewritten: it travels in a
+    ``baggage`` header of its own, first, and the others leave as they came (less any old lane
+    member), so baggage that was within every limit when it arrived stays within them.
+    """
     headers[tag.header] = lane
-    headers[BAGGAGE_HEADER] = set_member(headers.popall(BAGGAGE_HEADER, []), tag.baggage_key, lane)
+    sent = headers.popall(BAGGAGE_HEADER, [])
+    if len(sent) <= 1 or sum(len(v) + 1 for v in sent) <= MAX_MERGED_BAGGAGE:
+        headers[BAGGAGE_HEADER] = set_member(sent, tag.baggage_key, lane)
+        return
+    headers.add(BAGGAGE_HEADER, set_member((), tag.baggage_key, lane))
+    for value in sent:
+        if get_member((value,), tag.baggage_key) is None:
+            headers.add(BAGGAGE_HEADER, value)
+        else:
+            rest = remove_member((value,), tag.baggage_key)
+            if rest is not None:
+                headers.add(BAGGAGE_HEADER, rest)

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import yaml
 
+from .config_yaml import explain, load_yaml
 from .errors import ConfigError
 from .rules import Condition, HashKey, MatchKind, Percentage, Rule, Source, ValueMatch, compile_re2
 from .tags import DEFAULT_BAGGAGE_KEY, DEFAULT_LANE, DEFAULT_TAG_HEADER, is_valid_lane
@@ -184,46 +185,6 @@ class LaneConfig:
             if bare in (svc.name, svc.host.lower()):
                 return svc
         return None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
-    """A SafeLoader that refuses duplicate mapping keys instead of silently keeping the last."""
-
-
-def _construct_unique_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-# libyaml's parser (the PyYAML wheels ship it) reads a 1,000-service config 4x faster, which is most of
-# what `lane mesh render` spends. Its errors carry no snippet of the offending line, so a file it
-# rejects is read again by the pure-Python loader for the message users see.
-_FastUniqueKeyLoader: Any = _UniqueKeyLoader
-if hasattr(yaml, "CSafeLoader"):
-
-    class _CUniqueKeyLoader(yaml.CSafeLoader):  # type: ignore[misc]
-        """`_UniqueKeyLoader` on libyaml's parser."""
-
-    _CUniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-    _FastUniqueKeyLoader = _CUniqueKeyLoader
-
-
-def _load_yaml(text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_FastUniqueKeyLoader)
-    except yaml.YAMLError:
-        if _FastUniqueKeyLoader is _UniqueKeyLoader:
-            raise
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # raises again, with the line and a caret
 
 
 class _At:
@@ -540,9 +501,10 @@ def _parse_mesh(node: _At) -> MeshSpec:
 def parse_config(text: str, source: str = "<string>") -> LaneConfig:
     """Parse lane config *text*; *source* names it in errors."""
     try:
-        data = _load_yaml(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, "", f"not valid YAML: {exc}") from None
+        where, problem = explain(exc, text)
+        raise ConfigError(source, where, f"not valid YAML: {problem}") from None
     root = _At(source, "", data)
     root.mapping({"tag", "label_key", "lanes", "coloring", "entry", "services", "proxy", "mesh"}, {"services", "entry"})
     tag = _parse_tag(root.child("tag"))

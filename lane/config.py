@@ -94,6 +94,8 @@ class ProxySpec:
 
     connect_timeout: float = 2.0
     request_timeout: float = 30.0
+    # Taken off the budget each hop passes on (`lane.deadline`), so an inner hop answers first.
+    deadline_margin: float = 0.25
     retries: int = 1
     eject_after_failures: int = 3
     eject_seconds: float = 5.0
@@ -450,8 +452,9 @@ def _parse_proxy(node: _At) -> ProxySpec:
     if node.value is None:
         return ProxySpec()
     node.mapping({
-        "connect_timeout", "request_timeout", "retries", "eject_after_failures", "eject_seconds",
-        "trace_headers", "trace_cache_size", "trace_cache_ttl", "trusted_cidrs", "max_websocket_message",
+        "connect_timeout", "request_timeout", "deadline_margin", "retries", "eject_after_failures",
+        "eject_seconds", "trace_headers", "trace_cache_size", "trace_cache_ttl", "trusted_cidrs",
+        "max_websocket_message",
     })
     cidrs = []
     if node.has("trusted_cidrs"):
@@ -466,6 +469,7 @@ def _parse_proxy(node: _At) -> ProxySpec:
     return ProxySpec(
         connect_timeout=node.child("connect_timeout").number(2.0, 0.001, 600),
         request_timeout=node.child("request_timeout").number(30.0, 0.001, 86400),
+        deadline_margin=node.child("deadline_margin").number(0.25, 0.0, 60),
         retries=node.child("retries").integer(1, 0, 10),
         eject_after_failures=node.child("eject_after_failures").integer(3, 1, 1000),
         eject_seconds=node.child("eject_seconds").number(5.0, 0.01, 3600),

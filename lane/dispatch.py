@@ -4,14 +4,27 @@ The loop behind "fallback, live": `choose_upstream` (through `Registry.route`) n
 of the best lane that are not ejected; one is tried; if the connection fails (nothing was sent)
 that instance counts a failure and the request is routed again without it — to another instance
 of the same lane, or down the fallback chain with reason ``connect-failed``. Other failures are retried only for
-idempotent methods whose body was not consumed, at most `ProxySpec.retries` times. Every attempt
-ends in `PassiveHealth` (success or failure), which is what ejects a dead instance for everyone.
+idempotent methods whose body was not consumed, at most `ProxySpec.retries` times; a timeout never is
+(it used the request's whole budget). Every attempt ends in `PassiveHealth` (success or a failure that
+``counts``), which is what ejects a dead instance for everyone.
+
+Time: each attempt waits at most what is left of the request's budget (`lane.deadline`: the
+received ``x-lane-deadline-ms`` or ``request_timeout``) and tells the upstream that, minus the
+margin, so an inner hop times out before this one. When nothing is left the attempt is not made
+(`DeadlineSpent`, which blames nobody).
+
+Blame: only an instance's *own* failure counts against it -- its connection failed, broke or timed
+out, or its sidecar says its app did (``x-lane-unavailable``, set only by a sidecar about its own
+app and stripped from every answer relayed further, see `lane.responses`). A 502/503/504 that a
+proxy deeper in the chain answered is an answer like any other (its hop record names the hop that
+failed), so it never counts against the instance that relayed it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
@@ -19,8 +32,9 @@ from typing import Final, Generic, TypeVar
 from multidict import CIMultiDict
 
 from .config import Endpoint, LaneConfig
+from .deadline import DEADLINE_HEADER, budget_of, pass_on
 from .errors import UpstreamUnavailable
-from .failures import ConnectFailed, UpstreamFailure
+from .failures import ConnectFailed, DeadlineSpent, UpstreamBroken, UpstreamFailure, UpstreamTimeout
 from .h1.body import BodySource
 from .headers import is_idempotent
 from .hops import FALLBACK_HEADER, Hop, encode_path, parse_path
@@ -33,6 +47,7 @@ __all__ = [
     "Dispatched",
     "Opener",
     "dispatch",
+    "marked_failure",
     "path_after",
     "retry_guard",
 ]
@@ -40,13 +55,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 16  # a hard bound on connection attempts per request, whatever the config
-# Set by an inbound sidecar that could not reach its own app: to the caller this instance is down.
+# Set by an inbound sidecar whose own app failed: to the caller this instance is down. Its value
+# says how: ``app-connect-failed`` (nothing reached the app: retry anywhere), ``app-broken`` (the app
+# broke the exchange mid-request: retry only what is idempotent), ``app-timeout`` (it went silent).
 UNAVAILABLE_HEADER: Final = "x-lane-unavailable"
 
 
 T = TypeVar("T")
-# Opens a connection to one instance with the attempt's headers; raises `UpstreamFailure` kinds.
-Opener = Callable[[Endpoint, CIMultiDict[str]], Awaitable[T]]
+# Opens a connection to one instance with the attempt's headers, waiting at most the given seconds
+# without progress; raises `UpstreamFailure` kinds.
+Opener = Callable[[Endpoint, CIMultiDict[str], float], Awaitable[T]]
 
 
 @dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs a setattr call per field
@@ -74,7 +92,9 @@ async def dispatch(
     `UpstreamUnavailable` (nothing may serve) or the last `UpstreamFailure`.
     """
     failed: set[Endpoint] = set()
-    retries_left = config.proxy.retries
+    spec = config.proxy
+    retries_left = spec.retries
+    deadline = time.monotonic() + budget_of(headers, spec.request_timeout)
     last: UpstreamFailure | None = None
     for _ in range(MAX_ATTEMPTS):
         try:
@@ -89,8 +109,14 @@ async def dispatch(
         if route.reason is not None:
             attempt_headers[FALLBACK_HEADER] = route.reason.value
         reason = route.reason.value if route.reason else None
+        wait = deadline - time.monotonic()
+        if wait < 0.001 and last is not None:
+            raise last  # the time ran out on an earlier attempt: that one is the story
         try:
-            response = await opener(endpoint, attempt_headers)
+            if wait < 0.001:
+                raise DeadlineSpent(endpoint, "the request's time budget was spent before it could be sent")
+            attempt_headers[DEADLINE_HEADER] = pass_on(wait, spec.deadline_margin)
+            response = await opener(endpoint, attempt_headers, wait)
         except ConnectFailed as exc:
             exc.hop = Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status))
             _failed(registry, endpoint, exc)
@@ -101,7 +127,7 @@ async def dispatch(
             exc.hop = Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status))
             _failed(registry, endpoint, exc)
             last = exc
-            if retries_left > 0 and may_retry():
+            if retries_left > 0 and not isinstance(exc, UpstreamTimeout) and may_retry():
                 retries_left -= 1
                 continue
             raise
@@ -117,7 +143,27 @@ def retry_guard(method: str, body: BodySource | None) -> Callable[[], bool]:
     return lambda: is_idempotent(method) and not (body is not None and body.started)
 
 
+def marked_failure(endpoint: Endpoint, why: str, body_sent: bool) -> UpstreamFailure:
+    """The failure of *endpoint*'s instance its sidecar reported with ``x-lane-unavailable: why``.
+
+    ``app-timeout`` and ``app-broken``: the app got (part of) the request, so only an idempotent
+    request may be tried again (and a timeout is not, its budget is spent); anything else: nothing
+    reached the app, so the request may go elsewhere -- unless its body was already streamed
+    (*body_sent*), which cannot be sent twice. All count against *endpoint*, the instance whose app
+    failed: the marker never travels further than the sidecar's direct caller.
+    """
+    detail = f"the app behind it is unavailable ({why[:60]})"
+    if why == "app-timeout":
+        return UpstreamTimeout(endpoint, detail)
+    if why == "app-broken" or body_sent:
+        return UpstreamBroken(endpoint, detail)
+    return ConnectFailed(endpoint, detail)
+
+
 def _failed(registry: Registry, endpoint: Endpoint, exc: UpstreamFailure) -> None:
+    if not exc.counts:
+        log.info("upstream %s not tried: %s", endpoint, exc.detail)
+        return
     ejected = registry.health.record_failure(endpoint)
     log.warning("upstream %s failed: %s%s", endpoint, exc.detail, " (ejected)" if ejected else "")
 

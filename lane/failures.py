@@ -1,7 +1,10 @@
 """Why an upstream gave no answer, typed so the caller can decide what to do next.
 
 `ConnectFailed`: nothing was sent, always safe to try another instance; `UpstreamTimeout` (the
-proxy answers 504) and `UpstreamBroken` (502): the request or part of it reached the upstream.
+proxy answers 504) and `UpstreamBroken` (502): the request or part of it reached the upstream;
+`DeadlineSpent` (504): the request's time budget (`lane.deadline`) ran out before it could be sent.
+``counts`` says whether the failure is the instance's fault, i.e. counts toward its ejection
+(`lane.health`): a spent budget is the caller's, never the instance's.
 Free of aiohttp: both forwarding cores raise these.
 """
 
@@ -10,13 +13,14 @@ from __future__ import annotations
 from .config import Endpoint
 from .hops import Hop
 
-__all__ = ["ConnectFailed", "UpstreamBroken", "UpstreamFailure", "UpstreamTimeout"]
+__all__ = ["ConnectFailed", "DeadlineSpent", "UpstreamBroken", "UpstreamFailure", "UpstreamTimeout"]
 
 
 class UpstreamFailure(Exception):
     """The upstream could not give an answer; `status` is what the proxy answers instead."""
 
     status = 502
+    counts = True  # a failure of the instance itself: counts toward its ejection
 
     def __init__(self, endpoint: Endpoint, detail: str) -> None:
         self.endpoint = endpoint
@@ -36,3 +40,9 @@ class UpstreamTimeout(UpstreamFailure):
 
 class UpstreamBroken(UpstreamFailure):
     """The connection broke or the answer was not HTTP, after (part of) the request was sent."""
+
+
+class DeadlineSpent(UpstreamTimeout):
+    """The request's budget was used up before this attempt could be sent: nothing was sent, nobody is to blame."""
+
+    counts = False

@@ -13,8 +13,7 @@ from aiohttp import ClientResponse, ClientSession, web
 from multidict import CIMultiDict
 
 from .config import Endpoint, LaneConfig, ProxySpec
-from .dispatch import UNAVAILABLE_HEADER, Dispatched, Opener, retry_guard
-from .failures import ConnectFailed
+from .dispatch import UNAVAILABLE_HEADER, Dispatched, Opener, marked_failure, retry_guard
 from .proxy import SESSION, Body, request_target, send
 from .recorded_dispatch import dispatch_recorded
 from .registry import Registry
@@ -41,14 +40,14 @@ async def forward_http(
 def http_opener(
     session: ClientSession, method: str, target: str, body: Body | None, spec: ProxySpec
 ) -> Opener[ClientResponse]:
-    """The opener of a plain HTTP request; an instance whose sidecar cannot reach its app counts as down."""
+    """The opener of a plain HTTP request; an instance whose sidecar says its app failed counts as failed."""
 
-    async def open_http(endpoint: Endpoint, headers: CIMultiDict[str]) -> ClientResponse:
-        response = await send(session, method, endpoint, target, headers, body, spec)
+    async def open_http(endpoint: Endpoint, headers: CIMultiDict[str], wait: float) -> ClientResponse:
+        response = await send(session, method, endpoint, target, headers, body, spec, wait)
         why = response.headers.get(UNAVAILABLE_HEADER)
-        if why is not None and not (body is not None and body.started):
+        if why is not None:
             response.close()
-            raise ConnectFailed(endpoint, f"the app behind it is unavailable ({why[:60]})")
+            raise marked_failure(endpoint, why, body is not None and body.started)
         return response
 
     return open_http

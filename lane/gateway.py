@@ -28,6 +28,7 @@ from multidict import CIMultiDict, MultiMapping
 from . import explain, responses
 from .admin import build_admin
 from .config import LaneConfig
+from .deadline import DEADLINE_HEADER
 from .errors import ConfigError
 from .forward import forward_http
 from .headers import ForwardedFrom
@@ -148,6 +149,7 @@ def colored_headers(config: LaneConfig, request: ForwardedFrom, raw_query: str) 
     coloring = lane_of(config, headers, request.headers, raw_query, trusted, request.remote)
     if not trusted:
         distrust_request_id(headers)
+        headers.popall(DEADLINE_HEADER, None)  # a client must not shorten the wait and get instances blamed
     set_lane(headers, config.tag, coloring.lane)
     return headers, coloring
 

@@ -173,21 +173,25 @@ async def send(
     headers: CIMultiDict[str],
     body: Body | None,
     spec: ProxySpec,
+    wait: float | None = None,
 ) -> aiohttp.ClientResponse:
     """Send the request to *endpoint* and return the response once its head arrived.
 
-    The caller owns the response (release or close it). Raises `ConnectFailed`, `UpstreamTimeout`
+    *wait* bounds silence (default ``spec.request_timeout``; a hop passes what is left of the
+    request's budget, `lane.deadline`). The caller owns the response (release or close it). Raises `ConnectFailed`, `UpstreamTimeout`
     or `UpstreamBroken`.
     """
     url = URL(f"http://{endpoint}{target}", encoded=True)
-    timeout = _timeout(spec.request_timeout, spec.connect_timeout)
+    if wait is None:
+        wait = spec.request_timeout
+    timeout = _timeout(round(wait, 3), spec.connect_timeout)
     try:
         if body is None or not body.present:
             return await session.request(
                 method, url, headers=headers, allow_redirects=False, timeout=timeout,
                 compress=None, auto_decompress=False, proxy=None,
             )
-        upload = _UploadDeadline(spec.request_timeout)
+        upload = _UploadDeadline(wait)
         try:
             async with upload.timeout:
                 return await session.request(
@@ -201,7 +205,7 @@ async def send(
     except aiohttp.ConnectionTimeoutError:
         raise ConnectFailed(endpoint, f"connect timed out after {spec.connect_timeout:g}s") from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout(endpoint, f"no progress for {spec.request_timeout:g}s") from None
+        raise UpstreamTimeout(endpoint, f"no progress for {wait:.3g}s") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamBroken(endpoint, f"{type(exc).__name__}: {exc}"[:200]) from None
 

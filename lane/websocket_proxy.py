@@ -130,7 +130,8 @@ async def forward_websocket(
     protocols = _protocols(request)
     target = request_target(request)
 
-    async def opener(endpoint: Endpoint, attempt_headers: CIMultiDict[str]) -> aiohttp.ClientWebSocketResponse | Refused:
+    async def opener(endpoint: Endpoint, attempt_headers: CIMultiDict[str],
+                     _wait: float) -> aiohttp.ClientWebSocketResponse | Refused:
         return await open_websocket(session, endpoint, target, attempt_headers, protocols, config.proxy.connect_timeout,
                                     max_message=config.proxy.max_websocket_message)
 

@@ -14,8 +14,7 @@ from multidict import CIMultiDict
 
 from .. import responses
 from ..config import Endpoint, LaneConfig
-from ..dispatch import UNAVAILABLE_HEADER, Dispatched, retry_guard
-from ..failures import ConnectFailed
+from ..dispatch import UNAVAILABLE_HEADER, Dispatched, marked_failure, retry_guard
 from ..recorded_dispatch import dispatch_recorded
 from ..registry import Registry
 from .body import BodySource
@@ -29,7 +28,7 @@ __all__ = ["forward", "origin_form"]
 
 
 class _Opener:
-    """Opens the request at one instance; an instance whose sidecar cannot reach its app counts as down."""
+    """Opens the request at one instance; an instance whose sidecar says its app failed counts as failed."""
 
     __slots__ = ("_body", "_method", "_spec", "_target", "_upstreams")
 
@@ -41,12 +40,13 @@ class _Opener:
         self._body = body
         self._spec = config.proxy
 
-    async def __call__(self, endpoint: Endpoint, headers: CIMultiDict[str]) -> UpstreamAnswer:
-        answer = await self._upstreams.send(self._method, endpoint, self._target, headers, self._body, self._spec)
+    async def __call__(self, endpoint: Endpoint, headers: CIMultiDict[str], wait: float) -> UpstreamAnswer:
+        answer = await self._upstreams.send(self._method, endpoint, self._target, headers, self._body, self._spec,
+                                            wait)
         why = answer.headers.get(UNAVAILABLE_HEADER)
-        if why is not None and not self._body.started:
+        if why is not None:
             answer.close()
-            raise ConnectFailed(endpoint, f"the app behind it is unavailable ({why[:60]})")
+            raise marked_failure(endpoint, why, self._body.started)
         return answer
 
 

@@ -534,14 +534,18 @@ class Upstreams:
         headers: CIMultiDict[str],
         body: BodySource | None,
         spec: ProxySpec,
+        timeout: float | None = None,
     ) -> UpstreamAnswer:
         """Send the request to *endpoint*; return the answer once its head arrived.
 
-        Raises `ConnectFailed` (nothing was sent), `UpstreamTimeout` or `UpstreamBroken`; an error
+        *timeout* bounds silence (default ``spec.request_timeout``; a hop passes what is left of
+        the request's budget, `lane.deadline`). Raises `ConnectFailed` (nothing was sent), `UpstreamTimeout` or `UpstreamBroken`; an error
         of the body's source before the head arrived is raised as it is (the client's fault).
         """
         if self.closed:
             raise ConnectFailed(endpoint, "the upstream client is closed")
+        if timeout is None:
+            timeout = spec.request_timeout
         if body is not None and not body.present:
             body = None
         pool = self._pools.get(endpoint)
@@ -556,13 +560,13 @@ class Upstreams:
         else:
             conn = await self._connect(pool, spec)
         try:
-            return await conn.exchange(head, head_only, body, spec.request_timeout)
+            return await conn.exchange(head, head_only, body, timeout)
         except UpstreamBroken:
             # The stale keep-alive race: the upstream closed an idle connection as we reused it.
             if self.closed or not conn.reused or conn.got_bytes or (body is not None and body.started):
                 raise
         conn = await self._connect(pool, spec)
-        return await conn.exchange(head, head_only, body, spec.request_timeout)
+        return await conn.exchange(head, head_only, body, timeout)
 
     async def _connect(self, pool: _Pool, spec: ProxySpec) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -123,6 +123,9 @@ class MeshSpec:
     namespace: str = "default"
     gateway: MeshGatewaySpec = field(default_factory=MeshGatewaySpec)
     baggage_to_header: bool = True  # emit the sidecar EnvoyFilter copying the lane from baggage
+    # emit Envoy aggregate clusters (EnvoyFilter) so a lane whose pods die falls back at once;
+    # off for meshes that do not allow EnvoyFilters (then only `lane mesh sync` repairs routes)
+    instant_fallback: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +487,7 @@ def _parse_proxy(node: _At) -> ProxySpec:
 def _parse_mesh(node: _At) -> MeshSpec:
     if node.value is None:
         return MeshSpec()
-    node.mapping({"namespace", "gateway", "baggage_to_header"})
+    node.mapping({"namespace", "gateway", "baggage_to_header", "instant_fallback"})
     gateway = MeshGatewaySpec()
     if node.has("gateway"):
         gw = node.child("gateway").mapping({"name", "hosts", "port", "selector", "namespace"})
@@ -499,6 +502,7 @@ def _parse_mesh(node: _At) -> MeshSpec:
         namespace=node.child("namespace").string("default"),
         gateway=gateway,
         baggage_to_header=node.child("baggage_to_header").boolean(True),
+        instant_fallback=node.child("instant_fallback").boolean(True),
     )
 
 

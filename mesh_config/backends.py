@@ -10,7 +10,10 @@ the whole path the request took.
 
 A request with `PROBE_HEADER` is answered without calling anyone (verify's per-service probes).
 All stubs bind 127.0.0.1 port 0 and are cleaned up, sessions included, when the ``async with``
-block ends. The egress port is only known once Envoy runs, so it arrives as a future.
+block ends. The egress port is only known once Envoy runs, so it arrives as a future. One stub
+can be stopped (its listening socket and connections closed: what a client sees of a pod that
+died) and started again on the same port (`Backends.stop` / `Backends.start`), for verify's
+failover mode.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -28,7 +31,7 @@ from multidict import CIMultiDict
 
 from .calls import FORWARD_HEADER, CallGraph, Forward, decode_forward
 
-__all__ = ["PROBE_HEADER", "Backend", "run_backends"]
+__all__ = ["PROBE_HEADER", "Backend", "Backends", "run_backends"]
 
 PROBE_HEADER: Final = "x-lane-verify-probe"
 _CALL_TIMEOUT: Final = aiohttp.ClientTimeout(total=15)
@@ -105,6 +108,60 @@ async def _answer(request: web.Request) -> web.Response:
     })
 
 
+async def _serve(stub: _Stub, port: int) -> web.AppRunner:
+    app = web.Application()
+    app[STUB] = stub
+    app.cleanup_ctx.append(_session)
+    app.router.add_route("*", "/{tail:.*}", _answer)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+class Backends(Mapping[tuple[str, str], Backend]):
+    """The running stubs by ``(service, lane)``; one can be stopped and started again."""
+
+    def __init__(self) -> None:
+        self._backends: dict[tuple[str, str], Backend] = {}
+        self._stubs: dict[tuple[str, str], _Stub] = {}
+        self._runners: dict[tuple[str, str], web.AppRunner] = {}
+
+    def __getitem__(self, key: tuple[str, str]) -> Backend:
+        return self._backends[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._backends)
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    async def add(self, stub: _Stub) -> None:
+        key = (stub.service, stub.lane)
+        self._stubs[key] = stub
+        self._runners[key] = await _serve(stub, 0)
+        self._backends[key] = Backend(stub.service, stub.lane, int(self._runners[key].addresses[0][1]))
+
+    async def stop(self, key: tuple[str, str]) -> None:
+        """Close the stub's listening socket and connections: its port refuses from now on."""
+        runner = self._runners.pop(key, None)
+        if runner is not None:
+            await runner.cleanup()
+
+    async def start(self, key: tuple[str, str]) -> None:
+        """Serve a stopped stub again, on the port it had."""
+        if key not in self._runners:
+            self._runners[key] = await _serve(self._stubs[key], self._backends[key].port)
+
+    async def close(self) -> None:
+        for key in reversed(list(self._runners)):
+            await self.stop(key)
+
+
 @contextlib.asynccontextmanager
 async def run_backends(
     subsets: Iterable[tuple[str, str]],
@@ -113,30 +170,20 @@ async def run_backends(
     calls: CallGraph | None = None,
     hosts: Mapping[str, str] | None = None,
     egress: asyncio.Future[int] | None = None,
-) -> AsyncIterator[Mapping[tuple[str, str], Backend]]:
+) -> AsyncIterator[Backends]:
     """Serve one stub per ``(service, lane)`` until the block ends; yields them by that pair.
 
     A stub of service S calls ``calls[S]`` (reached as ``hosts[callee]``) through the port
     *egress* resolves to; without *calls* the stubs only answer.
     """
-    runners: list[web.AppRunner] = []
-    out: dict[tuple[str, str], Backend] = {}
     graph, names = calls or {}, hosts or {}
     port = egress if egress is not None else asyncio.get_running_loop().create_future()
+    backends = Backends()
     try:
         for service, lane in subsets:
-            app = web.Application()
-            app[STUB] = _Stub(service, lane, tag_header,
-                              tuple((callee, names.get(callee, callee)) for callee in graph.get(service, ())), port)
-            app.cleanup_ctx.append(_session)
-            app.router.add_route("*", "/{tail:.*}", _answer)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            runners.append(runner)
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            out[(service, lane)] = Backend(service, lane, int(runner.addresses[0][1]))
-        yield out
+            await backends.add(_Stub(service, lane, tag_header,
+                                     tuple((callee, names.get(callee, callee)) for callee in graph.get(service, ())),
+                                     port))
+        yield backends
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+        await backends.close()

@@ -100,6 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--forward", action="append", default=[], metavar="[SERVICE=]MODE",
                         help="what the stub apps forward downstream: tag (tag header and baggage, the default) "
                              "or baggage (baggage only: the sidecar Lua must restore the tag); repeatable")
+    verify.add_argument("--kill", metavar="SERVICE@LANE",
+                        help="instead of the vectors: stop that stub under steady LANE traffic, then start it "
+                             "again; exit 1 on any failed request or if traffic does not return to LANE")
+    verify.add_argument("--requests", type=int, default=100, metavar="N",
+                        help="with --kill: requests per phase (default 100)")
 
     for name, (module, help_text) in EXTERNAL.items():
         if importlib.util.find_spec(module) is not None:
@@ -205,6 +210,14 @@ def _verify(args: argparse.Namespace) -> int:
     from .verify import format_result, verify
 
     config = _load(args)
+    if getattr(args, "kill", None):
+        from .failover import format_failover, kill_and_return, parse_kill
+
+        service, lane = parse_kill(config, args.kill)
+        failover = asyncio.run(kill_and_return(config, service, lane, envoy=args.envoy,
+                                               requests_per_phase=max(1, min(args.requests, 5000))))
+        print("\n".join(format_failover(failover)))
+        return 0 if failover.ok else 1
     vectors = load_vectors(args.vectors) if args.vectors else None
     calls = parse_calls(config, args.calls) if getattr(args, "calls", None) else None
     results = asyncio.run(verify(config, vectors=vectors, calls=calls, forward=getattr(args, "forward", None) or (),

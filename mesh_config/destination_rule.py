@@ -1,4 +1,10 @@
-"""DestinationRule per service: one subset per lane the service has, selected by the lane label."""
+"""DestinationRule per service: one subset per lane the service has, selected by the lane label.
+
+It goes into the service's own namespace (`mesh_config.hosts`): Istio looks a DestinationRule up
+only in the client's namespace, the service's and the root namespace, so that is the one place
+every client finds it. A service some lane instantly falls back in gets outlier detection
+(`mesh_config.fallback`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from types import MappingProxyType
 
 from lane.config import LaneConfig
 
+from .fallback import fallbacks, traffic_policy
+from .hosts import service_namespace
 from .lanes import Presence
 from .model import NETWORKING_V1, DestinationRuleSpec, ObjectMeta, Resource, Subset
 
@@ -25,6 +33,7 @@ def destination_rule(
     return Resource(
         api_version=NETWORKING_V1,
         kind="DestinationRule",
-        metadata=ObjectMeta(name=service, namespace=namespace, labels=labels),
-        spec=DestinationRuleSpec(host=svc.host, subsets=subsets),
+        metadata=ObjectMeta(name=service, namespace=service_namespace(svc, namespace), labels=labels),
+        spec=DestinationRuleSpec(host=svc.host, subsets=subsets,
+                                 traffic_policy=traffic_policy(bool(fallbacks(config, service, present, namespace)))),
     )

@@ -7,7 +7,8 @@ value is an Envoy Struct that Istio passes through, so the current field name is
 
 The gateway filter goes to ``mesh.gateway.namespace`` (default ``istio-system``, Istio's root
 namespace): an EnvoyFilter with a workloadSelector only reaches pods of its own namespace, or of
-every namespace from the root. The sidecar filter applies to every sidecar in lane's namespace.
+every namespace from the root. The sidecar filter applies to every sidecar of the namespace it is
+rendered into; `mesh_config.render` puts one into each namespace where a service of the config lives.
 """
 
 from __future__ import annotations

@@ -28,15 +28,18 @@ __all__ = [
     "HTTPBody",
     "HTTPDirectResponse",
     "HTTPMatchRequest",
+    "HTTPRetry",
     "HTTPRoute",
     "HTTPRouteDestination",
     "ObjectMeta",
+    "OutlierDetection",
     "Port",
     "PortSelector",
     "Resource",
     "Server",
     "StringMatch",
     "Subset",
+    "TrafficPolicy",
     "VirtualServiceSpec",
     "WorkloadSelector",
     "to_data",
@@ -77,8 +80,22 @@ class Subset:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_gateway_errors: int
+    interval: str  # a protobuf Duration: "1s"
+    base_ejection_time: str
+    max_ejection_percent: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    outlier_detection: OutlierDetection | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DestinationRuleSpec:
     host: str
+    traffic_policy: TrafficPolicy | None = None
     subsets: tuple[Subset, ...] = ()
 
 
@@ -124,10 +141,17 @@ class HTTPDirectResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class HTTPRetry:
+    attempts: int
+    retry_on: str
+
+
+@dataclass(frozen=True, slots=True)
 class HTTPRoute:
     name: str | None = None
     match: tuple[HTTPMatchRequest, ...] = ()
     route: tuple[HTTPRouteDestination, ...] = ()
+    retries: HTTPRetry | None = None
     direct_response: HTTPDirectResponse | None = None
 
 

@@ -6,7 +6,10 @@ changes in the cluster. Every object carries ``app.kubernetes.io/managed-by: lan
 ``lane.dev/config: <name>`` so stale objects can be found and pruned.
 
 Order: the Gateway, then per service (sorted by name) its DestinationRule and VirtualService(s),
-then the EnvoyFilters -- subsets exist before routes name them.
+then the EnvoyFilters -- subsets exist before routes name them. Per-service objects live in the
+service's namespace (`mesh_config.hosts`); the sidecar EnvoyFilters (baggage -> tag, instant
+fallback) go into every namespace a service of the config lives in, i.e. wherever lane apps run,
+rather than mesh-wide from the root namespace: sidecars of other apps are left alone.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from lane.config import LaneConfig
 
 from .destination_rule import destination_rule
 from .envoy_filter import gateway_filter, sidecar_filter
+from .fallback import fallback_filters
 from .gateway import gateway
+from .hosts import service_namespace
 from .lanes import Presence, present_lanes
 from .model import CONFIG_LABEL, MANAGED_BY_LABEL, Resource, to_data
 from .virtual_service import virtual_services
@@ -65,7 +70,9 @@ def render_resources(
         out.extend(virtual_services(config, service, present, ns, labels))
     out.append(gateway_filter(config, labels))
     if config.mesh.baggage_to_header:
-        out.append(sidecar_filter(config, ns, labels))
+        out.extend(sidecar_filter(config, home, labels)
+                   for home in sorted({service_namespace(svc, ns) for svc in config.services.values()}))
+    out.extend(fallback_filters(config, present, ns, labels))
     return out
 
 
@@ -75,8 +82,9 @@ def render_objects(
     """The ordered objects as plain dicts, ready for YAML or the Kubernetes API.
 
     *lanes* says which lanes each service has right now (e.g. the lanes with ready pods); services
-    it does not mention keep the config's lanes. *namespace* overrides ``mesh.namespace`` for every
-    object except the gateway EnvoyFilter, which lives in ``mesh.gateway.namespace``. A regex the
+    it does not mention keep the config's lanes. *namespace* overrides ``mesh.namespace``: the
+    Gateway's namespace and that of every service with a short host (a ``name.NS.svc...`` host
+    keeps its NS; the gateway EnvoyFilters live in ``mesh.gateway.namespace``). A regex the
     gateway cannot mirror raises `lane.errors.ConfigError` naming the rule.
     """
     return [to_data(r) for r in render_resources(config, lanes=lanes, namespace=namespace)]

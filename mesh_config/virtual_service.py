@@ -6,7 +6,8 @@ has (`LaneConfig.lane_for`); a strict lane without an instance answers 503 direc
 plane does. The last route -- everything else, including untagged and unknown-lane requests --
 goes to the default (stable) subset. Istio answers "no healthy upstream" for a subset without
 endpoints and has no subset fallback, so the fallback is resolved here and only subsets that
-exist are ever named.
+exist are ever named; a lane whose pods die between two renders falls back inside Envoy
+(`mesh_config.fallback`). Each VirtualService lives in its service's namespace.
 
 The entry service's VirtualService is also bound to the Gateway. Istio refuses the wildcard host
 ``*`` on a VirtualService bound to ``mesh``, so when the Gateway accepts every host the entry gets
@@ -21,6 +22,8 @@ from typing import Final
 
 from lane.config import LaneConfig
 
+from .fallback import fallbacks, retry_for
+from .hosts import gateway_ref, service_namespace
 from .lanes import LaneTarget, Presence, default_target, lane_targets
 from .model import (
     NETWORKING_V1,
@@ -49,14 +52,22 @@ def _action(config: LaneConfig, service: str, target: LaneTarget) -> HTTPRoute:
     return HTTPRoute(route=(HTTPRouteDestination(Destination(host=host, subset=target.subset)),))
 
 
-def http_routes(config: LaneConfig, service: str, present: Presence) -> tuple[HTTPRoute, ...]:
-    """The ordered HTTP routes of *service*: one per non-default lane, then the default route."""
+def http_routes(config: LaneConfig, service: str, present: Presence,
+                namespace: str | None = None) -> tuple[HTTPRoute, ...]:
+    """The ordered HTTP routes of *service*: one per non-default lane, then the default route.
+
+    A lane route's match is named after the service, so istiod's Envoy route name
+    (`fallback.envoy_route_name`) is unique per service and lane; a lane with an instant fallback
+    carries its retries (`mesh_config.fallback`).
+    """
     routes = []
+    falls = {f.lane: f for f in fallbacks(config, service, present, namespace or config.mesh.namespace)}
     for target in lane_targets(config, service, present):
         action = _action(config, service, target)
-        match = HTTPMatchRequest(headers=MappingProxyType({config.tag.header: StringMatch(exact=target.lane)}))
+        match = HTTPMatchRequest(name=service,
+                                 headers=MappingProxyType({config.tag.header: StringMatch(exact=target.lane)}))
         routes.append(HTTPRoute(name=f"lane-{target.lane}", match=(match,), route=action.route,
-                                direct_response=action.direct_response))
+                                retries=retry_for(falls.get(target.lane)), direct_response=action.direct_response))
     fallback = _action(config, service, default_target(config, service, present))
     routes.append(HTTPRoute(name="default", route=fallback.route, direct_response=fallback.direct_response))
     return tuple(routes)
@@ -65,17 +76,20 @@ def http_routes(config: LaneConfig, service: str, present: Presence) -> tuple[HT
 def virtual_services(
     config: LaneConfig, service: str, present: Presence, namespace: str, labels: Mapping[str, str]
 ) -> list[Resource]:
-    """The VirtualService(s) of *service* (two for the entry behind a wildcard Gateway)."""
+    """The VirtualService(s) of *service* (two for the entry behind a wildcard Gateway), in the
+    service's namespace (`mesh_config.hosts`); the Gateway, in *namespace*, is named across."""
     svc = config.service(service)
-    routes = http_routes(config, service, present)
+    routes = http_routes(config, service, present, namespace)
     gw = config.mesh.gateway
+    home = service_namespace(svc, namespace)
     if service != config.entry:
         spec = VirtualServiceSpec(hosts=(svc.host,), gateways=(MESH_GATEWAY,), http=routes)
-        return [Resource(NETWORKING_V1, "VirtualService", ObjectMeta(service, namespace, labels), spec)]
+        return [Resource(NETWORKING_V1, "VirtualService", ObjectMeta(service, home, labels), spec)]
+    gateway = gateway_ref(config, namespace, home)
     named = tuple(h for h in gw.hosts if h != "*" and h != svc.host)
-    out = [Resource(NETWORKING_V1, "VirtualService", ObjectMeta(service, namespace, labels),
-                    VirtualServiceSpec(hosts=(svc.host, *named), gateways=(gw.name, MESH_GATEWAY), http=routes))]
+    out = [Resource(NETWORKING_V1, "VirtualService", ObjectMeta(service, home, labels),
+                    VirtualServiceSpec(hosts=(svc.host, *named), gateways=(gateway, MESH_GATEWAY), http=routes))]
     if "*" in gw.hosts:
-        out.append(Resource(NETWORKING_V1, "VirtualService", ObjectMeta(f"{gw.name}-{service}", namespace, labels),
-                            VirtualServiceSpec(hosts=("*",), gateways=(gw.name,), http=routes)))
+        out.append(Resource(NETWORKING_V1, "VirtualService", ObjectMeta(f"{gw.name}-{service}", home, labels),
+                            VirtualServiceSpec(hosts=("*",), gateways=(gateway,), http=routes)))
     return out

@@ -125,7 +125,8 @@ def test_applies_only_when_the_rendered_result_changes(fake: FakeKube, running: 
     fake.delete_pod("c-gray-2", namespace=NS)
     wait_for(lambda: gray_subset(fake) == "base" and running.applies == applies + 1)
     patched = {tuple(r.path.rsplit("/", 2)[1:]) for r in fake.requests[seen:] if r.method == "PATCH" and "dryRun" not in r.query}
-    assert patched == {("virtualservices", "c"), ("destinationrules", "c")}  # only c's objects changed
+    # only c's objects changed, and the sidecars' instant-fallback filter lost c's gray aggregate cluster
+    assert patched == {("virtualservices", "c"), ("destinationrules", "c"), ("envoyfilters", "lane-fallback")}
 
 
 def test_dropped_watch_resumes_from_its_resource_version(fake: FakeKube, running: LaneSync) -> None:
@@ -192,7 +193,8 @@ def test_a_rollout_burst_gives_one_render_and_one_apply(fake: FakeKube, running:
     wait_for(lambda: gray_subset(fake) == "base")
     time.sleep(1.0)  # more than the quiet window: anything still pending would have been applied by now
     assert running.renders == renders + 1 and running.applies == applies + 1
-    assert sorted(real_writes(fake, seen)) == [("destinationrules", "c"), ("virtualservices", "c")]
+    assert sorted(real_writes(fake, seen)) == [("destinationrules", "c"), ("envoyfilters", "lane-fallback"),
+                                               ("virtualservices", "c")]
 
 
 def test_a_single_change_is_applied_once_the_quiet_window_has_passed(fake: FakeKube, running: LaneSync) -> None:

@@ -102,7 +102,9 @@ async def test_fallback_chain_routes_in_envoy() -> None:
 
 
 def tampered(objects: list[dict[str, Any]], name: str, lane: str, subset: str) -> list[dict[str, Any]]:
-    out = copy.deepcopy(objects)
+    """*objects* with one VirtualService route sent elsewhere, and without the instant-fallback
+    EnvoyFilters (verify refuses a fallback whose first member is not the route's destination)."""
+    out = [o for o in copy.deepcopy(objects) if not o["metadata"]["name"].endswith("lane-fallback")]
     for obj in out:
         if obj["kind"] == "VirtualService" and obj["metadata"]["name"] == name:
             for http in obj["spec"]["http"]:

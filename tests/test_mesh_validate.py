@@ -90,7 +90,7 @@ def run_lane(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 def test_cli_validates_rendered_yaml_from_stdin_and_files(tmp_path: Path) -> None:
     text = dump_yaml(render_objects(load_config(DEMO)))
     ok = run_lane("mesh", "validate", "--crds", str(CRDS), "-", stdin=text)
-    assert ok.returncode == 0 and ok.stdout.startswith("12 object(s) valid"), ok.stderr
+    assert ok.returncode == 0 and ok.stdout.startswith("14 object(s) valid"), ok.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text(text.replace("subset: gray", "subsett: gray", 1))
     bad = run_lane("mesh", "validate", "--crds", str(CRDS), str(broken))

@@ -37,6 +37,7 @@ __all__ = [
     "members",
     "remove_member",
     "set_member",
+    "set_members",
 ]
 
 BAGGAGE_HEADER: Final = "baggage"
@@ -144,3 +145,12 @@ def set_member(headers: Iterable[str], key: str, value: str) -> str:
     first = _encoded_member(key, value)
     rest = [m for m in members(headers) if not _names(m, key)]
     return ",".join([first, *rest]) if rest else first
+
+
+def set_members(headers: Iterable[str], pairs: Iterable[tuple[str, str]]) -> str:
+    """One header value with ``key=<value>`` for each of *pairs* first, in order, and every other member kept."""
+    pairs = list(pairs)
+    firsts = [_encoded_member(key, value) for key, value in pairs]
+    keys = [key for key, _ in pairs]
+    rest = [m for m in members(headers) if not any(_names(m, key) for key in keys)]
+    return ",".join([*firsts, *rest])

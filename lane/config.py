@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 DEMO_SOURCE: Final = "<embedded demo.yaml>"  # how errors and reports name the embedded default
-DEFAULT_TRACE_HEADERS: Final[tuple[str, ...]] = ("traceparent", "x-request-id", "x-b3-traceid", "uber-trace-id", "sw8")
+DEFAULT_TRACE_HEADERS: Final[tuple[str, ...]] = (
+    "traceparent", "x-request-id", "x-b3-traceid", "b3", "uber-trace-id", "sw8")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 # Constructs RE2 (Envoy, Istio) does not support; rejected so the mesh emitter can mirror every rule.

@@ -19,7 +19,6 @@ import argparse
 import ipaddress
 import logging
 import os
-from random import getrandbits
 from typing import Final
 
 from aiohttp import web
@@ -45,6 +44,7 @@ from .readiness import announce
 from .rules import Coloring, RequestView, color
 from .runtime import Runtime, load_initial
 from .server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
+from .trace_identity import TraceIdentity, new_request_id
 from .tracing import RequestSpan, Tracing, add_tracing_arguments, open_tracing, otlp_traces_url
 from .websocket_proxy import forward_websocket
 from .wire import has_lane_tag, request_lane, set_lane, strip_lane
@@ -57,6 +57,7 @@ __all__ = [
     "add_arguments",
     "build_gateway_app",
     "distrust_request_id",
+    "drop_repeated_trace_headers",
     "ensure_trace_headers",
     "is_trusted",
     "lane_of",
@@ -68,9 +69,7 @@ log = logging.getLogger(__name__)
 RUNTIME = web.AppKey("lane_gateway_runtime", Runtime)
 EXPLAIN = web.AppKey("lane_gateway_explain", bool)
 TRACING = web.AppKey("lane_gateway_tracing", Tracing)
-# RFC 9562 version 4: the version nibble is 4, the variant bits are 10.
-_UUID_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID_V4: Final = (0x4000 << 64) | (0x8000 << 48)
+_B3_RELATED: Final = ("x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3")
 CLIENT_REQUEST_ID: Final = "x-client-request-id"
 
 
@@ -102,6 +101,19 @@ def distrust_request_id(headers: CIMultiDict[str]) -> None:
         headers[CLIENT_REQUEST_ID] = sent[0]
 
 
+def drop_repeated_trace_headers(headers: CIMultiDict[str], names: tuple[str, ...]) -> None:
+    """Remove every trace header an untrusted client sent more than once (the gateway then mints its own).
+
+    Sidecars recover lanes by trace id, and which of two values an app keeps is the app's choice: a
+    client that appended the trace id of another request it saw could otherwise pull its own calls
+    into that request's lane. Exactly one value of each trace header leaves the gateway.
+    """
+    for name in (*names, *_B3_RELATED):
+        values = headers.getall(name, None)
+        if values is not None and len(values) > 1:
+            headers.popall(name)
+
+
 def ensure_trace_headers(headers: CIMultiDict[str]) -> None:
     """Give the request a ``traceparent`` and an ``x-request-id`` (a version 4 UUID) when it has none.
 
@@ -109,11 +121,10 @@ def ensure_trace_headers(headers: CIMultiDict[str]) -> None:
     from `random.getrandbits`, which costs a fraction of `secrets`/`uuid4` (a system call each).
     """
     if "traceparent" not in headers:
-        headers["traceparent"] = f"00-{getrandbits(128) or 1:032x}-{getrandbits(64) or 1:016x}-01"
+        identity = TraceIdentity.new()
+        headers["traceparent"] = f"00-{identity.trace_hex}-{identity.span_hex}-01"
     if "x-request-id" not in headers:
-        bits = getrandbits(128) & _UUID_CLEAR | _UUID_V4
-        h = f"{bits:032x}"
-        headers["x-request-id"] = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        headers["x-request-id"] = new_request_id()
 
 
 def lane_of(config: LaneConfig, headers: CIMultiDict[str], received: MultiMapping[str], raw_query: str,
@@ -149,6 +160,7 @@ def colored_headers(config: LaneConfig, request: ForwardedFrom, raw_query: str) 
     coloring = lane_of(config, headers, request.headers, raw_query, trusted, request.remote)
     if not trusted:
         distrust_request_id(headers)
+        drop_repeated_trace_headers(headers, config.proxy.trace_headers)
         headers.popall(DEADLINE_HEADER, None)  # a client must not shorten the wait and get instances blamed
     set_lane(headers, config.tag, coloring.lane)
     return headers, coloring

@@ -48,6 +48,7 @@ class Collection:
         # back the trace formats the app dropped (`lane.trace_identity`).
         self.identity: TraceIdentity | None = None
         self.request_id: str | None = None
+        self.request_key: str | None = None  # the id in baggage (`lane.wire.REQUEST_MEMBER`)
         # When the sidecar stops waiting for the app (`time.monotonic`): its calls are capped by it.
         self.deadline = math.inf
 

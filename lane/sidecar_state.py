@@ -27,7 +27,7 @@ from .sidecar_app import app_budget
 from .trace_cache import TraceCache, TraceKey, trace_keys
 from .trace_identity import TraceIdentity, complete_trace_headers, identity_of
 from .tracing import Tracing
-from .wire import lane_and_carrier, set_lane
+from .wire import lane_and_carrier, request_key, set_lane
 
 __all__ = ["Arrival", "Departure", "Sidecar"]
 
@@ -45,6 +45,7 @@ class Arrival:
     identity: TraceIdentity  # the one trace identity every trace format handed to the app derives from
     request_id: str | None  # the x-request-id handed to the app
     wait: float = 0.0  # seconds to wait for the app: the caller's budget (`lane.sidecar_app.app_budget`)
+    request_key: str | None = None  # the id in the baggage member `lane.wire.REQUEST_MEMBER` handed to the app
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +113,17 @@ class Sidecar:
         config = self.runtime.config
         incoming = lane_and_carrier(headers, config.tag)[0]
         requested = incoming or config.default_lane
-        set_lane(headers, config.tag, requested)
         names = config.proxy.trace_headers
         identity = complete_trace_headers(headers, names, service=self.service)
+        key = request_key(headers) or headers.get("x-request-id") or identity.trace_hex
+        set_lane(headers, config.tag, requested, key)
         keys = trace_keys(headers, names)
+        keys.append((BAGGAGE_HEADER, key))  # an app that forwards only baggage keeps its hop record
         self.traces.remember(keys, requested)
         said = headers.popall(FALLBACK_HEADER, [""])[0].strip()
         reason = said if said in _REASONS and requested != self.lane else None
         return Arrival(requested, keys, reason, Hop(self.service, self.lane, requested, reason, instance),
-                       identity, headers.get("x-request-id"), app_budget(received, headers, config.proxy))
+                       identity, headers.get("x-request-id"), app_budget(received, headers, config.proxy), key)
 
     @contextmanager
     def collecting(self, arrival: Arrival, headers: CIMultiDict[str]) -> Iterator[Collection]:
@@ -132,6 +135,7 @@ class Sidecar:
         with self.hops.collect(arrival.keys) as collection:
             collection.identity = identity_of(headers) or arrival.identity
             collection.request_id = arrival.request_id
+            collection.request_key = arrival.request_key
             collection.deadline = monotonic() + arrival.wait  # the app's calls must be answered before
             yield collection
 
@@ -149,6 +153,9 @@ class Sidecar:
         lane, carrier = lane_and_carrier(headers, config.tag)
         keys = trace_keys(headers, names)
         present = [name for name, _ in keys]
+        key = request_key(headers)
+        if key is not None:
+            keys.append((BAGGAGE_HEADER, key))
         if carrier == "header":
             present.append(config.tag.header)
         if carrier is not None and get_member(headers.getall(BAGGAGE_HEADER, ()), config.tag.baggage_key):
@@ -169,7 +176,7 @@ class Sidecar:
                                    request_id=collection.request_id)
         else:
             complete_trace_headers(headers, names, service=self.service)
-        set_lane(headers, config.tag, lane)
+        set_lane(headers, config.tag, lane, key or (collection.request_key if collection is not None else None))
         self.carriers.record(present, source)
         count_lane_source(self.service, source.value, via or "")
         return Departure(lane, source, via, collection)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -31,9 +32,17 @@ LANE = web.AppKey("lane", str)
 OUTBOUND = web.AppKey("outbound", list[str])  # filled once the sidecar listens
 
 
+TRACE_FORMATS = ("traceparent", "x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "b3",
+                 "uber-trace-id", "sw8")
+
+
+def _trace_headers(request: web.Request) -> dict[str, list[str]]:
+    return {name: request.headers.getall(name) for name in TRACE_FORMATS if name in request.headers}
+
+
 async def _c(request: web.Request) -> web.Response:
     return web.json_response({"lane": request.app[LANE], "tag": request.headers.get("x-mse-tag"),
-                              "baggage": request.headers.get("baggage")})
+                              "baggage": request.headers.get("baggage"), "trace": _trace_headers(request)})
 
 
 def c_app(lane: str) -> web.Application:
@@ -44,13 +53,20 @@ def c_app(lane: str) -> web.Application:
 
 
 async def _front(request: web.Request) -> web.Response:
-    """An app that calls c through its sidecar forwarding only the header named by ?forward=."""
+    """An app that calls c through its sidecar forwarding only the header named by ?forward=.
+
+    ``?keep=last`` forwards the last value of that header, as an app whose framework keeps the last
+    of repeated headers does.
+    """
     forward = request.query.get("forward", "")
-    headers = {forward: request.headers[forward]} if forward in request.headers else {}
+    values = request.headers.getall(forward, [])
+    headers = {forward: values[-1 if request.query.get("keep") == "last" else 0]} if values else {}
     async with aiohttp.ClientSession() as session, session.get(
         "http://c/", headers=headers, proxy=request.app[OUTBOUND][0]
     ) as resp:
-        return web.json_response({"c": await resp.json(), "c_path": resp.headers.get("x-lane-path")})
+        return web.json_response({"c": await resp.json(), "c_path": resp.headers.get("x-lane-path"),
+                                  "received": _trace_headers(request),
+                                  "baggage": request.headers.getall("baggage", [])})
 
 
 async def _front_tolerant(request: web.Request) -> web.Response:
@@ -70,6 +86,8 @@ class Mesh:
     outbound: str
     c_base: int
     c_gray: int
+    sidecar: Sidecar
+
 
 
 @asynccontextmanager
@@ -107,7 +125,7 @@ coloring:
         gw_runtime = Runtime(runtime.config, None)
         gateway = await stack.enter_async_context(serve_app(build_gateway_app(gw_runtime)))
         yield Mesh(f"http://127.0.0.1:{gateway}", f"http://127.0.0.1:{inbound}", f"http://127.0.0.1:{outbound}",
-                   c_base, c_gray)
+                   c_base, c_gray, sidecar)
 
 
 @pytest.mark.parametrize("forward", ["x-request-id", "traceparent", "x-b3-traceid"])
@@ -119,7 +137,7 @@ async def test_an_app_forwarding_only_a_trace_header_stays_in_its_lane(forward: 
             body = await resp.json()
             path = [h.label() for h in parse_path(resp.headers["x-lane-path"])]
     assert body["c"]["lane"] == "gray" and body["c"]["tag"] == "gray"
-    assert body["c"]["baggage"] == "x-mse-tag=gray"
+    assert body["c"]["baggage"].startswith("x-mse-tag=gray,lane-request-id=")  # the lane first
     assert path == ["front@base", "c@gray"]  # the hop record crosses the app without its help
     assert body["c_path"].startswith(f"c@gray;requested=gray;instance=127.0.0.1:{m.c_gray}")
 
@@ -231,3 +249,132 @@ def test_sidecar_refuses_more_than_one_worker_and_says_why() -> None:
     assert "--workers 2 is refused" in done.stderr
     assert "trace-id cache" in done.stderr and "another worker" in done.stderr
     assert "ready" not in done.stderr  # it never started listening
+
+
+def _source_count(source: str, via: str = "") -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("lane_outbound_lane_source_total",
+                                      {"service": "front", "source": source, "via": via})
+    return value or 0.0
+
+
+async def test_the_app_gets_one_trace_identity_in_every_format_and_its_calls_get_them_back() -> None:
+    """Issue "Lanes survive real apps": an app forwarding only x-request-id still hands c the full set."""
+    before = _source_count("recovered", "x-request-id")
+    async with mesh() as m, aiohttp.ClientSession() as client:
+        async with client.get(f"{m.gateway}/?forward=x-request-id", headers={"User-Agent": "xiaoming"}) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+            hops = parse_path(resp.headers["x-lane-path"])
+        carriers = m.sidecar.carriers.view()
+    received = {name: values[0] for name, values in body["received"].items()}
+    assert all(len(values) == 1 for values in body["received"].values())
+    trace = received["traceparent"].split("-")[1]  # the gateway's trace, in every format the front app got
+    assert received["x-b3-traceid"] == trace and received["b3"].startswith(trace + "-")
+    assert received["uber-trace-id"].startswith(trace + ":") and received["x-request-id"]
+    assert "sw8" in received
+    # the app forwarded x-request-id alone; c got the lane, the baggage member and the same trace back
+    sent = {name: values[0] for name, values in body["c"]["trace"].items()}
+    assert body["c"]["lane"] == "gray" and body["c"]["tag"] == "gray"
+    assert body["c"]["baggage"] == f"x-mse-tag=gray,lane-request-id={received['x-request-id']}"
+    assert sent["x-request-id"] == received["x-request-id"]
+    assert sent["traceparent"].split("-")[1] == trace and sent["x-b3-traceid"] == trace
+    # the record says the hop's lane was recovered, and by which header
+    assert [h.label() for h in hops] == ["front@base", "c@gray"]
+    assert hops[1].recovered == "x-request-id" and hops[0].recovered is None
+    assert parse_path(body["c_path"])[0].recovered == "x-request-id"  # the app sees what the record says
+    assert _source_count("recovered", "x-request-id") == before + 1
+    assert carriers["forwarded"] == ["x-request-id"] and carriers["calls"] == 1
+    assert set(carriers["dropped"]) == {"x-mse-tag", "baggage", "traceparent", "x-b3-traceid", "b3",
+                                        "uber-trace-id", "sw8"}
+    assert carriers["verdict"] == ("service front's app drops x-mse-tag, baggage, traceparent, x-b3-traceid, b3, "
+                                   "uber-trace-id and sw8; it forwards only x-request-id")
+
+
+@pytest.mark.parametrize(("forward", "source", "via"), [
+    ("baggage", "baggage", ""), ("b3", "recovered", "b3"), ("uber-trace-id", "recovered", "uber-trace-id"),
+    ("sw8", "recovered", "sw8"), ("x-mse-tag", "header", ""),
+])
+async def test_whatever_single_carrier_the_app_forwards_keeps_the_lane(forward: str, source: str, via: str) -> None:
+    before = _source_count(source, via)
+    async with mesh() as m, aiohttp.ClientSession() as client:
+        async with client.get(f"{m.gateway}/?forward={forward}", headers={"User-Agent": "xiaoming"}) as resp:
+            body = await resp.json()
+            hops = parse_path(resp.headers["x-lane-path"])
+    assert body["c"]["lane"] == "gray"
+    if forward == "x-mse-tag":
+        # the tag alone names a lane, not a request: the call keeps its lane, but no record can take its hops
+        assert [h.label() for h in hops] == ["front@base"]
+    else:  # baggage carries lane's request id too (`lane.wire.REQUEST_MEMBER`), so the record is complete
+        assert [h.label() for h in hops] == ["front@base", "c@gray"] and hops[1].recovered == (via or None)
+    assert _source_count(source, via) == before + 1
+
+
+async def test_an_app_that_forwards_nothing_is_a_counted_break_and_named() -> None:
+    before = _source_count("lost")
+    async with mesh() as m, aiohttp.ClientSession() as client:
+        for _ in range(3):
+            async with client.get(f"{m.gateway}/?forward=none", headers={"User-Agent": "xiaoming"}) as resp:
+                assert (await resp.json())["c"]["lane"] == "base"
+        carriers = m.sidecar.carriers.view()
+    assert _source_count("lost") == before + 3
+    assert carriers["lane_sources"]["lost"] == 3 and carriers["forwarded"] == []
+    assert carriers["verdict"].endswith("it forwards none of them: its calls leave in the default lane")
+
+
+async def test_a_repeated_trace_header_cannot_pull_a_request_into_another_lane() -> None:
+    """Issue "Hardening" 1: a client appends the traceparent of a gray request it saw to its own."""
+    gray_trace = "0af7651916cd43dd8448eb211c80319c"
+    async with mesh() as m, aiohttp.ClientSession() as client:
+        gray = {"User-Agent": "xiaoming", "traceparent": f"00-{gray_trace}-b7ad6b7169203331-01"}
+        async with client.get(f"{m.gateway}/?forward=traceparent", headers=gray) as resp:
+            assert (await resp.json())["c"]["lane"] == "gray"
+        for target in (m.gateway, m.inbound):  # through the gateway, and straight at the sidecar
+            headers = [("traceparent", f"00-{'1' * 32}-b7ad6b7169203331-01"),
+                       ("traceparent", f"00-{gray_trace}-b7ad6b7169203331-01")]
+            async with client.get(f"{target}/?forward=traceparent&keep=last", headers=headers) as resp:
+                body = await resp.json()
+                hops = parse_path(resp.headers["x-lane-path"])
+            assert len(body["received"]["traceparent"]) == 1  # the app sees exactly one value
+            assert gray_trace not in body["received"]["traceparent"][0]
+            assert body["c"]["lane"] == "base"
+            assert [h.label() for h in hops] == ["front@base", "c@base"]  # every hop in the record
+
+
+async def test_baggage_split_over_headers_stays_within_the_field_limit() -> None:
+    """Issue "Hardening" 4: three baggage headers of ~3 KB each must not become one 9 KB header (431)."""
+    parts = [",".join(f"k{i}_{j}={'v' * 40}" for j in range(60)) for i in range(3)]
+    assert all(len(p) < 8000 for p in parts) and sum(map(len, parts)) > 8192
+    async with mesh() as m, aiohttp.ClientSession() as client:
+        headers = [("User-Agent", "xiaoming"), *(("baggage", p) for p in parts)]
+        async with client.get(f"{m.gateway}/?forward=x-request-id", headers=headers) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+    got = body["baggage"]
+    assert got[0].startswith("x-mse-tag=gray,lane-request-id=") and got[1:] == parts  # lane's first, the rest as sent
+    assert all(len(v) <= 8190 for v in got)
+
+
+async def test_the_sidecar_refuses_the_app_port_as_an_instance_and_a_lane_the_service_lacks(tmp_path: Path) -> None:
+    config = tmp_path / "lane.yaml"
+    config.write_text("""
+lanes: {gray: {}}
+entry: a
+services:
+  a: {instances: {base: ["127.0.0.1:18101"], gray: ["127.0.0.1:18102"]}}
+  b: {instances: {base: ["127.0.0.1:18201"]}}
+""")
+    cases = [
+        (["--service", "a", "--lane", "gray", "--app", "127.0.0.1:18102"],
+         "--app 127.0.0.1:18102 is listed in", "write this sidecar's --listen"),
+        (["--service", "b", "--lane", "gray", "--app", "127.0.0.1:9"],
+         "--lane gray: service b has no gray instance", "add this sidecar's --listen"),
+    ]
+    for args, first, then in cases:
+        done = subprocess.run([sys.executable, "-m", "lane", "sidecar", "--config", str(config), *args,
+                               "--listen", "127.0.0.1:0", "--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and first in lines[0] and then in lines[0] and "Traceback" not in done.stderr

@@ -1,0 +1,125 @@
+"""One trace identity in every format: what a sidecar hands its app and gives the app's calls back.
+
+The formats are checked against the real OpenTelemetry propagators (W3C tracecontext from the API,
+B3 and Jaeger from their PyPI packages): what lane writes must extract to the same trace id there,
+as Envoy's and the OTel SDKs' headers do.
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import unquote
+
+import pytest
+from multidict import CIMultiDict
+from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
+from opentelemetry.propagators.jaeger import JaegerPropagator
+
+from lane.config import DEFAULT_TRACE_HEADERS
+from lane.trace_cache import trace_keys
+from lane.trace_identity import TraceIdentity, complete_trace_headers, identity_of
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+SPAN = "b7ad6b7169203331"
+ALL = DEFAULT_TRACE_HEADERS
+
+
+def _trace_ids(headers: CIMultiDict[str]) -> dict[str, str]:
+    """The 128-bit trace id each format carries, as 32 hex digits."""
+    sw8 = headers["sw8"].split("-")
+    return {
+        "traceparent": headers["traceparent"].split("-")[1],
+        "x-b3-traceid": headers["x-b3-traceid"].zfill(32),
+        "b3": headers["b3"].split("-")[0].zfill(32),
+        "uber-trace-id": unquote(headers["uber-trace-id"]).split(":")[0].zfill(32),
+        "sw8": base64.b64decode(sw8[1]).decode(),
+    }
+
+
+@pytest.mark.parametrize("incoming", [
+    {"traceparent": f"00-{TRACE}-{SPAN}-01"},
+    {"x-b3-traceid": TRACE, "x-b3-spanid": SPAN, "x-b3-sampled": "1"},
+    {"b3": f"{TRACE}-{SPAN}-1"},
+    {"uber-trace-id": f"{TRACE}:{SPAN}:0:1"},
+    {"uber-trace-id": f"{TRACE}%3A{SPAN}%3A0%3A1"},
+])
+def test_every_format_is_written_from_the_one_trace_id_that_came_in(incoming: dict[str, str]) -> None:
+    headers = CIMultiDict(incoming)
+    identity = complete_trace_headers(headers, ALL, service="b")
+    assert identity.trace_hex == TRACE and identity.span_hex == SPAN and identity.sampled
+    assert set(_trace_ids(headers).values()) == {TRACE}
+    assert len(headers["x-request-id"]) == 36  # a UUID of its own, not derived from the trace
+    for name, value in incoming.items():
+        assert headers.getall(name) == [value]  # what came in is kept byte for byte
+    # and every format is a key the sidecar can recall the lane by, whichever one the app forwards
+    assert [name for name, _ in trace_keys(headers, ALL)] == list(ALL)
+
+
+def test_a_64_bit_b3_id_is_zero_padded_as_the_opentelemetry_b3_propagator_does() -> None:
+    headers = CIMultiDict({"x-b3-traceid": "463ac35c9f6413ad", "x-b3-spanid": SPAN})
+    complete_trace_headers(headers, ALL)
+    assert headers["traceparent"].split("-")[1] == "0000000000000000463ac35c9f6413ad"
+    assert headers["x-b3-traceid"] == "463ac35c9f6413ad"
+
+
+def test_nothing_in_means_one_new_identity_everywhere_and_unsampled_stays_unsampled() -> None:
+    headers: CIMultiDict[str] = CIMultiDict()
+    identity = complete_trace_headers(headers, ALL)
+    assert set(_trace_ids(headers).values()) == {identity.trace_hex}
+    headers = CIMultiDict({"traceparent": f"00-{TRACE}-{SPAN}-00"})
+    complete_trace_headers(headers, ALL)
+    assert headers["x-b3-sampled"] == "0" and headers["b3"].endswith("-0") and headers["uber-trace-id"].endswith(":0")
+
+
+def test_only_the_configured_formats_are_written() -> None:
+    headers = CIMultiDict({"traceparent": f"00-{TRACE}-{SPAN}-01"})
+    complete_trace_headers(headers, ("traceparent", "x-request-id"))
+    assert sorted(headers) == ["traceparent", "x-request-id"]
+
+
+def test_a_format_sent_twice_with_different_values_is_replaced_by_one() -> None:
+    other = "11111111111111111111111111111111"
+    headers = CIMultiDict([("traceparent", f"00-{TRACE}-{SPAN}-01"), ("traceparent", f"00-{other}-{SPAN}-01"),
+                           ("x-request-id", "r1"), ("x-request-id", "r2")])
+    identity = complete_trace_headers(headers, ALL)
+    assert identity.trace_hex not in (TRACE, other)
+    assert len(headers.getall("traceparent")) == 1 and len(headers.getall("x-request-id")) == 1
+    assert headers["x-request-id"] not in ("r1", "r2")
+
+
+def test_a_call_that_dropped_its_trace_headers_gets_the_served_requests_back() -> None:
+    served = TraceIdentity(int(TRACE, 16), int(SPAN, 16), True)
+    call = CIMultiDict({"x-request-id": "r1"})  # an app forwarding only x-request-id
+    complete_trace_headers(call, ALL, fallback=served, request_id="ignored: the call has its own")
+    assert set(_trace_ids(call).values()) == {TRACE} and call["x-request-id"] == "r1"
+    call = CIMultiDict({"traceparent": f"00-{'2' * 32}-{SPAN}-01"})  # an app that continued its own trace
+    complete_trace_headers(call, ALL, fallback=served, request_id="r1")
+    assert set(_trace_ids(call).values()) == {"2" * 32} and call["x-request-id"] == "r1"
+
+
+@pytest.mark.parametrize("garbage", [
+    {"traceparent": "00-00000000000000000000000000000000-b7ad6b7169203331-01"},
+    {"traceparent": f"ff-{TRACE}-{SPAN}-01"},
+    {"x-b3-traceid": "not hex"},
+    {"b3": "0"},
+    {"uber-trace-id": "a:b"},
+    {"uber-trace-id": "x" * 300 + ":1:0:1"},
+])
+def test_garbage_is_no_identity_and_never_raises(garbage: dict[str, str]) -> None:
+    assert identity_of(CIMultiDict(garbage)) is None
+
+
+def test_what_lane_writes_extracts_to_the_same_trace_in_opentelemetry() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    headers: CIMultiDict[str] = CIMultiDict({"b3": f"{TRACE}-{SPAN}-1"})
+    complete_trace_headers(headers, ALL)
+    carrier = {k.lower(): v for k, v in headers.items()}
+    span = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier)).get_span_context()
+    assert f"{span.trace_id:032x}" == TRACE and f"{span.span_id:016x}" == SPAN and span.trace_flags.sampled
+    for propagator in (B3MultiFormat(), B3SingleFormat()):
+        ctx = trace.get_current_span(propagator.extract(carrier)).get_span_context()
+        assert f"{ctx.trace_id:032x}" == TRACE
+    ctx = trace.get_current_span(JaegerPropagator().extract(carrier)).get_span_context()
+    assert f"{ctx.trace_id:032x}" == TRACE

@@ -38,6 +38,7 @@ from typing import Any, Final
 import pytest
 import yaml
 from conftest import REPO, _wait_file, free_port, started_process
+from prometheus_client.parser import text_string_to_metric_families
 
 from lane.hops import PATH_HEADER, Hop, parse_path
 
@@ -61,20 +62,26 @@ pytestmark = pytest.mark.timeout(240)
 class AppKind:
     name: str
     argv: tuple[str, ...]
+    forwards: frozenset[str]  # what its outbound calls carry of what it was handed
+    source: str  # how its sidecar finds the lane of those calls (`lane.carriers.LaneSource`)
     needs_node: bool = False
 
 
-def _forwarding(header: str) -> AppKind:
-    return AppKind(f"forwards-{header}", (sys.executable, str(APPS / "forwarding_app.py"), "--forward", header))
+def _forwarding(header: str, source: str) -> AppKind:
+    return AppKind(f"forwards-{header}", (sys.executable, str(APPS / "forwarding_app.py"), "--forward", header),
+                   frozenset() if header == "none" else frozenset({header}), source)
 
 
 KINDS: Final = {
-    "otel": AppKind("node-otel", ("node", str(NODE_APP / "app.js")), needs_node=True),
-    "b3": AppKind("flask-bookinfo", (sys.executable, str(APPS / "flask_bookinfo.py"))),
-    "xrid": _forwarding("x-request-id"),
-    "traceparent": _forwarding("traceparent"),
-    "baggage": _forwarding("baggage"),
-    "nothing": _forwarding("none"),
+    "otel": AppKind("node-otel", ("node", str(NODE_APP / "app.js")),
+                    frozenset({"traceparent", "tracestate", "baggage"}), "baggage", needs_node=True),
+    "b3": AppKind("flask-bookinfo", (sys.executable, str(APPS / "flask_bookinfo.py")), frozenset({
+        "x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3",
+    }), "recovered"),
+    "xrid": _forwarding("x-request-id", "recovered"),
+    "traceparent": _forwarding("traceparent", "recovered"),
+    "baggage": _forwarding("baggage", "baggage"),
+    "nothing": _forwarding("none", "lost"),
 }
 
 
@@ -156,6 +163,7 @@ class Topology:
     chain: Chain
     gateway: str  # http://host:port
     inbound: dict[tuple[str, str], str]  # (service, lane) -> the sidecar's inbound address
+    admin: dict[tuple[str, str], str]  # (service, lane) -> the sidecar's admin address
     logs: Path
 
     def tail(self) -> str:
@@ -225,15 +233,15 @@ def running(chain: Chain, workdir: Path) -> Iterator[Topology]:
                               "--outbound", outbound[service, lane], "--admin", "127.0.0.1:0",
                               "--drain-seconds", "1", "--ready-file", str(s_ready))
             s_popen = stack.enter_context(started_process(argv, s_log, cwd=REPO, env=env))
-            sidecars.append((s_popen, s_ready, s_log))
-        for s_popen, s_ready, s_log in sidecars:
-            _wait_file(s_ready, s_popen, READY_TIMEOUT, s_log)
+            sidecars.append(((service, lane), s_popen, s_ready, s_log))
+        admin = {key: str(_wait_file(s_ready, s_popen, READY_TIMEOUT, s_log)["listeners"]["admin"])
+                 for key, s_popen, s_ready, s_log in sidecars}
         g_ready, g_log = workdir / "gateway.ready.json", workdir / "gateway.log"
         argv = _lane_argv("gateway", "--config", str(config), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
                           "--drain-seconds", "1", "--ready-file", str(g_ready))
         g_popen = stack.enter_context(started_process(argv, g_log, cwd=REPO, env=env))
         ready = _wait_file(g_ready, g_popen, READY_TIMEOUT, g_log)
-        yield Topology(chain, f"http://{ready['listeners']['gateway']}", inbound, workdir)
+        yield Topology(chain, f"http://{ready['listeners']['gateway']}", inbound, admin, workdir)
 
 
 @pytest.fixture(scope="module", params=CHAINS, ids=lambda chain: chain.id)
@@ -266,6 +274,11 @@ class Answer:
             calls = node.get("calls") or []
             node = calls[0].get("answer") if calls else None
         return out
+
+
+def admin_get(topo: Topology, instance: tuple[str, str], path: str) -> str:
+    with _OPENER.open(f"http://{topo.admin[instance]}{path}", timeout=REQUEST_TIMEOUT) as resp:
+        return str(resp.read().decode())
 
 
 def ask(topo: Topology, agent: str) -> Answer:
@@ -389,3 +402,27 @@ def test_concurrent_mixed_requests_each_keep_their_own_lane_and_path(topology: T
              if (found := problems(topology, lane, answer))]
     assert not wrong, f"{topology.chain.id}: {len(wrong)} of {CONCURRENT} wrong:\n" + "\n".join(wrong[:15]) \
         + f"\n{topology.tail()}"
+
+
+def test_each_sidecar_tells_which_lane_carriers_its_app_forwards(topology: Topology) -> None:
+    # "Which app breaks our lanes?": every sidecar whose app made calls says which carriers came
+    # back out (its /lane/carriers view), how each call's lane was found, and counts it for Prometheus.
+    for agent in (GRAY_AGENT, BASE_AGENT):
+        assert ask(topology, agent).status == 200
+    for position, instance in ((0, ("a", "base")), (0, ("a", "gray")), (1, ("b", "base"))):
+        kind = KINDS[topology.chain.kinds[position]]
+        view = json.loads(admin_get(topology, instance, "/lane/carriers"))
+        where = f"{topology.chain.id}: {instance[0]}@{instance[1]} ({kind.name}): {view}"
+        carriers = set(view["carriers"])
+        assert {"x-mse-tag", "baggage", "traceparent", "x-request-id"} <= carriers, where
+        assert set(view["forwarded"]) == kind.forwards & carriers, where
+        assert set(view["dropped"]) == carriers - kind.forwards and view["sometimes"] == [], where
+        assert view["calls"] >= 1 and view["lane_sources"][kind.source] == view["calls"], where
+        assert view["verdict"].startswith(f"service {instance[0]}'s app"), where
+        counted = sum(
+            sample.value
+            for family in text_string_to_metric_families(admin_get(topology, instance, "/metrics"))
+            for sample in family.samples
+            if sample.name == "lane_outbound_lane_source_total"
+            and sample.labels.get("service") == instance[0] and sample.labels.get("source") == kind.source)
+        assert counted == view["calls"], where

@@ -12,11 +12,11 @@ config's, so memory is bounded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-__all__ = ["CarrierStats", "LaneSource", "describe"]
+__all__ = ["CarrierStats", "LaneSource", "describe", "sum_views"]
 
 
 class LaneSource(str, Enum):
@@ -88,3 +88,32 @@ def describe(service: str, calls: int, forwarded: Sequence[str], sometimes: Sequ
     if sometimes:
         parts.append(f"sometimes {_words(sometimes)}")
     return "; ".join(parts)
+
+
+def sum_views(views: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One view per service from the `CarrierStats.view` of each of its sidecars (instances, lanes).
+
+    An app is one code base whatever instance runs it, so a team wants one answer per service: calls,
+    carrier and lane-source counts are summed, and forwarded / sometimes / dropped and the verdict are
+    recomputed from the sums (a carrier one instance always forwards and another never is
+    "sometimes"). Services keep the order they first appear in; carriers keep the sidecars' order.
+    """
+    grouped: dict[str, dict[str, Any]] = {}
+    for view in views:
+        into = grouped.setdefault(str(view["service"]), {"calls": 0, "carriers": {}, "lane_sources": {}})
+        into["calls"] += int(view["calls"])
+        for key in ("carriers", "lane_sources"):
+            for name, count in view[key].items():
+                into[key][name] = into[key].get(name, 0) + int(count)
+    out = []
+    for service, into in grouped.items():
+        calls, seen = into["calls"], into["carriers"]
+        forwarded = [c for c in seen if calls and seen[c] == calls]
+        sometimes = [c for c in seen if 0 < seen[c] < calls]
+        dropped = [c for c in seen if calls and seen[c] == 0]
+        out.append({
+            "service": service, "calls": calls, "carriers": seen, "lane_sources": into["lane_sources"],
+            "forwarded": forwarded, "sometimes": sometimes, "dropped": dropped,
+            "verdict": describe(service, calls, forwarded, sometimes, dropped),
+        })
+    return out

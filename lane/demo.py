@@ -9,7 +9,9 @@ and chaos on ``--admin-port``:
 * ``POST /demo/instances/{service}/{lane}/stop`` and ``.../start``: stop or start that instance
   (app and sidecar together, like a pod);
 * ``GET /lane/instances``: the union of the gateway's and every sidecar's health view (an
-  instance is healthy only if no proxy has it ejected).
+  instance is healthy only if no proxy has it ejected);
+* ``GET /lane/carriers``: what each service's app forwards of the lane's carriers, one entry per
+  service summed over its sidecars (`lane.carriers.sum_views`; the gateway has no app).
 
 Ctrl-C or SIGTERM stops every child; children also die with the demo if it is killed.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .carriers import sum_views
 from .config import DEMO_SOURCE, demo_config_text, parse_config
 from .demo_topology import Instance, Plan, effective_config_text, plan
 from .errors import ConfigError
@@ -140,6 +143,19 @@ class Demo:
         return {"services": {svc: {lane: [{"instance": i, "healthy": h} for i, h in rows.items()]
                                    for lane, rows in lanes.items()} for svc, lanes in merged.items()}}
 
+    async def carriers_view(self) -> list[dict[str, Any]]:
+        """Every running sidecar's `/lane/carriers`, summed per service; a stopped one is skipped."""
+        views = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            for inst in self.plan.instances:
+                try:
+                    async with session.get(f"http://127.0.0.1:{inst.admin_port}/lane/carriers") as resp:
+                        if resp.status == 200:
+                            views.append(await resp.json())
+                except (TimeoutError, aiohttp.ClientError, ValueError):
+                    continue  # that sidecar is stopped right now
+        return sum_views(views)
+
 
 DEMO = web.AppKey("lane_demo", Demo)
 
@@ -163,12 +179,17 @@ async def _union(request: web.Request) -> web.Response:
     return web.json_response(await request.app[DEMO].union_view())
 
 
+async def _carriers(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[DEMO].carriers_view())
+
+
 def build_demo_admin(demo: Demo) -> web.Application:
     app = web.Application()
     app[DEMO] = demo
     app.router.add_get("/demo/topology", _topology)
     app.router.add_post("/demo/instances/{service}/{lane}/{action:stop|start}", _instance_action)
     app.router.add_get("/lane/instances", _union)
+    app.router.add_get("/lane/carriers", _carriers)
     return app
 
 

@@ -127,6 +127,34 @@ def test_topology_and_union_health_view(demo: DemoRun) -> None:
     assert demo.ready["instances"]["c"]["gray"][0] in effective
 
 
+def test_carriers_view_names_d_as_the_app_that_forwards_only_x_request_id(demo: DemoRun) -> None:
+    def views() -> dict[str, Any]:
+        status, _, body = get(demo.admin + "/lane/carriers")
+        assert status == 200 and isinstance(body, list)
+        assert len(body) == len({v["service"] for v in body})  # one entry per service, not per sidecar
+        return {v["service"]: v for v in body}
+
+    before = views()
+    for agent in ("xiaoming", "curl/8", "xiaoming", "curl/8"):
+        assert get(demo.gateway + "/", {"User-Agent": agent})[0] == 200
+    after = views()
+    assert set(after) == {"a", "b", "c", "d"}
+    calls = {s: after[s]["calls"] - before.get(s, {"calls": 0})["calls"] for s in after}
+    # a (both its instances summed: gray served 2, base 2) calls b and d; b and d each call c; c calls nobody
+    assert calls == {"a": 8, "b": 4, "c": 0, "d": 4}
+    d = after["d"]
+    assert d["forwarded"] == ["x-request-id"] and d["sometimes"] == []
+    assert {"x-mse-tag", "baggage", "traceparent"} <= set(d["dropped"])
+    assert d["verdict"].startswith("service d's app drops x-mse-tag, baggage, traceparent")
+    assert d["verdict"].endswith("; it forwards only x-request-id")
+    assert d["lane_sources"]["recovered"] - before["d"]["lane_sources"]["recovered"] == 4
+    assert d["lane_sources"]["lost"] == 0
+    for service in ("a", "b"):  # the demo app's default forwards every carrier
+        assert after[service]["dropped"] == [] and after[service]["sometimes"] == []
+        assert after[service]["verdict"] == f"service {service}'s app forwards every lane carrier"
+    assert after["c"]["verdict"] == "service c's app made no outbound call through its sidecar yet"
+
+
 def test_ctrl_c_stops_every_child(tmp_path: Path) -> None:
     with lane_demo(tmp_path) as run:
         children = psutil.Process(run.popen.pid).children(recursive=True)

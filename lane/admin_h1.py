@@ -1,7 +1,8 @@
 """The admin listener on the fast core (what a sidecar serves without loading aiohttp).
 
-The same four endpoints as `lane.admin`: ``GET /metrics`` (Prometheus text), ``GET /healthz``,
-``GET /lane/instances`` (the registry's view as JSON), ``POST /lane/reload``.
+The same endpoints as `lane.admin`: ``GET /metrics`` (Prometheus text), ``GET /healthz``,
+``GET /lane/instances`` (the registry's view as JSON), the read-only views, ``POST /lane/reload``;
+and the same guard on every method but ``GET``/``HEAD`` (`lane.admin_access`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .admin_access import READ_ONLY_METHODS, AdminAccess
 from .admin_registry import metrics_registry
 from .h1.server import Handler, Request
 from .runtime import Runtime
@@ -29,9 +31,14 @@ def _json(request: Request, body: Any, status: int = 200) -> None:
                     json.dumps(body).encode())
 
 
-def admin_path(runtime: Runtime, views: Mapping[str, Callable[[], Any]] | None = None) -> FastPath:
-    """The admin handler; *views* are more read-only JSON endpoints (path -> what to serve)."""
+def admin_path(runtime: Runtime, views: Mapping[str, Callable[[], Any]] | None = None,
+               access: AdminAccess | None = None) -> FastPath:
+    """The admin handler; *views* are more read-only JSON endpoints (path -> what to serve).
+
+    *access* guards mutating methods (default: loopback only, no token).
+    """
     extra = dict(views or {})
+    policy = access or AdminAccess()
     routes = {"/metrics": "GET", "/healthz": "GET", "/lane/instances": "GET", "/lane/reload": "POST",
               **dict.fromkeys(extra, "GET")}
 
@@ -47,6 +54,14 @@ def admin_path(runtime: Runtime, views: Mapping[str, Callable[[], Any]] | None =
                 return
             async for _ in request.body.chunks():  # an admin request's body means nothing; read it off the wire
                 pass
+            if method not in READ_ONLY_METHODS:
+                refusal = policy.refusal(method, request.remote, request.sockname, request.headers)
+                if refusal is not None:
+                    headers = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
+                    if refusal.status == 401:
+                        headers["WWW-Authenticate"] = "Bearer"
+                    request.respond(refusal.status, headers, refusal.reason.encode() + b"\n")
+                    return
             if path == "/metrics":
                 request.respond(200, CIMultiDict({"Content-Type": CONTENT_TYPE_LATEST}),
                                 generate_latest(metrics_registry()))

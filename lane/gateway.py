@@ -26,6 +26,7 @@ from multidict import CIMultiDict, MultiMapping
 
 from . import explain, responses
 from .admin import build_admin
+from .admin_access import add_admin_arguments, admin_access
 from .config import LaneConfig
 from .deadline import DEADLINE_HEADER
 from .errors import ConfigError
@@ -227,6 +228,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 127.0.0.1:9901)")
     parser.add_argument("--explain-json", action="store_true",
                         help="add the hop record as \"path\"/\"hops\" to small JSON object answers (the demo uses it)")
+    add_admin_arguments(parser)
     add_tracing_arguments(parser)
     add_server_arguments(parser)
 
@@ -254,7 +256,7 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
             app = build_gateway_app(runtime, explain_json=args.explain_json, tracing=tracing)
             return [
                 Listener("gateway", args.listen, app),
-                Listener("admin", args.admin, build_admin(runtime), reuse_port=False),
+                Listener("admin", args.admin, build_admin(runtime, access=admin_access(args)), reuse_port=False),
             ], runtime
 
         def ready(bound: dict[str, HostPort]) -> None:

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from .admin_access import AdminAccess, add_admin_arguments, admin_access
 from .admin_h1 import admin_path
 from .config import Endpoint, LaneConfig
 from .errors import ConfigError
@@ -65,10 +66,10 @@ def _outbound_app(sidecar: Sidecar) -> web.Application:
     return build_outbound_app(sidecar)
 
 
-def _admin_app(runtime: Runtime, sidecar: Sidecar) -> web.Application:
+def _admin_app(runtime: Runtime, sidecar: Sidecar, access: AdminAccess) -> web.Application:
     from .admin import build_admin
 
-    return build_admin(runtime, _admin_views(sidecar))
+    return build_admin(runtime, _admin_views(sidecar), access)
 
 
 def _admin_views(sidecar: Sidecar) -> dict[str, Callable[[], object]]:
@@ -91,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="outbound HOST:PORT, the app's HTTP_PROXY (default 127.0.0.1:15001)")
     parser.add_argument("--admin", type=host_port, default=host_port("127.0.0.1:15000"),
                         help="admin HOST:PORT (default 127.0.0.1:15000)")
+    add_admin_arguments(parser)
     add_tracing_arguments(parser)
     add_server_arguments(parser, workers_help="must be 1: a sidecar keeps per-request state in one process "
                          "(trace-id cache, hop collection); scale the app instead")
@@ -158,13 +160,14 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
             runtime = Runtime(config, args.config)
             sidecar = Sidecar.create(runtime, args.service, args.lane, Endpoint(args.app.host, args.app.port),
                                      tracing)
+            access = admin_access(args)
             # The fast core serves every listener; the aiohttp apps are built (and aiohttp loaded)
             # only for what it hands them: WebSocket upgrades, CONNECT, or everything with --core aiohttp.
             return [
                 Listener("inbound", args.listen, lambda: _inbound_app(sidecar), fast=inbound_path(sidecar)),
                 Listener("outbound", args.outbound, lambda: _outbound_app(sidecar), fast=outbound_path(sidecar)),
-                Listener("admin", args.admin, lambda: _admin_app(runtime, sidecar), reuse_port=False,
-                         fast=admin_path(runtime, _admin_views(sidecar))),
+                Listener("admin", args.admin, lambda: _admin_app(runtime, sidecar, access), reuse_port=False,
+                         fast=admin_path(runtime, _admin_views(sidecar), access)),
             ], runtime
 
         def ready(bound: dict[str, HostPort]) -> None:

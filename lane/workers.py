@@ -31,7 +31,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .admin import RUNTIME, metrics_handler
+from .admin import RUNTIME, access_middleware, metrics_handler
+from .admin_access import AdminAccess, admin_access
 from .config import LaneConfig
 from .readiness import announce
 from .runtime import Runtime
@@ -79,8 +80,8 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text=f"ok {alive}/{len(request.app[WORKERS])} workers\n", status=200 if alive else 503)
 
 
-def _admin_app(runtime: Runtime, children: list[Child]) -> web.Application:
-    app = web.Application()
+def _admin_app(runtime: Runtime, children: list[Child], access: AdminAccess) -> web.Application:
+    app = web.Application(middlewares=[access_middleware(access)])
     app[RUNTIME] = runtime
     app[WORKERS] = children
     app.router.add_get("/metrics", metrics_handler)
@@ -154,7 +155,8 @@ async def _main(args: argparse.Namespace, command: str, runtime: Runtime, childr
         await asyncio.gather(*(child.start() for child in children))
         await asyncio.gather(*(child.wait_ready(60.0) for child in children))
         watcher = asyncio.create_task(_watch(children))
-        return [Listener("admin", args.admin, _admin_app(runtime, children), reuse_port=False)], runtime
+        admin = _admin_app(runtime, children, admin_access(args))
+        return [Listener("admin", args.admin, admin, reuse_port=False)], runtime
 
     def ready(bound: dict[str, HostPort]) -> None:
         first: dict[str, Any] = {}

@@ -185,6 +185,26 @@ def test_gateway_has_replicas_probes_and_a_disruption_budget() -> None:
     assert of_kind(objects, "Service")["lane-gateway"]["spec"]["ports"][0]["port"] == 80
 
 
+def test_admin_listeners_serve_probes_and_metrics_while_mutations_stay_loopback_or_token() -> None:
+    """The admin port stays on the pod address (kubelet probes, Prometheus, the load test's workers read it);
+    `lane.admin_access` keeps POST /lane/reload to loopback peers or the token, so no manifest may hand the
+    token out in plain text, probes only read, and the public gateway Service carries no admin port."""
+    for overlay in OVERLAYS:
+        objects = rendered(overlay)
+        for workload in workloads(objects).values():
+            for c in pod_spec(workload)["containers"]:
+                if "--admin" not in (c.get("args") or []):
+                    continue
+                token = {e["name"]: e for e in c.get("env") or []}.get("LANE_ADMIN_TOKEN")
+                assert token is None or "secretKeyRef" in token.get("valueFrom", {}), (overlay, c["name"])
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    if probe in c:
+                        assert c[probe]["httpGet"]["path"] == "/healthz"  # a GET: served to any peer
+        public = of_kind(objects, "Service").get("lane-gateway")
+        if public is not None:
+            assert {p["targetPort"] for p in public["spec"]["ports"]} & {"admin", 9901} == set(), overlay
+
+
 def test_every_container_runs_as_non_root() -> None:
     for overlay in OVERLAYS:
         for workload in workloads(rendered(overlay)).values():

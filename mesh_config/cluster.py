@@ -23,6 +23,7 @@ from typing import Any
 
 from lane.config import LaneConfig, Service
 
+from .hosts import service_namespace
 from .kube import Kube, connect
 
 __all__ = [
@@ -30,10 +31,12 @@ __all__ = [
     "endpoint_problems",
     "lanes_from_cluster",
     "lanes_from_pods",
+    "list_lane_pods",
     "pod_is_ready",
     "pod_matches",
     "pod_selector",
     "unchecked_services",
+    "watched_namespaces",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,35 +74,66 @@ def _pod_lane(config: LaneConfig, pod: JSON) -> str | None:
     return str(value)
 
 
-def lanes_from_pods(config: LaneConfig, pods: Iterable[JSON]) -> Mapping[str, frozenset[str]]:
-    """Service -> the lanes it has ready pods for (plus the default lane), for every configured service."""
+def lanes_from_pods(config: LaneConfig, pods: Iterable[JSON],
+                    namespace: str | None = None) -> Mapping[str, frozenset[str]]:
+    """Service -> the lanes it has ready pods for (plus the default lane), for every configured service.
+
+    With *namespace* (the render's), a pod counts only for services living in the pod's own
+    namespace; without it, pods are matched by labels alone.
+    """
     ready = [p for p in pods if pod_is_ready(p)]
     out: dict[str, frozenset[str]] = {}
     for svc in config.services.values():
         if not svc.selector:
             out[svc.name] = frozenset(svc.lanes)
             continue
-        found = {lane for p in ready if pod_matches(p, svc.selector) and (lane := _pod_lane(config, p))}
+        found = {lane for p in ready if _in_home(p, svc, namespace) and pod_matches(p, svc.selector)
+                 and (lane := _pod_lane(config, p))}
         out[svc.name] = frozenset({config.default_lane, *found})
     return MappingProxyType(out)
 
 
+def _in_home(pod: JSON, svc: Service, namespace: str | None) -> bool:
+    if namespace is None:
+        return True
+    pod_ns = (pod.get("metadata") or {}).get("namespace")
+    return pod_ns is None or pod_ns == service_namespace(svc, namespace)
+
+
+def watched_namespaces(config: LaneConfig, namespace: str) -> tuple[str, ...]:
+    """Every namespace a service of *config* lives in (`mesh_config.hosts`), *namespace* for short hosts."""
+    return tuple(sorted({service_namespace(svc, namespace) for svc in config.services.values()}))
+
+
+def list_lane_pods(kube: Kube, config: LaneConfig, namespace: str) -> list[JSON]:
+    """The pods carrying the lane label in every namespace the config's services live in.
+
+    A pod only counts for a service of its own namespace (`pod_matches` is told the namespace by
+    the pod), so two services with the same selector in different namespaces stay apart.
+    """
+    pods: list[JSON] = []
+    for ns in watched_namespaces(config, namespace):
+        pods += kube.list_pods(ns, pod_selector(config))[0]
+    return pods
+
+
 def lanes_from_cluster(config: LaneConfig, namespace: str, *, kube: Kube | None = None) -> Mapping[str, frozenset[str]]:
-    """`lanes_from_pods` over the pods in *namespace* (connects with the default kubeconfig if no *kube*)."""
+    """`lanes_from_pods` over the pods of every namespace the config's services live in (connects
+    with the default kubeconfig if no *kube*)."""
     kube = kube or Kube(connect())
-    pods, _ = kube.list_pods(namespace, pod_selector(config))
-    return lanes_from_pods(config, pods)
+    return lanes_from_pods(config, list_lane_pods(kube, config, namespace), namespace)
 
 
 def check_endpoints(objects: Iterable[JSON], config: LaneConfig, namespace: str, *,
                     kube: Kube | None = None) -> list[str]:
-    """Problems with where the rendered *objects* send traffic, judged against the pods in *namespace*."""
+    """Problems with where the rendered *objects* send traffic, judged against the pods of every
+    namespace the config's services live in."""
     kube = kube or Kube(connect())
-    pods, _ = kube.list_pods(namespace, pod_selector(config))
-    return endpoint_problems(objects, config, pods)
+    return endpoint_problems(objects, config, list_lane_pods(kube, config, namespace), namespace)
 
 
-def endpoint_problems(objects: Iterable[JSON], config: LaneConfig, pods: Iterable[JSON]) -> list[str]:
+def endpoint_problems(objects: Iterable[JSON], config: LaneConfig, pods: Iterable[JSON],
+                      namespace: str | None = None) -> list[str]:
     """Every VirtualService route to a subset no DestinationRule defines or no ready pod serves.
 
     Services without a ``selector`` cannot be judged (which pods are theirs is unknown): they are
@@ -129,7 +163,7 @@ def endpoint_problems(objects: Iterable[JSON], config: LaneConfig, pods: Iterabl
                     problems.append(f"{where}: subset {subset!r} of {host} is defined by no DestinationRule")
                 elif not svc.selector:
                     continue
-                elif not any(_serves(p, svc, subsets[(host, subset)]) for p in ready):
+                elif not any(_in_home(p, svc, namespace) and _serves(p, svc, subsets[(host, subset)]) for p in ready):
                     wanted = ",".join(f"{k}={v}" for k, v in {**svc.selector, **subsets[(host, subset)]}.items())
                     problems.append(f"{where}: subset {subset!r} of {host} has no ready pod ({wanted})")
     return problems

@@ -12,12 +12,15 @@ changes are debounced: a burst leads to one render, and at most one apply, once 
 for ``debounce`` seconds (0.5 by default), or at the latest ``max_delay`` after its first event so
 a never-quiet namespace still converges. A single change is applied ``debounce`` after it happens.
 
-Watches follow the API's rules: resume from the last resourceVersion seen (events and BOOKMARKs)
+Pods are listed and watched in every namespace a service of the config lives in
+(`cluster.watched_namespaces`: ``name.NS.svc...`` hosts live in NS, short ones in the sync's
+namespace), one watch stream per namespace, so a service elsewhere is not mistaken for one without
+gray pods. Watches follow the API's rules: resume from the last resourceVersion seen (events and BOOKMARKs)
 after a stream ends or drops; on ``410 Gone`` the history is lost, so relist and start over. Any
 failure (5xx, 429, refused connection, timeout) backs off exponentially with jitter, capped: a
 failed watch then resumes from its resourceVersion, a failed list or apply relists and retries.
 The sync runs in one thread with the synchronous `kubernetes` client; a helper thread only reads
-the watch stream into a queue, so the quiet window can end while no event arrives. `stop()` may
+the watch stream (one per namespace) into a queue, so the quiet window can end while no event arrives. `stop()` may
 be called from another thread or a signal handler.
 """
 
@@ -42,7 +45,7 @@ from lane.config import LaneConfig
 from lane.errors import ConfigError, LaneError
 
 from .apply import apply_objects
-from .cluster import lanes_from_pods, pod_selector
+from .cluster import lanes_from_pods, pod_selector, watched_namespaces
 from .kube import Kube, add_connection_arguments
 from .target import Target, add_target_arguments, run_on_cluster
 
@@ -53,7 +56,8 @@ JSON = dict[str, Any]
 Renderer = Callable[[LaneConfig, Mapping[str, frozenset[str]], str], list[JSON]]
 DEBOUNCE: Final = 0.5  # seconds without a pod event before a burst is rendered and applied
 _MAX_DELAY_FACTOR: Final = 10  # a burst that never goes quiet is applied after max(5 s, 10 x debounce)
-_Item = JSON | BaseException | None  # what the stream reader hands over: an event, its failure, the end
+# what a stream reader hands over: (namespace, event), its failure, the end
+_Item = tuple[str, JSON] | BaseException | None
 
 
 class Backoff:
@@ -78,7 +82,7 @@ def _default_renderer(config: LaneConfig, lanes: Mapping[str, frozenset[str]], n
 
 
 class LaneSync:
-    """The list/watch/render/apply loop for one namespace."""
+    """The list/watch/render/apply loop for one lane config (its objects rendered for *namespace*)."""
 
     def __init__(self, config: LaneConfig, kube: Kube, namespace: str, *, render: Renderer = _default_renderer,
                  watch_timeout: int = 300, debounce: float = DEBOUNCE, max_delay: float | None = None,
@@ -86,42 +90,55 @@ class LaneSync:
         if debounce < 0 or (max_delay is not None and max_delay < debounce):
             raise ValueError(f"need 0 <= debounce <= max_delay, got debounce={debounce}, max_delay={max_delay}")
         self.config, self.kube, self.namespace, self.render = config, kube, namespace, render
+        self.watched = watched_namespaces(config, namespace)
         self.watch_timeout = watch_timeout
         self.debounce = debounce
         self.max_delay = max_delay if max_delay is not None else max(5.0, _MAX_DELAY_FACTOR * debounce)
         self.backoff = backoff or Backoff()
         self.out = out or sys.stdout
-        self.pods: dict[str, JSON] = {}
+        self.pods: dict[str, JSON] = {}  # "namespace/name" -> pod
         self.lanes: Mapping[str, frozenset[str]] | None = None
         self.applied: list[JSON] | None = None  # what the cluster holds from us, as last rendered
         self.renders = 0
         self.applies = 0
-        self.resource_version: str | None = None  # where the next watch resumes; None: relist first
+        # namespace -> where its next watch resumes; None: relist first
+        self.resource_versions: dict[str, str] | None = None
         self._stop = threading.Event()
-        self._watch: watch.Watch | None = None
+        self._watches: list[watch.Watch] = []
         self._events: queue.Queue[_Item] | None = None
         self._burst: tuple[float, float] | None = None  # (first, last) unapplied pod event, monotonic
+
+    @property
+    def resource_version(self) -> str | None:
+        """Where the watch of the first watched namespace resumes (None: a relist comes first)."""
+        return None if self.resource_versions is None else self.resource_versions.get(self.watched[0])
 
     def stop(self) -> None:
         self._stop.set()
         if self._events is not None:
             self._events.put(None)  # wake the sync thread waiting for the next event
-        if self._watch is not None:
-            self._watch.stop()  # type: ignore[no-untyped-call]
+        for w in list(self._watches):
+            w.stop()  # type: ignore[no-untyped-call]
 
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def relist(self) -> str:
-        """Replace the pod cache with a fresh list; returns the resourceVersion to watch from."""
-        pods, rv = self.kube.list_pods(self.namespace, pod_selector(self.config))
-        self.pods = {p["metadata"]["name"]: p for p in pods}
-        return rv
+    def relist(self) -> dict[str, str]:
+        """Replace the pod cache with a fresh list of every watched namespace; returns the
+        resourceVersion each namespace's watch starts from."""
+        pods: dict[str, JSON] = {}
+        versions = {}
+        for ns in self.watched:
+            listed, versions[ns] = self.kube.list_pods(ns, pod_selector(self.config))
+            pods.update({f"{ns}/{p['metadata']['name']}": {**p, "metadata": {"namespace": ns, **p["metadata"]}}
+                         for p in listed})
+        self.pods = pods
+        return versions
 
     def reconcile(self) -> bool:
         """Render for the pods now known and apply if the result changed; True when it applied."""
-        lanes = lanes_from_pods(self.config, self.pods.values())
+        lanes = lanes_from_pods(self.config, self.pods.values(), self.namespace)
         objects = self.render(self.config, lanes, self.namespace)
         self.renders += 1
         if objects == self.applied:
@@ -147,24 +164,24 @@ class LaneSync:
         dirty = True
         while not self.stopped:
             try:
-                if self.resource_version is None:
-                    self.resource_version = self.relist()
+                if self.resource_versions is None:
+                    self.resource_versions = self.relist()
                     dirty = True
                 if dirty:
                     self.reconcile()
                     dirty, self._burst = False, None
-                self._watch_once(self.resource_version)
+                self._watch_once(self.resource_versions)
                 self.backoff.reset()
             except ApiException as exc:
                 if exc.status == 410:
                     log.info("watch history expired (410 Gone): relisting")
-                    self.resource_version = None
+                    self.resource_versions = None
                     continue
                 self._pause(f"watch failed: HTTP {exc.status} {exc.reason}")  # then resume from resource_version
             except ConfigError:
                 raise
             except LaneError as exc:  # KubeError from list/apply
-                self.resource_version, dirty = None, True
+                self.resource_versions, dirty = None, True
                 self._pause(str(exc))
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 if self.stopped:
@@ -176,18 +193,24 @@ class LaneSync:
         log.warning("%s; retrying in %.1fs", why, delay)
         self._stop.wait(delay)
 
-    def _watch_once(self, rv: str) -> None:
-        """Follow one watch stream from *rv*: keep the pod cache and `resource_version` current,
-        and reconcile when a burst of changes has gone quiet (or has lasted `max_delay`).
+    def _watch_once(self, versions: Mapping[str, str]) -> None:
+        """Follow one watch stream per namespace from its resourceVersion: keep the pod cache and
+        `resource_versions` current, and reconcile when a burst of changes has gone quiet (or has
+        lasted `max_delay`). The first stream to end (or fail) ends them all; `run` resumes them.
 
-        The stream is read by a helper thread (a blocking read cannot time out by itself) and
-        handed over through a queue; its failures are re-raised here, in the sync thread.
+        The streams are read by helper threads (a blocking read cannot time out by itself) and
+        handed over through one queue; their failures are re-raised here, in the sync thread.
         """
-        self._watch = w = watch.Watch()  # type: ignore[no-untyped-call]
         events: queue.Queue[_Item] = queue.Queue()
         self._events = events
-        reader = threading.Thread(target=self._read, args=(w, rv, events), name="lane-sync-watch", daemon=True)
-        reader.start()
+        readers = []
+        for ns in self.watched:
+            w = watch.Watch()  # type: ignore[no-untyped-call]
+            self._watches.append(w)
+            readers.append(threading.Thread(target=self._read, args=(w, ns, versions[ns], events),
+                                            name=f"lane-sync-watch-{ns}", daemon=True))
+        for reader in readers:
+            reader.start()
         try:
             while not self.stopped:  # also covers a stop() that came before this watch existed
                 try:
@@ -200,33 +223,36 @@ class LaneSync:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                self._observe(item)
+                self._observe(*item)
         finally:
-            self._watch = self._events = None
-            w.stop()  # type: ignore[no-untyped-call]
-            reader.join(5)
+            watches, self._watches, self._events = self._watches, [], None
+            for w in watches:
+                w.stop()  # type: ignore[no-untyped-call]
+            for reader in readers:
+                reader.join(5)
 
-    def _read(self, w: watch.Watch, rv: str, events: queue.Queue[_Item]) -> None:
-        """The reader thread: every event of one stream into *events*, then its failure or None."""
+    def _read(self, w: watch.Watch, namespace: str, rv: str, events: queue.Queue[_Item]) -> None:
+        """A reader thread: every event of *namespace*'s stream into *events*, then its failure or None."""
         try:
             for event in w.stream(  # type: ignore[no-untyped-call]
-                    self.kube.core.list_namespaced_pod, self.namespace, label_selector=pod_selector(self.config),
+                    self.kube.core.list_namespaced_pod, namespace, label_selector=pod_selector(self.config),
                     resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout,
                     _request_timeout=(10, self.watch_timeout + 30)):
-                events.put(event)
+                events.put((namespace, event))
         except BaseException as exc:  # noqa: BLE001 - handed to the sync thread, which decides
             events.put(exc)
         events.put(None)
 
-    def _observe(self, event: JSON) -> None:
+    def _observe(self, namespace: str, event: JSON) -> None:
         obj = event["raw_object"]
         seen = (obj.get("metadata") or {}).get("resourceVersion")
-        if seen:
-            self.resource_version = str(seen)
+        if seen and self.resource_versions is not None:
+            self.resource_versions[namespace] = str(seen)
+        key = f"{namespace}/{(obj.get('metadata') or {}).get('name')}"
         if event["type"] in ("ADDED", "MODIFIED"):
-            self.pods[obj["metadata"]["name"]] = obj
+            self.pods[key] = {**obj, "metadata": {"namespace": namespace, **obj["metadata"]}}
         elif event["type"] == "DELETED":
-            self.pods.pop(obj["metadata"]["name"], None)
+            self.pods.pop(key, None)
         else:
             return  # BOOKMARK: only the resourceVersion moves
         now = time.monotonic()
@@ -278,6 +304,7 @@ def _sync(target: Target, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    print(f"watching pods labelled {pod_selector(target.config)} in {target.namespace}", file=sys.stdout, flush=True)
+    print(f"watching pods labelled {pod_selector(target.config)} in {', '.join(sync.watched)}", file=sys.stdout,
+          flush=True)
     sync.run()
     return 0

@@ -191,3 +191,32 @@ def test_render_takes_the_same_connection_options_as_apply(fake: FakeKube, tmp_p
     assert {s["name"] for s in rules["a"]["spec"]["subsets"]} == {"base", "gray"}
     assert {s["name"] for s in rules["c"]["spec"]["subsets"]} == {"base"}  # no ready gray c
     assert len([r for r in fake.requests[before:] if r.path.endswith("/pods")]) == 2  # lanes, then the check
+
+
+def test_from_cluster_lists_every_namespace_its_services_live_in() -> None:
+    """`render --from-cluster` / `check_endpoints` over services in three namespaces: a pod counts
+    only for the service of its own namespace, whatever its labels."""
+    from lane.config import parse_config
+
+    config = parse_config("""
+lanes: {gray: {}}
+entry: web
+mesh: {namespace: shop}
+services:
+  web: {host: web.front.svc.cluster.local, selector: {app: web}}
+  cart: {selector: {app: cart}}
+  pay: {host: pay.billing.svc.cluster.local, selector: {app: pay}}
+""", "multi.yaml")
+    with FakeKube() as fake:
+        for name, app, lane, ns in [("web-gray", "web", "gray", "front"), ("cart-gray", "cart", "gray", "shop"),
+                                    ("pay-gray", "pay", "gray", "shop")]:  # pay lives in billing, not shop
+            fake.put_pod(name, {"app": app, "version": lane}, namespace=ns)
+        kube = Kube(connect(server=fake.url), timeout=5)
+        lanes = lanes_from_cluster(config, "shop", kube=kube)
+        assert dict(lanes) == {"web": {"base", "gray"}, "cart": {"base", "gray"}, "pay": {"base"}}
+        listed = {r.path.split("/")[4] for r in fake.requests if r.path.endswith("/pods")}
+        assert listed == {"billing", "front", "shop"}
+        everywhere = dict.fromkeys(config.services, frozenset({"base", "gray"}))
+        problems = check_endpoints(render_objects(config, lanes=everywhere), config, "shop", kube=kube)
+        gray = [p for p in problems if "subset 'gray'" in p]
+        assert gray and all("subset 'gray' of pay has no ready pod" in p for p in gray), problems

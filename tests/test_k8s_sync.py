@@ -299,3 +299,53 @@ def test_a_config_the_renderer_refuses_ends_the_loop_instead_of_retrying(fake: F
         thread.join(10)
     assert len(renders) == 1 and isinstance(raised[0], ConfigError)
     assert not fake.objects(ISTIO, "virtualservices", NS)
+
+
+MULTI_NS_CONFIG = """
+lanes: {gray: {}}
+entry: web
+mesh: {namespace: shop}
+services:
+  web: {host: web.front.svc.cluster.local, selector: {app: web}}
+  cart: {selector: {app: cart}}
+  pay: {host: pay.billing.svc.cluster.local, selector: {app: pay}}
+"""
+
+
+def test_sync_watches_every_namespace_its_services_live_in() -> None:
+    """Services in `front`, `shop` and `billing`: each namespace is listed and watched, a pod counts
+    only in its own service's namespace, and each VirtualService is applied into its service's
+    namespace. (The shipped RBAC is for the shipped single-namespace config, so it is not
+    checked here: a config spanning namespaces needs the same Role in each of them.)"""
+    from lane.config import parse_config
+
+    config = parse_config(MULTI_NS_CONFIG, "multi.yaml")
+    with FakeKube(bookmark_interval=0.2) as fake:
+        for name, app, lane, ns in [("web-base", "web", "base", "front"), ("web-gray", "web", "gray", "front"),
+                                    ("cart-base", "cart", "base", "shop"), ("pay-base", "pay", "base", "billing"),
+                                    ("stray-pay-gray", "pay", "gray", "shop")]:  # pay's label, wrong namespace
+            fake.put_pod(name, {"app": app, "version": lane}, namespace=ns)
+        sync = LaneSync(config, Kube(connect(server=fake.url), timeout=5), "shop", watch_timeout=30,
+                        backoff=Backoff(0.1, 0.3), out=io.StringIO())
+        assert sync.watched == ("billing", "front", "shop")
+        thread = threading.Thread(target=sync.run, name="lane-sync", daemon=True)
+        thread.start()
+
+        def gray_of(service: str, ns: str) -> str | None:
+            vs = fake.object(ISTIO, "virtualservices", service, ns)
+            return None if vs is None else str(vs["spec"]["http"][0]["route"][0]["destination"]["subset"])
+
+        try:
+            wait_for(lambda: sync.applies == 1 and fake.watching() >= 3)
+            assert (gray_of("web", "front"), gray_of("pay", "billing")) == ("gray", "base")
+            assert fake.object(ISTIO, "destinationrules", "web", "front") is not None
+            watched = {r.path.split("/")[4] for r in fake.requests if r.query.get("watch") == "true"}
+            assert watched == {"billing", "front", "shop"}
+            fake.delete_pod("web-gray", namespace="front")
+            wait_for(lambda: gray_of("web", "front") == "base")
+            fake.put_pod("pay-gray", {"app": "pay", "version": "gray"}, namespace="billing")
+            wait_for(lambda: gray_of("pay", "billing") == "gray")
+        finally:
+            sync.stop()
+            thread.join(10)
+        assert not thread.is_alive(), "sync did not stop"

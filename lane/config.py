@@ -106,6 +106,13 @@ class ProxySpec:
     trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Largest WebSocket message a proxy relays (bytes, aiohttp's default); a bigger one closes with 1009.
     max_websocket_message: int = 4 * 1024 * 1024
+    # Overload protection of each data listener (`lane.h1.limits`): client connections, requests being
+    # answered at once (over it: 503 + Retry-After), bytes buffered per connection each way, and the
+    # resident memory above which new requests are shed (0: not watched).
+    max_connections: int = 10_000
+    max_concurrent_requests: int = 1_000
+    connection_buffer_bytes: int = 256 * 1024
+    memory_watermark_mb: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +466,7 @@ def _parse_proxy(node: _At) -> ProxySpec:
         "connect_timeout", "request_timeout", "deadline_margin", "retries", "eject_after_failures",
         "eject_seconds", "trace_headers", "trace_cache_size", "trace_cache_ttl", "trusted_cidrs",
         "max_websocket_message",
+        "max_connections", "max_concurrent_requests", "connection_buffer_bytes", "memory_watermark_mb",
     })
     cidrs = []
     if node.has("trusted_cidrs"):
@@ -482,6 +490,10 @@ def _parse_proxy(node: _At) -> ProxySpec:
         trace_cache_ttl=node.child("trace_cache_ttl").number(60.0, 0.01, 86400),
         trusted_cidrs=tuple(cidrs),
         max_websocket_message=node.child("max_websocket_message").integer(4 * 1024 * 1024, 1, 1 << 30),
+        max_connections=node.child("max_connections").integer(10_000, 1, 1_000_000),
+        max_concurrent_requests=node.child("max_concurrent_requests").integer(1_000, 1, 1_000_000),
+        connection_buffer_bytes=node.child("connection_buffer_bytes").integer(256 * 1024, 4096, 64 * 1024 * 1024),
+        memory_watermark_mb=node.child("memory_watermark_mb").integer(0, 0, 1 << 20),
     )
 
 

@@ -23,11 +23,13 @@ from .config import Endpoint, LaneConfig
 from .metric_tally import Tallied  # first: its flushing collector must precede the metrics below
 
 __all__ = [
+    "DOWNSTREAM_CONNECTIONS",
     "EJECTIONS",
     "FORBIDDEN",
     "INVALID_TAGS",
     "IN_FLIGHT",
     "LANE_SOURCES",
+    "OVERLOAD_SHED",
     "REJECTED_TAGS",
     "RELOADS",
     "REQUESTS",
@@ -64,6 +66,15 @@ FORBIDDEN: Final = Counter(
 )
 RELOADS: Final = Counter("lane_config_reloads", "Config reloads, by result.", ["result"])
 IN_FLIGHT: Final = Gauge("lane_in_flight_requests", "Requests being forwarded right now.", ["proxy"])
+# Counted by `lane.overload` through the pending tally (`lane.h1.limits` says what each reason means).
+OVERLOAD_SHED: Final = Counter(
+    "lane_overload_shed",
+    "What a listener shed over its limits: connections closed at the connection cap (connections), waiting "
+    "connections closed to make room (evicted), 503s over the request cap (requests) or the memory watermark (memory).",
+    ["listener", "reason"],
+)
+DOWNSTREAM_CONNECTIONS: Final = Gauge("lane_downstream_connections", "Client connections open on a listener.",
+                                      ["listener"])
 LANE_SOURCES: Final = Counter(
     "lane_outbound_lane_source",
     "Outbound calls of a sidecar's app by how their lane was found: the tag header, the baggage member, "

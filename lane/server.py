@@ -9,7 +9,9 @@
 * no access log unless ``--access-log``: aiohttp's logger formats a line per request, which a
   proxy would pay on every hop; when asked for, data listeners log to ``aiohttp.access`` at INFO
   (shown whatever ``--log-level`` says: asking for it is explicit);
-* SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored.
+* SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored;
+* data listeners of a proxy (not admin) on the h1 core get the overload limits of the config's
+  ``proxy:`` (`lane.overload`), re-tuned when the config is reloaded.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from .runtime import Runtime
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from .config import ProxySpec
+    from .h1.limits import Limits
     from .h1.listen import FastPath
 
 __all__ = [
@@ -100,11 +104,13 @@ class Listener:
 
 
 class Started:
-    """A listener that is accepting; `close` drains it."""
+    """A listener that is accepting; `close` drains it, `retune` changes its overload limits (fast core only)."""
 
-    def __init__(self, address: HostPort, close: Callable[[float], Awaitable[None]]) -> None:
+    def __init__(self, address: HostPort, close: Callable[[float], Awaitable[None]],
+                 retune: Callable[[Limits], None] | None = None) -> None:
         self.address = address
         self._close = close
+        self.retune = retune
 
     async def close(self, drain_seconds: float) -> None:
         await self._close(drain_seconds)
@@ -132,11 +138,12 @@ def _app_of(listener: Listener) -> web.Application:
 
 
 async def start_listener(listener: Listener, *, core: Core = "h1", drain_seconds: float = DEFAULT_DRAIN_SECONDS,
-                         access_log: bool = False, reuse_port: bool | None = None) -> Started:
+                         access_log: bool = False, reuse_port: bool | None = None,
+                         limits: Limits | None = None) -> Started:
     """Bind *listener* and start serving; `OSError` when the address is taken.
 
-    On the h1 core a listener with a fast path serves its requests itself and builds the aiohttp
-    app only for the first upgrade; everything else is served by aiohttp.
+    On the h1 core a listener with a fast path serves its requests itself (within *limits*) and
+    builds the aiohttp app only for the first upgrade; everything else is served by aiohttp.
     """
     fast = _fast_path(listener) if core == "h1" and not access_log else None
     if fast is not None:
@@ -144,14 +151,14 @@ async def start_listener(listener: Listener, *, core: Core = "h1", drain_seconds
 
         fallback = AiohttpFallback(lambda: _app_of(listener), shutdown_timeout=drain_seconds, access_log=None)
         running = await listen_h1(fast, listener.address.host, listener.address.port, fallback=fallback,
-                                  reuse_port=reuse_port)
+                                  reuse_port=reuse_port, limits=limits)
 
         async def close_fast(drain: float) -> None:
             await running.close(drain)
             await fallback.cleanup()
 
         host, port = running.address
-        return Started(HostPort(host, port), close_fast)
+        return Started(HostPort(host, port), close_fast, running.protocol.set_limits)
 
     from aiohttp import web
     from aiohttp.log import access_logger
@@ -200,9 +207,10 @@ async def serve(
         for listener in listeners:
             logged = access_log and listener.name != "admin"
             share = listener.reuse_port and os.environ.get(REUSE_PORT_ENV) == "1"
+            limits = _limits_of(listener.name, runtime.config.proxy) if runtime is not None else None
             try:
                 running = await start_listener(listener, core=core, drain_seconds=drain_seconds, access_log=logged,
-                                               reuse_port=share or None)
+                                               reuse_port=share or None, limits=limits)
             except OSError as exc:
                 log.error("%s cannot listen on %s: %s", listener.name, listener.address, exc.strerror or exc)
                 return 1
@@ -213,6 +221,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGINT, stop.set)
         if runtime is not None:
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)
+            runtime.on_swap(lambda config: _retune(started, config.proxy))
         if on_ready is not None:
             on_ready(bound)
         await stop.wait()
@@ -230,6 +239,22 @@ async def serve(
                 await r.close(drain_seconds)
     log.info("stopped")
     return 0
+
+
+def _limits_of(name: str, spec: ProxySpec) -> Limits | None:
+    """A proxy's data listeners get the overload limits of its config; its admin listener gets none."""
+    if name == "admin":
+        return None
+    from .overload import listener_limits
+
+    return listener_limits(spec, name)
+
+
+def _retune(started: list[tuple[Listener, Started]], spec: ProxySpec) -> None:
+    for listener, running in started:
+        limits = _limits_of(listener.name, spec)
+        if limits is not None and running.retune is not None:
+            running.retune(limits)
 
 
 def _while_stopping(sig: int) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .limits import Limits
 from .server import Fallback, H1Server, Handler
 
 if TYPE_CHECKING:
@@ -73,11 +74,11 @@ class RunningListener:
 
 
 async def listen_h1(fast: FastPath, host: str, port: int, *, fallback: Fallback | None = None,
-                    reuse_port: bool | None = None, backlog: int = 1024) -> RunningListener:
+                    reuse_port: bool | None = None, backlog: int = 1024, limits: Limits | None = None) -> RunningListener:
     from .upstream import Upstreams
 
     upstreams = Upstreams()
-    protocol = H1Server(fast(upstreams), fallback)
+    protocol = H1Server(fast(upstreams), fallback, limits=limits)
     try:
         server = await asyncio.get_running_loop().create_server(protocol, host, port, reuse_port=reuse_port,
                                                                 backlog=backlog)

@@ -19,6 +19,9 @@ read and dropped (bounded: `_LINGER_BYTES`, `_LINGER_SECONDS`), because closing 
 bytes makes the kernel send a reset, which can destroy the answer before the client reads it.
 Idle keep-alive connections are closed after `keepalive_seconds`, a head that takes longer than
 that to arrive too.
+
+A listener's `Limits` (connections, concurrent requests, buffered bytes per connection, memory)
+and what it sheds when over them are described in `lane.h1.limits`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Final, cast
 
 import httptools
 from multidict import CIMultiDict
+
+from .limits import Limits, ShedReason, resident_bytes, trim_heap
 
 __all__ = [
     "MAX_FIELD",
@@ -52,9 +57,8 @@ log = logging.getLogger(__name__)
 MAX_FIELD: Final = 8190  # request line / one header field, aiohttp's default too
 MAX_HEAD: Final = 64 * 1024
 MAX_FIELDS: Final = 128
-_BODY_HIGH: Final = 256 * 1024  # buffered request body above which reading from the client pauses
-_BODY_LOW: Final = 64 * 1024
-_WRITE_HIGH: Final = 256 * 1024
+_EVICT_SAMPLE: Final = 64  # connections looked at for the longest-waiting one, at the connection cap
+_MEMORY_EVERY: Final = 1.0  # seconds between two reads of the resident size, when a watermark is set
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_BYTES: Final = 1024 * 1024  # dropped after a refusal before the connection is closed anyway
 _LINGER_SECONDS: Final = 2.0
@@ -147,7 +151,7 @@ class RequestBody:
     def _feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered > _BODY_HIGH:
+        if self._buffered > self._conn.body_high:  # reading from the client pauses
             self._conn.pause_reading()
         self._wake()
 
@@ -170,7 +174,7 @@ class RequestBody:
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
-                if self._buffered < _BODY_LOW:
+                if self._buffered < self._conn.body_low:
                     self._conn.resume_reading()
                 self.started = True
                 yield chunk
@@ -349,20 +353,32 @@ class H1Connection(asyncio.Protocol):
         self._eof = False
         self._task: asyncio.Task[None] | None = None
         self.idle_since = self.loop.time()
+        self._admitted = False  # counted in the listener's connections (not refused at the cap)
+        self.body_high = server.buffer_bytes
+        self.body_low = server.buffer_bytes // 4
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = tcp = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
-        tcp.set_write_buffer_limits(high=_WRITE_HIGH)
+        server = self._server
+        if not server.admit():
+            self._refused = True
+            tcp.close()
+            return
+        self._admitted = True
+        tcp.set_write_buffer_limits(high=server.buffer_bytes)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else None
         sock = transport.get_extra_info("sockname")
         self.sockname = (sock[0], sock[1]) if sock else None
-        self._server.connections.add(self)
+        server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
-        self._server.connections.discard(self)
+        if self._admitted:
+            self._admitted = False
+            self._server.connections.discard(self)
+            self._server.closed_one()
         if self._parsing is not None:
             self._parsing.body._finish(ClientGone("the client closed the connection before its body was sent"))
         for request in self._queue:
@@ -491,8 +507,13 @@ class H1Connection(asyncio.Protocol):
                 self.pause_reading()  # a client pipelining far ahead waits
 
     async def _serve(self, request: Request) -> None:
+        server = self._server
+        if server.active >= server.max_requests or server.over_memory:
+            self._shed(request)
+            return
+        server.active += 1
         try:
-            await self._server.handler(request)
+            await server.handler(request)
         except ClientGone:
             self.abort()
             return
@@ -504,10 +525,30 @@ class H1Connection(asyncio.Protocol):
             else:
                 self.abort()
             return
+        finally:
+            server.active -= 1
         if not request.answered:
             log.error("lane proxy: the handler of %s %s did not answer", request.method, request.path)
             request.close_after()
             request.respond(500, CIMultiDict(), b"lane: internal error\n")
+
+    def _shed(self, request: Request) -> None:
+        """A fast 503 with Retry-After: the listener is over its request cap or its memory watermark."""
+        server = self._server
+        reason: ShedReason = "memory" if server.over_memory else "requests"
+        server.count_shed(reason)
+        if reason == "memory":
+            request.close_after()  # Envoy's disable_http_keepalive: fewer connections to hold
+        what = "memory use is over its watermark" if reason == "memory" else "too many requests at once"
+        request.respond(503, CIMultiDict({
+            "Retry-After": server.retry_after, "Content-Type": "text/plain; charset=utf-8",
+            "x-lane-overloaded": reason,
+        }), f"lane: overloaded ({what}), retry later\n".encode())
+
+    @property
+    def waiting(self) -> bool:
+        """Nothing of this connection is being answered: idle keep-alive, or a head still arriving."""
+        return self._current is None and not self._queue and self._upgrade is None
 
     def answer_done(self, request: Request) -> None:
         """The answer to the current request was written: next one, keep alive, or close."""
@@ -635,17 +676,87 @@ def _head_bytes(request: Request) -> bytes:
 class H1Server:
     """A listener's protocol factory: its connections, its handler, and what upgrades go to."""
 
-    def __init__(self, handler: Handler, fallback: Fallback | None = None, *, keepalive_seconds: float = 75.0) -> None:
+    def __init__(self, handler: Handler, fallback: Fallback | None = None, *, keepalive_seconds: float = 75.0,
+                 limits: Limits | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
         self.connections: set[H1Connection] = set()
+        self.active = 0  # requests being answered
+        self.over_memory = False
         self._fallback = fallback
         self._fallback_factory: Callable[[], asyncio.Protocol] | None = None
         self._keepalive = keepalive_seconds
         self._sweeper = self.loop.call_later(min(5.0, keepalive_seconds), self._sweep)
+        self._memory_timer: asyncio.TimerHandle | None = None
+        self.set_limits(limits or Limits())
 
     def __call__(self) -> H1Connection:
         return H1Connection(self)
+
+    def set_limits(self, limits: Limits) -> None:
+        """Apply *limits* from now on (a config reload re-tunes a running listener; nothing is cut)."""
+        self.limits = limits
+        self.max_connections = limits.max_connections
+        self.max_requests = limits.max_requests
+        self.buffer_bytes = limits.buffer_bytes
+        self.retry_after = str(limits.retry_after)
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
+            self._memory_timer = None
+        self.over_memory = False
+        if limits.memory_bytes > 0:
+            self._watch_memory()
+
+    def _watch_memory(self) -> None:
+        watermark = self.limits.memory_bytes
+        rss = resident_bytes()
+        if rss > watermark and not self.over_memory:
+            trim_heap()
+            rss = resident_bytes()
+            self.over_memory = rss > watermark
+            if self.over_memory:
+                log.warning("memory use %d MiB is over the watermark of %d MiB: new requests get 503 until it is "
+                            "back under 90%%", rss >> 20, watermark >> 20)
+        elif self.over_memory and rss < watermark * 0.9:
+            self.over_memory = False
+            log.warning("memory use %d MiB is back under the watermark: serving again", rss >> 20)
+        elif self.over_memory:
+            trim_heap()
+        self._memory_timer = self.loop.call_later(_MEMORY_EVERY, self._watch_memory)
+
+    def admit(self) -> bool:
+        """Room for one more connection: at the cap, the longest-waiting one not being answered makes room."""
+        if len(self.connections) >= self.max_connections and not self._evict_one():
+            self.count_shed("connections")
+            return False
+        on_connections = self.limits.on_connections
+        if on_connections is not None:
+            on_connections(1)
+        return True
+
+    def closed_one(self) -> None:
+        on_connections = self.limits.on_connections
+        if on_connections is not None:
+            on_connections(-1)
+
+    def _evict_one(self) -> bool:
+        oldest: H1Connection | None = None
+        for looked, conn in enumerate(self.connections):
+            if looked >= _EVICT_SAMPLE and oldest is not None:
+                break
+            if conn.waiting and not conn.gone and (oldest is None or conn.idle_since < oldest.idle_since):
+                oldest = conn
+        if oldest is None:
+            return False
+        self.connections.discard(oldest)  # its slot is the new one's now; its close follows
+        oldest.close()
+        self.count_shed("evicted")
+        return True
+
+    def count_shed(self, reason: ShedReason) -> None:
+        on_shed = self.limits.on_shed
+        if on_shed is not None:
+            on_shed(reason)
 
     def _sweep(self) -> None:
         """Close connections idle (or stuck in a head) longer than the keep-alive timeout; one timer for all."""
@@ -674,6 +785,8 @@ class H1Server:
     async def shutdown(self, timeout: float) -> None:
         """Close idle connections now, let the others finish their answer (up to *timeout*), then cut them."""
         self._sweeper.cancel()
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
         for conn in list(self.connections):
             conn.closing = True
             if conn.idle:

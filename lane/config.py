@@ -19,6 +19,7 @@ from typing import Any, Final
 import yaml
 
 from .config_yaml import explain, load_yaml
+from .dns_names import gateway_host_problem, label_problem, service_host_problem, subdomain_problem
 from .errors import ConfigError
 from .rules import Condition, HashKey, MatchKind, Percentage, Rule, Source, ValueMatch, compile_re2
 from .tags import DEFAULT_BAGGAGE_KEY, DEFAULT_LANE, DEFAULT_TAG_HEADER, is_valid_lane
@@ -452,7 +453,7 @@ def _parse_service(node: _At, name: str, lanes: Mapping[str, Lane]) -> Service:
         raise node.fail("a service needs `instances` (lane -> host:port list) or a Kubernetes `selector`")
     return Service(
         name=name,
-        host=node.child("host").string(name),
+        host=_named(node.child("host"), name, service_host_problem),
         port=node.child("port").integer(80, 1, 65535),
         instances=MappingProxyType(instances),
         selector=selector,
@@ -497,6 +498,15 @@ def _parse_proxy(node: _At) -> ProxySpec:
     )
 
 
+def _named(node: _At, default: str | None, problem: Callable[[str], str | None]) -> str:
+    """A string that must pass one of `lane.dns_names`' rules (what kubectl apply would refuse)."""
+    value = node.string(default)
+    why = problem(value)
+    if why is not None:
+        raise node.fail(why)
+    return value
+
+
 def _parse_mesh(node: _At) -> MeshSpec:
     if node.value is None:
         return MeshSpec()
@@ -505,14 +515,15 @@ def _parse_mesh(node: _At) -> MeshSpec:
     if node.has("gateway"):
         gw = node.child("gateway").mapping({"name", "hosts", "port", "selector", "namespace"})
         gateway = MeshGatewaySpec(
-            name=gw.child("name").string("lane-gateway"),
-            hosts=tuple(h.string() for h in gw.child("hosts").elements()) if gw.has("hosts") else ("*",),
+            name=_named(gw.child("name"), "lane-gateway", subdomain_problem),
+            hosts=tuple(_named(h, None, gateway_host_problem) for h in gw.child("hosts").elements())
+            if gw.has("hosts") else ("*",),
             port=gw.child("port").integer(80, 1, 65535),
             selector=gw.child("selector").string_map() if gw.has("selector") else MeshGatewaySpec().selector,
-            namespace=gw.child("namespace").string("istio-system"),
+            namespace=_named(gw.child("namespace"), "istio-system", label_problem),
         )
     return MeshSpec(
-        namespace=node.child("namespace").string("default"),
+        namespace=_named(node.child("namespace"), "default", label_problem),
         gateway=gateway,
         baggage_to_header=node.child("baggage_to_header").boolean(True),
         instant_fallback=node.child("instant_fallback").boolean(True),
@@ -549,6 +560,13 @@ def parse_config(text: str, source: str = "<string>") -> LaneConfig:
     entry = root.child("entry").string()
     if entry not in services:
         raise root.child("entry").fail(f"unknown service {entry!r}; services: {', '.join(sorted(services))}")
+    mesh = _parse_mesh(root.child("mesh"))
+    for i, host in enumerate(mesh.gateway.hosts):
+        owner = hosts.get(host)
+        if owner is not None and owner != entry:  # the entry's VirtualService would claim it too
+            raise root.child("mesh").child("gateway").child("hosts").child(i).fail(
+                f"{host!r} is the host of service {owner!r}: two VirtualServices bound to the mesh would "
+                "claim it (istioctl analyze IST0109)")
     return LaneConfig(
         source=source,
         tag=tag,
@@ -558,7 +576,7 @@ def parse_config(text: str, source: str = "<string>") -> LaneConfig:
         services=MappingProxyType(services),
         entry=entry,
         proxy=_parse_proxy(root.child("proxy")),
-        mesh=_parse_mesh(root.child("mesh")),
+        mesh=mesh,
     )
 
 

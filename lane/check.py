@@ -8,7 +8,7 @@ import sys
 from .config import LaneConfig, load_config_or_demo
 from .errors import ConfigError
 
-__all__ = ["add_arguments", "describe", "run"]
+__all__ = ["add_arguments", "describe", "run", "warnings"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +40,32 @@ def describe(config: LaneConfig) -> str:
     return "\n".join(lines)
 
 
+def warnings(config: LaneConfig) -> list[str]:
+    """What the config means that its author may not: valid, but probably not what was meant.
+
+    - a strict lane never falls back (it answers 503 where it has no instance), so a fallback
+      declared for it is ignored (one to the default lane cannot be told from the implicit one);
+    - a service with instances but none in the default lane answers 503 to all untagged traffic,
+      and to every lane whose chain reaches the default lane there;
+    - a service that lists no instances (a Kubernetes ``selector`` only) has lanes only from the
+      cluster: a ``lane mesh render`` without ``--from-cluster`` gives it no subset, so every route
+      to it answers 503 until ``--from-cluster`` or ``lane mesh sync`` fills them in.
+    """
+    out = []
+    for lane in config.lanes.values():
+        if lane.strict and lane.fallback not in (None, config.default_lane):
+            out.append(f"lanes.{lane.name}: strict, so its fallback {lane.fallback!r} is ignored "
+                       "(it answers 503 where it has no instance)")
+    for svc in config.services.values():
+        if svc.instances and not svc.has_lane(config.default_lane):
+            out.append(f"services.{svc.name}: no {config.default_lane} instance: untagged requests to it "
+                       f"(and every lane falling back to {config.default_lane}) answer 503")
+        if not svc.instances:
+            out.append(f"services.{svc.name}: declares no lanes (selector only): `lane mesh render` without "
+                       "--from-cluster routes every request to it to 503; use --from-cluster or `lane mesh sync`")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config_or_demo(args.config)
@@ -47,4 +73,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(describe(config))
+    for warning in warnings(config):
+        print(f"warning: {config.source}: {warning}", file=sys.stderr)
     return 0

@@ -110,7 +110,7 @@ CHAINS: Final = (
     Chain(("otel", "b3", "otel"), via=("proxy", "host")),
     Chain(("b3", "otel", "b3"), via=("host", "proxy")),
     Chain(("otel", "xrid", "b3"), via=("proxy", "host")),
-    Chain(("b3", "traceparent", "b3"), via=("host", "proxy")),
+    Chain(("b3", "traceparent", "b3"), via=("proxy", "host")),
     Chain(("otel", "baggage", "b3"), via=("host", "proxy")),
     Chain(("otel", "nothing", "otel"), via=("proxy", "host")),
 )

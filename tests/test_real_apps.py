@@ -15,6 +15,11 @@ are what teams really run, and each forwards only what its own stack forwards:
 The config's instance addresses are the sidecars' inbound addresses; apps reach their sidecar both
 through ``HTTP_PROXY`` (absolute-form requests) and through the outbound port with ``Host:``.
 No OTLP endpoint is set anywhere: the hop record (``x-lane-path``) must be complete without tracing.
+Where b's app forwards nothing, its call to c cannot be tied to any request: c must serve it in the
+default lane (never another request's), and b's sidecar must count it as a lost lane.
+
+The Node app's packages are installed with ``npm ci`` from the committed lockfile on first use
+(skipped while node_modules matches it); without node/npm those chains skip and say why.
 """
 
 from __future__ import annotations

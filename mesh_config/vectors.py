@@ -4,8 +4,10 @@ A `Vector` is what a client sends: headers in order (repeats allowed) and a raw 
 `python_lanes` is the Python engine's answer -- a set, because a percentage without a key is a
 random draw: its vectors agree when Envoy picks any lane the engine could have picked.
 `vectors_for` derives vectors from a config's own rules (a request meeting each rule, one
-violating each condition in turn, sticky keys on both sides of each percentage, a client trying
-to choose its own lane), so `lane mesh verify` works on any config without a hand-made table.
+violating each condition in turn, sticky keys on both sides of each percentage -- chosen with the
+sticky hash itself (`lane.hashing`), so every share between 1 and 99 % is proven from inside and
+outside -- a client trying to choose its own lane), so `lane mesh verify` works on any config
+without a hand-made table.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import yaml
 
 from lane.config import LaneConfig
 from lane.errors import ConfigError
+from lane.hashing import in_percentage
 from lane.rules import Condition, RequestView, Rule, Source
 
 from .regex import RegexNode, children, parse_regex
 
-__all__ = ["Vector", "load_vectors", "python_lanes", "sample_for", "vectors_for"]
+__all__ = ["Vector", "load_vectors", "python_lanes", "sample_for", "sticky_keys", "vectors_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,23 @@ def _meeting(rule: Rule, skip: Condition | None = None) -> list[tuple[Source, st
     return out
 
 
+def sticky_keys(percent: int, salt: str, count: int) -> list[tuple[str, bool]]:
+    """*count* keys ``user-N`` with whether each is inside the share: half inside and half outside
+    when the share has both sides (all inside at 100 %, all outside at 0 %), found with the sticky
+    hash; the search is bounded (a side that is not found within 100,000 keys gets fewer keys)."""
+    inside_wanted = count if percent >= 100 else 0 if percent <= 0 else max(1, count // 2)
+    want = {True: inside_wanted, False: count - inside_wanted}
+    found: dict[bool, list[str]] = {True: [], False: []}
+    for n in range(100_000):
+        if all(len(found[side]) >= want[side] for side in want):
+            break
+        key = f"user-{n}"
+        side = in_percentage(key, percent, salt)
+        if len(found[side]) < want[side]:
+            found[side].append(key)
+    return [(key, True) for key in found[True]] + [(key, False) for key in found[False]]
+
+
 def vectors_for(config: LaneConfig, keys_per_rule: int = 8) -> list[Vector]:
     """Vectors exercising every rule of *config* from both sides."""
     out = [Vector("no-lane-hints")]
@@ -150,9 +170,9 @@ def vectors_for(config: LaneConfig, keys_per_rule: int = 8) -> list[Vector]:
         base = _meeting(rule)
         pct = rule.percentage
         if pct is not None and pct.key is not None:
-            for k in range(keys_per_rule):
-                inputs = [*base, (pct.key.source, pct.key.name, f"user-{k}")]
-                out.append(Vector(f"rule{i}-{rule.name}-key{k}", *_request(inputs)))
+            for k, (key, inside) in enumerate(sticky_keys(pct.percent, pct.salt, keys_per_rule)):
+                inputs = [*base, (pct.key.source, pct.key.name, key)]
+                out.append(Vector(f"rule{i}-{rule.name}-key{k}-{'in' if inside else 'out'}", *_request(inputs)))
         else:
             out.append(Vector(f"rule{i}-{rule.name}", *_request(base)))
         for j, condition in enumerate(rule.conditions):

@@ -166,6 +166,9 @@ async def test_real_envoy_agrees_with_python_on_every_vector_across_namespaces()
     results = await verify(config)
     assert all(r.ok for r in results), "\n".join(format_result(r) for r in results if not r.ok)
     assert {r.tag for r in results} == {"base", "gray", "dev-x", "frozen"}
+    keyed = [r for r in results if "-key" in r.vector.name]  # sticky keys inside and outside the 30 % share
+    assert {r.tag for r in keyed if r.vector.name.endswith("-in")} == {"gray"}
+    assert {r.tag for r in keyed if r.vector.name.endswith("-out")} == {"base"}
 
 
 async def test_a_dying_gray_stub_costs_no_request_and_traffic_returns_to_gray() -> None:

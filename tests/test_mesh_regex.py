@@ -132,3 +132,29 @@ def test_vectors_file_is_loaded_and_bad_ones_are_clear_errors(tmp_path: Path) ->
     bad.write_text("- {name: a, headers: [[only-name]]}\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml\[0\]: headers: expected \[name, value\]"):
         load_vectors(bad)
+
+
+@pytest.mark.parametrize("percent", [1, 5, 30, 50, 95, 99])
+def test_derived_vectors_prove_every_share_from_inside_and_outside(percent: int) -> None:
+    from lane.config import parse_config
+
+    config = parse_config(f"""
+lanes: {{gray: {{}}}}
+entry: a
+coloring:
+  - {{name: share, lane: gray, percentage: {{percent: {percent}, key: {{header: x-user}}, salt: s}}}}
+services:
+  a: {{instances: {{base: ["127.0.0.1:1"], gray: ["127.0.0.1:2"]}}}}
+""", "share.yaml")
+    keyed = [v for v in vectors_for(config) if v.name.startswith("rule0-share-key")]
+    lanes = {v.name: python_lanes(config.rules, v.view(), "base") for v in keyed}
+    assert len(keyed) == 8
+    assert all(lane == ({"gray"} if name.endswith("-in") else {"base"}) for name, lane in lanes.items())
+    assert sum(name.endswith("-in") for name in lanes) == 4  # both sides, however small the share
+
+
+def test_sticky_keys_at_the_edges() -> None:
+    from mesh_config.vectors import sticky_keys
+
+    assert [inside for _, inside in sticky_keys(0, "", 3)] == [False, False, False]
+    assert [inside for _, inside in sticky_keys(100, "", 3)] == [True, True, True]

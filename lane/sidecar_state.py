@@ -24,7 +24,7 @@ from .hops import FALLBACK_HEADER, PATH_HEADER, FallbackReason, Hop, encode_path
 from .metrics import count_lane_source
 from .runtime import Runtime
 from .sidecar_app import app_budget
-from .trace_cache import TraceCache, TraceKey, trace_keys
+from .trace_cache import REQUEST, TraceCache, TraceKey, trace_key_sources
 from .trace_identity import TraceIdentity, complete_trace_headers, identity_of
 from .tracing import Tracing
 from .wire import lane_and_carrier, request_key, set_lane
@@ -114,11 +114,12 @@ class Sidecar:
         incoming = lane_and_carrier(headers, config.tag)[0]
         requested = incoming or config.default_lane
         names = config.proxy.trace_headers
-        identity = complete_trace_headers(headers, names, service=self.service)
+        completed = complete_trace_headers(headers, names, service=self.service)
+        identity, keys = completed.identity, completed.keys
         key = request_key(headers) or headers.get("x-request-id") or identity.trace_hex
         set_lane(headers, config.tag, requested, key)
-        keys = trace_keys(headers, names)
-        keys.append((BAGGAGE_HEADER, key))  # an app that forwards only baggage keeps its hop record
+        if (REQUEST, key) not in keys:  # an app that forwards only baggage keeps its hop record
+            keys.append((REQUEST, key))
         self.traces.remember(keys, requested)
         said = headers.popall(FALLBACK_HEADER, [""])[0].strip()
         reason = said if said in _REASONS and requested != self.lane else None
@@ -133,7 +134,9 @@ class Sidecar:
         calls the app makes without a ``traceparent`` get theirs back as children of that span.
         """
         with self.hops.collect(arrival.keys) as collection:
-            collection.identity = identity_of(headers) or arrival.identity
+            # with tracing on, the request leaves with this sidecar's span as its parent: read it back
+            collection.identity = (identity_of(headers) or arrival.identity) if self.tracing.enabled \
+                else arrival.identity
             collection.request_id = arrival.request_id
             collection.request_key = arrival.request_key
             collection.deadline = monotonic() + arrival.wait  # the app's calls must be answered before
@@ -151,11 +154,12 @@ class Sidecar:
         config = self.runtime.config
         names = config.proxy.trace_headers
         lane, carrier = lane_and_carrier(headers, config.tag)
-        keys = trace_keys(headers, names)
-        present = [name for name, _ in keys]
+        sources = trace_key_sources(headers, names)
+        present = [name for _, name in sources]
         key = request_key(headers)
         if key is not None:
-            keys.append((BAGGAGE_HEADER, key))
+            sources.append(((REQUEST, key), BAGGAGE_HEADER))
+        keys = list(dict.fromkeys(k for k, _ in sources))
         if carrier == "header":
             present.append(config.tag.header)
         if carrier is not None and get_member(headers.getall(BAGGAGE_HEADER, ()), config.tag.baggage_key):
@@ -166,7 +170,8 @@ class Sidecar:
         else:
             recalled = self.traces.recall_by(keys)
             if recalled is not None:
-                lane, via, source = recalled[0], recalled[1][0], LaneSource.RECOVERED
+                via = next(name for k, name in sources if k == recalled[1])
+                lane, source = recalled[0], LaneSource.RECOVERED
             else:
                 lane, source = config.default_lane, LaneSource.LOST
         collection = self.hops.find(keys)

@@ -1,11 +1,12 @@
 """Trace-id recovery: remember which lane a trace is in, so apps that forward only a trace header stay in lane.
 
 The sidecar's inbound side sees the lane (tag header or baggage) and the trace headers of every
-request; it remembers ``(header, trace id) -> lane`` here. When the app then calls out carrying
-only, say, ``x-request-id`` or ``traceparent``, the outbound side looks the trace id up and puts
-the request back into its lane. Real apps forward different trace headers, so the list of header
-names is configurable (`ProxySpec.trace_headers`); `trace_keys` knows how to take the *trace* id
-out of each format (not the span id, which changes on every hop).
+request; it remembers ``key -> lane`` here. When the app then calls out carrying only, say,
+``x-request-id`` or ``traceparent``, the outbound side looks the key up and puts the request back
+into its lane. Real apps forward different trace headers, so the list of header names is
+configurable (`ProxySpec.trace_headers`); `trace_key_of` knows how to take the *trace* id out of
+each format (not the span id, which changes on every hop), and keys the formats that carry the same
+128-bit trace id alike, so one request is one or two entries however many formats it carries.
 
 A trace id is chosen by whoever starts the trace, often an outside client, so it is not proof of
 belonging: two requests in different lanes can carry the same one (a client reusing its
@@ -19,6 +20,7 @@ cheap: an `OrderedDict`, one event loop, no locks.
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections import OrderedDict
@@ -29,9 +31,23 @@ from urllib.parse import unquote
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 
-__all__ = ["AMBIGUOUS_TRACE_IDS", "MAX_TRACE_ID_LENGTH", "TraceCache", "TraceKey", "trace_keys"]
+__all__ = [
+    "AMBIGUOUS_TRACE_IDS",
+    "MAX_TRACE_ID_LENGTH",
+    "REQUEST",
+    "TRACE",
+    "TraceCache",
+    "TraceKey",
+    "trace_key_of",
+    "trace_key_sources",
+    "trace_keys",
+]
 
-TraceKey = tuple[str, str]  # (lower-case header name, normalised trace id)
+TraceKey = tuple[str, str]  # (namespace: "trace", "request" or a header name; normalised id)
+TRACE: Final = "trace"  # the 128-bit trace id of the W3C-compatible formats, as 32 hex digits
+REQUEST: Final = "request"  # x-request-id, and lane's request id in baggage
+_W3C_COMPATIBLE: Final = frozenset({"x-b3-traceid", "b3", "uber-trace-id"})
+_HEX = re.compile(r"[0-9a-f]+")
 MAX_TRACE_ID_LENGTH: Final = 128
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}.*")
@@ -48,29 +64,55 @@ AMBIGUOUS_TRACE_IDS: Final = Counter(
 _AMBIGUOUS_IN_CACHE: Final = AMBIGUOUS_TRACE_IDS.labels(store="trace_cache")
 
 
-def _trace_id(name: str, value: str) -> str | None:
+def trace_key_of(name: str, value: str) -> TraceKey | None:
+    """The key *value* of trace header *name* (lower-case) gives; None when it is no usable id.
+
+    The W3C-compatible formats (``traceparent``, B3 multi and single, ``uber-trace-id``, and ``sw8``
+    when its trace id is one) carry the same 128-bit trace id, so they share one key ``("trace",
+    32 hex digits)`` (64-bit ids zero-padded, as the OpenTelemetry B3/Jaeger propagators do): a request
+    handed every format (`lane.trace_identity`) costs one cache entry, not one per format.
+    ``x-request-id`` keys as ``("request", id)``, the namespace of lane's baggage member too. Any other
+    configured header keys under its own name.
+    """
     value = value.strip()
     candidate: str | None = value
     if name == "traceparent":
         m = _TRACEPARENT.fullmatch(value.lower())
-        return m.group(1) if m and m.group(1) != _ZERO_TRACE else None
+        return (TRACE, m.group(1)) if m and m.group(1) != _ZERO_TRACE else None
+    if name == "x-request-id":
+        return (REQUEST, value) if value and len(value) <= MAX_TRACE_ID_LENGTH and _ID.fullmatch(value) else None
     if name == "uber-trace-id":  # {trace-id}:{span-id}:{parent-span-id}:{flags}, maybe url-encoded
-        candidate = unquote(value).split(":", 1)[0].lower().lstrip("0") or None
-    elif name == "sw8":  # {sample}-{trace-id}-{segment-id}-...
+        candidate = unquote(value).split(":", 1)[0].lower() or None
+    elif name == "sw8":  # {sample}-{trace-id}-{segment-id}-...; the trace id base64-encoded text
         parts = value.split("-")
         candidate = parts[1] if len(parts) >= 8 else None
+        if candidate is not None:
+            decoded = _decoded_hex(candidate)
+            if decoded is not None:
+                return TRACE, decoded
     elif name == "b3":  # single-header B3: {trace-id}-{span-id}[-{sampled}[-{parent}]]
         candidate = value.split("-", 1)[0].lower() if "-" in value else None
     elif name in ("x-b3-traceid", "x-cloud-trace-context"):
         candidate = value.split("/", 1)[0].lower()
     if not candidate or len(candidate) > MAX_TRACE_ID_LENGTH or not _ID.fullmatch(candidate):
         return None
-    return candidate
+    if name in _W3C_COMPATIBLE and len(candidate) <= 32 and _HEX.fullmatch(candidate):
+        padded = candidate.zfill(32)
+        return (TRACE, padded) if padded != _ZERO_TRACE else None
+    return name, candidate
+
+
+def _decoded_hex(text: str) -> str | None:
+    try:
+        decoded = base64.b64decode(text, validate=True).decode("ascii").lower()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return decoded if len(decoded) == 32 and _HEX.fullmatch(decoded) and decoded != _ZERO_TRACE else None
 
 
 def trace_keys(headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str] | CIMultiDict[str],
                names: Iterable[str]) -> list[TraceKey]:
-    """The trace keys present in *headers*, in the order of *names* (the configured preference).
+    """The trace keys present in *headers*, in the order of *names* (the configured preference), deduplicated.
 
     *headers* are (name, value) pairs or a case-insensitive multidict (a request's headers: then
     only the configured names are looked up, not every header). A header sent several times with
@@ -78,6 +120,12 @@ def trace_keys(headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str] | CIMu
     client that appended another request's trace id could otherwise pull its call into that
     request's lane. Values that are not trace ids are skipped.
     """
+    return list(dict.fromkeys(key for key, _ in trace_key_sources(headers, names)))
+
+
+def trace_key_sources(headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str] | CIMultiDict[str],
+                      names: Iterable[str]) -> list[tuple[TraceKey, str]]:
+    """Every (key, header it was read from) in *headers*: `trace_keys` before deduplication."""
     values: dict[str, str | None] = {}  # lower-case name -> its one value; None when values conflict
     if isinstance(headers, (CIMultiDictProxy, CIMultiDict)):
         for lname in map(str.lower, names):
@@ -97,15 +145,15 @@ def trace_keys(headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str] | CIMu
                     values[lname] = value
                 elif values[lname] != value:
                     values[lname] = None
-    keys = []
+    out: list[tuple[TraceKey, str]] = []
     for name in names:
         lname = name.lower()
         one = values.get(lname)
         if one is not None:
-            trace_id = _trace_id(lname, one)
-            if trace_id is not None and (lname, trace_id) not in keys:
-                keys.append((lname, trace_id))
-    return keys
+            key = trace_key_of(lname, one)
+            if key is not None:
+                out.append((key, lname))
+    return out
 
 
 class TraceCache:

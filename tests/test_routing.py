@@ -179,22 +179,29 @@ def test_registry_routes_follow_health_failures_and_reloads(config: LaneConfig) 
     assert registry.route(config, "c", "gray").upstreams == (ep("10.2.1.1:80"),)  # an in-flight snapshot
 
 
-@pytest.mark.parametrize(("name", "value", "trace_id"), [
-    ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "0af7651916cd43dd8448eb211c80319c"),
-    ("x-request-id", "abc-123", "abc-123"),
-    ("x-b3-traceid", "80F198EE56343BA864FE8B2A57D3EFF7", "80f198ee56343ba864fe8b2a57d3eff7"),
-    ("uber-trace-id", "0000abc%3A1%3A0%3A1", "abc"),
-    ("sw8", "1-TRACEID-SEGMENT-3-c2VydmljZQ==-aW5zdGFuY2U=-L2dldA==-ZXhhbXBsZQ==", "TRACEID"),
+@pytest.mark.parametrize(("name", "value", "key"), [
+    ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+     ("trace", "0af7651916cd43dd8448eb211c80319c")),
+    ("x-request-id", "abc-123", ("request", "abc-123")),
+    ("x-b3-traceid", "80F198EE56343BA864FE8B2A57D3EFF7", ("trace", "80f198ee56343ba864fe8b2a57d3eff7")),
+    ("b3", "80f198ee56343ba8-e457b5a2e4d86bd1-1", ("trace", "000000000000000080f198ee56343ba8")),
+    ("uber-trace-id", "0000abc%3A1%3A0%3A1", ("trace", "abc".zfill(32))),
+    ("sw8", "1-TRACEID-SEGMENT-3-c2VydmljZQ==-aW5zdGFuY2U=-L2dldA==-ZXhhbXBsZQ==", ("sw8", "TRACEID")),
+    ("sw8", "1-MGFmNzY1MTkxNmNkNDNkZDg0NDhlYjIxMWM4MDMxOWM=-U0VH-3-c2VydmljZQ==-aW5zdGFuY2U=-L2dldA==-ZXhhbXBsZQ==",
+     ("trace", "0af7651916cd43dd8448eb211c80319c")),
+    ("x-cloud-trace-context", "105445aa7843bc8bf206b12000100000/1;o=1", ("x-cloud-trace-context",
+                                                                          "105445aa7843bc8bf206b12000100000")),
 ])
-def test_trace_keys_take_the_trace_id_not_the_span_id(name: str, value: str, trace_id: str) -> None:
-    assert trace_keys([(name.upper(), value)], [name]) == [(name, trace_id)]
+def test_trace_keys_take_the_trace_id_not_the_span_id(name: str, value: str, key: tuple[str, str]) -> None:
+    """Formats that carry the same 128-bit trace id share one key, so a request is one cache entry."""
+    assert trace_keys([(name.upper(), value)], [name]) == [key]
 
 
 def test_trace_keys_skip_garbage_and_keep_the_configured_order() -> None:
     headers = [("x-request-id", "r1"), ("traceparent", "not-a-traceparent"), ("x-b3-traceid", "b1"),
                ("x-request-id", " r1"), ("x-request-id-2", "x" * 500)]
     assert trace_keys(headers, ["x-b3-traceid", "traceparent", "x-request-id"]) == [
-        ("x-b3-traceid", "b1"), ("x-request-id", "r1")]
+        ("trace", "b1".zfill(32)), ("request", "r1")]
     assert trace_keys([("x-request-id", "x" * 500)], ["x-request-id"]) == []
 
 
@@ -204,17 +211,17 @@ def test_a_trace_header_sent_twice_with_different_values_is_no_key() -> None:
     mine = "00-11111111111111111111111111111111-b7ad6b7169203331-01"
     pairs = [("traceparent", mine), ("x-request-id", "r1"), ("traceparent", gray)]
     names = ["traceparent", "x-request-id"]
-    assert trace_keys(pairs, names) == [("x-request-id", "r1")]
-    assert trace_keys(CIMultiDictProxy(CIMultiDict(pairs)), names) == [("x-request-id", "r1")]
+    assert trace_keys(pairs, names) == [("request", "r1")]
+    assert trace_keys(CIMultiDictProxy(CIMultiDict(pairs)), names) == [("request", "r1")]
     assert trace_keys([("traceparent", gray), ("traceparent", gray)], names) == [
-        ("traceparent", "0af7651916cd43dd8448eb211c80319c")]  # the same value twice is still one id
+        ("trace", "0af7651916cd43dd8448eb211c80319c")]  # the same value twice is still one id
 
 
 def test_trace_keys_read_a_request_multidict_like_its_header_pairs() -> None:
     pairs = [("X-Request-Id", "r1"), ("TraceParent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
              ("x-request-id", "r1"), ("X-B3-TraceId", "bad id")]
     names = ["X-B3-TraceId", "x-request-id", "traceparent"]
-    expected = [("x-request-id", "r1"), ("traceparent", "0af7651916cd43dd8448eb211c80319c")]
+    expected = [("request", "r1"), ("trace", "0af7651916cd43dd8448eb211c80319c")]
     assert trace_keys(pairs, names) == expected
     assert trace_keys(CIMultiDictProxy(CIMultiDict(pairs)), names) == expected
 

@@ -19,6 +19,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 # name -> (module, one-line help)
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "check": ("lane.check", "validate a lane config and show its lanes, rules and services"),
+    "schema": ("lane.config_schema", "print the config's JSON Schema, for editors that check lane files"),
     "gateway": ("lane.gateway", "run the lane gateway: color requests and forward them down their lane"),
     "sidecar": ("lane.sidecar", "run a lane sidecar beside one service instance"),
     "demo": ("lane.demo", "run the a -> b -> c demo topology on 127.0.0.1"),

@@ -27,6 +27,7 @@ from .tags import DEFAULT_BAGGAGE_KEY, DEFAULT_LANE, DEFAULT_TAG_HEADER, is_vali
 __all__ = [
     "DEFAULT_TRACE_HEADERS",
     "DEMO_SOURCE",
+    "LIMITS",
     "Endpoint",
     "Lane",
     "LaneConfig",
@@ -49,6 +50,26 @@ _LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z
 # Constructs RE2 (Envoy, Istio) does not support; rejected so the mesh emitter can mirror every rule.
 _NON_RE2 = re.compile(r"\(\?[=!<>]|\(\?P=|\\[1-9]|[*+?}]\+")
 _MIN_LESS_REPEAT = re.compile(r"(?<!\\)\{,[0-9]*\}")
+# The range of every number in a config, by key: the parser enforces it and `lane schema` publishes it,
+# so an editor flags what `lane check` would refuse. A number is an integer where its default is one.
+LIMITS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType({
+    "proxy.connect_timeout": (0.001, 600),
+    "proxy.request_timeout": (0.001, 86400),
+    "proxy.deadline_margin": (0.0, 60),
+    "proxy.retries": (0, 10),
+    "proxy.eject_after_failures": (1, 1000),
+    "proxy.eject_seconds": (0.01, 3600),
+    "proxy.trace_cache_size": (1, 10_000_000),
+    "proxy.trace_cache_ttl": (0.01, 86400),
+    "proxy.max_websocket_message": (1, 1 << 30),
+    "proxy.max_connections": (1, 1_000_000),
+    "proxy.max_concurrent_requests": (1, 1_000_000),
+    "proxy.connection_buffer_bytes": (4096, 64 * 1024 * 1024),
+    "proxy.memory_watermark_mb": (0, 1 << 20),
+    "services.port": (1, 65535),
+    "mesh.gateway.port": (1, 65535),
+    "coloring.percentage.percent": (0, 100),
+})
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -267,6 +288,13 @@ class _At:
             raise self.fail(f"expected a number from {lo} to {hi}, got {self.value!r}")
         return float(self.value)
 
+    def bounded(self, key: str, default: float) -> Any:
+        """This number within `LIMITS[key]`: an integer where *default* is one, else a float."""
+        lo, hi = LIMITS[key]
+        if isinstance(default, int):
+            return self.integer(default, int(lo), int(hi))
+        return self.number(default, lo, hi)
+
     def boolean(self, default: bool) -> bool:
         if self.value is None:
             return default
@@ -417,7 +445,7 @@ def _parse_rule(node: _At, index: int, lanes: Mapping[str, Lane]) -> Rule:
     if node.has("percentage"):
         pct = node.child("percentage").mapping({"percent", "key", "salt"}, {"percent"})
         percentage = Percentage(
-            percent=pct.child("percent").integer(0, 0, 100),
+            percent=pct.child("percent").bounded("coloring.percentage.percent", 0),
             key=_parse_hash_key(pct.child("key")) if pct.has("key") else None,
             salt=pct.child("salt").value if isinstance(pct.child("salt").value, str) else "",
         )
@@ -454,7 +482,7 @@ def _parse_service(node: _At, name: str, lanes: Mapping[str, Lane]) -> Service:
     return Service(
         name=name,
         host=_named(node.child("host"), name, service_host_problem),
-        port=node.child("port").integer(80, 1, 65535),
+        port=node.child("port").bounded("services.port", 80),
         instances=MappingProxyType(instances),
         selector=selector,
     )
@@ -463,12 +491,8 @@ def _parse_service(node: _At, name: str, lanes: Mapping[str, Lane]) -> Service:
 def _parse_proxy(node: _At) -> ProxySpec:
     if node.value is None:
         return ProxySpec()
-    node.mapping({
-        "connect_timeout", "request_timeout", "deadline_margin", "retries", "eject_after_failures",
-        "eject_seconds", "trace_headers", "trace_cache_size", "trace_cache_ttl", "trusted_cidrs",
-        "max_websocket_message",
-        "max_connections", "max_concurrent_requests", "connection_buffer_bytes", "memory_watermark_mb",
-    })
+    numbers = [key.removeprefix("proxy.") for key in LIMITS if key.startswith("proxy.")]
+    node.mapping({"trace_headers", "trusted_cidrs", *numbers})
     cidrs = []
     if node.has("trusted_cidrs"):
         for item in node.child("trusted_cidrs").elements():
@@ -479,22 +503,11 @@ def _parse_proxy(node: _At) -> ProxySpec:
     trace_headers = DEFAULT_TRACE_HEADERS
     if node.has("trace_headers"):
         trace_headers = tuple(_header_name(h) for h in node.child("trace_headers").elements())
+    defaults = ProxySpec()
     return ProxySpec(
-        connect_timeout=node.child("connect_timeout").number(2.0, 0.001, 600),
-        request_timeout=node.child("request_timeout").number(30.0, 0.001, 86400),
-        deadline_margin=node.child("deadline_margin").number(0.25, 0.0, 60),
-        retries=node.child("retries").integer(1, 0, 10),
-        eject_after_failures=node.child("eject_after_failures").integer(3, 1, 1000),
-        eject_seconds=node.child("eject_seconds").number(5.0, 0.01, 3600),
         trace_headers=trace_headers,
-        trace_cache_size=node.child("trace_cache_size").integer(10_000, 1, 10_000_000),
-        trace_cache_ttl=node.child("trace_cache_ttl").number(60.0, 0.01, 86400),
         trusted_cidrs=tuple(cidrs),
-        max_websocket_message=node.child("max_websocket_message").integer(4 * 1024 * 1024, 1, 1 << 30),
-        max_connections=node.child("max_connections").integer(10_000, 1, 1_000_000),
-        max_concurrent_requests=node.child("max_concurrent_requests").integer(1_000, 1, 1_000_000),
-        connection_buffer_bytes=node.child("connection_buffer_bytes").integer(256 * 1024, 4096, 64 * 1024 * 1024),
-        memory_watermark_mb=node.child("memory_watermark_mb").integer(0, 0, 1 << 20),
+        **{key: node.child(key).bounded(f"proxy.{key}", getattr(defaults, key)) for key in numbers},
     )
 
 
@@ -518,7 +531,7 @@ def _parse_mesh(node: _At) -> MeshSpec:
             name=_named(gw.child("name"), "lane-gateway", subdomain_problem),
             hosts=tuple(_named(h, None, gateway_host_problem) for h in gw.child("hosts").elements())
             if gw.has("hosts") else ("*",),
-            port=gw.child("port").integer(80, 1, 65535),
+            port=gw.child("port").bounded("mesh.gateway.port", 80),
             selector=gw.child("selector").string_map() if gw.has("selector") else MeshGatewaySpec().selector,
             namespace=_named(gw.child("namespace"), "istio-system", label_problem),
         )

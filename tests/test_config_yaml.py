@@ -45,6 +45,8 @@ HOSTILE = {
     "a 5,000-digit hex integer": VALID.replace("retries: 1", "retries: 0x" + "f" * 5000),
     "a date that is not one": VALID + "x: 2024-13-45\n",
     "an alias loop": VALID + "x: &loop [*loop]\n",
+    "a duplicate key (PyYAML keeps the last)": VALID + "entry: b\n",
+    "a syntax error": VALID + "x: [unclosed\n",
 }
 
 
@@ -117,7 +119,8 @@ def lane(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, cwd=REPO)
 
 
-@pytest.mark.parametrize("name", ["a mapping as a key", "flow mappings 250 deep", "a 5,000-digit integer"])
+@pytest.mark.parametrize("name", ["a mapping as a key", "flow mappings 250 deep", "a 5,000-digit integer",
+                                  "a duplicate key (PyYAML keeps the last)", "a syntax error"])
 def test_lane_check_and_the_gateway_exit_2_with_one_line(tmp_path: Path, name: str) -> None:
     config = tmp_path / "lane.yaml"
     config.write_text(HOSTILE[name])

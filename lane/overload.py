@@ -6,12 +6,17 @@ closes, never per request; the counts go through `lane.metric_tally` like the pe
 
 from __future__ import annotations
 
+import logging
+import resource
+
 from .config import ProxySpec
 from .h1.limits import SHED_REASONS, Limits
 from .metric_tally import Tallied
 from .metrics import DOWNSTREAM_CONNECTIONS, OVERLOAD_SHED
 
 __all__ = ["listener_limits"]
+
+log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
 
@@ -23,6 +28,12 @@ def listener_limits(spec: ProxySpec, listener: str) -> Limits:
 
     def on_shed(reason: str) -> None:
         shed[reason].inc()
+
+    files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if files != resource.RLIM_INFINITY and spec.max_connections >= files:
+        log.warning("%s: proxy.max_connections is %d but this process may open only %d files (ulimit -n): "
+                    "accepting will fail before the cap; raise the limit or lower max_connections",
+                    listener, spec.max_connections, files)
 
     return Limits(
         max_connections=spec.max_connections,

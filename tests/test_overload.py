@@ -104,7 +104,7 @@ async def test_over_the_request_cap_a_fast_503_with_retry_after_counted_in_metri
     async with gateway(tmp_path, "max_concurrent_requests: 4") as (url, admin, app, _):
         async with aiohttp.ClientSession() as client:
             held = [asyncio.create_task(client.get(url + "/held")) for _ in range(4)]
-            for _ in range(100):
+            for _ in range(300):
                 if len(app[ARRIVED]) == 4:
                     break
                 await asyncio.sleep(0.05)
@@ -151,6 +151,11 @@ async def test_an_idle_connection_flood_does_not_stop_normal_requests(tmp_path: 
         # Every flood socket past the cap cost an older waiting one its slot; none of the requests failed.
         assert counts["evicted"] >= 250 - 60
         assert counts["open"] <= 50
+        for _ in range(50):  # the flood is gone: the gauge comes back to zero
+            if (await shed_counts(admin))["open"] <= 1:  # (the /metrics read itself is on the admin listener)
+                break
+            await asyncio.sleep(0.1)
+        assert (await shed_counts(admin))["open"] == 0
 
 
 async def test_a_slow_loris_does_not_stop_normal_requests(tmp_path: Path) -> None:
@@ -193,10 +198,11 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_is_closed_at_once
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as client:
             held = [asyncio.create_task(client.get(url + "/held")) for _ in range(3)]
-            for _ in range(100):
+            for _ in range(300):
                 if len(app[ARRIVED]) == 3:
                     break
                 await asyncio.sleep(0.05)
+            assert len(app[ARRIVED]) == 3  # all three connections are busy
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nHost: up\r\n\r\n")
             with contextlib.suppress(ConnectionResetError):

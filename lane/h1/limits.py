@@ -25,8 +25,6 @@ connection or per second.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,19 +62,27 @@ def resident_bytes() -> int:
         return 0
 
 
+_trim: Callable[[int], int] | None = None
+_trim_looked_up = False
+
+
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    """glibc's ``malloc_trim``, looked up on first use (only a process with a memory watermark needs it)."""
+    global _trim, _trim_looked_up
+    if not _trim_looked_up:
+        _trim_looked_up = True
+        import ctypes
+        import ctypes.util
 
-
-_TRIM = _malloc_trim()
+        name = ctypes.util.find_library("c")
+        try:
+            trim = ctypes.CDLL(name).malloc_trim if name else None
+        except (OSError, AttributeError):  # not glibc
+            trim = None
+        if trim is not None:
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        _trim = trim
+    return _trim
 
 
 def trim_heap() -> None:
@@ -85,5 +91,6 @@ def trim_heap() -> None:
     Python's allocator keeps memory it freed, so a process over its watermark after a burst would
     otherwise stay there, shedding, long after the burst is gone.
     """
-    if _TRIM is not None:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

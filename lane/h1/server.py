@@ -662,6 +662,9 @@ class H1Connection(asyncio.Protocol):
         assert data is not None and self.transport is not None
         self._upgrade_data = None
         self._server.connections.discard(self)
+        if self._admitted:  # aiohttp owns the connection from now on: it no longer counts here
+            self._admitted = False
+            self._server.closed_one()
         self.loop.create_task(self._server.hand_over(self.transport, data, self._paused))
 
 

@@ -220,7 +220,9 @@ def build_gateway_app(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=os.environ.get("LANE_CONFIG"),
-                        help="lane config YAML (default: $LANE_CONFIG, else the embedded demo config)")
+                        help="lane config YAML (default: $LANE_CONFIG; required unless --demo)")
+    parser.add_argument("--demo", action="store_true",
+                        help="without --config: serve the embedded demo config (never a silent default)")
     parser.add_argument("--listen", type=host_port, default=host_port("127.0.0.1:8080"),
                         help="HOST:PORT to serve on (default 127.0.0.1:8080)")
     parser.add_argument("--admin", type=host_port, default=host_port("127.0.0.1:9901"),
@@ -235,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_initial(args.config)
+        config = load_initial(args.config, demo=args.demo, command="lane gateway")
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -29,9 +29,16 @@ class ReloadResult:
     message: str
 
 
-def load_initial(path: str | None) -> LaneConfig:
-    """The config at *path*, or the embedded demo config when no path is given."""
+def load_initial(path: str | None, *, demo: bool = False, command: str = "lane") -> LaneConfig:
+    """The config at *path*; without one, the embedded demo config only when *demo* says so.
+
+    A proxy started without its config in a real deployment must not quietly serve the demo's
+    services (a -> b -> c on 127.0.0.1): it refuses, naming what it needs (``--demo`` is explicit).
+    """
     if path is None:
+        if not demo:
+            raise ConfigError(command, "", "needs --config FILE (or $LANE_CONFIG), the lane config it serves; "
+                              "--demo serves the embedded demo config")
         return parse_config(demo_config_text(), DEMO_SOURCE)
     return load_config(path)
 

@@ -79,7 +79,9 @@ def _admin_views(sidecar: Sidecar) -> dict[str, Callable[[], object]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=os.environ.get("LANE_CONFIG"),
-                        help="lane config YAML (default: $LANE_CONFIG, else the embedded demo config)")
+                        help="lane config YAML (default: $LANE_CONFIG; required unless --demo)")
+    parser.add_argument("--demo", action="store_true",
+                        help="without --config: serve the embedded demo config (never a silent default)")
     parser.add_argument("--service", default=os.environ.get("LANE_SERVICE"),
                         help="the service this instance belongs to (default: $LANE_SERVICE)")
     parser.add_argument("--lane", default=os.environ.get("LANE_LANE"),
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(args.app, str):
         args.app = host_port(args.app)
     try:
-        config = load_initial(args.config)
+        config = load_initial(args.config, demo=args.demo, command="lane sidecar")
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -1,7 +1,8 @@
 """Where a cluster command works: the lane config, the namespace, and the API connection.
 
-`lane mesh apply` and `lane mesh sync` start alike: load the lane config (the embedded demo one
-without ``--config``), take ``--namespace`` or the config's ``mesh.namespace``, connect with the
+`lane mesh apply` and `lane mesh sync` start alike: load the lane config (``--config`` is required:
+they change a cluster, and the embedded demo's objects applied to ``default`` by a forgotten flag
+are no default anyone wants), take ``--namespace`` or the config's ``mesh.namespace``, connect with the
 connection options. `run_on_cluster` does that once for both, so they also fail alike: exit 2 when
 the config cannot be loaded or rendered (nothing was tried against the cluster; `lane check`
 accepts some configs the renderer refuses, e.g. a regex over the gateway Lua's limits, so the
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lane.config import LaneConfig, load_config_or_demo
+from lane.config import LaneConfig, load_config
 from lane.errors import ConfigError
 
 from .kube import Kube, KubeError, connect
@@ -32,8 +33,12 @@ class Target:
     kube: Kube
 
 
-def load_lane_config(path: str | None) -> LaneConfig:
-    return load_config_or_demo(path)
+def load_lane_config(path: str | None, command: str = "this command") -> LaneConfig:
+    """The lane config at *path*; none given is a `ConfigError` (no embedded demo in a cluster)."""
+    if not path:
+        raise ConfigError(command, "", "needs --config FILE, the lane config whose objects it applies: it "
+                          "changes a cluster, so the embedded demo config is never its default")
+    return load_config(path)
 
 
 def kube_from_args(args: argparse.Namespace) -> Kube:
@@ -42,7 +47,7 @@ def kube_from_args(args: argparse.Namespace) -> Kube:
 
 def add_target_arguments(parser: argparse.ArgumentParser, namespace_help: str) -> None:
     """``--config``, ``--namespace`` (described by *namespace_help*) and the connection options."""
-    parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
+    parser.add_argument("--config", "-c", help="lane config YAML (required)")
     parser.add_argument("--namespace", "-n", help=namespace_help)
 
 
@@ -51,7 +56,7 @@ def run_on_cluster(args: argparse.Namespace, command: Callable[[Target], int]) -
     from .render import render_objects  # the renderer is only needed once a config is in hand
 
     try:
-        config = load_lane_config(args.config)
+        config = load_lane_config(args.config, f"lane mesh {getattr(args, 'mesh_command', '')}".strip())
         namespace = args.namespace or config.mesh.namespace
         render_objects(config, namespace=namespace)  # every lane: refuse what the renderer refuses, now
     except ConfigError as exc:

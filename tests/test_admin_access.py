@@ -87,7 +87,7 @@ def test_a_bad_token_file_is_a_one_line_error(tmp_path: Path, content: str) -> N
     token = tmp_path / "token"
     token.write_text(content)
     for path in (str(token), str(tmp_path / "missing")):
-        proc = subprocess.run([sys.executable, "-m", "lane", "gateway", "--admin-token-file", path], check=False,
+        proc = subprocess.run([sys.executable, "-m", "lane", "gateway", "--demo", "--admin-token-file", path], check=False,
                               capture_output=True, text=True, timeout=60, cwd=REPO)
         assert proc.returncode == 2 and "admin token file" in proc.stderr and "Traceback" not in proc.stderr
 

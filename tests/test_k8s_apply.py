@@ -223,3 +223,14 @@ def test_cli_refuses_a_config_the_renderer_cannot_mirror_before_connecting(comma
     assert "Traceback" not in result.stderr and result.stderr.splitlines()[-1].startswith("error: ")
     assert "coloring[0].match.headers[0].regex" in result.stderr
     assert not fake.requests
+
+
+@pytest.mark.parametrize("command", ["apply", "sync"])
+def test_cli_refuses_to_run_without_a_config(command: str, fake: FakeKube) -> None:
+    """The embedded demo's objects are never applied to a cluster by a forgotten --config."""
+    result = lane("mesh", command, "--server", fake.url)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [(f"error: lane mesh {command}: needs --config FILE, the lane config whose "
+                                           "objects it applies: it changes a cluster, so the embedded demo config "
+                                           "is never its default")]
+    assert not fake.requests

@@ -241,7 +241,7 @@ async def test_websocket_echo_through_gateway_and_sidecar() -> None:
 
 def test_sidecar_refuses_more_than_one_worker_and_says_why() -> None:
     # Fixed free ports: with port 0 the old supervisor also exited 2, for another reason.
-    argv = [sys.executable, "-m", "lane", "sidecar", "--service", "a", "--lane", "gray", "--app", "127.0.0.1:9",
+    argv = [sys.executable, "-m", "lane", "sidecar", "--demo", "--service", "a", "--lane", "gray", "--app", "127.0.0.1:9",
             "--listen", f"127.0.0.1:{free_port()}", "--outbound", f"127.0.0.1:{free_port()}",
             "--admin", "127.0.0.1:0", "--workers", "2"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)

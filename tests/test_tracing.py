@@ -261,7 +261,7 @@ def test_the_endpoint_follows_the_flag_then_the_otlp_variables(
 
 
 def test_a_bad_endpoint_is_a_clear_command_line_error(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "lane", "gateway", "--otlp-endpoint", "collector:4318"],
+    done = subprocess.run([sys.executable, "-m", "lane", "gateway", "--demo", "--otlp-endpoint", "collector:4318"],
                           capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert done.returncode == 2
     assert "expected an http(s) URL such as http://127.0.0.1:4318, got 'collector:4318'" in done.stderr

@@ -29,6 +29,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from lane.config import LaneConfig, load_config_or_demo
 
 from .chaos import choose_target, parse_target, run_chaos
+from .propagation import Propagation, gather
 from .report import build_json, dumps, inject_html, render_html_section, render_text
 from .session import LaneOptions, LaneSession
 from .summary import ChaosRun, Thresholds
@@ -105,10 +106,10 @@ def options_from(parsed: Any) -> tuple[LaneConfig, LaneOptions]:
     return config, options
 
 
-def _document(environment: Environment, session: LaneSession) -> dict[str, Any]:
+def _document(environment: Environment, session: LaneSession, propagation: Propagation | None = None) -> dict[str, Any]:
     total = environment.runner.stats.total if environment.runner is not None else None
     totals = {"requests": total.num_requests, "failures": total.num_failures} if total is not None else None
-    return build_json(session.summary(), session.stats, session.personas, session.config, totals)
+    return build_json(session.summary(), session.stats, session.personas, session.config, totals, propagation)
 
 
 class _Chaos:
@@ -165,15 +166,18 @@ class _Chaos:
 
 def _finish(environment: Environment, session: LaneSession) -> None:
     summary = session.summary()
-    print(render_text(summary, session.stats, session.personas, session.config), flush=True)
-    doc = _document(environment, session)
+    # What each app forwarded of the lane, read once at the end from the sidecars (`loadtest.propagation`).
+    propagation = gather(session.options.admins) if session.options.admins else None
+    print(render_text(summary, session.stats, session.personas, session.config, propagation), flush=True)
+    doc = _document(environment, session, propagation)
     if session.options.json_path:
         path = Path(session.options.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(dumps(doc), encoding="utf-8")
     html_file = getattr(environment.parsed_options, "html_file", None)
     if html_file and Path(html_file).is_file():
-        inject_html(html_file, render_html_section(summary, session.stats, session.personas, session.config))
+        inject_html(html_file, render_html_section(summary, session.stats, session.personas, session.config,
+                                                   propagation))
     environment.process_exit_code = summary.exit_code
     log.info("lane verdict: %s", "PASS" if summary.ok else "FAIL: " + json.dumps(list(summary.reasons)))
 

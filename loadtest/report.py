@@ -20,6 +20,7 @@ from lane.config import LaneConfig
 from lane.hops import parse_path
 
 from .personas import Persona
+from .propagation import Propagation
 from .stats import LaneStats
 from .summary import Summary
 
@@ -91,7 +92,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def render_text(summary: Summary, stats: LaneStats, personas: Sequence[Persona], config: LaneConfig) -> str:
+def render_text(summary: Summary, stats: LaneStats, personas: Sequence[Persona], config: LaneConfig,
+                propagation: Propagation | None = None) -> str:
     out = ["", "Lane matrix (service x requested lane)"]
     out += _table(
         ["service", "lane", "requests", "served", "fallbacks", "failures"],
@@ -105,6 +107,9 @@ def render_text(summary: Summary, stats: LaneStats, personas: Sequence[Persona],
           f"{r['path']} ({r['paths'].get(r['path'], 0)})" if r["path"] else "-"]
          for r in persona_rows(stats, personas, config)],
     )
+    if propagation is not None:
+        out += ["", "Propagation (what each app forwards of the lane; sidecar counts since each started)"]
+        out += [f"  {line}" for line in propagation.lines()]
     checks = summary.checks
     out += ["", "Checks: " + " | ".join(
         f"{name} {'ok' if body.get('ok') else 'FAILED'}" for name, body in checks.items()
@@ -142,7 +147,16 @@ def _bar(served: Mapping[str, int], lanes: Sequence[str], width: int = 220) -> s
     return "".join(parts)
 
 
-def render_html_section(summary: Summary, stats: LaneStats, personas: Sequence[Persona], config: LaneConfig) -> str:
+def _propagation_html(propagation: Propagation | None) -> str:
+    if propagation is None:
+        return ""
+    e = html.escape
+    items = "".join(f"<li>{e(line)}</li>" for line in propagation.lines())
+    return f'<h3>Propagation</h3><p>What each app forwards of the lane; sidecar counts since each started.</p><ul>{items}</ul>'
+
+
+def render_html_section(summary: Summary, stats: LaneStats, personas: Sequence[Persona], config: LaneConfig,
+                        propagation: Propagation | None = None) -> str:
     lanes = list(config.lanes)
     e = html.escape
     verdict = "PASS" if summary.ok else "FAIL"
@@ -175,6 +189,7 @@ def render_html_section(summary: Summary, stats: LaneStats, personas: Sequence[P
         "<tr><th>persona</th><th>requests</th><th>lanes</th><th>failures</th><th>most common path</th>"
         f"<th>expected path</th></tr>{''.join(prow)}</table>"
         + (f"<h3>Wrong lanes</h3><ul>{findings}</ul>" if findings else "")
+        + _propagation_html(propagation)
         + "</section>"
     )
 
@@ -190,6 +205,7 @@ def build_json(
     personas: Sequence[Persona],
     config: LaneConfig,
     locust_totals: Mapping[str, int] | None = None,
+    propagation: Propagation | None = None,
 ) -> dict[str, Any]:
     return {
         **summary.to_json(),
@@ -201,6 +217,7 @@ def build_json(
         "matrix": matrix_rows(stats),
         "personas": persona_rows(stats, personas, config),
         "findings": dict(stats.findings),
+        "propagation": propagation.to_json() if propagation is not None else None,
         "stats": stats.to_wire(),
     }
 

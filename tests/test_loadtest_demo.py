@@ -63,9 +63,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def test_headless_run_against_the_demo_passes_and_shows_xiaomings_path(demo: dict[str, Any], tmp_path: Path) -> None:
+    # The gateway's admin is passed too: it has no /lane/carriers (404), which must be skipped quietly.
     code, out, doc = run_lane(
-        ["--config", demo["config"], "--host", demo["gateway"], "--admin", demo["admin"], "--headless",
-         "--run-time", "4", "--users", "4"], tmp_path,
+        ["--config", demo["config"], "--host", demo["gateway"], "--admin", demo["admin"],
+         "--admin", demo["gateway_admin"], "--headless", "--run-time", "4", "--users", "4"], tmp_path,
     )
     assert code == 0, out[-4000:]
     xiaoming_line = next(line for line in out.splitlines() if line.startswith("xiaoming "))
@@ -78,6 +79,23 @@ def test_headless_run_against_the_demo_passes_and_shows_xiaomings_path(demo: dic
     assert set(rows[("c", "base")]["served"]) == {"base"}  # no leak onto c@gray
     forged = [p for p in doc["personas"] if p["kind"] == "forged"]
     assert forged and all(p["lanes"] == {"base": p["requests"]} and p["failures"] == 0 for p in forged)
+    # Propagation: d's demo app forwards only x-request-id, so its sidecar recovers every call's lane
+    # from it; a and b forward every carrier; c calls nobody. Named in the text, listed in the JSON.
+    lines = out.splitlines()
+    start = lines.index("Propagation (what each app forwards of the lane; sidecar counts since each started)")
+    d_line = next(line for line in lines[start:] if line.startswith("  service d's app"))
+    assert d_line.startswith("  service d's app drops x-mse-tag, baggage, traceparent")
+    assert "; it forwards only x-request-id — " in d_line and d_line.endswith("calls, lane recovered from x-request-id")
+    assert "  a, b: apps forward every lane carrier" in lines[start:]
+    assert "  Propagation breaks: none" in lines[start:]
+    prop = doc["propagation"]
+    services = {s["service"]: s for s in prop["services"]}
+    assert set(services) == {"a", "b", "c", "d"} and prop["breaks"] == 0
+    d = services["d"]
+    assert d["forwarded"] == ["x-request-id"] and d["line"] == d_line.strip()
+    assert d["calls"] > 10 and d["lane_sources"]["recovered"] == d["calls"]
+    assert services["a"]["dropped"] == services["b"]["dropped"] == [] and services["c"]["calls"] == 0
+    assert "cannot read" not in out  # the gateway admin's 404 is not an error
 
 
 def test_chaos_against_the_demo_sees_fallback_then_recovery_and_no_misroute(

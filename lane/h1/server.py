@@ -57,7 +57,10 @@ log = logging.getLogger(__name__)
 MAX_FIELD: Final = 8190  # request line / one header field, aiohttp's default too
 MAX_HEAD: Final = 64 * 1024
 MAX_FIELDS: Final = 128
-_EVICT_SAMPLE: Final = 64  # connections looked at for the longest-waiting one, at the connection cap
+# At the connection cap: the longest-waiting of the first waiting connections found is closed; the
+# search is bounded, so a flood against a listener whose connections are all busy costs little per accept.
+_EVICT_SAMPLE: Final = 64
+_EVICT_SCAN: Final = 1024
 _MEMORY_EVERY: Final = 1.0  # seconds between two reads of the resident size, when a watermark is set
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_BYTES: Final = 1024 * 1024  # dropped after a refusal before the connection is closed anyway
@@ -745,7 +748,7 @@ class H1Server:
     def _evict_one(self) -> bool:
         oldest: H1Connection | None = None
         for looked, conn in enumerate(self.connections):
-            if looked >= _EVICT_SAMPLE and oldest is not None:
+            if looked >= _EVICT_SCAN or (looked >= _EVICT_SAMPLE and oldest is not None):
                 break
             if conn.waiting and not conn.gone and (oldest is None or conn.idle_since < oldest.idle_since):
                 oldest = conn

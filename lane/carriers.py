@@ -31,7 +31,7 @@ class LaneSource(str, Enum):
 class CarrierStats:
     """Per carrier, in how many of the app's outbound calls it was present; per source, how many calls."""
 
-    __slots__ = ("calls", "carriers", "seen", "service", "sources")
+    __slots__ = ("calls", "carriers", "recovered_from", "seen", "service", "sources")
 
     def __init__(self, service: str, carriers: Iterable[str]) -> None:
         self.service = service
@@ -39,14 +39,17 @@ class CarrierStats:
         self.calls = 0
         self.seen = dict.fromkeys(self.carriers, 0)
         self.sources = dict.fromkeys((s.value for s in LaneSource), 0)
+        self.recovered_from: dict[str, int] = {}  # trace header -> calls whose lane was recalled by it
 
-    def record(self, present: Iterable[str], source: LaneSource) -> None:
+    def record(self, present: Iterable[str], source: LaneSource, via: str | None = None) -> None:
         self.calls += 1
         seen = self.seen
         for name in present:
             if name in seen:
                 seen[name] += 1
         self.sources[source.value] += 1
+        if via is not None:
+            self.recovered_from[via] = self.recovered_from.get(via, 0) + 1
 
     def view(self) -> dict[str, Any]:
         forwarded = [c for c in self.carriers if self.calls and self.seen[c] == self.calls]
@@ -57,6 +60,7 @@ class CarrierStats:
             "calls": self.calls,
             "carriers": dict(self.seen),
             "lane_sources": dict(self.sources),
+            "recovered_from": dict(self.recovered_from),
             "forwarded": forwarded,
             "sometimes": sometimes,
             "dropped": dropped,
@@ -100,10 +104,11 @@ def sum_views(views: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """
     grouped: dict[str, dict[str, Any]] = {}
     for view in views:
-        into = grouped.setdefault(str(view["service"]), {"calls": 0, "carriers": {}, "lane_sources": {}})
+        into = grouped.setdefault(str(view["service"]),
+                                  {"calls": 0, "carriers": {}, "lane_sources": {}, "recovered_from": {}})
         into["calls"] += int(view["calls"])
-        for key in ("carriers", "lane_sources"):
-            for name, count in view[key].items():
+        for key in ("carriers", "lane_sources", "recovered_from"):
+            for name, count in view.get(key, {}).items():
                 into[key][name] = into[key].get(name, 0) + int(count)
     out = []
     for service, into in grouped.items():
@@ -113,7 +118,7 @@ def sum_views(views: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         dropped = [c for c in seen if calls and seen[c] == 0]
         out.append({
             "service": service, "calls": calls, "carriers": seen, "lane_sources": into["lane_sources"],
-            "forwarded": forwarded, "sometimes": sometimes, "dropped": dropped,
+            "recovered_from": into["recovered_from"], "forwarded": forwarded, "sometimes": sometimes, "dropped": dropped,
             "verdict": describe(service, calls, forwarded, sometimes, dropped),
         })
     return out

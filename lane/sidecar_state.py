@@ -44,7 +44,7 @@ class Arrival:
     own: Hop  # this instance's hop
     identity: TraceIdentity  # the one trace identity every trace format handed to the app derives from
     request_id: str | None  # the x-request-id handed to the app
-    wait: float = 0.0  # seconds to wait for the app: the caller's budget (`lane.sidecar_app.app_budget`)
+    wait: float  # seconds to wait for the app: the caller's budget (`lane.sidecar_app.app_budget`)
     request_key: str | None = None  # the id in the baggage member `lane.wire.REQUEST_MEMBER` handed to the app
 
 
@@ -182,7 +182,7 @@ class Sidecar:
         else:
             complete_trace_headers(headers, names, service=self.service)
         set_lane(headers, config.tag, lane, key or (collection.request_key if collection is not None else None))
-        self.carriers.record(present, source)
+        self.carriers.record(present, source, via)
         count_lane_source(self.service, source.value, via or "")
         return Departure(lane, source, via, collection)
 

@@ -15,6 +15,7 @@ malformed answer gets one log line. Standard library only, like `loadtest.watch`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import urllib.error
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ class ServicePropagation:
     dropped: tuple[str, ...]
     sources: Mapping[str, int]  # LaneSource value -> calls
     verdict: str
+    recovered_from: Mapping[str, int] = dataclasses.field(default_factory=dict)  # trace header -> calls
 
     @property
     def breaks(self) -> int:
@@ -56,7 +58,10 @@ class ServicePropagation:
         return bool(self.calls and (self.dropped or self.sometimes or self.breaks))
 
     def _recovered_from(self) -> str:
-        kept = [c for c in self.carriers[2:] if c in self.forwarded or c in self.sometimes]
+        if self.recovered_from:  # counted by the sidecars, most used first
+            ranked = sorted(self.recovered_from.items(), key=lambda item: -item[1])
+            return " or ".join(name for name, _ in ranked)
+        kept = [c for c in self.carriers[2:] if c in self.forwarded or c in self.sometimes]  # older sidecars
         return " or ".join(kept) if kept else "a trace id"
 
     def how(self) -> str:
@@ -137,6 +142,7 @@ def propagation_of(views: Sequence[Mapping[str, Any]]) -> Propagation:
         services.append(ServicePropagation(
             view["service"], view["calls"], tuple(view["carriers"]), tuple(view["forwarded"]),
             tuple(view["sometimes"]), tuple(view["dropped"]), dict(view["lane_sources"]), view["verdict"],
+            dict(view.get("recovered_from", {})),
         ))
     return Propagation(tuple(services))
 

@@ -286,6 +286,7 @@ async def test_the_app_gets_one_trace_identity_in_every_format_and_its_calls_get
     assert parse_path(body["c_path"])[0].recovered == "x-request-id"  # the app sees what the record says
     assert _source_count("recovered", "x-request-id") == before + 1
     assert carriers["forwarded"] == ["x-request-id"] and carriers["calls"] == 1
+    assert carriers["recovered_from"] == {"x-request-id": 1} and carriers["lane_sources"]["recovered"] == 1
     assert set(carriers["dropped"]) == {"x-mse-tag", "baggage", "traceparent", "x-b3-traceid", "b3",
                                         "uber-trace-id", "sw8"}
     assert carriers["verdict"] == ("service front's app drops x-mse-tag, baggage, traceparent, x-b3-traceid, b3, "

@@ -4,8 +4,10 @@ Generated, never written by hand beside the parser: each section's keys, value t
 come from the frozen dataclasses of `lane.config` (`ProxySpec`, `MeshSpec`, ...), every number's
 range from `lane.config.LIMITS` (the table the parser enforces), and the patterns from the same
 regexes the parser uses. Only the shapes with no dataclass of their own (a coloring rule's
-``match`` and ``percentage``, a service's ``instances``) are spelled out here; `tests/test_config_schema.py`
-holds them to the parser by feeding both the same good and bad files.
+``match`` and ``percentage``, a service's ``instances``) are spelled out here;
+`tests/test_config_schema.py` holds them to the parser by feeding both the same good and bad files.
+What an editor shows on hover is each key's comment in ``examples/reference.yaml`` (shipped in the
+package beside the demo config), so the words, too, are written once.
 
 The keywords used mean the same in draft-07, which is what yaml-language-server (VS Code YAML)
 implements, so one file serves both it and JetBrains IDEs.
@@ -20,7 +22,10 @@ import json
 import sys
 import typing
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any, Final
+
+import yaml
 
 from . import config
 from .config import LIMITS, Lane, MeshGatewaySpec, MeshSpec, ProxySpec, Service, TagSpec
@@ -40,13 +45,65 @@ _SPECIAL: Final[Mapping[str, dict[str, Any]]] = {
     "tag.header": _TOKEN,
     "tag.baggage_key": _TOKEN,
     "tag.default_lane": _LANE,
-    "lanes.fallback": {**_LANE, "description": "the next lane to try (default: the default lane)"},
+    "lanes.fallback": _LANE,
     "proxy.trace_headers": {"type": "array", "items": _TOKEN},
     "proxy.trusted_cidrs": {"type": "array", "items": {"type": "string", "pattern": _CIDR}},
     "mesh.gateway.hosts": {"type": "array", "items": _TEXT},
     "mesh.gateway.selector": _STRING_MAP,
     "services.selector": _STRING_MAP,
 }
+
+
+def _described(text: str) -> dict[tuple[str, ...], str]:
+    """Each key's comment in the reference, by schema location (``*`` for a name or a list item).
+
+    The comment on a key's line, plus the comment-only lines right below it that start in the same
+    column, is what an editor shows on hover: the reference's words, never a second copy of them.
+    """
+    lines = text.splitlines()
+    out: dict[tuple[str, ...], str] = {}
+    claimed: set[int] = set()  # a line's comment belongs to its first key (``key: {cookie: uid}  # ...``)
+
+    def walk(node: yaml.Node, path: tuple[str, ...], named: bool) -> None:
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, (*path, "*"), False)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            here = (*path, "*" if named else key.value)
+            number = key.start_mark.line
+            line = lines[number]
+            # The comment starts after the value when the value is on this line, else after the key.
+            after = value.end_mark.column if value.end_mark.line == number else key.end_mark.column
+            column = line.find("#", after)
+            if column >= 0 and number not in claimed:
+                claimed.add(number)
+                words = [line[column + 1:].strip()]
+                for below in lines[number + 1:]:
+                    if below.find("#") != column or below[:column].strip():
+                        break
+                    words.append(below[column + 1:].strip())
+                if not named:
+                    out.setdefault(here, " ".join(words))
+            walk(value, here, key.value in _NAMED and not named)
+
+    walk(yaml.compose(text), (), False)
+    return out
+
+
+_NAMED: Final = frozenset({"lanes", "services", "instances", "selector"})  # mappings keyed by names
+
+
+def _with_descriptions(schema: dict[str, Any], described: Mapping[tuple[str, ...], str],
+                       path: tuple[str, ...] = ()) -> None:
+    for name, sub in schema.get("properties", {}).items():
+        if (*path, name) in described:
+            sub.setdefault("description", described[(*path, name)])
+        _with_descriptions(sub, described, (*path, name))
+    for part in ("items", "additionalProperties"):
+        if isinstance(schema.get(part), dict):
+            _with_descriptions(schema[part], described, (*path, "*"))
 
 
 def _json_default(value: Any) -> Any:
@@ -105,7 +162,7 @@ def _conditions(kinds: tuple[str, ...], name: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {
         "exact": {"type": "string"},
         "prefix": {"type": "string"},
-        "regex": {"type": "string", "minLength": 1, "description": "RE2, must match the whole value"},
+        "regex": {"type": "string", "minLength": 1},
         "present": {"const": True},
         "absent": {"const": True},
     }
@@ -129,7 +186,6 @@ def _rule() -> dict[str, Any]:
             "percent": _knob("coloring.percentage.percent", int, dataclasses.MISSING),
             "key": {
                 "type": "object",
-                "description": "sticky: hash this header, cookie or query value (none: a random draw)",
                 "properties": {s: _TOKEN if s == "header" else _TEXT for s in sources},
                 "additionalProperties": False,
                 "oneOf": [{"required": [s]} for s in sources],
@@ -161,7 +217,6 @@ def _service() -> dict[str, Any]:
     endpoint = {"type": "string", "pattern": r"^.+:[0-9]{1,5}$", "description": "host:port ([v6]:port)"}
     instances = {
         "type": ["object", "null"],
-        "description": "lane -> the sidecars' inbound addresses; a lane listed is a lane the service has",
         "propertyNames": _LANE,
         "additionalProperties": {"type": ["array", "null"], "items": endpoint},
     }
@@ -173,11 +228,11 @@ def _service() -> dict[str, Any]:
 
 
 def config_schema() -> dict[str, Any]:
-    """The JSON Schema of a lane config file, as a JSON-ready dict."""
+    """The JSON Schema of a lane config file, as a JSON-ready dict, described by examples/reference.yaml."""
     lane = _section(Lane, "lanes", skip=("name",), defaults=False)
     lane["properties"]["strict"]["default"] = Lane("x", None).strict
     gateway = {**_section(MeshGatewaySpec, "mesh.gateway"), "type": "object"}
-    return {
+    schema = {
         "$schema": _DIALECT,
         "title": "lane config",
         "description": "Traffic lanes from one file; every key is explained in examples/reference.yaml.",
@@ -187,7 +242,7 @@ def config_schema() -> dict[str, Any]:
             "label_key": {"type": "string", "pattern": f"^(?:{config._LABEL_KEY.pattern})$",
                           "default": "version"},
             "lanes": {"type": ["object", "null"], "propertyNames": _LANE, "additionalProperties": lane},
-            "entry": {**_LANE, "description": "the service the gateway forwards to"},
+            "entry": _LANE,
             "coloring": {"type": ["array", "null"], "items": _rule()},
             "services": {"type": "object", "minProperties": 1, "propertyNames": _LANE,
                          "additionalProperties": _service()},
@@ -197,6 +252,10 @@ def config_schema() -> dict[str, Any]:
         "required": ["entry", "services"],
         "additionalProperties": False,
     }
+    reference = resources.files("lane").joinpath("examples/reference.yaml").read_text(encoding="utf-8")
+    tree: dict[str, Any] = json.loads(json.dumps(schema))  # no piece (_LANE, _TOKEN) shared by two keys
+    _with_descriptions(tree, _described(reference))
+    return tree
 
 
 def schema_text() -> str:

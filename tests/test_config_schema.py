@@ -243,3 +243,19 @@ def test_the_schema_reads_like_the_reference() -> None:
     missing = set(keys(SCHEMA, "")) - set(shown(REFERENCE_DATA, ""))
     assert not missing, f"keys in the schema that examples/reference.yaml does not show: {sorted(missing)}"
 
+
+
+def test_every_setting_has_the_references_words_as_its_hover_text() -> None:
+    """A key of tag, lanes, services, proxy or mesh without a comment in the reference fails here."""
+    def undescribed(schema: dict[str, Any], path: str) -> Iterator[str]:
+        for name, sub in schema.get("properties", {}).items():
+            if "description" not in sub:
+                yield f"{path}{name}"
+            yield from undescribed(sub, f"{path}{name}.")
+        if isinstance(schema.get("additionalProperties"), dict):  # a lane's or a service's settings
+            yield from undescribed(schema["additionalProperties"], f"{path}*.")
+
+    sections = {k: SCHEMA["properties"][k] for k in ("tag", "lanes", "services", "proxy", "mesh")}
+    missing = [p for name, sub in sections.items() for p in undescribed(sub, f"{name}.")]
+    assert not missing, f"say in a comment in examples/reference.yaml what these are for: {missing}"
+    assert SCHEMA["properties"]["proxy"]["properties"]["retries"]["description"].startswith("extra attempts")

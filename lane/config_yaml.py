@@ -91,6 +91,8 @@ class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
     _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.ScalarEvent, yaml.AliasEvent):  # only mappings and lists nest
+            return super().compose_node(parent, index)
         if self._depth >= MAX_DEPTH:
             raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
         self._depth += 1
@@ -125,8 +127,12 @@ def _check_nodes(root: yaml.Node) -> None:
     ones, so a mapping must be a map, a list a seq, and a scalar one of `_SCALAR_TAGS`. Aliases may
     share nodes or loop: a node is looked at again only when reached deeper than before.
     """
+    if isinstance(root, yaml.ScalarNode):
+        _check_scalar(root)
+        return
     deepest: dict[int, int] = {}
-    stack = [(root, 1)]
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    scalar = yaml.ScalarNode
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -135,18 +141,29 @@ def _check_nodes(root: yaml.Node) -> None:
             continue
         deepest[id(node)] = depth
         if isinstance(node, yaml.MappingNode):
-            expected = node.tag == _MAP_TAG
-            for key, value in node.value:
-                stack.append((key, depth + 1))
-                stack.append((value, depth + 1))
-        elif isinstance(node, yaml.SequenceNode):
-            expected = node.tag == _SEQ_TAG
-            stack.extend((item, depth + 1) for item in node.value)
+            if node.tag != _MAP_TAG:
+                raise _misfit(node)
+            children = [child for pair in node.value for child in pair]
         else:
-            expected = node.tag in _SCALAR_TAGS
-        if not expected:
-            raise ConstructorError(None, None, f"the tag {node.tag!r} does not fit a {node.id}; a config needs "
-                                   "no tags but the plain ones", node.start_mark)
+            if node.tag != _SEQ_TAG:
+                raise _misfit(node)
+            children = node.value
+        for child in children:
+            if child.__class__ is scalar:  # most nodes: checked here, never stacked
+                if child.tag not in _SCALAR_TAGS:
+                    raise _misfit(child)
+            else:
+                stack.append((child, depth + 1))
+
+
+def _check_scalar(node: yaml.Node) -> None:
+    if node.tag not in _SCALAR_TAGS:
+        raise _misfit(node)
+
+
+def _misfit(node: yaml.Node) -> ConstructorError:
+    return ConstructorError(None, None, f"the tag {node.tag!r} does not fit a {node.id}; a config needs no tags "
+                            "but the plain ones", node.start_mark)
 
 
 def _load_with(loader_class: Any, text: str) -> Any:

@@ -67,8 +67,11 @@ def test_the_pure_python_fallback_refuses_deep_nesting_too() -> None:
 
 
 def test_nesting_up_to_the_limit_and_shared_anchors_still_load() -> None:
-    depth = config_yaml.MAX_DEPTH - 1
-    assert config_yaml.load_yaml("[" * depth + "]" * depth) is not None
+    depth = config_yaml.MAX_DEPTH
+    for loader in (config_yaml._FastLoader, config_yaml._StrictLoader):  # the same limit on both
+        assert config_yaml._load_with(loader, "[" * depth + "1" + "]" * depth) is not None
+        with pytest.raises(yaml.YAMLError, match="nested deeper"):
+            config_yaml._load_with(loader, "[" * (depth + 1) + "1" + "]" * (depth + 1))
     shared = "a: &a [1, 2]\n" + "".join(f"b{i}: &b{i} [*{'a' if i == 0 else f'b{i - 1}'}, *{'a' if i == 0 else f'b{i - 1}'}]\n"
                                         for i in range(30))
     assert len(config_yaml.load_yaml(shared)) == 31  # 2**30 paths, each node looked at a few times

@@ -259,3 +259,21 @@ def test_every_setting_has_the_references_words_as_its_hover_text() -> None:
     missing = [p for name, sub in sections.items() for p in undescribed(sub, f"{name}.")]
     assert not missing, f"say in a comment in examples/reference.yaml what these are for: {missing}"
     assert SCHEMA["properties"]["proxy"]["properties"]["retries"]["description"].startswith("extra attempts")
+
+
+def test_the_defaults_the_schema_offers_are_what_the_loader_gives() -> None:
+    """Editors complete these values: each must be what leaving the key out means."""
+    config = parse_config("entry: a\nservices: {a: {instances: {base: ['127.0.0.1:1']}}}\n")
+    props = SCHEMA["properties"]
+    service, lane = (props[k]["additionalProperties"]["properties"] for k in ("services", "lanes"))
+    assert props["label_key"]["default"] == config.label_key
+    assert service["port"]["default"] == config.services["a"].port
+    assert lane["strict"]["default"] is config.lanes["base"].strict
+    for section in ("tag", "proxy", "mesh"):
+        written = {k: v["default"] for k, v in props[section]["properties"].items() if "default" in v}
+        assert _reparsed_section(section, written) == getattr(config, section), section
+
+
+def _reparsed_section(section: str, values: dict[str, Any]) -> Any:
+    data = {"entry": "a", "services": {"a": {"instances": {"base": ["127.0.0.1:1"]}}}, section: values}
+    return getattr(parse_config(yaml.safe_dump(data)), section)

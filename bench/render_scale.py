@@ -6,13 +6,13 @@ things, several repetitions each, and reports the median and the best:
 1. in-process, the phases of the same functions `lane mesh render` calls
    (`mesh_config.cli._render`): parsing the config (`lane.config.load_config`), building the objects
    (`mesh_config.render.render_objects`) and dumping them (`mesh_config.render.dump_yaml`);
-2. the whole CLI, ``python -m lane mesh render -c FILE -o DIR`` in a fresh subprocess, which adds
+2. the whole CLI, ``python -m lane mesh render -c FILE --output-dir DIR`` in a fresh subprocess, which adds
    interpreter start-up, imports and writing one file per object.
 
 Each step reports wall time (what a user waits) and CPU time (steadier on a machine shared with
 other work: the two differ when the machine is busy). The scratch directory (config, output) is
 ``--workdir`` or the system's temporary directory; note that on some sandboxes creating files in
-/tmp is slow (~0.5 ms a file), which the ``-o DIR`` row then includes.
+/tmp is slow (~0.5 ms a file), which the ``--output-dir DIR`` row then includes.
 
 The generated config is deterministic: five lanes (``base``; ``gray``, ``blue`` and ``green``
 falling back to ``base``; ``canary`` falling back to ``gray``), every service has ``base`` and
@@ -141,7 +141,7 @@ def in_process(path: Path, repeat: int) -> tuple[list[Timing], dict[str, Any]]:
 
 
 def cli(path: Path, repeat: int, out: Path | None) -> tuple[Timing, int]:
-    """``python -m lane mesh render -c PATH -o OUT`` (or ``-o -`` into /dev/null) in fresh
+    """``python -m lane mesh render -c PATH --output-dir OUT`` (or ``-o -`` into /dev/null) in fresh
     subprocesses, each writing a new directory; (timing, files written by the last run)."""
     runs, cpu, files = [], [], 0
     # As after `pip install`, which compiles the modules: bytecode may be written (some sandboxes set
@@ -149,9 +149,9 @@ def cli(path: Path, repeat: int, out: Path | None) -> tuple[Timing, int]:
     # warm-up run writes it.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     for i in range(-1, repeat):
-        target = "-" if out is None else str(out / f"run-{i}")
+        target = ["-o", "-"] if out is None else ["--output-dir", str(out / f"run-{i}")]
         started, cpu_started = time.perf_counter(), _children_cpu()
-        done = subprocess.run([sys.executable, "-m", "lane", "mesh", "render", "-c", str(path), "-o", target],
+        done = subprocess.run([sys.executable, "-m", "lane", "mesh", "render", "-c", str(path), *target],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300,
                               check=False, env=env)
         if done.returncode != 0:
@@ -161,7 +161,7 @@ def cli(path: Path, repeat: int, out: Path | None) -> tuple[Timing, int]:
         runs.append(time.perf_counter() - started)
         cpu.append(_children_cpu() - cpu_started)
         files = 0 if out is None else len(list((out / f"run-{i}").iterdir()))
-    name = "CLI: lane mesh render -o -" if out is None else "CLI: lane mesh render -o DIR"
+    name = "CLI: lane mesh render -o -" if out is None else "CLI: lane mesh render --output-dir DIR"
     return Timing(name, tuple(runs), tuple(cpu)), files
 
 

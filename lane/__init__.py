@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .config import LaneConfig, load_config, parse_config
     from .rules import Coloring, RequestView, Rule, color
 
+    __version__: str
+
 _LAZY = {
     "LaneConfig": "config",
     "load_config": "config",
@@ -33,8 +35,22 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    """The installed distribution's version; importlib.metadata is loaded only when someone asks
+    (it costs more than the rest of ``import lane``). A source tree that was never installed says so."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lane")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
-    """The config and rule names, imported when first asked for."""
+    """The config and rule names, imported when first asked for; ``__version__`` likewise."""
+    if name == "__version__":
+        globals()[name] = _version()
+        return globals()[name]
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lane' has no attribute {name!r}")
@@ -53,6 +69,7 @@ __all__ = [
     "RequestView",
     "Rule",
     "UpstreamUnavailable",
+    "__version__",
     "color",
     "current_lane",
     "encode_path",

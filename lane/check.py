@@ -8,11 +8,21 @@ import sys
 from .config import LaneConfig, load_config_or_demo
 from .errors import ConfigError
 
-__all__ = ["add_arguments", "describe", "run", "warnings"]
+__all__ = ["add_arguments", "config_path", "describe", "run", "warnings"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
+    parser.add_argument("file", nargs="?", metavar="FILE", help="lane config YAML (default: the embedded demo config)")
+    parser.add_argument("--config", "-c", help="the same as FILE, as the other commands spell it")
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    """FILE or --config; both naming different files is a mistake worth a word, not a silent pick."""
+    file: str | None = getattr(args, "file", None)
+    option: str | None = args.config
+    if file and option and file != option:
+        raise ConfigError("lane check", "", f"FILE {file!r} and --config {option!r} name different configs; give one")
+    return file or option
 
 
 def describe(config: LaneConfig) -> str:
@@ -68,7 +78,7 @@ def warnings(config: LaneConfig) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config_or_demo(args.config)
+        config = load_config_or_demo(config_path(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

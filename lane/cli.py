@@ -1,18 +1,22 @@
 """The ``lane`` command line: one subcommand per module, each imported only when it runs.
 
 A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
-lazily so ``lane mesh render`` never pays for the data plane and nothing here imports locust.
+lazily (`lane.cli_parser`) so ``lane mesh render`` never pays for the data plane and nothing here
+imports locust. Bad input is one line on stderr and exit status 2, before anything is started:
+argparse's errors are one line (`OneLineParser`), and a `LaneError` a command raises is printed as
+one line here.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from typing import Final
+
+from .cli_parser import LazyParser, add_lazy_commands, add_subcommands, log_level, parse_command_line
+from .errors import LaneError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -30,42 +34,35 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
 }
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    out = {}
-    for name, (module, help_text) in COMMANDS.items():
-        # The top-level package only: finding ``loadtest.cli`` would import ``loadtest`` itself.
-        if importlib.util.find_spec(module.partition(".")[0]) is not None:
-            out[name] = (module, help_text)
-    return out
+class _LaneParser(LazyParser):
+    """Every parser of the ``lane`` tree takes ``--log-level``, so it works before or after a command."""
+
+    def add_shared_options(self) -> None:
+        # SUPPRESS: a subcommand that is not given it leaves the value parsed before the command alone.
+        self.add_argument("--log-level", type=log_level, default=argparse.SUPPRESS,
+                          help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
 
 
-def _chosen_command(argv: Sequence[str]) -> str | None:
-    """The subcommand in *argv*, skipping the global options and their values."""
-    globals_only = argparse.ArgumentParser(add_help=False)
-    globals_only.add_argument("--log-level")
-    _, rest = globals_only.parse_known_args(list(argv))
-    return next((a for a in rest if not a.startswith("-")), None)
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``lane`` parser; each command's module is imported only when that command is parsed
+    (*argv* is accepted for callers of the older signature and not needed)."""
+    from . import __version__
 
-
-def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lane", description="Full-link gray release (traffic lanes) from one YAML file.")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    chosen = _chosen_command(argv)
-    for name, (module, help_text) in _available().items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:  # only the chosen command pays for its import
-            importlib.import_module(module).add_arguments(p)
+    parser = _LaneParser(prog="lane", description="Full-link gray release (traffic lanes) from one YAML file.")
+    parser.set_defaults(log_level="INFO")
+    parser.add_argument("--version", action="version", version=f"lane {__version__}")
+    add_lazy_commands(add_subcommands(parser, "command", "COMMAND"), COMMANDS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    args = parse_command_line(build_parser(), sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run_command(args) or 0)
+    except LaneError as exc:  # a command's own refusal that it did not print itself
+        print(f"{args.command_parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

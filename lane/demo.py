@@ -29,9 +29,11 @@ import aiohttp
 from aiohttp import web
 
 from .carriers import sum_views
+from .cli_parser import log_level, port
 from .config import DEMO_SOURCE, demo_config_text, parse_config
 from .demo_topology import Instance, Plan, effective_config_text, plan
 from .errors import ConfigError
+from .port_probe import bind_problem
 from .readiness import write_json_atomically
 from .server import HostPort, Listener, run_loop, serve
 from .supervisor import Child, lane_argv
@@ -195,10 +197,22 @@ def build_demo_admin(demo: Demo) -> web.Application:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded examples/demo.yaml)")
-    parser.add_argument("--port", type=int, default=8080, help="gateway port on 127.0.0.1 (default 8080; 0 picks a free one)")
-    parser.add_argument("--admin-port", type=int, default=0, help="demo admin port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--port", type=port, default=8080, help="gateway port on 127.0.0.1 (default 8080; 0 picks a free one)")
+    parser.add_argument("--admin-port", type=port, default=0, help="demo admin port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--ready-file", help="write the topology as JSON here once everything is ready")
-    parser.add_argument("--child-log-level", default="WARNING", help="log level of the child processes")
+    parser.add_argument("--child-log-level", type=log_level, default="WARNING", help="log level of the child processes")
+
+
+def _refusal(args: argparse.Namespace) -> str | None:
+    """What makes the demo fail only after it started its twelve children: a port it cannot listen on,
+    a ready file it cannot write."""
+    for option, number in (("--port", args.port), ("--admin-port", args.admin_port)):
+        problem = bind_problem("127.0.0.1", number)
+        if problem:
+            return f"{option} {number}: cannot listen on 127.0.0.1:{number}: {problem}"
+    if args.ready_file and not Path(args.ready_file).resolve().parent.is_dir():
+        return f"--ready-file {args.ready_file}: no such directory to write it in"
+    return None
 
 
 def _banner(demo: Demo) -> str:
@@ -213,11 +227,18 @@ def _banner(demo: Demo) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    refusal = _refusal(args)
+    if refusal:
+        log.error("%s", refusal)
+        return 2
     if args.config:
         try:
             text = Path(args.config).read_text(encoding="utf-8")
         except OSError as exc:
             log.error("cannot read %s: %s", args.config, exc.strerror or exc)
+            return 2
+        except UnicodeDecodeError as exc:  # as `lane check` says it (lane.config.load_config)
+            log.error("%s: not UTF-8 text (byte %d: %s)", args.config, exc.start, exc.reason)
             return 2
         source = args.config
     else:

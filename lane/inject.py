@@ -25,7 +25,10 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from .cli_parser import port as port_number
+from .cli_parser import text_file
 from .config import load_config
+from .config_yaml import explain
 from .errors import ConfigError, LaneError
 
 __all__ = [
@@ -237,20 +240,23 @@ def _shaped(step: Callable[[JSON, _Arg], _Result], obj: JSON, arg: _Arg) -> _Res
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-f", "--filename", required=True, help="manifest YAML to inject ('-' reads stdin)")
+    parser.add_argument("-f", "--filename", required=True, type=text_file,
+                        help="manifest YAML to inject ('-' reads stdin)")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     parser.add_argument("--config", "-c", help="lane config: take label_key from it and check service names")
     parser.add_argument("--image", default=default_image(), help="sidecar image (default %(default)s)")
     parser.add_argument("--config-map", default="lane-config", help="ConfigMap holding lane.yaml (default lane-config)")
     parser.add_argument("--label-key", help="pod label naming the lane (default: the config's label_key, else version)")
     parser.add_argument("--service-label", default="app", help="pod label naming the service (default app)")
-    parser.add_argument("--app-port", type=int, help="the app's port (default: first containerPort)")
-    parser.add_argument("--inbound-port", type=int, default=15006, help="sidecar inbound port (default 15006)")
-    parser.add_argument("--outbound-port", type=int, default=15001, help="sidecar outbound/HTTP_PROXY port (default 15001)")
-    parser.add_argument("--admin-port", type=int, default=15000, help="sidecar admin port (default 15000)")
+    parser.add_argument("--app-port", type=port_number, help="the app's port (default: first containerPort)")
+    parser.add_argument("--inbound-port", type=port_number, default=15006, help="sidecar inbound port (default 15006)")
+    parser.add_argument("--outbound-port", type=port_number, default=15001,
+                        help="sidecar outbound/HTTP_PROXY port (default 15001)")
+    parser.add_argument("--admin-port", type=port_number, default=15000, help="sidecar admin port (default 15000)")
 
 
 def run(args: argparse.Namespace) -> int:
+    text = ""
     try:
         config = load_config(args.config) if args.config else None
         text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text(encoding="utf-8")
@@ -269,12 +275,20 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as exc:  # stdin; a file was checked while parsing the arguments
+        print(f"error: {args.filename}: not UTF-8 text (byte {exc.start}: {exc.reason})", file=sys.stderr)
+        return 2
     except yaml.YAMLError as exc:
-        print(f"error: {args.filename} is not valid YAML: {exc}", file=sys.stderr)
+        where, problem = explain(exc, text)
+        print(f"error: {args.filename} is not valid YAML: {where + ': ' if where else ''}{problem}", file=sys.stderr)
         return 2
     rendered = yaml.safe_dump_all(injected, sort_keys=False, default_flow_style=False)
     if args.output:
-        Path(args.output).write_text(rendered, encoding="utf-8")
+        try:
+            Path(args.output).write_text(rendered, encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     else:
         sys.stdout.write(rendered)
     return 0

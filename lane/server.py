@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from .cli_parser import positive_int
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def host_port(text: str) -> HostPort:
 
 def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str | None = None) -> None:
     """Options every proxy command shares: workers, drain deadline, ready file."""
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=positive_int, default=1,
                         help=workers_help or "processes serving the same port via SO_REUSEPORT (default 1)")
     parser.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS,
                         help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
@@ -213,7 +214,7 @@ async def serve(
                                                reuse_port=share or None, limits=limits)
             except OSError as exc:
                 log.error("%s cannot listen on %s: %s", listener.name, listener.address, exc.strerror or exc)
-                return 1
+                return 2  # the command could not run, like any other refused input
             started.append((listener, running))
             bound[listener.name] = running.address
             log.info("%s listening on http://%s", listener.name, bound[listener.name])

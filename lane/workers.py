@@ -34,6 +34,7 @@ from aiohttp import web
 from .admin import RUNTIME, access_middleware, metrics_handler
 from .admin_access import AdminAccess, admin_access
 from .config import LaneConfig
+from .port_probe import bind_problem
 from .readiness import announce
 from .runtime import Runtime
 from .server import REUSE_PORT_ENV, HostPort, Listener, run_loop, serve
@@ -106,6 +107,13 @@ def supervise(args: argparse.Namespace, command: str, config: LaneConfig) -> int
         if getattr(args, option).port == 0:
             log.error("--workers %d needs a fixed --%s port (workers share it)", args.workers, option)
             return 2
+    # Before any worker starts: otherwise a busy port is each worker's failure, seconds later.
+    for option, reuse in [*((o, True) for o in _DATA_LISTENERS[command]), ("admin", False)]:
+        address = getattr(args, option)
+        problem = bind_problem(address.host, address.port, reuse_port=reuse)
+        if problem:
+            log.error("--%s: cannot listen on %s: %s", option, address, problem)
+            return 2
     workdir = Path(tempfile.mkdtemp(prefix=f"lane-{command}-workers-"))
     metrics_dir = workdir / "metrics"
     metrics_dir.mkdir()
@@ -126,6 +134,10 @@ def supervise(args: argparse.Namespace, command: str, config: LaneConfig) -> int
     runtime.on_swap(fan_out)
     try:
         return run_loop(_main(args, command, runtime, children))
+    except RuntimeError as exc:  # a worker that died or hung while starting: its last log line says why
+        lines = str(exc).splitlines()
+        log.error("%s%s", lines[0], f" {lines[-1].lstrip(' |')}" if len(lines) > 1 else "")
+        return 2
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

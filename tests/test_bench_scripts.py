@@ -36,7 +36,7 @@ def test_render_scale_renders_1000_services_through_the_functions_and_the_cli(tm
     assert report["yaml_bytes"] > 1_000_000
     timings = report["timings"]
     assert set(timings) == {"parse config", "build objects", "dump YAML", "in-process total",
-                            "CLI: lane mesh render -o -", "CLI: lane mesh render -o DIR"}
+                            "CLI: lane mesh render -o -", "CLI: lane mesh render --output-dir DIR"}
     for timing in timings.values():
         assert len(timing["runs"]) == len(timing["cpu"]) == 1
         assert 0 < timing["median"] < 120 and 0 < timing["cpu_median"] < 120

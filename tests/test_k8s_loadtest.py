@@ -230,7 +230,7 @@ def _distributed_run(tmp: Path, *, poll_admins: bool) -> tuple[int, str, JSON]:
     """The Job and two workers with the manifests' arguments against a data plane whose c@gray is down.
 
     Only what names the cluster is swapped: addresses (all 127.0.0.1), the config path, the run
-    length and user count (kept short), plus --json to read the verdict's details.
+    length and user count (kept short), plus --lane-json to read the verdict's details.
     """
     config = write_config(tmp)
     port = free_port()
@@ -239,7 +239,7 @@ def _distributed_run(tmp: Path, *, poll_admins: bool) -> tuple[int, str, JSON]:
         urlopen(Request(plane.admin_url + "/demo/instances/c/gray/stop", method="POST"), timeout=5).close()
         master = replaced(job_args(), config=str(config), host=plane.url, master_bind_host="127.0.0.1",
                           master_bind_port=str(port), run_time="6s", users="6")
-        master = [*master[:master.index("--")], "--json", str(summary), *master[master.index("--"):]]
+        master = [*master[:master.index("--")], "--lane-json", str(summary), *master[master.index("--"):]]
         w = replaced(local_locustfile(list(worker()["args"])), lane_config=str(config),
                      master_host="127.0.0.1", master_port=str(port), lane_admin=plane.admin_url)
         if not poll_admins:

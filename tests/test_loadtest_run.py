@@ -34,10 +34,10 @@ def started(args: Sequence[str], log: Path) -> AbstractContextManager[subprocess
 
 
 def run_lane(args: Sequence[str], tmp: Path, name: str = "run") -> tuple[int, str, dict[str, Any]]:
-    """Run `lane loadtest ARGS --json ...` to completion; returns exit code, output and the JSON summary."""
+    """Run `lane loadtest ARGS --lane-json ...` to completion; returns exit code, output and the JSON summary."""
     summary = tmp / f"{name}.json"
     log = tmp / f"{name}.log"
-    with started(["loadtest", *args, "--json", str(summary)], log) as proc:
+    with started(["loadtest", *args, "--lane-json", str(summary)], log) as proc:
         code = proc.wait(TIMEOUT)
     output = log.read_text(errors="replace")
     doc = json.loads(summary.read_text()) if summary.exists() else {}
@@ -164,7 +164,7 @@ def test_master_and_two_workers_merge_exactly(tmp_path: Path) -> None:
     with fake_data_plane() as plane:
         master_args = ["loadtest", *headless(plane.url, plane.admin_url, seconds=5, users=4), "--master",
                        "--expect-workers", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
-                       "--json", str(summary)]
+                       "--lane-json", str(summary)]
         worker_args = ["loadtest", "--worker", "--master-host", "127.0.0.1", "--master-port", str(port),
                        "--admin", plane.admin_url, "--run-time", "5"]
         with started(master_args, tmp_path / "master.log") as master, \
@@ -214,7 +214,7 @@ def test_web_ui_has_a_live_lanes_tab_and_page(tmp_path: Path) -> None:
     port = free_port()
     with fake_data_plane() as plane:
         args = ["loadtest", "--host", plane.url, "--admin", plane.admin_url, "--run-time", "6", "--users", "2",
-                "--web-host", "127.0.0.1", "--web-port", str(port), "--json", str(tmp_path / "ui.json"),
+                "--web-host", "127.0.0.1", "--web-port", str(port), "--lane-json", str(tmp_path / "ui.json"),
                 "--", "--autostart", "--autoquit", "1"]
         with started(args, tmp_path / "ui.log") as proc:
             base = f"http://127.0.0.1:{port}"
@@ -288,7 +288,7 @@ def test_ctrl_c_stops_locust_once_cleanly_and_leaves_nothing(tmp_path: Path) -> 
     log = tmp_path / "ctrl-c.log"
     with fake_data_plane() as plane, log.open("wb") as out:
         args = ["loadtest", "--host", plane.url, "--admin", plane.admin_url, "--run-time", "120", "--users", "2",
-                "--web-host", "127.0.0.1", "--web-port", str(port), "--json", str(summary), "--", "--autostart"]
+                "--web-host", "127.0.0.1", "--web-port", str(port), "--lane-json", str(summary), "--", "--autostart"]
         # its own process group, standing in for the terminal's foreground group
         proc = subprocess.Popen([*LANE, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         children: list[psutil.Process] = []

@@ -10,4 +10,5 @@ for what it does better: WebSocket upgrades are handed to it on the same connect
 * `lane.h1.body`: what a request body looks like to the upstream client (`BodySource`);
 * `lane.h1.upstream`: keep-alive pools and `Upstreams.send` (client side);
 * `lane.h1.server`: the server protocol, `Request` and `Responder` (server side).
+* `lane.h1.limits`: what a listener may hold at once and how it sheds the rest (`Limits`).
 """

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from .config import Endpoint, LaneConfig, ProxySpec
 from .dispatch import UNAVAILABLE_HEADER, Dispatched, Opener, marked_failure, retry_guard
+from .metrics import GATEWAY_SOURCE, Source
 from .proxy import SESSION, Body, request_target, send
 from .recorded_dispatch import dispatch_recorded
 from .registry import Registry
@@ -25,14 +26,14 @@ __all__ = ["forward_http", "http_opener"]
 
 async def forward_http(
     request: web.Request, registry: Registry, config: LaneConfig, *, proxy: str, service: str, lane: str,
-    headers: CIMultiDict[str], span: RequestSpan,
+    headers: CIMultiDict[str], span: RequestSpan, source: Source = GATEWAY_SOURCE,
 ) -> Dispatched[ClientResponse] | web.Response:
     """Send *request* to *service* for *lane*; the upstream answer, or the error answer to give instead."""
     body = Body(request)
     sent = await dispatch_recorded(
         registry, config, proxy=proxy, service=service, lane=lane, headers=headers,
         opener=http_opener(request.app[SESSION], request.method, request_target(request), body, config.proxy),
-        may_retry=retry_guard(request.method, body), span=span,
+        may_retry=retry_guard(request.method, body), span=span, source=source,
     )
     return sent.as_response() if isinstance(sent, PlainAnswer) else sent
 

@@ -10,18 +10,25 @@ reach the real metrics in one go:
 * at most a second after the first pending update, by a timer on the running loop -- what other
   worker processes' ``/metrics`` (prometheus-client's multiprocess files) rely on;
 * at once, when there is no running loop (a caller outside asyncio).
+
+Histogram observations (`TalliedHistogram`) are kept the same way, as a bucket count per bucket and
+a sum per child, and handed over by adding them to the child's bucket and sum values directly --
+what ``Histogram.observe`` does one observation at a time, under a lock each (prometheus-client
+has no public "observe n times" call; `tests/test_metric_tally.py` checks the handover against
+``observe`` so an upgrade that changes those internals fails a test, not a dashboard).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from prometheus_client import REGISTRY
 from prometheus_client.registry import Collector
 
-__all__ = ["FLUSH_AFTER_SECONDS", "Tallied", "flush"]
+__all__ = ["FLUSH_AFTER_SECONDS", "Tallied", "TalliedHistogram", "flush"]
 
 FLUSH_AFTER_SECONDS: Final = 1.0
 
@@ -31,6 +38,7 @@ class _Incrementable(Protocol):
 
 
 _pending: dict[_Incrementable, float] = {}
+_observed: set[TalliedHistogram] = set()  # the histograms with pending observations
 _timer: asyncio.TimerHandle | None = None
 _timer_loop: asyncio.AbstractEventLoop | None = None
 
@@ -45,11 +53,17 @@ def flush() -> None:
         child, amount = _pending.popitem()
         if amount:
             child.inc(amount)
+    while _observed:
+        _observed.pop().hand_over()
 
 
 def _add(child: _Incrementable, amount: float) -> None:
-    global _timer, _timer_loop
     _pending[child] = _pending.get(child, 0) + amount
+    _arm()
+
+
+def _arm() -> None:
+    global _timer, _timer_loop
     if _timer is None or _timer_loop is None or _timer_loop.is_closed():  # a closed loop never fires its timer
         try:
             loop = asyncio.get_running_loop()
@@ -72,6 +86,38 @@ class Tallied:
 
     def dec(self, amount: float = 1) -> None:  # gauges only
         _add(self._child, -amount)
+
+
+class TalliedHistogram:
+    """A histogram child (``histogram.labels(...)``) observed through the pending tally."""
+
+    __slots__ = ("_bounds", "_child", "_counted", "_counts")
+
+    def __init__(self, child: Any, bounds: Sequence[float], counted: _Incrementable | None = None) -> None:
+        """*counted*, a counter child, is incremented once per observation too (at the same cost as none)."""
+        if not (hasattr(child, "_buckets") and hasattr(child, "_sum")) or len(child._buckets) != len(bounds) + 1:
+            raise TypeError("not a prometheus-client histogram child with these bucket bounds (+Inf excluded)")
+        self._child = child
+        self._counted = counted
+        self._bounds = tuple(bounds)  # the finite upper bounds, ascending
+        self._counts = [0.0] * (len(bounds) + 2)  # pending: per bucket (the last one +Inf), then the sum
+
+    def observe(self, amount: float) -> None:
+        counts = self._counts
+        counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount, as observe() picks it
+        counts[-1] += amount
+        _observed.add(self)
+        if _timer is None or _timer_loop is None or _timer_loop.is_closed():
+            _arm()
+
+    def hand_over(self) -> None:
+        counts, self._counts = self._counts, [0.0] * len(self._counts)
+        self._child._sum.inc(counts[-1])
+        if self._counted is not None:
+            self._counted.inc(sum(counts[:-1]))
+        for bucket, count in zip(self._child._buckets, counts[:-1], strict=True):
+            if count:
+                bucket.inc(count)
 
 
 class _FlushOnCollect(Collector):

@@ -9,6 +9,7 @@ the app is down, 403 for hosts outside the config), with parsing, sending and re
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
@@ -20,7 +21,7 @@ from .h1.relay import relay, respond_plain
 from .h1.server import Handler, Request, origin_form
 from .headers import upstream_headers
 from .hops import encode_path
-from .metrics import FORBIDDEN, in_flight, observe_request
+from .metrics import FORBIDDEN, UNKNOWN_SOURCE, in_flight, observe_request
 from .responses import PlainAnswer
 from .server import HostPort
 from .sidecar_app import app_failure_answer, app_wait
@@ -37,6 +38,7 @@ def inbound_path(sc: Sidecar) -> FastPath:
 
     def with_pools(upstreams: Upstreams) -> Handler:
         async def inbound(request: Request) -> None:
+            started = perf_counter()
             config = sc.runtime.config
             headers = upstream_headers(request)
             sockname = request.sockname
@@ -55,12 +57,14 @@ def inbound_path(sc: Sidecar) -> FastPath:
                                                             headers, request.body, config.proxy,
                                                             app_wait(arrival.wait, sc.app))
                         except UpstreamFailure as exc:
-                            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status)
+                            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status,
+                                            started=started, source=UNKNOWN_SOURCE)
                             span.answered(exc.status, type(exc).__name__)
                             respond_plain(request, app_failure_answer(sc.service, sc.lane, own, exc, collection))
                             return
                         path = encode_path([own, *collection.hops()])
-                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status)
+                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status,
+                                    started=started, source=UNKNOWN_SOURCE)
                     span.answered(upstream.status)
                     await relay(request, upstream, responses.own_headers(upstream.headers, path, own))
             finally:
@@ -115,7 +119,8 @@ def outbound_path(sc: Sidecar) -> FastPath:
                                      parent=collection.trace_context if collection else None) as span:
                     span.inject(headers)
                     sent = await forward(request, upstreams, sc.runtime.registry, config, proxy="outbound",
-                                         service=svc.name, lane=lane, headers=headers, span=span)
+                                         service=svc.name, lane=lane, headers=headers, span=span,
+                                         source=(sc.service, sc.lane))
                     if isinstance(sent, PlainAnswer):
                         hops = departure.answered(sent.headers)
                         if collection is not None:  # the failed call stays in the record

@@ -9,13 +9,15 @@ this instance as down and falls back.
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from aiohttp import web
 from multidict import CIMultiDict
 
 from . import responses
 from .config import LaneConfig
 from .hops import Hop, encode_path
-from .metrics import in_flight, observe_request
+from .metrics import UNKNOWN_SOURCE, in_flight, observe_request
 from .proxy import (
     FAST_PATH,
     SESSION,
@@ -46,6 +48,7 @@ def _own_instance(request: web.BaseRequest) -> str | None:
 
 
 async def _inbound(request: web.Request) -> web.StreamResponse:
+    started = perf_counter()
     sc = request.app[SIDECAR]
     config = sc.runtime.config
     headers = upstream_headers(request)
@@ -67,11 +70,13 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
                     upstream = await send(session, request.method, sc.app, target, headers, Body(request),
                                           config.proxy, app_wait(arrival.wait, sc.app))
                 except UpstreamFailure as exc:
-                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status)
+                    observe_request(config, "inbound", sc.service, requested, sc.lane, reason, exc.status,
+                                    started=started, source=UNKNOWN_SOURCE)
                     span.answered(exc.status, type(exc).__name__)
                     return app_failure_answer(sc.service, sc.lane, own, exc, collection).as_response()
                 path = encode_path([own, *collection.hops()])
-            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status)
+            observe_request(config, "inbound", sc.service, requested, sc.lane, reason, upstream.status,
+                            started=started, source=UNKNOWN_SOURCE)
             span.answered(upstream.status)
             return await relay(request, upstream, responses.own_headers(upstream.headers, path, own))
     finally:

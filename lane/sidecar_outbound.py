@@ -72,7 +72,8 @@ async def _outbound(request: web.Request) -> web.StreamResponse:
     lane, collection = departure.lane, departure.collection
     if is_websocket(request):
         return await forward_websocket(request, request.app[SESSION], sc.runtime.registry, config,
-                                       service=svc.name, lane=lane, headers=headers, proxy="outbound")
+                                       service=svc.name, lane=lane, headers=headers, proxy="outbound",
+                                       source=(sc.service, sc.lane))
     slot = collection.reserve() if collection is not None else -1
     in_flight("outbound").inc()
     try:
@@ -90,7 +91,7 @@ async def _forward_outbound(
 ) -> web.StreamResponse:
     lane, collection = departure.lane, departure.collection
     sent = await forward_http(request, sc.runtime.registry, config, proxy="outbound", service=service, lane=lane,
-                              headers=headers, span=span)
+                              headers=headers, span=span, source=(sc.service, sc.lane))
     if isinstance(sent, web.Response):
         hops = departure.answered(sent.headers)
         if collection is not None:  # the failed call stays in the record: "c answered 503", not "c never called"

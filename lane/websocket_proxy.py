@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Final
 
 import aiohttp
@@ -31,7 +32,7 @@ from .config import Endpoint, LaneConfig, ProxySpec
 from .dispatch import dispatch
 from .errors import UpstreamUnavailable
 from .hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER
-from .metrics import observe_request
+from .metrics import GATEWAY_SOURCE, Source, observe_request
 from .proxy import ConnectFailed, UpstreamBroken, UpstreamFailure, request_target
 from .registry import Registry
 from .responses import answer_headers, failure, unavailable
@@ -124,9 +125,10 @@ async def pump_websockets(down: web.WebSocketResponse, up: aiohttp.ClientWebSock
 
 async def forward_websocket(
     request: web.Request, session: aiohttp.ClientSession, registry: Registry, config: LaneConfig,
-    *, service: str, lane: str, headers: CIMultiDict[str], proxy: str,
+    *, service: str, lane: str, headers: CIMultiDict[str], proxy: str, source: Source = GATEWAY_SOURCE,
 ) -> web.StreamResponse:
-    """Route a WebSocket upgrade down its lane and relay it."""
+    """Route a WebSocket upgrade down its lane and relay it (its duration: until the upgrade answer)."""
+    started = perf_counter()
     protocols = _protocols(request)
     target = request_target(request)
 
@@ -139,14 +141,15 @@ async def forward_websocket(
         sent = await dispatch(registry, config, service=service, lane=lane, headers=headers,
                               opener=opener, may_retry=lambda: True)
     except UpstreamUnavailable as exc:
-        observe_request(config, proxy, service, lane, None, None, 503)
+        observe_request(config, proxy, service, lane, None, None, 503, started=started, source=source)
         return unavailable(exc)
     except UpstreamFailure as exc:
-        observe_request(config, proxy, service, lane, None, None, exc.status)
+        observe_request(config, proxy, service, lane, None, None, exc.status, started=started, source=source)
         return failure(exc)
     up = sent.response
     if isinstance(up, Refused):
-        observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, up.status)
+        observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, up.status,
+                        started=started, source=source)
         return refused_answer(up, answer_headers(up.headers, sent.hop))
     down = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (),
                                  max_msg_size=config.proxy.max_websocket_message + 1, autoping=True)
@@ -154,7 +157,8 @@ async def forward_websocket(
     down.headers[SERVED_HEADER] = sent.hop.lane
     if sent.hop.fallback:
         down.headers[FALLBACK_HEADER] = sent.hop.fallback
-    observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, 101)
+    observe_request(config, proxy, service, lane, sent.route.lane, sent.hop.fallback, 101, started=started,
+                    source=source)
     await down.prepare(request)
     await pump_websockets(down, up)
     return down

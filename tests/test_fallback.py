@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from conftest import lane_demo, serve_app
+from prometheus_client import REGISTRY
 
 from lane.config import parse_config
 from lane.gateway import build_gateway_app
@@ -106,5 +107,8 @@ async def test_a_strict_lane_without_an_instance_answers_503_with_the_reason() -
                 text = await resp.text()
                 assert resp.status == 503
                 assert "no instance of a may serve lane locked" in text and "strict" in text
+            refused = {"proxy": "gateway", "source_service": "gateway", "source_lane": "", "destination_service": "a",
+                       "requested_lane": "locked", "served_lane": "", "fallback": "strict", "response_code": "503"}
+            assert (REGISTRY.get_sample_value("lane_requests_total", refused) or 0) >= 1  # what `lane graph` draws
             async with client.get(f"http://127.0.0.1:{gw}/", headers={"x-mse-tag": "gray"}) as resp:
                 assert resp.status == 200 and resp.headers["x-lane-served"] == "gray"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from lane import metric_tally
-from lane.metric_tally import Tallied
+from lane.metric_tally import Tallied, TalliedHistogram
 
 
 def _metrics(registry: CollectorRegistry) -> tuple[Counter, Gauge]:
@@ -89,3 +89,36 @@ def test_a_timer_left_on_a_closed_loop_does_not_hold_counts_back(monkeypatch: py
     asyncio.run(one_update())  # arms a timer, then the loop closes before it fires
     assert counter.labels(k="w")._value.get() == 0
     assert asyncio.run(update_and_wait()) == 2
+
+
+def test_a_tallied_histogram_hands_over_what_observe_would_have_recorded() -> None:
+    """The batched handover writes prometheus-client's internals; this fails if an upgrade changes them."""
+    bounds = (0.001, 0.01, 0.1, 1.0)
+    registry = CollectorRegistry()
+    direct = Histogram("tally_direct_seconds", "observed one by one", ["k"], buckets=bounds, registry=registry)
+    batched = Histogram("tally_batched_seconds", "observed through the tally", ["k"], buckets=bounds,
+                        registry=registry)
+    counter = Counter("tally_counted", "one per observation", ["k"], registry=registry)
+    tallied = TalliedHistogram(batched.labels(k="a"), bounds, counted=counter.labels(k="a"))
+    values = [0.0, 0.0005, 0.001, 0.002, 0.01, 0.05, 0.5, 1.0, 3.0, 30.0]
+    for value in values:
+        direct.labels(k="a").observe(value)
+        tallied.observe(value)
+    metric_tally.flush()
+
+    def samples(name: str) -> list[tuple[str, str, float]]:
+        return [(s.name.removeprefix(name), s.labels.get("le", ""), s.value)
+                for family in registry.collect() if family.name == name for s in family.samples]
+
+    assert samples("tally_batched_seconds") == samples("tally_direct_seconds")
+    assert registry.get_sample_value("tally_counted_total", {"k": "a"}) == len(values)
+    tallied.observe(0.2)  # the next batch starts from zero and adds on
+    metric_tally.flush()
+    assert registry.get_sample_value("tally_batched_seconds_count", {"k": "a"}) == len(values) + 1
+
+
+def test_a_tallied_histogram_refuses_bounds_that_do_not_match_the_histogram() -> None:
+    histogram = Histogram("tally_mismatch_seconds", "three bounds", buckets=(0.1, 1.0, 10.0),
+                          registry=CollectorRegistry())
+    with pytest.raises(TypeError):
+        TalliedHistogram(histogram, (0.1, 1.0))

@@ -69,10 +69,15 @@ async def test_metrics_count_requests_rejected_tags_and_ejections(tmp_path: Path
                 assert await served_lane(client, gw.url("gateway"), "xiaoming") == "base"  # gray is down
                 async with client.get(gw.url("admin") + "/metrics") as resp:
                     text = await resp.text()
-    assert 'lane_requests_total{fallback="",proxy="gateway",requested_lane="base",served_lane="base",' \
-           'service="up",status="200"} 4.0' in text
-    assert 'lane_requests_total{fallback="connect-failed",proxy="gateway",requested_lane="gray",' \
-           'served_lane="base",service="up",status="200"} 1.0' in text
+    assert 'lane_requests_total{destination_service="up",fallback="",proxy="gateway",requested_lane="base",' \
+           'response_code="200",served_lane="base",source_lane="",source_service="gateway"} 4.0' in text
+    assert 'lane_requests_total{destination_service="up",fallback="connect-failed",proxy="gateway",' \
+           'requested_lane="gray",response_code="200",served_lane="base",source_lane="",source_service="gateway"} 1.0' \
+           in text
+    # the same requests in the duration histogram (every one within the +Inf bucket), and no _created series
+    assert 'lane_request_duration_seconds_count{destination_service="up",proxy="gateway",requested_lane="base",' \
+           'response_code="200",served_lane="base",source_lane="",source_service="gateway"} 4.0' in text
+    assert "_created" not in text and 'lane_build_info{python="' in text
     assert 'lane_rejected_tags_total{source="header"} 1.0' in text
     assert 'lane_ejections_total{instance="127.0.0.1:' in text and 'lane="gray",service="up"} 1.0' in text
 
@@ -191,7 +196,9 @@ async def test_workers_share_the_port_and_the_supervisor_aggregates(tmp_path: Pa
                 for _ in range(20):
                     async with aiohttp.ClientSession() as fresh:  # new connections spread over the workers
                         assert await served_lane(fresh, f"http://{listen}", "xiaoming") == "gray"
-                want = 'requested_lane="gray",served_lane="gray",service="up",status="200"} 20.0'
+                want = ('lane_requests_total{destination_service="up",fallback="",proxy="gateway",'
+                        'requested_lane="gray",response_code="200",served_lane="gray",source_lane="",'
+                        'source_service="gateway"} 20.0')
                 for _ in range(50):  # workers hand their counts over within a second (lane.metric_tally)
                     async with client.get(gw.url("admin") + "/metrics") as resp:
                         text = await resp.text()
@@ -201,6 +208,9 @@ async def test_workers_share_the_port_and_the_supervisor_aggregates(tmp_path: Pa
                 async with client.get(gw.url("admin") + "/lane/instances") as resp:
                     view = await resp.json()
             assert want in text
+            assert ('lane_request_duration_seconds_count{destination_service="up",proxy="gateway",'
+                    'requested_lane="gray",response_code="200",served_lane="gray",source_lane="",'
+                    'source_service="gateway"} 20.0') in text  # the histograms of both workers, summed
             assert view["workers"] == 2 and view["services"]["up"]["gray"][0]["healthy"] is True
             started = time.monotonic()
             assert stop_process(gw.popen) == 0 and time.monotonic() - started < 30

@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from .. import responses
 from ..config import Endpoint, LaneConfig
 from ..dispatch import UNAVAILABLE_HEADER, Dispatched, marked_failure, retry_guard
+from ..metrics import GATEWAY_SOURCE, Source
 from ..recorded_dispatch import dispatch_recorded
 from ..registry import Registry
 from .body import BodySource
@@ -52,12 +53,12 @@ class _Opener:
 
 async def forward(
     request: Request, upstreams: Upstreams, registry: Registry, config: LaneConfig, *, proxy: str, service: str,
-    lane: str, headers: CIMultiDict[str], span: RequestSpan,
+    lane: str, headers: CIMultiDict[str], span: RequestSpan, source: Source = GATEWAY_SOURCE,
 ) -> Dispatched[UpstreamAnswer] | responses.PlainAnswer:
     """Send *request* to *service* for *lane*; the upstream answer, or the error answer to give instead."""
     body = request.body
     return await dispatch_recorded(
         registry, config, proxy=proxy, service=service, lane=lane, headers=headers,
         opener=_Opener(upstreams, request, origin_form(request.target), body, config),
-        may_retry=retry_guard(request.method, body), span=span,
+        may_retry=retry_guard(request.method, body), span=span, source=source,
     )

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from lane.config import LaneConfig
 
-from .fallback import fallbacks, traffic_policy
+from .fallback import Fallback, fallbacks, traffic_policy
 from .hosts import service_namespace
 from .lanes import Presence
 from .model import NETWORKING_V1, DestinationRuleSpec, ObjectMeta, Resource, Subset
@@ -22,7 +22,8 @@ __all__ = ["destination_rule"]
 
 
 def destination_rule(
-    config: LaneConfig, service: str, present: Presence, namespace: str, labels: Mapping[str, str]
+    config: LaneConfig, service: str, present: Presence, namespace: str, labels: Mapping[str, str],
+    falls: tuple[Fallback, ...] | None = None,
 ) -> Resource:
     """The DestinationRule of *service*: subsets in the config's lane order, e.g. ``version: gray``."""
     svc = config.service(service)
@@ -35,5 +36,6 @@ def destination_rule(
         kind="DestinationRule",
         metadata=ObjectMeta(name=service, namespace=service_namespace(svc, namespace), labels=labels),
         spec=DestinationRuleSpec(host=svc.host, subsets=subsets,
-                                 traffic_policy=traffic_policy(bool(fallbacks(config, service, present, namespace)))),
+                                 traffic_policy=traffic_policy(bool(
+                                     falls if falls is not None else fallbacks(config, service, present, namespace)))),
     )

@@ -62,6 +62,7 @@ __all__ = [
     "envoy_route_name",
     "fallback_filters",
     "fallbacks",
+    "fallbacks_by_service",
     "retry_for",
     "traffic_policy",
 ]
@@ -123,6 +124,13 @@ def fallbacks(config: LaneConfig, service: str, present: Presence, namespace: st
     return tuple(out)
 
 
+def fallbacks_by_service(config: LaneConfig, present: Presence,
+                         namespace: str) -> Mapping[str, tuple[Fallback, ...]]:
+    """`fallbacks` of every service, worked out once per render (the DestinationRule, the
+    VirtualService and the EnvoyFilters all need them)."""
+    return {service: fallbacks(config, service, present, namespace) for service in config.services}
+
+
 def retry_for(fallback: Fallback | None) -> HTTPRetry | None:
     """The VirtualService retries of a route with *fallback*: one attempt per member."""
     return None if fallback is None else HTTPRetry(attempts=len(fallback.members), retry_on=RETRY_ON)
@@ -153,10 +161,11 @@ def _patches(context: str, fallback: Fallback) -> tuple[EnvoyConfigObjectPatch, 
     )
 
 
-def fallback_filters(config: LaneConfig, present: Presence, namespace: str,
-                     labels: Mapping[str, str]) -> list[Resource]:
+def fallback_filters(config: LaneConfig, present: Presence, namespace: str, labels: Mapping[str, str],
+                     by_service: Mapping[str, tuple[Fallback, ...]] | None = None) -> list[Resource]:
     """The sidecar EnvoyFilter of every service namespace and the gateway's, if any lane falls back."""
-    every = [f for service in sorted(config.services) for f in fallbacks(config, service, present, namespace)]
+    falls = by_service if by_service is not None else fallbacks_by_service(config, present, namespace)
+    every = [f for service in sorted(config.services) for f in falls[service]]
     if not every:
         return []
     sidecar = tuple(p for f in every for p in _patches("SIDECAR_OUTBOUND", f))

@@ -28,7 +28,7 @@ from lane.config import LaneConfig
 
 from .destination_rule import destination_rule
 from .envoy_filter import gateway_filter, sidecar_filter
-from .fallback import fallback_filters
+from .fallback import fallback_filters, fallbacks_by_service
 from .gateway import gateway
 from .hosts import service_namespace
 from .lanes import Presence, present_lanes
@@ -64,15 +64,16 @@ def render_resources(
     ns = namespace or config.mesh.namespace
     labels = MappingProxyType({MANAGED_BY_LABEL: MANAGED_BY, CONFIG_LABEL: config_name(config)})
     present: Presence = present_lanes(config, lanes)
+    falls = fallbacks_by_service(config, present, ns)
     out = [gateway(config, ns, labels)]
     for service in sorted(config.services):
-        out.append(destination_rule(config, service, present, ns, labels))
-        out.extend(virtual_services(config, service, present, ns, labels))
+        out.append(destination_rule(config, service, present, ns, labels, falls[service]))
+        out.extend(virtual_services(config, service, present, ns, labels, falls[service]))
     out.append(gateway_filter(config, labels))
     if config.mesh.baggage_to_header:
         out.extend(sidecar_filter(config, home, labels)
                    for home in sorted({service_namespace(svc, ns) for svc in config.services.values()}))
-    out.extend(fallback_filters(config, present, ns, labels))
+    out.extend(fallback_filters(config, present, ns, labels, falls))
     return out
 
 

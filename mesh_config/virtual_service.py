@@ -22,7 +22,7 @@ from typing import Final
 
 from lane.config import LaneConfig
 
-from .fallback import fallbacks, retry_for
+from .fallback import Fallback, fallbacks, retry_for
 from .hosts import gateway_ref, service_namespace
 from .lanes import LaneTarget, Presence, default_target, lane_targets
 from .model import (
@@ -52,8 +52,8 @@ def _action(config: LaneConfig, service: str, target: LaneTarget) -> HTTPRoute:
     return HTTPRoute(route=(HTTPRouteDestination(Destination(host=host, subset=target.subset)),))
 
 
-def http_routes(config: LaneConfig, service: str, present: Presence,
-                namespace: str | None = None) -> tuple[HTTPRoute, ...]:
+def http_routes(config: LaneConfig, service: str, present: Presence, namespace: str | None = None,
+                falls: tuple[Fallback, ...] | None = None) -> tuple[HTTPRoute, ...]:
     """The ordered HTTP routes of *service*: one per non-default lane, then the default route.
 
     A lane route's match is named after the service, so istiod's Envoy route name
@@ -61,25 +61,28 @@ def http_routes(config: LaneConfig, service: str, present: Presence,
     carries its retries (`mesh_config.fallback`).
     """
     routes = []
-    falls = {f.lane: f for f in fallbacks(config, service, present, namespace or config.mesh.namespace)}
+    if falls is None:
+        falls = fallbacks(config, service, present, namespace or config.mesh.namespace)
+    by_lane = {f.lane: f for f in falls}
     for target in lane_targets(config, service, present):
         action = _action(config, service, target)
         match = HTTPMatchRequest(name=service,
                                  headers=MappingProxyType({config.tag.header: StringMatch(exact=target.lane)}))
         routes.append(HTTPRoute(name=f"lane-{target.lane}", match=(match,), route=action.route,
-                                retries=retry_for(falls.get(target.lane)), direct_response=action.direct_response))
+                                retries=retry_for(by_lane.get(target.lane)), direct_response=action.direct_response))
     fallback = _action(config, service, default_target(config, service, present))
     routes.append(HTTPRoute(name="default", route=fallback.route, direct_response=fallback.direct_response))
     return tuple(routes)
 
 
 def virtual_services(
-    config: LaneConfig, service: str, present: Presence, namespace: str, labels: Mapping[str, str]
+    config: LaneConfig, service: str, present: Presence, namespace: str, labels: Mapping[str, str],
+    falls: tuple[Fallback, ...] | None = None,
 ) -> list[Resource]:
     """The VirtualService(s) of *service* (two for the entry behind a wildcard Gateway), in the
     service's namespace (`mesh_config.hosts`); the Gateway, in *namespace*, is named across."""
     svc = config.service(service)
-    routes = http_routes(config, service, present, namespace)
+    routes = http_routes(config, service, present, namespace, falls)
     gw = config.mesh.gateway
     home = service_namespace(svc, namespace)
     if service != config.entry:

@@ -30,9 +30,10 @@ def run_json(script: str, *args: str, timeout: float = 120) -> dict[str, Any]:
 def test_render_scale_renders_1000_services_through_the_functions_and_the_cli(tmp_path: Path) -> None:
     report = run_json("render_scale.py", "--repeat", "1", "--workdir", str(tmp_path))
     assert report["services"] == 1000 and report["lanes"] == ["base", "gray", "blue", "green", "canary"]
-    # one DestinationRule and one VirtualService per service, plus the entry's gateway-only VS
-    assert report["kinds"] == {"DestinationRule": 1000, "VirtualService": 1001, "Gateway": 1, "EnvoyFilter": 2}
-    assert report["objects"] == 2004 and report["files_written"] == 2004
+    # one DestinationRule and one VirtualService per service, plus the entry's gateway-only VS; EnvoyFilters:
+    # the gateway coloring, the sidecar baggage -> tag and the sidecar instant fallback (mesh_config.fallback)
+    assert report["kinds"] == {"DestinationRule": 1000, "VirtualService": 1001, "Gateway": 1, "EnvoyFilter": 3}
+    assert report["objects"] == 2005 and report["files_written"] == 2005
     assert report["yaml_bytes"] > 1_000_000
     timings = report["timings"]
     assert set(timings) == {"parse config", "build objects", "dump YAML", "in-process total",

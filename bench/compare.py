@@ -1,18 +1,23 @@
 """The side-by-side benchmark: lane's gateway and sidecars against Envoy and against direct.
 
-One command starts, on 127.0.0.1 only, stub backends that are not the bottleneck (Envoy
-``direct_response`` listeners that answer 421 to a request of the wrong lane), then the subjects
+One command starts, on 127.0.0.1 only, the cheapest stub backends (one nginx worker, else Envoy
+``direct_response`` listeners; both answer 421 to a request of the wrong lane), then the subjects
 (`bench/subjects.py`): ``direct``, ``envoy`` (Envoy 1.40, 2 workers, the gateway Lua and routes
 ``lane mesh render`` emits), ``gateway`` (``lane gateway --workers 2``), ``gateway-1w``,
 ``gateway-aiohttp`` (when ``lane gateway`` has ``--core``), ``chain`` (gateway -> sidecar -> app
--> sidecar -> sidecar -> app) and ``direct-chain`` (the same apps, no proxies). wrk drives each
-with the same interleaved gray + plain traffic, subjects alternating A B A B over the rounds, at
-32 connections (2 threads) and at 1 (1 thread), for a bounded time after a short warm-up. Every
-run must route every request right (`bench/runs.py`): no free speed from misrouting.
+-> sidecar -> sidecar -> app), ``direct-chain`` (the same apps, no proxies), and the sidecar hop
+pair ``sidecar-hop`` (outbound + inbound sidecar) against ``envoy-hop`` (an Envoy pair with the
+rendered mesh routes), loaded with fresh trace headers per request. wrk drives each with the
+same interleaved gray + plain traffic, subjects alternating A B A B over the rounds, at 32
+connections (2 threads) and at 1 (1 thread), for a bounded time after a short warm-up. Every run
+must route every request right (`bench/runs.py`): no free speed from misrouting.
 
-It prints one table (medians over the rounds; ratios against Envoy and direct from this run),
-the issue's targets as met / not met, and writes everything as JSON (and an SVG chart beside it)
-so runs can be compared over time. Exit status 1 when any run misrouted, else 0.
+It prints one table (medians and min-max over the rounds; ratios against each subject's Envoy
+peer and against direct from this run), the issue's goals as met / not met, a note when other
+processes kept the machine busy (`bench/busy.py`), and writes everything as JSON (and an SVG
+chart beside it) so runs can be compared over time. A full run also rewrites
+``bench/results/latest.md`` and the README's sentence about it (`bench/latest.py`). Exit status
+1 when any run misrouted, else 0.
 
     python bench/compare.py                 # full: 3 rounds x 10 s, every subject, extra sections
     python bench/compare.py --quick         # 1 round x 3 s, fewer subjects, no extra sections
@@ -35,20 +40,24 @@ from typing import Any, Final
 
 import aiohttp
 import uvloop
+from busy import BusySnapshot, busy_note, machine_load, other_cores
 from envoy_proc import envoy_version
+from latest import latest_markdown, ratio_sentence, update_readme
 from measure import ProcessTree
 from runs import Run, check_routing
 from sections import SECTIONS, machine_info, run_section
-from stub_backend import instance_counts
-from subjects import ALL_SUBJECTS, QUICK_SUBJECTS, STUBS, Lab, Target, has_core_option
-from summary import HIGH, LOW, ratios, summarize, targets
+from subjects import ALL_SUBJECTS, QUICK_SUBJECTS, STUB_KINDS, Lab, Target, has_core_option
+from summary import HIGH, LOW, peer_ratios, ratios, summarize
 from svg_chart import Bar, render_svg
 from table import format_table, format_targets
+from targets import targets
 from wrk import ensure_wrk, run_wrk, wrk_version
 
 __all__ = ["main"]
 
 HERE: Final = Path(__file__).resolve().parent
+LATEST: Final = HERE / "results" / "latest.md"
+README: Final = HERE.parent / "README.md"
 SCHEMA: Final = "lane-bench-compare/1"
 INTERRUPTED: list[int] = []  # the signals that interrupted the run (set by the loop's signal handler)
 
@@ -87,7 +96,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", dest="json_path", help="write the results here (default "
                         "bench/results/compare-<UTC time>.json)")
     parser.add_argument("--no-svg", action="store_true", help="do not draw the SVG chart next to the JSON")
+    parser.add_argument("--stubs", choices=STUB_KINDS, default="auto",
+                        help="stub backends: nginx (installed with apt-get as root when missing), envoy, or auto "
+                        "(nginx, else envoy; default)")
+    parser.add_argument("--latest", dest="latest_path", help="also write the Markdown summary here (default: "
+                        "bench/results/latest.md and the README sentence, on a full run with the default subjects)")
+    parser.add_argument("--no-latest", action="store_true", help="a full run does not rewrite bench/results/latest.md "
+                        "and the README sentence")
     args = parser.parse_args(argv)
+    args.official = not args.quick and args.subjects is None and args.latest_path is None and not args.no_latest
+    args.latest_path = Path(args.latest_path) if args.latest_path else LATEST if args.official else None
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     args.duration = args.duration if args.duration is not None else (3 if args.quick else 10)
     args.with_soak = args.with_soak if args.with_soak is not None else not args.quick
@@ -103,7 +121,8 @@ def _on_signal(task: asyncio.Task[Any], signum: int) -> None:
     task.cancel()
 
 
-async def measure(args: argparse.Namespace, exe: str, subjects: list[str]) -> tuple[dict[str, Target], list[Run], dict[str, dict[str, int]]]:
+async def measure(args: argparse.Namespace, exe: str, subjects: list[str]
+                  ) -> tuple[dict[str, Target], list[Run], dict[str, dict[str, int]], str]:
     """Start everything, run the rounds, read peak memory, stop everything (whatever happens).
 
     SIGINT (Ctrl-C) and SIGTERM cancel this task, so the ``finally`` of every block below stops
@@ -115,9 +134,11 @@ async def measure(args: argparse.Namespace, exe: str, subjects: list[str]) -> tu
         loop.add_signal_handler(signum, _on_signal, task, signum)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="lane-bench-compare-") as tmp:
-        async with Lab(Path(tmp), subjects) as lab:
+        async with Lab(Path(tmp), subjects, args.stubs) as lab:
             found = await lab.start(say)
-            assert lab.stubs is not None
+            stubs = lab.stubs
+            assert stubs is not None
+            stub_kind = stubs.kind + (f" ({lab.stub_note})" if lab.stub_note else "")
             trees = {name: ProcessTree(t.processes) for name, t in found.items()}
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
                 for rnd in range(1, args.rounds + 1):
@@ -127,20 +148,24 @@ async def measure(args: argparse.Namespace, exe: str, subjects: list[str]) -> tu
                             say(f"round {rnd}/{args.rounds}: {name}, {conns} conn{'s' * (conns > 1)} ...")
                             if args.warmup:
                                 await run_wrk(exe, target.url, connections=conns, seconds=args.warmup,
-                                              requests=target.requests)
-                            before, cpu_before = await instance_counts(session, lab.stubs, STUBS), trees[name].cpu()
+                                              requests=target.requests, trace=target.trace)
+                            before = await stubs.counts(session)
+                            cpu_before, busy_before = trees[name].cpu(), BusySnapshot.take()
                             result = await run_wrk(exe, target.url, connections=conns, seconds=args.duration,
-                                                   requests=target.requests)
-                            cpu = cpu_before.until(trees[name].cpu())
-                            after = await instance_counts(session, lab.stubs, STUBS)
-                            run = Run(rnd, name, conns, result, cpu, check_routing(target, result, conns, before, after))
+                                                   requests=target.requests, trace=target.trace)
+                            cpu, others = cpu_before.until(trees[name].cpu()), other_cores(busy_before,
+                                                                                         BusySnapshot.take())
+                            after = await stubs.counts(session)
+                            run = Run(rnd, name, conns, result, cpu, check_routing(target, result, conns, before, after),
+                                      others)
                             runs.append(run)
                             say(f"    {result.rps:,.0f} req/s, p50 {result.p50_us / 1000:.3f} ms, p99 "
-                                f"{result.p99_us / 1000:.3f} ms, {run.cpu_per_10k or 0:.2f} CPU s/10k, routing "
+                                f"{result.p99_us / 1000:.3f} ms, {run.cpu_per_10k or 0:.2f} CPU s/10k, "
+                                f"others {others or 0:.2f} cores, routing "
                                 + ("ok" if run.routing.ok else "FAILED: " + "; ".join(run.routing.problems)))
             rss = {name: tree.peak_rss() for name, tree in trees.items()}
         say("every benchmark process stopped")
-    return found, runs, rss
+    return found, runs, rss, stub_kind
 
 
 def _default_json_path() -> Path:
@@ -173,15 +198,6 @@ def _section_status(result: dict[str, Any]) -> str:
     return str(result.get("skipped") or result.get("failed"))
 
 
-def _busy_note(info: dict[str, Any]) -> str | None:
-    """A warning when something else kept the machine busy before the run (the 1-minute load)."""
-    load, cores = info.get("load_average_at_start"), info.get("cores") or 1
-    if not load or load[0] <= cores / 2:
-        return None
-    return (f"note: the machine was busy before this run (load average {load[0]:.1f} on {cores} cores): absolute "
-            "numbers are depressed; the ratios compare subjects measured alternately under the same load")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exe = ensure_wrk()
@@ -193,22 +209,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{LOW} connection(s), {args.warmup} s warm-up each; {info['cores']} cores, Envoy {info['envoy']}")
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            found, runs, rss = runner.run(measure(args, exe, subjects))
+            found, runs, rss, stub_kind = runner.run(measure(args, exe, subjects))
     except BaseException:
         if INTERRUPTED:  # whatever broke while stopping (a child that got the signal too) is expected
             say("interrupted: every benchmark process was stopped; no results written")
             return 128 + INTERRUPTED[0]
         raise
     summaries = summarize(found, runs, rss)
-    vs_envoy, vs_direct = ratios(summaries, "envoy"), ratios(summaries, "direct")
-    checks = targets(summaries)
+    vs_envoy, vs_direct, vs_peer = ratios(summaries, "envoy"), ratios(summaries, "direct"), peer_ratios(summaries, runs)
+    checks = targets(summaries, vs_peer)
+    load_at_end = machine_load()
+    info["load_average_at_end"] = list(load_at_end) if load_at_end else None
+    busy = busy_note(info.get("load_average_at_start"), info.get("cores") or 1, (r.other_cores for r in runs))
     sections: dict[str, Any] = {}
     for name in SECTIONS if args.with_soak else ():
         say(f"section {name} ...")
         sections[name] = run_section(name, args.section_timeout, quick=args.quick)
     if not args.with_soak:
         sections = {name: {"skipped": "not run (--quick or --no-with-soak)"} for name in SECTIONS}
-    table = format_table(summaries, vs_envoy, vs_direct)
+    table = format_table(summaries, vs_peer, vs_direct)
     routing_ok = bool(runs) and all(r.routing.ok for r in runs)
     document = {
         "schema": SCHEMA,
@@ -218,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
                      "connections": [HIGH, LOW], "threads": {str(HIGH): 2, str(LOW): 1}, "quick": args.quick,
                      "subjects": subjects, "gateway_core_option": core_option,
-                     "lane_core_env": os.environ.get("LANE_CORE")},
+                     "lane_core_env": os.environ.get("LANE_CORE"), "stubs": stub_kind,
+                     "hop_trace_headers": next((list(t.trace) for t in found.values() if t.trace), [])},
         "routing_ok": routing_ok,
         "subjects": {name: s.to_json() for name, s in summaries.items()},
-        "ratios": {"vs_envoy": vs_envoy, "vs_direct": vs_direct},
+        "ratios": {"vs_envoy": vs_envoy, "vs_direct": vs_direct, "vs_peer": vs_peer},
+        "busy_note": busy,
         "targets": [c.to_json() for c in checks],
         "runs": [r.to_json() for r in runs],
         "sections": sections,
@@ -240,10 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "\n".join(notes))
     print("\nsections: " + "; ".join(f"{name} {_section_status(result)}" for name, result in sections.items()))
     print(f"routing under load: {'every run routed every request right' if routing_ok else 'FAILED (see JSON)'}")
-    busy = _busy_note(info)
+    print(f"stub backends: {stub_kind}")
     if busy:
         print(busy)
     print(f"results: {path}", flush=True)
+    if args.latest_path is not None:
+        sentence = ratio_sentence(summaries, vs_peer)
+        args.latest_path.parent.mkdir(parents=True, exist_ok=True)
+        args.latest_path.write_text(latest_markdown(document, sentence, checks, busy, path.name), encoding="utf-8")
+        say(f"summary: {args.latest_path}")
+        if args.official and update_readme(README, sentence):
+            say(f"README sentence updated: {README}")
     if not args.no_svg:
         _svg(path.with_suffix(".svg"), document)
         say(f"chart: {path.with_suffix('.svg')}")

@@ -76,6 +76,7 @@ class Run:
     wrk: WrkResult
     cpu_seconds: float  # user + system of the subject's processes during the run
     routing: Routing
+    other_cores: float | None = None  # cores other processes used meanwhile (`bench/busy.py`)
 
     @property
     def cpu_per_10k(self) -> float | None:
@@ -93,4 +94,5 @@ class Run:
             "cpu_seconds": round(self.cpu_seconds, 4),
             "cpu_seconds_per_10k": None if self.cpu_per_10k is None else round(self.cpu_per_10k, 4),
             "routing": self.routing.to_json(),
+            "other_cores": None if self.other_cores is None else round(self.other_cores, 3),
         }

@@ -1,9 +1,12 @@
-"""The benchmark's backends: Envoy ``direct_response`` listeners that check the lane they were sent.
+"""The benchmark's backends, and the Envoy kind: ``direct_response`` listeners that check the lane.
 
-They must not be the bottleneck, and Envoy answering from its route table is the fastest thing
-on this machine (~90k req/s on 2 cores, far above any proxy measured here). One Envoy process
-plays every ``service@lane`` instance, one listener each, and each listener makes routing
-correctness observable *under load* without slowing the load generator down:
+The stubs must not be the bottleneck, and they share the two cores with the subjects, so the
+cheapest stub is the fairest: nginx with one worker (`bench/nginx_stub.py`) is preferred; this
+module's Envoy stubs (~80k req/s on 2 cores against ~200k for one nginx worker) are the fallback
+where nginx is missing and cannot be installed. Both kinds are `Stubs`: one process playing every
+``service@lane`` instance on its own port, and per-instance counts of right-lane and wrong-lane
+answers. For the Envoy kind, each listener makes routing correctness observable *under load*
+without slowing the load generator down:
 
 * ``200 <service>@<lane>`` only when the request arrived with the tag header naming its own lane
   (``x-mse-tag: gray`` at a gray instance), so a proxy that routes right but tags wrong fails;
@@ -18,12 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 from envoy_proc import EnvoyProcess, envoy_counters
 
-__all__ = ["STATUS_MISROUTED", "Instance", "InstanceCounts", "instance_counts", "stub_bootstrap"]
+__all__ = ["STATUS_MISROUTED", "EnvoyStubs", "Instance", "InstanceCounts", "Stubs", "instance_counts",
+           "stub_bootstrap"]
 
 STATUS_MISROUTED: Final = 421
 _HCM_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -89,3 +93,48 @@ async def instance_counts(session: aiohttp.ClientSession, stubs: EnvoyProcess,
     return {i: InstanceCounts(counters.get(f"http.{i.stat_prefix}.downstream_rq_2xx", 0),
                               counters.get(f"http.{i.stat_prefix}.downstream_rq_4xx", 0))
             for i in instances}
+
+
+class Stubs(Protocol):
+    """Stub backends of either kind, as the benchmark uses them."""
+
+    @property
+    def kind(self) -> str:
+        """What plays the stubs, for the report (e.g. ``nginx 1.22.1, 1 worker``)."""
+        ...
+
+    @property
+    def pid(self) -> int:
+        """The top-level process (its children are found when measuring)."""
+        ...
+
+    def address(self, instance: Instance) -> str:
+        """``127.0.0.1:PORT`` of *instance*."""
+        ...
+
+    async def counts(self, session: aiohttp.ClientSession) -> Mapping[Instance, InstanceCounts]:
+        """Every instance's right-lane and wrong-lane answers so far (complete up to this call)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyStubs:
+    """The fallback stubs: one Envoy (`stub_bootstrap`), counted on its admin counters."""
+
+    envoy: EnvoyProcess
+    instances: tuple[Instance, ...]
+    version: str
+
+    @property
+    def kind(self) -> str:
+        return f"Envoy {self.version} direct_response, 2 workers"
+
+    @property
+    def pid(self) -> int:
+        return self.envoy.pid
+
+    def address(self, instance: Instance) -> str:
+        return f"127.0.0.1:{self.envoy.listeners[instance.listener]}"
+
+    async def counts(self, session: aiohttp.ClientSession) -> Mapping[Instance, InstanceCounts]:
+        return await instance_counts(session, self.envoy, self.instances)

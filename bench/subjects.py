@@ -13,7 +13,20 @@ CPU and memory are its cost:
                     ``gateway-aiohttp``: ``--core aiohttp`` (only when ``lane gateway`` has it);
 * ``chain``         wrk -> lane gateway -> sidecar a@L (inbound) -> app a@L -> sidecar a@L
                     (outbound) -> sidecar b@L (inbound) -> stub b@L, for L in gray and base;
-* ``direct-chain``  wrk -> app a@base -> stub b@base: the same app calling directly.
+* ``direct-chain``  wrk -> app a@base -> stub b@base: the same app calling directly;
+* ``sidecar-hop``   wrk (as app a, tag header forwarded) -> sidecar a@base (outbound) -> sidecar
+                    b@L (inbound) -> stub b@L: one call between two apps, both sidecar hops;
+* ``envoy-hop``     the same call through an Envoy pair (`bench/hop_envoy.py`): the rendered mesh
+                    routes in a's outbound Envoy -> b@L's inbound Envoy -> stub b@L.
+
+The hop subjects' load carries fresh trace headers on every request (``traceparent``,
+``x-request-id`` and B3 when the config's ``proxy.trace_headers`` lists it), as all traffic behind
+a gateway does, so the sidecar pays for its per-trace work. Each subject names its ``peer``, the
+Envoy doing the same job (``envoy`` for the gateways and the chain, ``envoy-hop`` for
+``sidecar-hop``): the ratios and targets compare a subject with its peer from the same run.
+
+The stub backends are nginx when it is there or can be installed (`bench/nginx_stub.py`), else
+Envoy (`bench/stub_backend.py`); ``Lab(stubs=...)`` forces one kind.
 
 Gray traffic is ``User-Agent: xiaoming`` (the demo rule), plain traffic anything else; the two
 interleave request by request in one wrk run, so each run must split about 50/50 between the
@@ -39,17 +52,20 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 import yaml
-from envoy_proc import EnvoyProcess, start_envoy
-from stub_backend import Instance, stub_bootstrap
+from envoy_proc import envoy_version, start_envoy
+from hop_envoy import ENVOY_HOP_CONCURRENCY, INBOUND_LISTENER, inbound_bootstrap
+from nginx_stub import NginxError, ensure_nginx, start_nginx_stubs
+from stub_backend import EnvoyStubs, Instance, Stubs, stub_bootstrap
+from wrk import TRACE_HEADERS
 
 from lane.config import demo_config_text, parse_config
 from lane.demo_topology import free_port
 from lane.supervisor import Child, lane_argv
 from mesh_config.backends import Backend
-from mesh_config.bootstrap import GATEWAY_LISTENER, envoy_bootstrap
+from mesh_config.bootstrap import GATEWAY_LISTENER, MESH_LISTENER, envoy_bootstrap
 from mesh_config.render import render_objects
 
-__all__ = ["ALL_SUBJECTS", "GRAY", "PLAIN", "QUICK_SUBJECTS", "Lab", "Target", "has_core_option"]
+__all__ = ["ALL_SUBJECTS", "GRAY", "PLAIN", "QUICK_SUBJECTS", "STUB_KINDS", "Lab", "Target", "has_core_option"]
 
 HERE: Final = Path(__file__).resolve().parent
 TAG: Final = "x-mse-tag"
@@ -57,9 +73,14 @@ Headers = tuple[tuple[str, str], ...]
 GRAY: Final[Headers] = (("User-Agent", "xiaoming"),)  # the demo rule colors it gray
 PLAIN: Final[Headers] = (("User-Agent", "lane-bench"),)  # no rule matches: the default lane
 DIRECT_BASE: Final[Headers] = (*PLAIN, (TAG, "base"))  # what a proxy would have added
+# What app a sends to its sidecar's outbound side when calling service b: the lane it forwards.
+HOP_GRAY: Final[Headers] = (("Host", "b"), (TAG, "gray"))
+HOP_BASE: Final[Headers] = (("Host", "b"), (TAG, "base"))
 
-ALL_SUBJECTS: Final = ("direct", "envoy", "gateway", "gateway-1w", "gateway-aiohttp", "chain", "direct-chain")
-QUICK_SUBJECTS: Final = ("direct", "envoy", "gateway", "chain", "direct-chain")
+ALL_SUBJECTS: Final = ("direct", "envoy", "gateway", "gateway-1w", "gateway-aiohttp", "chain", "direct-chain",
+                        "envoy-hop", "sidecar-hop")
+QUICK_SUBJECTS: Final = ("direct", "envoy", "gateway", "chain", "direct-chain", "envoy-hop", "sidecar-hop")
+STUB_KINDS: Final = ("auto", "nginx", "envoy")  # auto: nginx, else Envoy
 
 A_BASE, A_GRAY = Instance("a", "base"), Instance("a", "gray")
 B_BASE, B_GRAY = Instance("b", "base"), Instance("b", "gray")
@@ -80,6 +101,8 @@ class Target:
     baseline: str | None
     description: str
     notes: tuple[str, ...] = field(default=())
+    trace: tuple[str, ...] = ()  # trace headers made fresh per request (`wrk.TRACE_HEADERS` names)
+    peer: str | None = None  # the Envoy subject doing the same job: ratios are taken against it
 
 
 def has_core_option() -> bool:
@@ -102,13 +125,17 @@ def _config_text(services: Mapping[str, Mapping[str, str]]) -> str:
 class Lab:
     """Starts what the chosen subjects need, once, under *workdir*; stops everything on exit."""
 
-    def __init__(self, workdir: Path, subjects: Sequence[str]) -> None:
+    def __init__(self, workdir: Path, subjects: Sequence[str], stubs: str = "auto") -> None:
+        if stubs not in STUB_KINDS:
+            raise ValueError(f"unknown stub kind {stubs!r}; choose from {', '.join(STUB_KINDS)}")
         self.workdir = workdir
         self.subjects = tuple(subjects)
+        self.stub_kind = stubs
         self.children: list[Child] = []
         self.stack = contextlib.AsyncExitStack()
         self.targets: dict[str, Target] = {}
-        self.stubs: EnvoyProcess | None = None
+        self.stubs: Stubs | None = None
+        self.stub_note: str | None = None  # why the Envoy stubs were used under "auto"
         self._app_cache: dict[str, tuple[int, str]] | None = None
         self._outbound: dict[str, int] | None = None
 
@@ -127,7 +154,23 @@ class Lab:
 
     def stub_address(self, instance: Instance) -> str:
         assert self.stubs is not None
-        return f"127.0.0.1:{self.stubs.listeners[instance.listener]}"
+        return self.stubs.address(instance)
+
+    async def _start_stubs(self) -> Stubs:
+        """nginx (installed when missing and possible), else -- under "auto" -- the Envoy stubs."""
+        if self.stub_kind != "envoy":
+            try:
+                exe = ensure_nginx()
+            except NginxError as exc:
+                if self.stub_kind == "nginx":
+                    raise
+                self.stub_note = f"nginx unavailable, Envoy stubs used instead: {str(exc).splitlines()[0]}"
+            else:
+                return await self.stack.enter_async_context(
+                    start_nginx_stubs(exe, STUBS, TAG, self.workdir / "nginx-stubs"))
+        envoy = await self.stack.enter_async_context(
+            start_envoy("stubs", stub_bootstrap(STUBS, TAG), self.workdir, concurrency=2))
+        return EnvoyStubs(envoy, STUBS, envoy_version())
 
     async def _child(self, name: str, argv: list[str]) -> tuple[int, dict[str, str]]:
         ready = self.workdir / f"{name}.ready.json"
@@ -153,10 +196,10 @@ class Lab:
 
     async def start(self, say: Callable[[str], None]) -> dict[str, Target]:
         """Start the stubs and every selected subject; returns the targets by subject name."""
-        say(f"starting stub backends (Envoy direct_response: {', '.join(map(str, STUBS))}) ...")
-        stubs = await self.stack.enter_async_context(
-            start_envoy("stubs", stub_bootstrap(STUBS, TAG), self.workdir, concurrency=2))
-        self.stubs = stubs
+        say(f"starting stub backends ({self.stub_kind}: {', '.join(map(str, STUBS))}) ...")
+        (self.workdir / "nginx-stubs").mkdir(exist_ok=True)
+        stubs = self.stubs = await self._start_stubs()
+        say(f"stub backends: {stubs.kind}" + (f" ({self.stub_note})" if self.stub_note else ""))
         gateway_services = {"a": {lane: self.stub_address(Instance("a", lane)) for lane in LANES}}
         both_a = {A_GRAY: 0.5, A_BASE: 0.5}
         core = None  # the default core of `lane gateway`; gateway-aiohttp names the old one
@@ -166,7 +209,7 @@ class Lab:
                 self.targets[name] = Target(
                     name, f"http://{self.stub_address(A_BASE)}/", (DIRECT_BASE,), {A_BASE: 1.0},
                     {"stub-backends": stubs.pid}, 0, None, "wrk -> stub a@base (the backend alone)",
-                    ("its CPU and RSS are the stub backends' Envoy's (the other subjects' exclude it)",))
+                    (f"its CPU and RSS are the stub backends' ({stubs.kind}); the other subjects' exclude them",))
             elif name == "envoy":
                 self.targets[name] = await self._envoy()
             elif name in ("gateway", "gateway-1w", "gateway-aiohttp"):
@@ -176,9 +219,14 @@ class Lab:
                 self.targets[name] = Target(
                     name, f"http://{address}/", (GRAY, PLAIN), both_a, {name: pid}, 1, "direct",
                     f"wrk -> lane gateway --workers {workers}"
-                    + (" --core aiohttp" if name == "gateway-aiohttp" else "") + " -> stub a@gray|a@base")
+                    + (" --core aiohttp" if name == "gateway-aiohttp" else "") + " -> stub a@gray|a@base",
+                    peer="envoy")
             elif name == "chain":
                 self.targets[name] = await self._chain(core)
+            elif name == "sidecar-hop":
+                self.targets[name] = await self._sidecar_hop()
+            elif name == "envoy-hop":
+                self.targets[name] = await self._envoy_hop()
             elif name == "direct-chain":
                 apps = await self._apps()
                 self.targets[name] = Target(
@@ -198,7 +246,8 @@ class Lab:
         envoy = await self.stack.enter_async_context(start_envoy("envoy", bootstrap, self.workdir, concurrency=2))
         return Target("envoy", f"http://127.0.0.1:{envoy.listeners[GATEWAY_LISTENER]}/", (GRAY, PLAIN),
                       {A_GRAY: 0.5, A_BASE: 0.5}, {"envoy": envoy.pid}, 1, "direct",
-                      "wrk -> Envoy --concurrency 2 + rendered gateway Lua and routes -> stub a@gray|a@base")
+                      "wrk -> Envoy --concurrency 2 + rendered gateway Lua and routes -> stub a@gray|a@base",
+                      peer="envoy")
 
     async def _apps(self) -> dict[str, tuple[int, str]]:
         """app a@base and app a@gray (pid, address); their sidecars' outbound ports are chosen now."""
@@ -237,4 +286,62 @@ class Lab:
         return Target("chain", f"http://{address}/", (GRAY, PLAIN), {B_GRAY: 0.5, B_BASE: 0.5}, roles, 4,
                       "direct-chain",
                       "wrk -> gateway -> sidecar a (in) -> app a -> sidecar a (out) -> sidecar b (in) -> stub b",
-                      ("hops = 4 proxy traversals: gateway, a inbound, a outbound, b inbound",))
+                      ("hops = 4 proxy traversals: gateway, a inbound, a outbound, b inbound",), peer="envoy")
+
+    def _hop_config(self, a_inbound: Mapping[str, str], b_inbound: Mapping[str, str]) -> str:
+        """The demo config with services a and b at these addresses (lane -> address)."""
+        return _config_text({"a": dict(a_inbound), "b": dict(b_inbound)})
+
+    def _hop_trace(self, config_text: str) -> tuple[str, ...]:
+        """The trace headers of the hop load: traceparent and x-request-id, plus B3 when configured."""
+        configured = parse_config(config_text, "<bench config>").proxy.trace_headers
+        wanted = ("traceparent", "x-request-id", *(("b3",) if "x-b3-traceid" in configured else ()))
+        return tuple(t for t in TRACE_HEADERS if t in wanted)
+
+    async def _sidecar_hop(self) -> Target:
+        inbound = {lane: f"127.0.0.1:{free_port()}" for lane in LANES}
+        a_inbound = {lane: f"127.0.0.1:{free_port()}" for lane in LANES}  # a@gray's is never started
+        config_text = self._hop_config(a_inbound, inbound)
+        config = self.workdir / "hop.yaml"
+        config.write_text(config_text, encoding="utf-8")
+        roles: dict[str, int] = {}
+        for lane in LANES:  # the callee's sidecars first, so a's sidecar finds them listening
+            roles[f"sidecar-b-{lane}"], _ = await self._child(f"hop-sidecar-b-{lane}", lane_argv(
+                "sidecar", "--config", str(config), "--service", "b", "--lane", lane,
+                "--app", self.stub_address(Instance("b", lane)), "--listen", inbound[lane],
+                "--outbound", f"127.0.0.1:{free_port()}", "--admin", "127.0.0.1:0", "--drain-seconds", "1",
+                "--otlp-endpoint", "none"))
+        roles["sidecar-a-base"], listeners = await self._child("hop-sidecar-a-base", lane_argv(
+            "sidecar", "--config", str(config), "--service", "a", "--lane", "base",
+            "--app", self.stub_address(A_BASE), "--listen", a_inbound["base"],
+            "--outbound", f"127.0.0.1:{free_port()}", "--admin", "127.0.0.1:0", "--drain-seconds", "1",
+            "--otlp-endpoint", "none"))
+        return Target("sidecar-hop", f"http://{listeners['outbound']}/", (HOP_GRAY, HOP_BASE),
+                      {B_GRAY: 0.5, B_BASE: 0.5}, roles, 2, "direct",
+                      "wrk (as app a) -> sidecar a@base (outbound) -> sidecar b@gray|b@base (inbound) -> stub b",
+                      ("hops = 2 proxy traversals: a outbound, b inbound; CPU and RSS: all three sidecars",),
+                      trace=self._hop_trace(config_text), peer="envoy-hop")
+
+    async def _envoy_hop(self) -> Target:
+        inbound = {}
+        for lane in LANES:
+            port = int(self.stub_address(Instance("b", lane)).rpartition(":")[2])
+            inbound[lane] = await self.stack.enter_async_context(start_envoy(
+                f"hop-envoy-b-{lane}", inbound_bootstrap(port), self.workdir, concurrency=ENVOY_HOP_CONCURRENCY))
+        config_text = self._hop_config({lane: self.stub_address(Instance("a", lane)) for lane in LANES},
+                                       {lane: f"127.0.0.1:{e.listeners[INBOUND_LISTENER]}"
+                                        for lane, e in inbound.items()})
+        config = parse_config(config_text, "<bench config>")
+        backends = {("b", lane): Backend("b", lane, e.listeners[INBOUND_LISTENER]) for lane, e in inbound.items()}
+        backends |= {("a", lane): Backend("a", lane, int(self.stub_address(Instance("a", lane)).rpartition(":")[2]))
+                     for lane in LANES}
+        outbound = await self.stack.enter_async_context(start_envoy(
+            "hop-envoy-a-out", envoy_bootstrap(config, render_objects(config), backends), self.workdir,
+            concurrency=ENVOY_HOP_CONCURRENCY))
+        roles = {"envoy-a-out": outbound.pid, **{f"envoy-b-{lane}": e.pid for lane, e in inbound.items()}}
+        return Target("envoy-hop", f"http://127.0.0.1:{outbound.listeners[MESH_LISTENER]}/", (HOP_GRAY, HOP_BASE),
+                      {B_GRAY: 0.5, B_BASE: 0.5}, roles, 2, "direct",
+                      f"wrk (as app a) -> Envoy a (outbound: rendered mesh routes) -> Envoy b@gray|b@base "
+                      f"(inbound) -> stub b; --concurrency {ENVOY_HOP_CONCURRENCY} each",
+                      ("hops = 2 proxy traversals; CPU and RSS: all three Envoys",),
+                      trace=self._hop_trace(config_text), peer="envoy-hop")

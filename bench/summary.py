@@ -7,30 +7,38 @@ against remembered numbers): against ``envoy`` and against ``direct``. "Added la
 is ``(p50 - p50 of the baseline) / hops`` at 1 connection, where the baseline is ``direct`` for
 the gateways and Envoy (1 hop) and ``direct-chain`` for the chain (4 proxy traversals).
 
-The targets are the issue's, evaluated on these numbers; they are reported, not enforced.
+Next to each median, the min-max over the rounds; and for each subject with an Envoy ``peer``
+(`subjects.Target.peer`), the ratios against it taken round by round (`peer_ratios`): a ratio's
+spread over rounds says how much one number can be trusted. The issue's targets are evaluated on
+these numbers in `bench/targets.py`.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from runs import Run
 from subjects import Target
 
-__all__ = ["HIGH", "LOW", "SubjectSummary", "TargetCheck", "ratios", "summarize", "targets"]
+__all__ = ["HIGH", "LOW", "MIB", "Range", "SubjectSummary", "peer_ratios", "ratios", "summarize"]
 
 HIGH: Final = 32  # connections of the throughput runs
 LOW: Final = 1  # connections of the latency runs
 MIB: Final = 1024 * 1024
-SIDECAR_RSS_LIMIT_MIB: Final = 42.0
+Range = tuple[float, float]  # (min, max) over the rounds
 
 
 def _median(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _range(values: Iterable[float | None]) -> Range | None:
+    present = [v for v in values if v is not None]
+    return (min(present), max(present)) if present else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +57,18 @@ class SubjectSummary:
     rss_by_process: Mapping[str, int]
     routing_ok: bool
     added_us_per_hop: float | None = None  # filled by `summarize` once the baseline is known
+    peer: str | None = None
+    rps_range: Mapping[int, Range | None] = field(default_factory=dict)  # connections -> (min, max)
+    p50_range: Mapping[int, Range | None] = field(default_factory=dict)
+    cpu_range: Mapping[int, Range | None] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def per(values: Mapping[int, float | None], digits: int) -> dict[str, float | None]:
             return {f"c{c}": None if v is None else round(v, digits) for c, v in values.items()}
+
+        def spread(values: Mapping[int, Range | None], digits: int) -> dict[str, list[float] | None]:
+            return {f"c{c}": None if v is None else [round(v[0], digits), round(v[1], digits)]
+                    for c, v in values.items()}
 
         return {
             "description": self.description, "hops": self.hops, "baseline": self.baseline, "runs": self.runs,
@@ -61,7 +77,9 @@ class SubjectSummary:
             "peak_rss_mib": {"total": round(self.rss_total / MIB, 2), "max_process": round(self.rss_max / MIB, 2),
                              "by_process": {k: round(v / MIB, 2) for k, v in sorted(self.rss_by_process.items())}},
             "added_latency_us_per_hop_c1": None if self.added_us_per_hop is None else round(self.added_us_per_hop, 1),
-            "routing_ok": self.routing_ok,
+            "routing_ok": self.routing_ok, "peer": self.peer,
+            "range_over_rounds": {"rps": spread(self.rps_range, 1), "p50_ms": spread(self.p50_range, 4),
+                                  "cpu_seconds_per_10k": spread(self.cpu_range, 4)},
         }
 
 
@@ -76,6 +94,9 @@ def summarize(targets: Mapping[str, Target], runs: Sequence[Run], rss: Mapping[s
         def med(metric: Callable[[Run], float | None], c: int, mine: list[Run] = mine) -> float | None:
             return _median(metric(r) for r in mine if r.connections == c)
 
+        def spread(metric: Callable[[Run], float | None], c: int, mine: list[Run] = mine) -> Range | None:
+            return _range(metric(r) for r in mine if r.connections == c)
+
         memory = rss.get(name, {})
         out[name] = SubjectSummary(
             name=name, description=target.description, hops=target.hops, baseline=target.baseline,
@@ -85,7 +106,10 @@ def summarize(targets: Mapping[str, Target], runs: Sequence[Run], rss: Mapping[s
             p99_ms={c: med(lambda r: r.wrk.p99_us / 1000, c) for c in levels},
             cpu_per_10k={c: med(lambda r: r.cpu_per_10k, c) for c in levels},
             rss_total=sum(memory.values()), rss_max=max(memory.values(), default=0), rss_by_process=dict(memory),
-            routing_ok=bool(mine) and all(r.routing.ok for r in mine),
+            routing_ok=bool(mine) and all(r.routing.ok for r in mine), peer=target.peer,
+            rps_range={c: spread(lambda r: r.wrk.rps, c) for c in levels},
+            p50_range={c: spread(lambda r: r.wrk.p50_us / 1000, c) for c in levels},
+            cpu_range={c: spread(lambda r: r.cpu_per_10k, c) for c in levels},
         )
     for name, s in out.items():
         base = out.get(s.baseline or "")
@@ -121,60 +145,48 @@ def ratios(summaries: Mapping[str, SubjectSummary], against: str) -> dict[str, d
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class TargetCheck:
-    name: str
-    measured: str  # human-readable measurement, e.g. "0.72x (gateway 10,100 / envoy 14,000 req/s)"
-    value: float | None
-    met: bool | None  # None: not measured in this run
-
-    def to_json(self) -> dict[str, Any]:
-        return {"target": self.name, "measured": self.measured,
-                "value": None if self.value is None else round(self.value, 4), "met": self.met}
-
-
-def _pair(a: SubjectSummary | None, b: SubjectSummary | None,
-          metric: Callable[[SubjectSummary], float | None]) -> tuple[float, float] | None:
-    x, y = (metric(a) if a else None), (metric(b) if b else None)
-    return (x, y) if x is not None and y is not None and y != 0 else None
+def _per_round(runs: Sequence[Run], name: str, c: int, metric: Callable[[Run], float | None]
+               ) -> dict[int, float]:
+    out = {}
+    for r in runs:
+        if r.subject == name and r.connections == c:
+            value = metric(r)
+            if value is not None:
+                out[r.round] = value
+    return out
 
 
-def targets(summaries: Mapping[str, SubjectSummary]) -> list[TargetCheck]:
-    """The issue's targets, each with its measured value and met / not met / not measured."""
-    gw, envoy, chain = summaries.get("gateway"), summaries.get("envoy"), summaries.get("chain")
-    out = []
-    name = f"gateway req/s at {HIGH} conns >= 0.6x Envoy (goal 1.0x)"
-    pair = _pair(gw, envoy, lambda s: s.rps.get(HIGH))
-    if pair is None:
-        out.append(TargetCheck(name, "not measured", None, None))
-    else:
-        r = pair[0] / pair[1]
-        out.append(TargetCheck(name, f"{r:.2f}x ({pair[0]:,.0f} vs {pair[1]:,.0f} req/s); goal 1.0x "
-                               f"{'met' if r >= 1.0 else 'not met'}", r, r >= 0.6))
-    name = "gateway CPU per request <= Envoy's"
-    pair = _pair(gw, envoy, lambda s: s.cpu_per_10k.get(HIGH))
-    if pair is None:
-        out.append(TargetCheck(name, "not measured", None, None))
-    else:
-        r = pair[0] / pair[1]
-        out.append(TargetCheck(name, f"{r:.2f}x ({pair[0]:.2f} vs {pair[1]:.2f} CPU s per 10k requests at "
-                               f"{HIGH} conns)", r, r <= 1.0))
-    for subject in (gw, chain):
-        if subject is None:
+def _round_ratios(runs: Sequence[Run], name: str, peer: str, c: int,
+                  metric: Callable[[Run], float | None]) -> Range | None:
+    """min-max over the rounds of (this subject's value / its peer's value in the same round)."""
+    mine, theirs = _per_round(runs, name, c, metric), _per_round(runs, peer, c, metric)
+    return _range(mine[k] / theirs[k] for k in mine if theirs.get(k))
+
+
+def peer_ratios(summaries: Mapping[str, SubjectSummary], runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
+    """Each subject against its Envoy peer: ratio of the medians and the per-round min-max.
+
+    Keys: ``rps_c32``, ``rps_c1``, ``cpu_per_request_c32``, ``p50_c1``, ``added_p50_per_hop_c1`` (ratios of
+    medians) and the first four again with ``_rounds`` (``[min, max]`` of the round-by-round
+    ratios; None without a common round)."""
+    metrics: dict[str, tuple[int, Callable[[Run], float | None], Callable[[SubjectSummary], float | None]]] = {
+        f"rps_c{HIGH}": (HIGH, lambda r: r.wrk.rps, lambda s: s.rps.get(HIGH)),
+        f"rps_c{LOW}": (LOW, lambda r: r.wrk.rps, lambda s: s.rps.get(LOW)),
+        f"cpu_per_request_c{HIGH}": (HIGH, lambda r: r.cpu_per_10k, lambda s: s.cpu_per_10k.get(HIGH)),
+        f"p50_c{LOW}": (LOW, lambda r: r.wrk.p50_us, lambda s: s.p50_ms.get(LOW)),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in summaries.items():
+        ref = summaries.get(s.peer or "")
+        if ref is None:
             continue
-        name = f"{subject.name} p50 added latency per hop at {LOW} conn <= Envoy's"
-        mine, ref = subject.added_us_per_hop, envoy.added_us_per_hop if envoy else None
-        if mine is None or ref is None:
-            out.append(TargetCheck(name, "not measured", None, None))
-        else:
-            out.append(TargetCheck(name, f"{mine:.0f} us vs Envoy's {ref:.0f} us per hop", _ratio(mine, ref),
-                                   mine <= max(ref, 0.0)))
-    name = f"sidecar peak RSS <= {SIDECAR_RSS_LIMIT_MIB:.0f} MiB"
-    sidecars = {k: v for k, v in (chain.rss_by_process if chain else {}).items() if k.startswith("sidecar-")}
-    worst = max(sidecars.values(), default=None)
-    if worst is None:
-        out.append(TargetCheck(name, "not measured", None, None))
-    else:
-        out.append(TargetCheck(name, f"{worst / MIB:.1f} MiB (largest of {len(sidecars)} sidecar processes)",
-                               worst / MIB, worst / MIB <= SIDECAR_RSS_LIMIT_MIB))
+        entry: dict[str, Any] = {"peer": ref.name}
+        for key, (c, per_run, per_summary) in metrics.items():
+            entry[key] = _ratio(per_summary(s), per_summary(ref))
+            spread = _round_ratios(runs, name, ref.name, c, per_run)
+            entry[f"{key}_rounds"] = None if spread is None else list(spread)
+        entry[f"added_p50_per_hop_c{LOW}"] = (
+            _ratio(s.added_us_per_hop, ref.added_us_per_hop)
+            if s.added_us_per_hop is not None and ref.added_us_per_hop and ref.added_us_per_hop > 0 else None)
+        out[name] = entry
     return out

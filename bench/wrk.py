@@ -4,6 +4,8 @@ wrk is a C load generator that does not share the subjects' weaknesses (it is no
 slow Python client cannot hide a slow proxy). Each run uses ``bench/wrk_report.lua``: it cycles
 through pre-built requests (so gray and plain traffic interleave in one run) and prints one JSON
 line from wrk's own ``done()`` summary, which is parsed here instead of wrk's human output.
+With ``trace``, every request also carries trace headers with fresh random ids (traffic behind a
+gateway always has them, and a sidecar's per-trace work must be paid for in the bench).
 
 Threads follow the brief: ``-t 1`` for 1 connection, ``-t 2`` otherwise, the same for every
 subject. A run is bounded by ``-d`` and, in case wrk hangs, by a wall-clock timeout after which
@@ -15,18 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["WrkError", "WrkResult", "ensure_wrk", "run_wrk", "wrk_version"]
+from debian import InstallError, ensure_tool
+
+__all__ = ["TRACE_HEADERS", "WrkError", "WrkResult", "ensure_wrk", "run_wrk", "wrk_version"]
 
 SCRIPT: Final = Path(__file__).resolve().parent / "wrk_report.lua"
 _MARK: Final = "WRK_JSON "
+# The trace headers wrk_report.lua can make fresh per request: W3C traceparent, x-request-id (a
+# random UUID, as Envoy makes one) and B3 multi-header (x-b3-traceid/-spanid/-sampled).
+TRACE_HEADERS: Final = ("traceparent", "x-request-id", "b3")
 
 
 class WrkError(RuntimeError):
@@ -68,20 +73,10 @@ class WrkResult:
 
 def ensure_wrk() -> str:
     """The wrk executable: on PATH, else installed from Debian's package when root, else WrkError."""
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise WrkError("wrk is not installed and this is not root: install it (e.g. `sudo apt-get install wrk`)")
-    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, check=False)
-        if done.returncode != 0:
-            raise WrkError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    found = shutil.which("wrk")
-    if not found:
-        raise WrkError("apt-get install wrk succeeded but wrk is still not on PATH")
-    return found
+    try:
+        return ensure_tool("wrk", "wrk")
+    except InstallError as exc:
+        raise WrkError(str(exc)) from exc
 
 
 def wrk_version(exe: str) -> str:
@@ -106,21 +101,27 @@ def parse_summary(output: str) -> WrkResult:
     raise WrkError(f"wrk printed no summary line:\n{output[-2000:]}")
 
 
-def wrk_argv(exe: str, url: str, connections: int, seconds: int, requests: Sequence[Sequence[tuple[str, str]]]
-             ) -> list[str]:
+def wrk_argv(exe: str, url: str, connections: int, seconds: int, requests: Sequence[Sequence[tuple[str, str]]],
+             trace: Sequence[str] = ()) -> list[str]:
+    """wrk's command line; *trace* names the trace headers the script makes fresh for every request."""
+    unknown = [name for name in trace if name not in TRACE_HEADERS]
+    if unknown:
+        raise ValueError(f"unknown trace header kind(s) {unknown}; choose from {', '.join(TRACE_HEADERS)}")
     threads = 1 if connections == 1 else 2
     specs = ["\n".join(f"{name}: {value}" for name, value in headers) for headers in requests]
+    marker = [f"@trace={','.join(trace)}"] if trace else []
     return [exe, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s",
-            "-s", str(SCRIPT), url, "--", *specs]
+            "-s", str(SCRIPT), url, "--", *marker, *specs]
 
 
 async def run_wrk(exe: str, url: str, *, connections: int, seconds: int,
-                  requests: Sequence[Sequence[tuple[str, str]]]) -> WrkResult:
-    """One bounded wrk run against *url*, cycling through *requests* (each a list of extra headers)."""
+                  requests: Sequence[Sequence[tuple[str, str]]], trace: Sequence[str] = ()) -> WrkResult:
+    """One bounded wrk run against *url*, cycling through *requests* (each a list of extra headers),
+    with fresh *trace* headers on every request."""
     if connections < 1 or seconds < 1:
         raise ValueError("wrk needs at least 1 connection and 1 second")
     proc = await asyncio.create_subprocess_exec(
-        *wrk_argv(exe, url, connections, seconds, requests),
+        *wrk_argv(exe, url, connections, seconds, requests, trace),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:

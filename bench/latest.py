@@ -1,0 +1,106 @@
+"""The latest full run as a committed Markdown file, and the README's one sentence about it.
+
+Numbers typed into a README go stale the day the code changes. So the README holds no table: it
+links ``bench/results/latest.md``, which every full ``make bench`` rewrites with when and where
+it ran, the machine's load, the table and the goals; and the one sentence of current ratios in
+the README sits between two markers (`README_START` / `README_END`) that the same run rewrites.
+A quick or partial run writes neither (only when asked with ``--latest``), so a development run
+cannot replace the full run's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from summary import HIGH, LOW, SubjectSummary
+from targets import TargetCheck
+
+__all__ = ["README_END", "README_START", "latest_markdown", "ratio_sentence", "update_readme"]
+
+README_START: Final = "<!-- bench:latest -->"
+README_END: Final = "<!-- /bench:latest -->"
+REGENERATE: Final = "make bench"
+
+
+def _x(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}x"
+
+
+def _rounds(entry: Mapping[str, Any], key: str) -> str:
+    spread = entry.get(f"{key}_rounds")
+    return f" (rounds {spread[0]:.2f}-{spread[1]:.2f})" if spread and spread[0] != spread[1] else ""
+
+
+def ratio_sentence(summaries: Mapping[str, SubjectSummary], peer: Mapping[str, Mapping[str, Any]]) -> str:
+    """One sentence of the run's headline ratios (gateway vs Envoy, sidecar hop pair vs Envoy pair)."""
+    parts = []
+    gw, hop = peer.get("gateway"), peer.get("sidecar-hop")
+    rps, cpu = f"rps_c{HIGH}", f"cpu_per_request_c{HIGH}"
+    if gw:
+        mine, ref = summaries["gateway"].added_us_per_hop, summaries[gw["peer"]].added_us_per_hop
+        added = "" if mine is None or ref is None else f", adding {mine:.0f} µs of p50 per hop to Envoy's {ref:.0f}"
+        parts.append(f"the gateway (2 workers) reaches {_x(gw[rps])} Envoy's req/s at {HIGH} connections"
+                     f"{_rounds(gw, rps)} at {_x(gw[cpu])} its CPU per request{_rounds(gw, cpu)}{added}")
+    if hop:
+        parts.append(f"a sidecar hop pair with trace headers costs {_x(hop[cpu])} the Envoy pair's CPU per request"
+                     f"{_rounds(hop, cpu)}, adds {_x(hop[f'added_p50_per_hop_c{LOW}'])} its p50 per hop and "
+                     f"reaches {_x(hop[rps])} its req/s")
+    if not parts:
+        return "This run measured neither the gateway nor the sidecar hop against Envoy."
+    return "Against Envoy in the same run, " + "; ".join(parts) + "."
+
+
+def latest_markdown(document: Mapping[str, Any], sentence: str, checks: Sequence[TargetCheck],
+                    busy: str | None, json_name: str) -> str:
+    """bench/results/latest.md for *document* (the run's JSON document)."""
+    m, st = document["machine"], document["settings"]
+    load = m.get("load_average_at_start")
+    others = [r["other_cores"] for r in document["runs"] if r.get("other_cores") is not None]
+    quiet = (f"load average {load[0]:.2f} at the start" if load else "load average unknown") + (
+        f", other processes at most {max(others):.2f} cores during the measured runs" if others else "")
+    marks = {True: "met", False: "**not met**", None: "n/a"}
+    goals = "\n".join(f"| {c.name} | {c.measured} | {marks[c.met]} |" for c in checks)
+    return f"""# Latest `make bench` results
+
+Written by `bench/compare.py`; regenerate with `{REGENERATE}` (= `python bench/compare.py`) on a quiet machine.
+Do not edit by hand.
+
+- **When:** {document['started_utc']} (UTC), {document['seconds']:.0f} s
+- **Where:** {m['cpu_model']}, {m['cores']} cores shared by wrk, the stubs and the subject; {m['platform']};
+  Python {m['python']}, Envoy {m['envoy']}, {str(m['wrk']).split(' Copyright')[0]}
+- **Code:** lane commit `{m['lane_commit']}`
+- **Stub backends:** {st.get('stubs', '?')}
+- **Settings:** {st['rounds']} round(s) × {st['duration_s']} s per subject at {HIGH} and {LOW} connection(s),
+  subjects alternating every run; hop subjects loaded with fresh trace headers per request
+  ({', '.join(st.get('hop_trace_headers') or []) or 'none'})
+- **Machine load:** {busy.removeprefix('note: ') if busy else 'quiet: ' + quiet}
+- **Routing:** {'every run routed every request right' if document['routing_ok'] else '**FAILED** (see the JSON)'}
+- **Full results:** `{json_name}` (not committed; its `runs` hold every wrk run)
+
+{sentence}
+
+Medians over the rounds, min-max beside them; `/envoy` is the ratio against the subject's Envoy peer
+(`envoy`; `envoy-hop` for `sidecar-hop`) from the same run; CPU seconds per 10k requests; peak RSS.
+
+```
+{document['table']}
+```
+
+| goal | measured | |
+|---|---|---|
+{goals}
+"""
+
+
+def update_readme(readme: Path, sentence: str) -> bool:
+    """Put *sentence* between the README's markers; False (README untouched) when they are missing."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    new = text[:start + len(README_START)] + sentence + text[end:]
+    if new != text:
+        readme.write_text(new, encoding="utf-8")
+    return True

@@ -31,6 +31,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "inject": ("lane.inject", "add the lane sidecar container to Kubernetes Deployments"),
     "mesh": ("mesh_config.cli", "render, validate, verify and apply Istio lane config"),
     "loadtest": ("loadtest.cli", "prove under load (locust) that every request took its lane"),
+    "rollout": ("rollout.cli", "open a lane to more users step by step, judged by metrics, rolled back on failure"),
 }
 
 

@@ -13,6 +13,9 @@ and chaos on ``--admin-port``:
 * ``GET /lane/carriers``: what each service's app forwards of the lane's carriers, one entry per
   service summed over its sidecars (`lane.carriers.sum_views`; the gateway has no app).
 
+``--fault c@gray:error=0.2`` (or ``latency=200ms``, or both) starts that instance's app faulty
+(`lane.demo_app.fault`), so a `lane rollout` of the lane can be shown rolling back.
+
 Ctrl-C or SIGTERM stops every child; children also die with the demo if it is killed.
 """
 
@@ -31,6 +34,7 @@ from aiohttp import web
 from .carriers import sum_views
 from .cli_parser import log_level, port
 from .config import DEMO_SOURCE, demo_config_text, parse_config
+from .demo_app import Fault, fault
 from .demo_topology import Instance, Plan, effective_config_text, plan
 from .errors import ConfigError
 from .port_probe import bind_problem
@@ -46,9 +50,14 @@ READY_TIMEOUT = 60.0
 
 
 class Demo:
-    def __init__(self, config_text: str, source: str, workdir: Path, port: int, log_level: str) -> None:
+    def __init__(self, config_text: str, source: str, workdir: Path, port: int, log_level: str,
+                 faults: dict[tuple[str, str], Fault] | None = None) -> None:
         self.original = parse_config(config_text, source)
         self.plan: Plan = plan(self.original)
+        self.faults = dict(faults or {})  # (service, lane) -> how its apps misbehave
+        for service, lane in self.faults:
+            if not self.plan.find(service, lane):
+                raise ConfigError(source, "", f"--fault {service}@{lane}: the config has no such instance")
         self.workdir = workdir
         self.port = port
         self.log_level = log_level
@@ -75,6 +84,8 @@ class Demo:
             app_args += ["--calls", ",".join(inst.calls)]
         if inst.forward_only:
             app_args += ["--forward-only", ",".join(inst.forward_only)]
+        if (inst.service, inst.lane) in self.faults:
+            app_args += ["--fault", str(self.faults[inst.service, inst.lane])]
         app = self._child(f"app-{inst.key}", app_args)
         app.env = {"HTTP_PROXY": f"http://127.0.0.1:{inst.outbound_port}", "NO_PROXY": "", "no_proxy": ""}
         sidecar = self._child(f"sidecar-{inst.key}", [
@@ -201,6 +212,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=port, default=0, help="demo admin port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--ready-file", help="write the topology as JSON here once everything is ready")
     parser.add_argument("--child-log-level", type=log_level, default="WARNING", help="log level of the child processes")
+    parser.add_argument("--fault", type=_instance_fault, action="append", default=[], metavar="SERVICE@LANE:FAULT",
+                        help="start that instance's app faulty, e.g. c@gray:error=0.2 or c@gray:latency=200ms "
+                        "(both: c@gray:error=0.2,latency=200ms); repeatable")
+
+
+def _instance_fault(text: str) -> tuple[tuple[str, str], Fault]:
+    """``SERVICE@LANE:FAULT`` for ``--fault`` (the instance is checked against the config later)."""
+    where, colon, spec = text.partition(":")
+    service, at, lane = where.partition("@")
+    if not (colon and at and service and lane):
+        raise argparse.ArgumentTypeError(f"expected SERVICE@LANE:FAULT (e.g. c@gray:error=0.2), got {text!r}")
+    return (service.strip(), lane.strip()), fault(spec)
 
 
 def _refusal(args: argparse.Namespace) -> str | None:
@@ -245,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
         text, source = demo_config_text(), DEMO_SOURCE
     with tempfile.TemporaryDirectory(prefix="lane-demo-") as tmp:
         try:
-            demo = Demo(text, source, Path(tmp), args.port, args.child_log_level)
+            demo = Demo(text, source, Path(tmp), args.port, args.child_log_level, dict(args.fault))
         except ConfigError as exc:
             log.error("%s", exc)
             return 2

@@ -9,13 +9,20 @@ headers (the demo's ``d``), which is what trace-id recovery in the sidecar is fo
 
 Also: ``POST /echo`` streams the request body back; ``GET /ws`` is a WebSocket echo;
 ``GET /healthz``.
+
+``--fault error=0.2,latency=200ms`` makes ``GET /`` misbehave, for showing a rollback (`lane demo
+--fault c@gray:...`, `lane rollout`): each answer is delayed by the latency, and the given fraction
+of them is a 500 of the app's own (before it calls anyone). Health checks stay healthy: the fault is
+the kind a bad release has, not a dead instance.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -26,7 +33,7 @@ from aiohttp import web
 from .readiness import announce
 from .server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
 
-__all__ = ["DEFAULT_FORWARD", "DemoApp", "add_arguments", "build_demo_app", "run"]
+__all__ = ["DEFAULT_FORWARD", "DemoApp", "Fault", "add_arguments", "build_demo_app", "fault", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +45,50 @@ DEFAULT_FORWARD: Final = (
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """How a faulty demo app misbehaves on ``GET /``: a fraction of 500s and an added delay."""
+
+    error_rate: float = 0.0  # 0..1
+    latency: float = 0.0  # seconds
+
+    def __str__(self) -> str:
+        return f"error={self.error_rate:g},latency={self.latency * 1000:g}ms"
+
+
+def fault(text: str) -> Fault:
+    """``error=0.2``, ``latency=200ms`` (or ``0.2s``), or both comma-separated; argparse's ``type``."""
+    error, latency = 0.0, 0.0
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = part.partition("=")
+        try:
+            if name == "error" and eq:
+                error = float(value)
+                if not 0.0 <= error <= 1.0:
+                    raise ValueError
+            elif name == "latency" and eq:
+                value = value.strip()
+                latency = float(value[:-2]) / 1000 if value.endswith("ms") else float(value.removesuffix("s"))
+                if not 0.0 <= latency <= 60.0:
+                    raise ValueError
+            else:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected error=FRACTION (0 to 1) and/or latency=DURATION (e.g. 200ms, up to 60s), got {part!r}"
+            ) from None
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected error=FRACTION and/or latency=DURATION, got nothing")
+    return Fault(error, latency)
+
+
+@dataclass(frozen=True, slots=True)
 class DemoApp:
     service: str
     lane: str
     calls: tuple[str, ...]
     forward: tuple[str, ...]
     call_timeout: float = 10.0
+    fault: Fault = Fault()
 
 
 APP: Final = web.AppKey("lane_demo_app", DemoApp)
@@ -74,6 +119,10 @@ async def _call(session: aiohttp.ClientSession, name: str, headers: dict[str, st
 
 async def _root(request: web.Request) -> web.Response:
     spec = request.app[APP]
+    if spec.fault.latency:
+        await asyncio.sleep(spec.fault.latency)
+    if spec.fault.error_rate and random.random() < spec.fault.error_rate:
+        return web.json_response({"service": spec.service, "lane": spec.lane, "error": "injected fault"}, status=500)
     wanted = {name.lower() for name in spec.forward}
     headers = {k: v for k, v in request.headers.items() if k.lower() in wanted}
     calls = [await _call(request.app[SESSION], name, headers) for name in spec.calls]
@@ -135,11 +184,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=_names, default=(), help="comma-separated services to call on GET /")
     parser.add_argument("--forward-only", type=_names, default=None,
                         help="forward only these headers to calls (default: the usual tracing and lane headers)")
+    parser.add_argument("--fault", type=fault, default=Fault(), metavar="error=F,latency=D",
+                        help="misbehave on GET /: answer 500 to a fraction F of requests and/or delay each by D "
+                        "(e.g. error=0.2,latency=200ms), to show a rollout's rollback")
     add_server_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = DemoApp(args.service, args.lane, tuple(args.calls), tuple(args.forward_only or DEFAULT_FORWARD))
+    spec = DemoApp(args.service, args.lane, tuple(args.calls), tuple(args.forward_only or DEFAULT_FORWARD),
+                   fault=args.fault)
 
     async def build() -> tuple[list[Listener], None]:
         return [Listener("app", args.listen, build_demo_app(spec), reuse_port=False)], None

@@ -19,6 +19,7 @@ import argparse
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import web
@@ -57,6 +58,7 @@ __all__ = [
     "TRACING",
     "add_arguments",
     "build_gateway_app",
+    "coloring_view",
     "distrust_request_id",
     "drop_repeated_trace_headers",
     "ensure_trace_headers",
@@ -218,6 +220,24 @@ def build_gateway_app(
     return app
 
 
+def coloring_view(config: LaneConfig) -> dict[str, object]:
+    """``GET /lane/coloring``: the rules in force, in order, with each lane and percentage.
+
+    Read-only; `lane rollout` reads the share a running gateway applies from it (so a rerun after a
+    crash continues from what is in force, not from what a file says).
+    """
+    rules = [{"name": rule.name, "lane": rule.lane, "conditions": len(rule.conditions),
+              "percent": None if rule.percentage is None else rule.percentage.percent,
+              "sticky": rule.percentage is not None and rule.percentage.key is not None}
+             for rule in config.rules]
+    return {"config": config.source, "default_lane": config.default_lane, "rules": rules}
+
+
+def _admin_views(runtime: Runtime) -> dict[str, Callable[[], object]]:
+    """The gateway's own admin views: ``/lane/coloring`` (`coloring_view` of the config in force)."""
+    return {"/lane/coloring": lambda: coloring_view(runtime.config)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=os.environ.get("LANE_CONFIG"),
                         help="lane config YAML (default: $LANE_CONFIG; required unless --demo)")
@@ -226,8 +246,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", type=host_port, default=host_port("127.0.0.1:8080"),
                         help="HOST:PORT to serve on (default 127.0.0.1:8080)")
     parser.add_argument("--admin", type=host_port, default=host_port("127.0.0.1:9901"),
-                        help="HOST:PORT of the admin listener: /metrics, /healthz, /lane/instances, /lane/reload "
-                        "(default 127.0.0.1:9901)")
+                        help="HOST:PORT of the admin listener: /metrics, /healthz, /lane/instances, /lane/coloring, "
+                        "/lane/reload (default 127.0.0.1:9901)")
     parser.add_argument("--explain-json", action="store_true",
                         help="add the hop record as \"path\"/\"hops\" to small JSON object answers (the demo uses it)")
     add_admin_arguments(parser)
@@ -258,7 +278,8 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
             app = build_gateway_app(runtime, explain_json=args.explain_json, tracing=tracing)
             return [
                 Listener("gateway", args.listen, app),
-                Listener("admin", args.admin, build_admin(runtime, access=admin_access(args)), reuse_port=False),
+                Listener("admin", args.admin, build_admin(runtime, _admin_views(runtime), admin_access(args)),
+                         reuse_port=False),
             ], runtime
 
         def ready(bound: dict[str, HostPort]) -> None:

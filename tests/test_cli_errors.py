@@ -26,6 +26,7 @@ from lane.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo.yaml"
+ROLLOUT = ROOT / "examples" / "rollout.yaml"
 
 # Children are seen twice over: a Python child (every lane process, locust) says so when it starts, as
 # it inherits the environment with the marker set by the command itself; and the audit hook sees
@@ -147,6 +148,19 @@ def cases(f: Files) -> list[tuple[list[str], str]]:
         (["loadtest", "--host", "http://127.0.0.1:1", "--config", f.binary], "not UTF-8 text"),
         (["loadtest", "--users", "0"], "argument --users/-u: expected a positive integer"),
         (["loadtest", "--run-time", "soon"], "expected a time span"),
+        (["demo", "--fault", "c@gray:error=2"], "expected error=FRACTION"),
+        (["demo", "--fault", "nobody@gray:error=0.2"], "--fault nobody@gray: the config has no such instance"),
+        (["rollout", "--lane", "gray", "--admin", "127.0.0.1:1"], "the following arguments are required: --config"),
+        (["rollout", "--config", str(ROLLOUT), "--lane", "gray", "--admin", "127.0.0.1:1", "--steps", "50,5"],
+         "steps must increase"),
+        (["rollout", "--config", str(ROLLOUT), "--lane", "gray", "--admin", "127.0.0.1:1", "--interval", "soon"],
+         "expected a duration"),
+        (["rollout", "--config", str(DEMO), "--lane", "gray", "--admin", "127.0.0.1:1"],
+         "no coloring rule with a `percentage` colors lane gray"),
+        (["rollout", "--config", str(ROLLOUT), "--lane", "gray", "--admin", "127.0.0.1:1"],
+         "admin http://127.0.0.1:1"),
+        (["rollout", "--config", str(ROLLOUT), "--lane", "gray", "--admin", "127.0.0.1:1", "--load"],
+         "--load needs --host"),
     ]
 
 

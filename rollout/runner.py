@@ -1,0 +1,243 @@
+"""One rollout, step by step: set the share, wait, judge, go on or roll back (`Options` in, exit status out).
+
+The order of every change is the file first, then the gateways: `share_edit.write_share` replaces
+the config atomically, then every gateway's ``POST /lane/reload`` swaps it in. If a gateway refuses
+the reload, the file is set back to the share that was in force and the others are reloaded again,
+so the file always ends holding the share the gateways apply. A run starts from what the gateways
+report (`plan.remaining_steps`): after a crash, a rerun re-judges the share in force and goes on.
+
+Failed checks are counted over the whole rollout, as Flagger counts them: at ``threshold`` the lane
+is rolled back (share 0, exit 1). A check that fails below the threshold is judged again, at the same
+share, in the next interval. A step without ``min_requests`` lane requests waits another interval;
+after ``max_waits`` such intervals in a row the rollout gives up and rolls back (it never promotes
+on too little data, and it must end). The webhook, when given, is asked before each step; an answer
+that is not 2xx (or none) counts as a failed check and it is asked again after an interval, like
+Flagger's pre-rollout hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from lane.config import LaneConfig, load_config
+from lane.errors import ConfigError
+
+from .admin_client import Admin, AdminClient
+from .analysis import Judgement, Thresholds, Verdict, judge
+from .errors import AdminUnreachable, RolloutInputError
+from .load import UserRequests, load_running
+from .metrics_window import Snapshot, parse_metrics
+from .plan import remaining_steps
+from .record import Record
+from .share_edit import ShareRule, find_share_rule, write_share
+
+__all__ = ["PROMOTED", "ROLLED_BACK", "Options", "rollout"]
+
+log = logging.getLogger(__name__)
+
+PROMOTED, ROLLED_BACK = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    config: Path
+    lane: str
+    rule: str | None
+    steps: tuple[int, ...]
+    interval: float  # seconds
+    admins: tuple[str, ...]
+    token: bytes | None
+    limits: Thresholds
+    threshold: int = 1
+    max_waits: int = 10
+    host: str | None = None
+    load: bool = False
+    load_rate: float = 50.0
+    load_users: int = 1000
+    webhook: str | None = None
+    record: Path | None = None
+    svg: Path | None = None
+
+
+class _RolledBack(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Rollout:
+    """The state of one run: the gateways, the share in force, the failed checks so far."""
+
+    def __init__(self, opts: Options, config: LaneConfig, rule: ShareRule, client: AdminClient,
+                 admins: list[Admin], record: Record) -> None:
+        self.opts = opts
+        self.config = config
+        self.rule = rule
+        self.client = client
+        self.admins = admins
+        self.gateways = [a.url for a in admins if a.gateway]
+        self.record = record
+        self.in_force = 0
+        self.failed = 0
+
+    async def shares_in_force(self) -> list[int]:
+        shares = []
+        for url in self.gateways:
+            view = await self.client.coloring(url)
+            found = [r.get("percent") for r in view["rules"]
+                     if isinstance(r, dict) and r.get("name") == self.rule.name and r.get("lane") == self.opts.lane]
+            if len(found) != 1 or not isinstance(found[0], int):
+                raise RolloutInputError(f"gateway {url} has no percentage rule {self.rule.name} for lane "
+                                        f"{self.opts.lane} in force; is it running {self.opts.config}?")
+            shares.append(found[0])
+        return shares
+
+    async def apply(self, share: int) -> None:
+        """Write *share* to the file, then reload every gateway; on a refusal, put the old share back."""
+        previous = self.in_force
+        write_share(self.opts.config, self.opts.lane, self.rule.name, share)
+        try:
+            for url in self.gateways:
+                await self.client.reload(url)
+        except AdminUnreachable:
+            write_share(self.opts.config, self.opts.lane, self.rule.name, previous)
+            for url in self.gateways:
+                try:
+                    await self.client.reload(url)
+                except AdminUnreachable as exc:
+                    log.error("%s", exc)
+            raise
+        self.in_force = share
+
+    async def scrape(self) -> Snapshot | str:
+        """Every admin's metrics summed, or why they could not be read (a failed check)."""
+        try:
+            return parse_metrics([await self.client.metrics(a.url) for a in self.admins])
+        except AdminUnreachable as exc:
+            return f"cannot read metrics: {exc}"
+        except ValueError as exc:
+            return f"cannot parse metrics: {exc}"
+
+    def fail(self, reason: str) -> None:
+        self.failed += 1
+        self.record.event("failed-check", self.in_force,
+                          f"failed check {self.failed} of --threshold {self.opts.threshold}: {reason}")
+        if self.failed >= self.opts.threshold:
+            raise _RolledBack(reason)
+
+    async def gate(self, share: int, step: int, session: aiohttp.ClientSession) -> None:
+        """Ask the webhook until it says yes (or the failed checks reach the threshold)."""
+        if self.opts.webhook is None:
+            return
+        body = {"lane": self.opts.lane, "rule": self.rule.name, "config": str(self.opts.config),
+                "from": self.in_force, "to": share, "step": step, "steps": len(self.opts.steps)}
+        while True:
+            try:
+                async with session.post(self.opts.webhook, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    if 200 <= resp.status < 300:
+                        return
+                    problem = f"webhook {self.opts.webhook} answered {resp.status} before {share}%"
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                problem = f"webhook {self.opts.webhook} unreachable before {share}%: {type(exc).__name__}"
+            self.fail(problem)
+            await asyncio.sleep(self.opts.interval)
+
+    async def judge_step(self, share: int, step: int) -> None:
+        """Wait and judge at *share* until a window passes (or the rollout is rolled back)."""
+        waits = 0
+        before = await self.scrape()
+        while True:
+            await asyncio.sleep(self.opts.interval)
+            after = await self.scrape()
+            if isinstance(after, str):
+                self.fail(after)
+                before = after
+                continue
+            if isinstance(before, str):  # nothing to compare with yet
+                before = after
+                continue
+            judgement: Judgement = judge(after.since(before), self.opts.lane, self.config.default_lane,
+                                         self.opts.limits)
+            before = after
+            self.record.point(share, judgement, step, len(self.opts.steps))
+            if judgement.verdict is Verdict.PASS:
+                return
+            if judgement.verdict is Verdict.FAIL:
+                waits = 0
+                self.fail(judgement.reason)
+                continue
+            waits += 1
+            if waits >= self.opts.max_waits:
+                raise _RolledBack(f"not enough {self.opts.lane} traffic to judge {share}% in {waits} intervals "
+                                  f"({judgement.reason})")
+
+    async def run(self, session: aiohttp.ClientSession) -> int:
+        shares = await self.shares_in_force()
+        self.in_force = min(shares)
+        if len(set(shares)) > 1:
+            self.record.event("resume", self.in_force, f"gateways disagree ({', '.join(map(str, shares))}%): "
+                              f"continuing from the lowest, {self.in_force}%")
+        elif self.in_force:
+            self.record.event("resume", self.in_force, f"{self.in_force}% in force on the gateways: continuing "
+                              "from there")
+        await self.apply(self.in_force)  # the file holds the share in force (a crash may have left it ahead)
+        todo = remaining_steps(self.opts.steps, self.in_force)
+        if not todo:
+            self.record.event("promoted", self.in_force, f"{self.opts.lane} is already at {self.in_force}%")
+            self.record.save("promoted")
+            return PROMOTED
+        request = UserRequests.of_rule(self.config, self.rule.name) if self.opts.load else None
+        async with load_running(self.opts.host if self.opts.load else None, request, rate=self.opts.load_rate,
+                                users=self.opts.load_users):
+            try:
+                for share in todo:
+                    step = self.opts.steps.index(share) + 1 if share in self.opts.steps else 0
+                    await self.gate(share, step, session)
+                    if share != self.in_force:
+                        await self.apply(share)
+                        self.record.event("set", share, f"{self.opts.lane} share set to {share}% "
+                                          f"(step {step}/{len(self.opts.steps)})")
+                    await self.judge_step(share, step)
+            except _RolledBack as back:
+                await self.apply(0)
+                self.record.event("rollback", 0, f"{self.opts.lane} rolled back to 0%: {back.reason}")
+                self.record.save("rolled back", back.reason)
+                print(f"lane rollout: rolled back {self.opts.lane} to 0%: {back.reason}", file=sys.stderr,
+                      flush=True)
+                return ROLLED_BACK
+        self.record.event("promoted", self.in_force, f"{self.opts.lane} promoted to {self.in_force}%")
+        self.record.save("promoted")
+        return PROMOTED
+
+
+async def rollout(opts: Options) -> int:
+    """Run the rollout; `RolloutInputError` (exit 2) for bad input or an admin that does not answer."""
+    try:
+        config = load_config(opts.config)
+    except ConfigError as exc:
+        raise RolloutInputError(str(exc)) from None
+    rule = find_share_rule(config, opts.lane, opts.rule)
+    if opts.load and not rule.sticky:
+        log.warning("rule %s has no sticky key: --load users are put in the lane at random", rule.name)
+    head = {"config": str(opts.config), "lane": opts.lane, "base": config.default_lane, "rule": rule.name,
+            "steps": list(opts.steps), "interval": opts.interval, "admins": list(opts.admins),
+            "thresholds": {"max_error_rate": opts.limits.max_error_rate, "max_p99_ratio": opts.limits.max_p99_ratio,
+                           "min_p99": opts.limits.min_p99, "min_requests": opts.limits.min_requests,
+                           "threshold": opts.threshold}}
+    record = Record(opts.record, opts.svg, head)
+    record.resume()
+    async with aiohttp.ClientSession() as session:
+        client = AdminClient(session, opts.token)
+        admins = [await client.probe(url) for url in opts.admins]
+        if not any(a.gateway for a in admins):
+            raise RolloutInputError("none of the --admin listeners is a gateway's (GET /lane/coloring answered on "
+                                    f"none of {', '.join(opts.admins)}): the share is set on gateways")
+        return await Rollout(opts, config, rule, client, admins, record).run(session)
+
+

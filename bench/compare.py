@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import aiohttp
 import uvloop
-from busy import BusySnapshot, busy_note, machine_load, other_cores
+from busy import BusySnapshot, busy_note, machine_load, other_cores, sample_other_cores
 from envoy_proc import envoy_version
 from latest import latest_markdown, ratio_sentence, update_readme
 from measure import ProcessTree
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     core_option = has_core_option()
     subjects = _subjects(args.subjects, args.quick, core_option)
     info = machine_info(envoy_version(), wrk_version(exe))
+    others_at_start = sample_other_cores()
+    info["other_cores_at_start"] = None if others_at_start is None else round(others_at_start, 3)
     started = time.time()
     say(f"lane bench compare: {', '.join(subjects)}; {args.rounds} round(s) x {args.duration} s at {HIGH} and "
         f"{LOW} connection(s), {args.warmup} s warm-up each; {info['cores']} cores, Envoy {info['envoy']}")
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(summaries, vs_peer)
     load_at_end = machine_load()
     info["load_average_at_end"] = list(load_at_end) if load_at_end else None
-    busy = busy_note(info.get("load_average_at_start"), info.get("cores") or 1, (r.other_cores for r in runs))
+    busy = busy_note(info.get("load_average_at_start"), info.get("cores") or 1, (r.other_cores for r in runs),
+                     others_at_start)
     sections: dict[str, Any] = {}
     for name in SECTIONS if args.with_soak else ():
         say(f"section {name} ...")

@@ -10,6 +10,7 @@ cannot replace the full run's numbers.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -21,6 +22,7 @@ __all__ = ["README_END", "README_START", "latest_markdown", "ratio_sentence", "u
 
 README_START: Final = "<!-- bench:latest -->"
 README_END: Final = "<!-- /bench:latest -->"
+README_WIDTH: Final = 115  # the README's prose lines
 REGENERATE: Final = "make bench"
 
 
@@ -58,7 +60,9 @@ def latest_markdown(document: Mapping[str, Any], sentence: str, checks: Sequence
     m, st = document["machine"], document["settings"]
     load = m.get("load_average_at_start")
     others = [r["other_cores"] for r in document["runs"] if r.get("other_cores") is not None]
+    start = m.get("other_cores_at_start")
     quiet = (f"load average {load[0]:.2f} at the start" if load else "load average unknown") + (
+        f", other processes {start:.2f} cores just before" if start is not None else "") + (
         f", other processes at most {max(others):.2f} cores during the measured runs" if others else "")
     marks = {True: "met", False: "**not met**", None: "n/a"}
     goals = "\n".join(f"| {c.name} | {c.measured} | {marks[c.met]} |" for c in checks)
@@ -95,12 +99,16 @@ Medians over the rounds, min-max beside them; `/envoy` is the ratio against the 
 
 
 def update_readme(readme: Path, sentence: str) -> bool:
-    """Put *sentence* between the README's markers; False (README untouched) when they are missing."""
+    """Put *sentence* between the README's markers, wrapped like the prose around it; False (README
+    untouched) when the markers are missing."""
     text = readme.read_text(encoding="utf-8")
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         return False
-    new = text[:start + len(README_START)] + sentence + text[end:]
+    column = start - (text.rfind("\n", 0, start) + 1)
+    lead = " " * (column + len(README_START))  # the first line starts after the marker
+    wrapped = textwrap.fill(sentence, README_WIDTH - len(README_END), initial_indent=lead)[len(lead):]
+    new = text[:start + len(README_START)] + wrapped + text[end:]
     if new != text:
         readme.write_text(new, encoding="utf-8")
     return True

@@ -96,6 +96,7 @@ def test_smallest_run_writes_the_documented_json(smallest_run: tuple[Any, dict[s
         "sidecar-a-base", "sidecar-b-base", "sidecar-b-gray"}
     assert set(doc["subjects"]["envoy-hop"]["peak_rss_mib"]["by_process"]) == {
         "envoy-a-out", "envoy-b-base", "envoy-b-gray"}
+    assert doc["machine"]["other_cores_at_start"] >= 0
     for run in doc["runs"]:  # other processes' CPU was measured around every run
         assert run["other_cores"] is not None and run["other_cores"] >= 0
     for name, subject in doc["subjects"].items():  # one round: min = max = the median

@@ -121,6 +121,9 @@ def test_busy_note_names_load_before_and_other_cpu_during_the_runs() -> None:
     assert before is not None and "load average 3.5 on 2 cores" in before and "other processes" not in before
     during = busy_note([0.2, 0.2, 0.2], 2, [0.1, 0.9, 0.6])
     assert during is not None and "0.10-0.90 cores" in during and "load average" not in during
+    just_before = busy_note([0.2, 0.2, 0.2], 2, [0.1], other_at_start=0.7)
+    assert just_before is not None and "0.70 cores just before it" in just_before
+    assert busy_note([0.2, 0.2, 0.2], 2, [0.1], other_at_start=0.1) is None
 
 
 def test_readme_sentence_replaced_between_its_markers_only(tmp_path: Path) -> None:

@@ -77,6 +77,9 @@ def _percent_span(text: str, index: int) -> tuple[int, int]:
     node = _value(_value(rules.value[index], "percentage") or yaml.ScalarNode("", ""), "percent")
     if not isinstance(node, yaml.ScalarNode):
         raise RolloutInputError(f"coloring[{index}].percentage.percent is not a plain number in the file")
+    if text[node.start_mark.index] in "&!":  # the node's text starts with its anchor or tag
+        raise RolloutInputError(f"coloring[{index}].percentage.percent is shared with other rules or tagged "
+                                "(a YAML anchor?): write it as a number of its own")
     return node.start_mark.index, node.end_mark.index
 
 

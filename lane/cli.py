@@ -28,6 +28,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "sidecar": ("lane.sidecar", "run a lane sidecar beside one service instance"),
     "demo": ("lane.demo", "run the a -> b -> c demo topology on 127.0.0.1"),
     "demo-app": ("lane.demo_app", "run one demo application (used by the demo and the images)"),
+    "graph": ("lane.graph_cli", "draw the live lane topology of running proxies (SVG, DOT or JSON)"),
     "inject": ("lane.inject", "add the lane sidecar container to Kubernetes Deployments"),
     "mesh": ("mesh_config.cli", "render, validate, verify and apply Istio lane config"),
     "loadtest": ("loadtest.cli", "prove under load (locust) that every request took its lane"),

@@ -11,7 +11,9 @@ and chaos on ``--admin-port``:
 * ``GET /lane/instances``: the union of the gateway's and every sidecar's health view (an
   instance is healthy only if no proxy has it ejected);
 * ``GET /lane/carriers``: what each service's app forwards of the lane's carriers, one entry per
-  service summed over its sidecars (`lane.carriers.sum_views`; the gateway has no app).
+  service summed over its sidecars (`lane.carriers.sum_views`; the gateway has no app);
+* ``GET /lane/admins`` and ``GET /lane/graph``: its proxies' admin URLs (what ``lane graph --admin``
+  reads) and the live lane graph as a page that refreshes itself (`lane.graph_page`).
 
 ``--fault c@gray:error=0.2`` (or ``latency=200ms``, or both) starts that instance's app faulty
 (`lane.demo_app.fault`), so a `lane rollout` of the lane can be shown rolling back.
@@ -37,6 +39,7 @@ from .config import DEMO_SOURCE, demo_config_text, parse_config
 from .demo_app import Fault, fault
 from .demo_topology import Instance, Plan, effective_config_text, plan
 from .errors import ConfigError
+from .graph_page import graph_routes
 from .port_probe import bind_problem
 from .readiness import write_json_atomically
 from .server import HostPort, Listener, run_loop, serve
@@ -156,6 +159,11 @@ class Demo:
         return {"services": {svc: {lane: [{"instance": i, "healthy": h} for i, h in rows.items()]
                                    for lane, rows in lanes.items()} for svc, lanes in merged.items()}}
 
+    def admin_urls(self) -> list[str]:
+        """The admin URLs of the gateway and every sidecar (a stopped one too: the graph says it did not answer)."""
+        return [f"http://127.0.0.1:{self.plan.gateway_admin_port}"] + [
+            f"http://127.0.0.1:{inst.admin_port}" for inst in self.plan.instances]
+
     async def carriers_view(self) -> list[dict[str, Any]]:
         """Every running sidecar's `/lane/carriers`, summed per service; a stopped one is skipped."""
         views = []
@@ -203,6 +211,7 @@ def build_demo_admin(demo: Demo) -> web.Application:
     app.router.add_post("/demo/instances/{service}/{lane}/{action:stop|start}", _instance_action)
     app.router.add_get("/lane/instances", _union)
     app.router.add_get("/lane/carriers", _carriers)
+    app.router.add_routes(graph_routes(demo.admin_urls))
     return app
 
 

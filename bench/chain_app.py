@@ -35,7 +35,8 @@ from lane.readiness import announce
 
 __all__ = ["FORWARDED", "main"]
 
-FORWARDED: Final = frozenset({b"x-mse-tag", b"baggage", b"x-request-id", b"traceparent", b"tracestate"})
+FORWARDED: Final = frozenset({b"x-mse-tag", b"baggage", b"x-request-id", b"traceparent", b"tracestate",
+                              b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled"})
 _REASONS: Final = {200: b"OK", 404: b"Not Found", 421: b"Misdirected Request", 502: b"Bad Gateway",
                    503: b"Service Unavailable", 504: b"Gateway Timeout"}
 

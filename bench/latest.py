@@ -77,8 +77,8 @@ Do not edit by hand.
 - **Code:** lane commit `{m['lane_commit']}`
 - **Stub backends:** {st.get('stubs', '?')}
 - **Settings:** {st['rounds']} round(s) × {st['duration_s']} s per subject at {HIGH} and {LOW} connection(s),
-  subjects alternating every run; hop subjects loaded with fresh trace headers per request
-  ({', '.join(st.get('hop_trace_headers') or []) or 'none'})
+  subjects alternating every run; the hop pairs, `chain` and `direct-chain` loaded with fresh trace headers
+  per request ({', '.join(st.get('hop_trace_headers') or []) or 'none'})
 - **Machine load:** {busy.removeprefix('note: ') if busy else 'quiet: ' + quiet}
 - **Routing:** {'every run routed every request right' if document['routing_ok'] else '**FAILED** (see the JSON)'}
 - **Full results:** `{json_name}` (not committed; its `runs` hold every wrk run)

@@ -19,9 +19,10 @@ CPU and memory are its cost:
 * ``envoy-hop``     the same call through an Envoy pair (`bench/hop_envoy.py`): the rendered mesh
                     routes in a's outbound Envoy -> b@L's inbound Envoy -> stub b@L.
 
-The hop subjects' load carries fresh trace headers on every request (``traceparent``,
-``x-request-id`` and B3 when the config's ``proxy.trace_headers`` lists it), as all traffic behind
-a gateway does, so the sidecar pays for its per-trace work. Each subject names its ``peer``, the
+The load of every subject with sidecars behind it (the hop pairs, ``chain`` and its baseline
+``direct-chain``, whose app forwards them) carries fresh trace headers on every request
+(``traceparent``, ``x-request-id`` and B3 when the config's ``proxy.trace_headers`` lists it), as
+all traffic behind a gateway does, so the sidecars pay for their per-trace work. Each subject names its ``peer``, the
 Envoy doing the same job (``envoy`` for the gateways and the chain, ``envoy-hop`` for
 ``sidecar-hop``): the ratios and targets compare a subject with its peer from the same run.
 
@@ -109,6 +110,14 @@ def has_core_option() -> bool:
     """Whether ``lane gateway`` has ``--core`` (the aiohttp core then becomes a subject of its own)."""
     done = subprocess.run(lane_argv("gateway", "--help"), capture_output=True, text=True, timeout=60, check=False)
     return "--core" in done.stdout
+
+
+def trace_load() -> tuple[str, ...]:
+    """The trace headers of the load behind a gateway: traceparent and x-request-id, plus B3 when the
+    config every subject runs (the demo's proxy section) lists it in ``proxy.trace_headers``."""
+    configured = parse_config(demo_config_text(), "<demo config>").proxy.trace_headers
+    wanted = ("traceparent", "x-request-id", *(("b3",) if "x-b3-traceid" in configured else ()))
+    return tuple(t for t in TRACE_HEADERS if t in wanted)
 
 
 def _config_text(services: Mapping[str, Mapping[str, str]]) -> str:
@@ -232,7 +241,8 @@ class Lab:
                 self.targets[name] = Target(
                     name, f"http://{apps['base'][1]}/direct", (DIRECT_BASE,), {B_BASE: 1.0},
                     {"app-a-base": apps["base"][0]}, 0, None, "wrk -> app a@base -> stub b@base (no proxies)",
-                    ("the app is bench/chain_app.py (raw asyncio + httptools), as in chain",))
+                    ("the app is bench/chain_app.py (raw asyncio + httptools), as in chain",),
+                    trace=trace_load())
             else:
                 raise ValueError(f"unknown subject {name!r}")
         return self.targets
@@ -286,17 +296,13 @@ class Lab:
         return Target("chain", f"http://{address}/", (GRAY, PLAIN), {B_GRAY: 0.5, B_BASE: 0.5}, roles, 4,
                       "direct-chain",
                       "wrk -> gateway -> sidecar a (in) -> app a -> sidecar a (out) -> sidecar b (in) -> stub b",
-                      ("hops = 4 proxy traversals: gateway, a inbound, a outbound, b inbound",), peer="envoy")
+                      ("hops = 4 proxy traversals: gateway, a inbound, a outbound, b inbound",),
+                      trace=trace_load(), peer="envoy")
 
     def _hop_config(self, a_inbound: Mapping[str, str], b_inbound: Mapping[str, str]) -> str:
         """The demo config with services a and b at these addresses (lane -> address)."""
         return _config_text({"a": dict(a_inbound), "b": dict(b_inbound)})
 
-    def _hop_trace(self, config_text: str) -> tuple[str, ...]:
-        """The trace headers of the hop load: traceparent and x-request-id, plus B3 when configured."""
-        configured = parse_config(config_text, "<bench config>").proxy.trace_headers
-        wanted = ("traceparent", "x-request-id", *(("b3",) if "x-b3-traceid" in configured else ()))
-        return tuple(t for t in TRACE_HEADERS if t in wanted)
 
     async def _sidecar_hop(self) -> Target:
         inbound = {lane: f"127.0.0.1:{free_port()}" for lane in LANES}
@@ -320,7 +326,7 @@ class Lab:
                       {B_GRAY: 0.5, B_BASE: 0.5}, roles, 2, "direct",
                       "wrk (as app a) -> sidecar a@base (outbound) -> sidecar b@gray|b@base (inbound) -> stub b",
                       ("hops = 2 proxy traversals: a outbound, b inbound; CPU and RSS: all three sidecars",),
-                      trace=self._hop_trace(config_text), peer="envoy-hop")
+                      trace=trace_load(), peer="envoy-hop")
 
     async def _envoy_hop(self) -> Target:
         inbound = {}
@@ -344,4 +350,4 @@ class Lab:
                       f"wrk (as app a) -> Envoy a (outbound: rendered mesh routes) -> Envoy b@gray|b@base "
                       f"(inbound) -> stub b; --concurrency {ENVOY_HOP_CONCURRENCY} each",
                       ("hops = 2 proxy traversals; CPU and RSS: all three Envoys",),
-                      trace=self._hop_trace(config_text), peer="envoy-hop")
+                      trace=trace_load(), peer="envoy-hop")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
+from .dns_names import label_problem
 from .errors import LaneError
 
 __all__ = [
@@ -31,11 +32,14 @@ __all__ = [
     "OneLineParser",
     "add_lazy_commands",
     "add_subcommands",
+    "dns_label",
     "executable",
     "log_level",
     "parse_command_line",
     "port",
     "positive_int",
+    "positive_number",
+    "seconds",
     "text_file",
 ]
 
@@ -149,6 +153,36 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number above 0 (a rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, 0 or more (a negative drain deadline meant none, silently)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
+    return value
+
+
+def dns_label(text: str) -> str:
+    """A Kubernetes namespace name (a DNS-1123 label)."""
+    problem = label_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def log_level(text: str) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .cli_parser import positive_int
+from .cli_parser import positive_int, seconds
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str |
     """Options every proxy command shares: workers, drain deadline, ready file."""
     parser.add_argument("--workers", type=positive_int, default=1,
                         help=workers_help or "processes serving the same port via SO_REUSEPORT (default 1)")
-    parser.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS,
+    parser.add_argument("--drain-seconds", type=seconds, default=DEFAULT_DRAIN_SECONDS,
                         help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
     parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")
     parser.add_argument("--core", choices=CORES, default=os.environ.get("LANE_CORE", "h1"),

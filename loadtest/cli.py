@@ -13,6 +13,7 @@ import re
 import sys
 from urllib.parse import urlsplit
 
+from lane.cli_parser import port, positive_number, seconds
 from lane.config import LaneConfig, load_config_or_demo
 from lane.errors import ConfigError
 
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
     parser.add_argument("--host", help="base URL of the lane gateway, e.g. http://127.0.0.1:8080")
     parser.add_argument("--users", "-u", type=_positive_int, default=5, help="concurrent users (default 5)")
-    parser.add_argument("--spawn-rate", "-r", type=float, default=None, help="users started per second (default: all at once)")
+    parser.add_argument("--spawn-rate", "-r", type=positive_number, default=None, help="users started per second (default: all at once)")
     parser.add_argument("--run-time", "-t", type=parse_timespan, default=30, help="stop after this long (default 30s)")
     parser.add_argument("--headless", action="store_true", help="no web UI: run, print the lane matrix, exit with the verdict")
     parser.add_argument("--lane-json", dest="json_path", metavar="PATH",
@@ -70,11 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="admin base URL to poll for GET /lane/instances (repeatable; the demo admin gives a union view)")
     parser.add_argument("--chaos", nargs="?", const="auto", default=None, metavar="SERVICE@LANE",
                         help="local demo only: stop and restart a lane instance mid-run (default target: auto)")
-    parser.add_argument("--chaos-after", type=float, help="seconds before the chaos stop (default: 20%% of the run)")
-    parser.add_argument("--chaos-down", type=float, help="seconds the instance stays down (default: 20%% of the run)")
+    parser.add_argument("--chaos-after", type=seconds, help="seconds before the chaos stop (default: 20%% of the run)")
+    parser.add_argument("--chaos-down", type=seconds, help="seconds the instance stays down (default: 20%% of the run)")
     parser.add_argument("--max-error-rate", type=_rate, default=0.01, help="tolerated HTTP failure ratio (default 0.01)")
-    parser.add_argument("--pace", type=float, default=0.02, help="seconds each user waits between requests (default 0.02)")
-    parser.add_argument("--grace", type=float, help="seconds around a request in which an unhealthy sighting justifies a fallback")
+    parser.add_argument("--pace", type=seconds, default=0.02, help="seconds each user waits between requests (default 0.02)")
+    parser.add_argument("--grace", type=seconds, help="seconds around a request in which an unhealthy sighting justifies a fallback")
     parser.add_argument("--no-forged", action="store_true", help="do not send requests that forge the lane tag or baggage")
     dist = parser.add_argument_group("distributed (passed through to locust)")
     role = dist.add_mutually_exclusive_group()
@@ -82,12 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     role.add_argument("--worker", action="store_true", help="run as locust worker")
     dist.add_argument("--expect-workers", type=_positive_int, default=1, help="master: workers to wait for")
     dist.add_argument("--master-host", default="127.0.0.1", help="worker: master address (default 127.0.0.1)")
-    dist.add_argument("--master-port", type=_positive_int, default=5557, help="worker: master port (default 5557)")
+    dist.add_argument("--master-port", type=port, default=5557, help="worker: master port (default 5557)")
     dist.add_argument("--master-bind-host", default="127.0.0.1", help="master: bind address (default 127.0.0.1)")
-    dist.add_argument("--master-bind-port", type=_positive_int, default=5557, help="master: bind port (default 5557)")
+    dist.add_argument("--master-bind-port", type=port, default=5557, help="master: bind port (default 5557)")
     ui = parser.add_argument_group("web UI")
     ui.add_argument("--web-host", default="127.0.0.1", help="web UI address (default 127.0.0.1)")
-    ui.add_argument("--web-port", type=_positive_int, default=8089, help="web UI port (default 8089)")
+    ui.add_argument("--web-port", type=port, default=8089, help="web UI port (default 8089)")
     parser.add_argument("locust_args", nargs=argparse.REMAINDER,
                         help="after --: extra arguments passed to locust unchanged")
 

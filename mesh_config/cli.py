@@ -20,7 +20,7 @@ from typing import IO, Any, Final
 
 import yaml
 
-from lane.cli_parser import add_lazy_commands, add_subcommands, executable, positive_int, text_file
+from lane.cli_parser import add_lazy_commands, add_subcommands, dns_label, executable, positive_int, text_file
 from lane.config import LaneConfig, load_config_or_demo
 from lane.config_yaml import explain
 from lane.errors import LaneError
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("-o", "--output", type=_output_format, default="yaml", metavar="{yaml,json}",
                         help="format on stdout: yaml (default; - is the same) or json (one kubectl-style List)")
     render.add_argument("--output-dir", metavar="DIR", help="write one YAML file per object into DIR instead")
-    render.add_argument("--namespace", "-n", help="namespace of the Gateway and of services with a short host "
+    render.add_argument("--namespace", "-n", type=dns_label, help="namespace of the Gateway and of services with a short host "
                                                   "(default: mesh.namespace; a name.NS.svc... host lives in NS)")
     render.add_argument("--from-cluster", action="store_true",
                         help="route only to the lanes that have ready pods in the cluster right now")

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lane.cli_parser import dns_label
 from lane.config import LaneConfig, load_config
 from lane.errors import ConfigError
 
@@ -48,7 +49,7 @@ def kube_from_args(args: argparse.Namespace) -> Kube:
 def add_target_arguments(parser: argparse.ArgumentParser, namespace_help: str) -> None:
     """``--config``, ``--namespace`` (described by *namespace_help*) and the connection options."""
     parser.add_argument("--config", "-c", help="lane config YAML (required)")
-    parser.add_argument("--namespace", "-n", help=namespace_help)
+    parser.add_argument("--namespace", "-n", type=dns_label, help=namespace_help)
 
 
 def run_on_cluster(args: argparse.Namespace, command: Callable[[Target], int]) -> int:

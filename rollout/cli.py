@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 from lane.admin_access import TOKEN_ENV, token_file
@@ -69,15 +71,19 @@ def _url(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", required=True, type=text_file,
-                        help="the lane config the gateways run: the lane's share is set in it (in place) and reloaded")
+    parser.add_argument("--config", "-c", type=text_file,
+                        help="the lane config the gateways run: the lane's share is set in it (in place) and reloaded "
+                        "(required unless --demo)")
+    parser.add_argument("--demo", type=_url, metavar="URL",
+                        help="the admin URL of a running `lane demo`: --config, every --admin and --host are read "
+                        "from its /demo/topology")
     parser.add_argument("--lane", required=True, help="the lane to roll out (its percentage coloring rule is set)")
     parser.add_argument("--rule", help="the percentage rule to set, when several color the lane")
     parser.add_argument("--steps", type=parse_steps, default=parse_steps("1,5,25,50,100"),
                         help="shares in percent, increasing (default 1,5,25,50,100)")
     parser.add_argument("--interval", type=duration, default=30.0,
                         help="how long each step is watched before it is judged (default 30s)")
-    parser.add_argument("--admin", type=_url, action="append", required=True, metavar="URL",
+    parser.add_argument("--admin", type=_url, action="append", default=[], metavar="URL",
                         help="an admin listener of a gateway (the share is set there) or a sidecar (its metrics "
                         "are judged: the whole chain); repeat for each proxy")
     parser.add_argument("--admin-token-file", type=token_file, default=None, dest="admin_token", metavar="PATH",
@@ -109,7 +115,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--svg", default=None, help="the SVG timeline (default: the record's name with .svg)")
 
 
+def _from_demo(args: argparse.Namespace) -> None:
+    """Fill --config, --admin and --host from a running demo's ``GET /demo/topology``."""
+    try:
+        with urllib.request.urlopen(f"{args.demo}/demo/topology", timeout=10) as resp:
+            topology = json.loads(resp.read())
+        instances = topology["instances"]
+        sidecars = [f"http://{row['admin']}" for lanes in instances.values() for rows in lanes.values() for row in rows]
+        config, gateway_admin, gateway = str(topology["config"]), str(topology["gateway_admin"]), str(topology["gateway"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RolloutInputError(f"--demo {args.demo}: cannot read its /demo/topology: {exc}") from None
+    args.config = args.config or config
+    args.admin = args.admin or [gateway_admin, *sidecars]
+    args.host = args.host or gateway
+
+
 def options(args: argparse.Namespace) -> Options:
+    if args.demo:
+        _from_demo(args)
+    if not args.config:
+        raise RolloutInputError("--config FILE is required (or --demo URL, a running lane demo's admin)")
+    if not args.admin:
+        raise RolloutInputError("at least one --admin URL is required: the gateways' admins (and the sidecars')")
     if args.load and not args.host:
         raise RolloutInputError("--load needs --host URL (the gateway to send the users through)")
     record = Path(args.record or f"rollout-{args.lane}.json")

@@ -180,7 +180,11 @@ def test_a_rerun_after_a_crash_continues_from_the_share_in_force(healthy: DemoRu
 def test_a_faulty_gray_deep_in_the_chain_is_rolled_back(tmp_path: Path) -> None:
     """c@gray (behind b, which has no gray instance) fails 20 % of its requests."""
     with lane_demo(tmp_path, "--config", str(CONFIG), "--port", "0", "--fault", "c@gray:error=0.2") as demo:
-        done = run_rollout(rollout_argv(demo, tmp_path, "--max-p99-ratio", "50"))
+        # as the README shows it: --demo reads the config, the admins and the gateway from the demo
+        done = run_rollout([sys.executable, "-m", "lane", "rollout", "--demo", demo.admin, "--lane", "gray",
+                            "--steps", "20,60,100", "--interval", "1s", "--min-requests", "8", "--max-waits", "20",
+                            "--load", "--load-rate", "60", "--max-p99-ratio", "50",
+                            "--record", str(tmp_path / "rollout.json")])
         assert done.returncode == 1, done.stdout + done.stderr
         assert "rolled back gray to 0%" in done.stderr and "c@gray error rate" in done.stderr
         assert share_in_force(demo) == 0 and share_in_file(demo) == 0

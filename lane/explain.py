@@ -6,6 +6,7 @@ of ``service@served-lane`` in call order, ``"hops"`` the full entries (requested
 reason, instance). Only JSON objects of at most `MAX_EXPLAIN_BYTES` are touched, and only when the
 body is not content-encoded; everything else streams through unchanged. An upstream that breaks
 or goes silent while its JSON body is read gets the relay's answers: 502, or 504 on a timeout.
+Served by the one forwarding core (`lane.h1`), like everything a user deploys.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from . import responses
+from .failures import UpstreamFailure
+from .h1.relay import relay, respond_plain
 from .hops import PATH_HEADER, Hop, parse_path
-from .proxy import plain_error, relay
 
-__all__ = ["MAX_EXPLAIN_BYTES", "hop_json", "relay_explained"]
+if TYPE_CHECKING:
+    from .h1.server import Request
+    from .h1.upstream import UpstreamAnswer
+
+__all__ = ["MAX_EXPLAIN_BYTES", "explained", "hop_json", "relay_explained"]
 
 log = logging.getLogger(__name__)
 
@@ -35,39 +39,46 @@ def hop_json(hop: Hop) -> dict[str, Any]:
             "fallback": hop.fallback, "instance": hop.instance}
 
 
-async def relay_explained(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
-) -> web.StreamResponse:
-    length = upstream.content_length
-    if (
-        upstream.content_type != "application/json"
-        or "Content-Encoding" in upstream.headers
-        or length is None
-        or length > MAX_EXPLAIN_BYTES
-        or request.method == "HEAD"
-    ):
-        return await relay(request, upstream, headers)
-    try:
-        raw = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        upstream.close()
-        status = 504 if isinstance(exc, TimeoutError) else 502
-        log.warning("upstream broke while sending the answer of %s %s: %s", request.method, request.path, exc)
-        failed = list(parse_path(headers.get(PATH_HEADER)))
-        if failed:
-            failed[0] = dataclasses.replace(failed[0], error=str(status))
-        what = "timed out" if status == 504 else "failed"
-        return plain_error(status, f"lane: upstream {what} while sending its answer: {type(exc).__name__}",
-                           responses.error_headers(failed))
-    upstream.release()
+def explained(raw: bytes, path: str | None) -> bytes:
+    """*raw* with ``"path"`` and ``"hops"`` from the hop record *path* added, when it is a JSON object."""
     try:
         document = json.loads(raw)
     except ValueError:
-        document = None
-    if isinstance(document, dict):
-        hops = parse_path(headers.get(PATH_HEADER))
-        document["path"] = [hop.label() for hop in hops]
-        document["hops"] = [hop_json(hop) for hop in hops]
-        raw = json.dumps(document, indent=2).encode() + b"\n"
+        return raw
+    if not isinstance(document, dict):
+        return raw
+    hops = parse_path(path)
+    document["path"] = [hop.label() for hop in hops]
+    document["hops"] = [hop_json(hop) for hop in hops]
+    return json.dumps(document, indent=2).encode() + b"\n"
+
+
+def _explainable(request: Request, answer: UpstreamAnswer) -> bool:
+    media = answer.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return (media == "application/json" and "Content-Encoding" not in answer.headers
+            and answer.length is not None and answer.length <= MAX_EXPLAIN_BYTES and request.method != "HEAD")
+
+
+async def relay_explained(request: Request, answer: UpstreamAnswer, headers: CIMultiDict[str]) -> None:
+    """Relay *answer* with *headers*, its JSON object body explained when it is small enough."""
+    if not _explainable(request, answer):
+        await relay(request, answer, headers)
+        return
+    parts = [answer.read_nowait()]
+    try:
+        async for chunk in answer.chunks():
+            parts.append(chunk)
+    except UpstreamFailure as exc:
+        answer.close()
+        log.warning("upstream broke while sending the answer of %s %s: %s", request.method, request.path, exc)
+        failed = list(parse_path(headers.get(PATH_HEADER)))
+        if failed:
+            failed[0] = dataclasses.replace(failed[0], error=str(exc.status))
+        what = "timed out" if exc.status == 504 else "failed"
+        respond_plain(request, responses.PlainAnswer(
+            exc.status, f"lane: upstream {what} while sending its answer: {type(exc).__name__}",
+            responses.error_headers(failed)))
+        return
+    answer.release()
     headers.popall("Content-Length", None)
-    return web.Response(status=upstream.status, reason=upstream.reason, body=raw, headers=headers)
+    request.respond(answer.status, headers, explained(b"".join(parts), headers.get(PATH_HEADER)), answer.reason)

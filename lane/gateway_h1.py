@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .gateway import colored_headers, ensure_trace_headers
+from .explain import relay_explained
+from .gateway_request import colored_headers, ensure_trace_headers
 from .h1.forward import forward
 from .h1.listen import FastPath
 from .h1.relay import relay, respond_plain
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
 __all__ = ["gateway_path"]
 
 
-def gateway_path(runtime: Runtime, tracing: Tracing) -> FastPath:
+def gateway_path(runtime: Runtime, tracing: Tracing, *, explain: bool = False) -> FastPath:
+    """The gateway's handler; with *explain*, small JSON answers carry their hop record (`lane.explain`)."""
     gauge = in_flight("gateway")
+    send_on = relay_explained if explain else relay
 
     def with_pools(upstreams: Upstreams) -> Handler:
         async def handle(request: Request) -> None:
@@ -46,7 +49,7 @@ def gateway_path(runtime: Runtime, tracing: Tracing) -> FastPath:
                     if isinstance(sent, PlainAnswer):
                         respond_plain(request, sent)
                         return
-                    await relay(request, sent.response, answer_headers(sent.response.headers, sent.hop))
+                    await send_on(request, sent.response, answer_headers(sent.response.headers, sent.hop))
                 finally:
                     gauge.dec()
 

@@ -6,11 +6,13 @@
 * SIGTERM/SIGINT: stop accepting, let in-flight requests finish up to the drain deadline, exit 0;
   more of them while stopping change nothing (the drain is bounded; SIGKILL still ends it at
   once), so a second Ctrl-C cannot turn a clean stop into a ``KeyboardInterrupt`` halfway;
-* no access log unless ``--access-log``: aiohttp's logger formats a line per request, which a
-  proxy would pay on every hop; when asked for, data listeners log to ``aiohttp.access`` at INFO
-  (shown whatever ``--log-level`` says: asking for it is explicit);
+* one forwarding core (`lane.h1`) serves every listener that has a handler for it; an upgrade
+  (WebSocket, CONNECT) is handed to the listener's aiohttp app on the same connection, and a
+  listener that is only an aiohttp app (the demo's own pages) is served by aiohttp;
+* no access log unless ``--access-log`` (`lane.access_log`): a formatted line per request is a cost
+  every hop would pay;
 * SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored;
-* data listeners of a proxy (not admin) on the h1 core get the overload limits of the config's
+* data listeners of a proxy (not admin) get the overload limits of the config's
   ``proxy:`` (`lane.overload`), re-tuned when the config is reloaded.
 """
 
@@ -24,7 +26,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .cli_parser import positive_int, seconds
 from .runtime import Runtime
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
     from .h1.listen import FastPath
 
 __all__ = [
-    "CORES",
     "DEFAULT_DRAIN_SECONDS",
     "HostPort",
     "Listener",
@@ -55,9 +56,6 @@ DEFAULT_DRAIN_SECONDS = 20.0
 # Set by the `--workers` supervisor for its workers: only then is a port shared (SO_REUSEPORT), so
 # a second proxy started by mistake on a busy port fails loudly instead of silently sharing it.
 REUSE_PORT_ENV = "LANE_REUSE_PORT"
-# The forwarding cores: `lane.h1` (llhttp, keep-alive pools; the default) or aiohttp's server and client.
-CORES = ("h1", "aiohttp")
-Core = Literal["h1", "aiohttp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +83,8 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str |
     parser.add_argument("--drain-seconds", type=seconds, default=DEFAULT_DRAIN_SECONDS,
                         help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
     parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")
-    parser.add_argument("--core", choices=CORES, default=os.environ.get("LANE_CORE", "h1"),
-                        help="forwarding core: h1 (llhttp parsing and keep-alive pools, the fast one; upgrades go "
-                        "to aiohttp) or aiohttp (aiohttp's server and client for everything; --access-log "
-                        "needs it). Default: $LANE_CORE, else h1")
     parser.add_argument("--access-log", action="store_true",
-                        help="log one line per request served (aiohttp.access, INFO); off by default, it costs "
+                        help="log one line per request served (lane.access, INFO); off by default, it costs "
                         "a formatted line per request")
 
 
@@ -138,17 +132,22 @@ def _app_of(listener: Listener) -> web.Application:
     return app if _is_app(app) else app()  # type: ignore[return-value]
 
 
-async def start_listener(listener: Listener, *, core: Core = "h1", drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+async def start_listener(listener: Listener, *, drain_seconds: float = DEFAULT_DRAIN_SECONDS,
                          access_log: bool = False, reuse_port: bool | None = None,
                          limits: Limits | None = None) -> Started:
     """Bind *listener* and start serving; `OSError` when the address is taken.
 
-    On the h1 core a listener with a fast path serves its requests itself (within *limits*) and
-    builds the aiohttp app only for the first upgrade; everything else is served by aiohttp.
+    A listener with a one-core handler serves its requests with it (within *limits*) and builds the
+    aiohttp app only for the first upgrade; a listener that is only an aiohttp app is served by aiohttp.
     """
-    fast = _fast_path(listener) if core == "h1" and not access_log else None
+    fast = _fast_path(listener)
     if fast is not None:
         from .h1.listen import AiohttpFallback, listen_h1
+
+        if access_log:
+            from .access_log import logged
+
+            fast = logged(fast, listener.name)
 
         fallback = AiohttpFallback(lambda: _app_of(listener), shutdown_timeout=drain_seconds, access_log=None)
         running = await listen_h1(fast, listener.address.host, listener.address.port, fallback=fallback,
@@ -187,20 +186,17 @@ async def serve(
     drain_seconds: float = DEFAULT_DRAIN_SECONDS,
     on_ready: Callable[[dict[str, HostPort]], None] | None = None,
     access_log: bool = False,
-    core: Core = "h1",
 ) -> int:
     """Run the listeners *build* returns until SIGTERM/SIGINT, then drain and return 0.
 
-    *access_log*: data listeners (not the admin one) log each request to ``aiohttp.access`` (on
-    the aiohttp core: asking for a line per request is asking for its cost).
+    *access_log*: data listeners (not the admin one) log each request (`lane.access_log`).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if access_log:
-        from aiohttp.log import access_logger
+        from .access_log import enable
 
-        if access_logger.getEffectiveLevel() > logging.INFO:
-            access_logger.setLevel(logging.INFO)
+        enable()
     listeners, runtime = await build()
     started: list[tuple[Listener, Started]] = []
     bound: dict[str, HostPort] = {}
@@ -210,7 +206,7 @@ async def serve(
             share = listener.reuse_port and os.environ.get(REUSE_PORT_ENV) == "1"
             limits = _limits_of(listener.name, runtime.config.proxy) if runtime is not None else None
             try:
-                running = await start_listener(listener, core=core, drain_seconds=drain_seconds, access_log=logged,
+                running = await start_listener(listener, drain_seconds=drain_seconds, access_log=logged,
                                                reuse_port=share or None, limits=limits)
             except OSError as exc:
                 log.error("%s cannot listen on %s: %s", listener.name, listener.address, exc.strerror or exc)

@@ -163,8 +163,8 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
             sidecar = Sidecar.create(runtime, args.service, args.lane, Endpoint(args.app.host, args.app.port),
                                      tracing)
             access = admin_access(args)
-            # The fast core serves every listener; the aiohttp apps are built (and aiohttp loaded)
-            # only for what it hands them: WebSocket upgrades, CONNECT, or everything with --core aiohttp.
+            # The one core serves every listener; the aiohttp apps are built (and aiohttp loaded)
+            # only for what it hands them: WebSocket upgrades and CONNECT.
             return [
                 Listener("inbound", args.listen, lambda: _inbound_app(sidecar), fast=inbound_path(sidecar)),
                 Listener("outbound", args.outbound, lambda: _outbound_app(sidecar), fast=outbound_path(sidecar)),
@@ -175,5 +175,4 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
         def ready(bound: dict[str, HostPort]) -> None:
             announce("sidecar", bound, args.ready_file)
 
-        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log,
-                           core=args.core)
+        return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log)

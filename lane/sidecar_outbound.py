@@ -1,37 +1,30 @@
-"""The sidecar's outbound listener (``--outbound``): the app's way out, routed by lane.
+"""The sidecar's outbound listener (``--outbound``): the aiohttp app WebSocket upgrades are handed to.
 
-It works as an HTTP forward proxy (absolute-form targets, so ``HTTP_PROXY=http://127.0.0.1:PORT``
-works) or with ``Host: <service>``. Only services in the config are reachable (403 otherwise: this
-is not an open proxy; CONNECT tunnels are refused). The lane is the outbound request's own tag,
-else the one recovered from the trace-id cache, else the default lane; the request leaves with
-the tag header and baggage member set, to the right instance of the target service (live
-fallback), and its hop record is added to the inbound request's collection (`lane.sidecar_inbound`).
+Every plain request is served by the one forwarding core (`lane.sidecar_h1.outbound_path`): the
+app's way out, as an HTTP forward proxy (``HTTP_PROXY=http://127.0.0.1:PORT``) or with
+``Host: <service>``, to services in the config only, routed by lane with live fallback. This app
+sees only what that core hands over on the same connection: a WebSocket upgrade is routed the same
+way (`Sidecar.depart`); CONNECT tunnels and hosts outside the config get 403 (this is not an open
+proxy), other upgrades a plain refusal.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
-from multidict import CIMultiDict
-from opentelemetry.trace import SpanKind
 from yarl import URL
 
-from . import responses
-from .config import LaneConfig
-from .forward import forward_http
-from .metrics import FORBIDDEN, in_flight
+from .metrics import FORBIDDEN
 from .proxy import (
     FAST_PATH,
     SESSION,
     is_websocket,
     plain_error,
-    relay,
+    refusing_connect,
     session_ctx,
     upstream_headers,
 )
 from .sidecar_key import SIDECAR
-from .sidecar_state import Departure, Sidecar
-from .tracing import RequestSpan
+from .sidecar_state import Sidecar
 from .websocket_proxy import forward_websocket
 
 __all__ = ["build_outbound_app", "target_host"]
@@ -47,17 +40,7 @@ def target_host(request: web.BaseRequest) -> str | None:
     return request.headers.get("Host")
 
 
-@web.middleware
-async def _refuse_tunnels(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CONNECT targets are authority-form, so no route matches them; refuse them before routing."""
-    if request.method == "CONNECT":
-        FORBIDDEN.inc()
-        return plain_error(403, "lane sidecar: CONNECT tunnels are not supported; send plain HTTP to a service "
-                           "in the lane config so it can be routed by lane")
-    return await handler(request)
-
-
-async def _outbound(request: web.Request) -> web.StreamResponse:
+async def _upgrade(request: web.Request) -> web.StreamResponse:
     sc = request.app[SIDECAR]
     config = sc.runtime.config
     host = target_host(request)
@@ -67,49 +50,25 @@ async def _outbound(request: web.Request) -> web.StreamResponse:
         shown = repr(host[:100]) if host else "(no host)"
         return plain_error(403, f"lane sidecar: {shown} is not a service in the lane config {config.source}; "
                            f"the sidecar only forwards to: {', '.join(sorted(config.services))}")
+    if not is_websocket(request):
+        return plain_error(400, f"lane sidecar: Upgrade: {request.headers.get('Upgrade', '-')!r} is not supported; "
+                           "plain HTTP/1.1 requests and WebSocket upgrades are")
     headers = upstream_headers(request)
-    departure = sc.depart(headers)
-    lane, collection = departure.lane, departure.collection
-    if is_websocket(request):
-        return await forward_websocket(request, request.app[SESSION], sc.runtime.registry, config,
-                                       service=svc.name, lane=lane, headers=headers, proxy="outbound",
-                                       source=(sc.service, sc.lane))
-    slot = collection.reserve() if collection is not None else -1
-    in_flight("outbound").inc()
-    try:
-        with sc.tracing.span("outbound", svc.name, request.method, request.path, headers, requested=lane,
-                             kind=SpanKind.CLIENT, parent=collection.trace_context if collection else None) as span:
-            span.inject(headers)
-            return await _forward_outbound(request, sc, config, svc.name, headers, departure, slot, span)
-    finally:
-        in_flight("outbound").dec()
-
-
-async def _forward_outbound(
-    request: web.Request, sc: Sidecar, config: LaneConfig, service: str, headers: CIMultiDict[str],
-    departure: Departure, slot: int, span: RequestSpan,
-) -> web.StreamResponse:
-    lane, collection = departure.lane, departure.collection
-    sent = await forward_http(request, sc.runtime.registry, config, proxy="outbound", service=service, lane=lane,
-                              headers=headers, span=span, source=(sc.service, sc.lane))
-    if isinstance(sent, web.Response):
-        hops = departure.answered(sent.headers)
-        if collection is not None:  # the failed call stays in the record: "c answered 503", not "c never called"
-            collection.fill(slot, hops)
-        return sent
-    out = responses.answer_headers(sent.response.headers, sent.hop)
-    hops = departure.answered(out)
-    if collection is not None:
-        collection.fill(slot, hops)
-    return await relay(request, sent.response, out)
+    lane = sc.depart(headers).lane
+    return await forward_websocket(request, request.app[SESSION], sc.runtime.registry, config,
+                                   service=svc.name, lane=lane, headers=headers, proxy="outbound",
+                                   source=(sc.service, sc.lane))
 
 
 def build_outbound_app(sidecar: Sidecar) -> web.Application:
-    app = web.Application(middlewares=[_refuse_tunnels])
-    app[SIDECAR] = sidecar
-    app.cleanup_ctx.append(session_ctx)
-    app.router.add_route("*", "/{tail:.*}", _outbound)
+    """The outbound listener as one app: its one-core handler (`FAST_PATH`) and the app upgrades reach."""
     from .sidecar_h1 import outbound_path
 
-    app[FAST_PATH] = outbound_path(sidecar)  # the fast core serves it; upgrades reach this app
+    app = web.Application(middlewares=[refusing_connect(
+        403, "lane sidecar: CONNECT tunnels are not supported; send plain HTTP to a service in the lane config "
+        "so it can be routed by lane")])
+    app[SIDECAR] = sidecar
+    app[FAST_PATH] = outbound_path(sidecar)
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", _upgrade)
     return app

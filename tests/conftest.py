@@ -141,12 +141,10 @@ def lane_demo(tmp_path: Path, *extra: str, ready_timeout: float = 90.0) -> Itera
 async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
     """Serve *app* in this event loop on 127.0.0.1; yields the bound port.
 
-    The way `lane.server.serve` does: an app with a fast path (the gateway's, a sidecar's) is served
-    by the fast core unless ``LANE_CORE=aiohttp``, so the proxy tests exercise the core users run.
+    The way `lane.server.serve` does: an app with a one-core handler (the gateway's, a sidecar's) is
+    served by the one core, upgrades by the app itself, so the proxy tests exercise what users run.
     """
-    started = await start_listener(Listener("test", HostPort(host, port), app),
-                                   core="aiohttp" if os.environ.get("LANE_CORE") == "aiohttp" else "h1",
-                                   drain_seconds=5.0)
+    started = await start_listener(Listener("test", HostPort(host, port), app), drain_seconds=5.0)
     try:
         yield started.address.port
     finally:

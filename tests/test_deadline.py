@@ -2,7 +2,7 @@
 
 The chain is gateway -> a (base, gray) -> b -> c (base, gray), every proxy a real listener on
 127.0.0.1 (the gateway, each instance's sidecar inbound/outbound and admin listener, in this event
-loop like the other proxy tests; ``LANE_CORE=aiohttp`` runs the same on the aiohttp core) and
+loop like the other proxy tests, on the one forwarding core) and
 every app a real aiohttp server. The apps forward only the lane and trace headers, never
 ``x-lane-deadline-ms``: the sidecars carry the budget over on their own.
 """

@@ -113,6 +113,21 @@ def test_requests_sharing_client_trace_ids_keep_their_own_lanes_and_paths(demo: 
         assert body["calls"][1]["answer"]["calls"][0]["answer"]["lane"] == lane  # c behind d
 
 
+def test_the_demo_gateway_runs_on_the_one_core_with_explain_json(demo: DemoRun) -> None:
+    """Issue "One data-plane core": `lane demo` runs exactly what a user deploys.
+
+    `--explain-json` used to switch the gateway to the aiohttp core; now the answer is explained
+    (``"path"``) and the connection was served by the one core, whose overload accounting
+    (``lane_downstream_connections``, `lane.h1.limits`) only it keeps.
+    """
+    status, _, body = get(demo.gateway + "/", {"User-Agent": "xiaoming"})
+    assert status == 200 and body["path"][0] == "a@gray"
+    _, _, topo = get(demo.admin + "/demo/topology")
+    with urllib.request.urlopen(topo["gateway_admin"] + "/metrics", timeout=20) as resp:
+        metrics = resp.read().decode()
+    assert 'lane_downstream_connections{listener="gateway"}' in metrics
+
+
 def test_topology_and_union_health_view(demo: DemoRun) -> None:
     status, _, topo = get(demo.admin + "/demo/topology")
     assert status == 200

@@ -15,7 +15,8 @@ from conftest import serve_app
 from multidict import CIMultiDict
 
 from lane.config import parse_config
-from lane.gateway import build_gateway_app, ensure_trace_headers, is_trusted
+from lane.gateway import build_gateway_app
+from lane.gateway_request import ensure_trace_headers, is_trusted
 from lane.runtime import Runtime
 
 LANE = web.AppKey("lane", str)

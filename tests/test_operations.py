@@ -140,6 +140,7 @@ async def test_the_access_log_is_off_unless_asked_for(tmp_path: Path) -> None:
             logs[name] = gw.log_text()
     assert "/seen-by-quiet" not in logs["quiet"] and "aiohttp.access" not in logs["quiet"]
     assert '"GET /seen-by-logged?x=1 HTTP/1.1" 200' in logs["logged"]
+    assert "lane.access" in logs["logged"] and "aiohttp.access" not in logs["logged"]  # written by the one core
     assert "/healthz" not in logs["logged"]  # the admin listener is not logged
 
 

@@ -197,7 +197,7 @@ class Request:
     """One request head, its body stream and the way to answer it."""
 
     __slots__ = ("_chunked", "_conn", "_keep_alive", "_no_body", "_started", "body", "headers", "method",
-                 "target", "version")
+                 "status", "target", "version")
 
     scheme: Final = "http"
 
@@ -213,6 +213,7 @@ class Request:
         self._started = False
         self._chunked = False
         self._no_body = method == "HEAD"
+        self.status = 0  # the answer's status once it started (for the access log)
 
     # --- what the header helpers read (the same names an aiohttp request has) ---
     @property
@@ -252,6 +253,7 @@ class Request:
         else:
             framing = f"Content-Length: {len(body)}\r\n"
         self._begin()
+        self.status = status
         if "content-length" in headers:
             headers.popall("content-length")
         conn = self._conn
@@ -269,6 +271,7 @@ class Request:
         sent chunked (HTTP/1.1 clients) or delimited by closing the connection (HTTP/1.0).
         """
         self._begin()
+        self.status = status
         framing = ""
         bodiless = self._no_body or status in _NO_BODY_STATUS or status < 200
         if bodiless:

@@ -55,7 +55,9 @@ class AdminClient:
         """Whether *url* is a gateway's admin or a sidecar's (either must serve ``/metrics``)."""
         status, _ = await self._get(f"{url}/metrics")
         if status != 200:
-            raise AdminUnreachable(f"admin {url}: GET /metrics answered {status}; is this a lane proxy's admin?")
+            raise AdminUnreachable(
+                f"admin {url}: GET /metrics answered {status}; is this a lane proxy's admin?"
+            )
         status, _ = await self._get(f"{url}/lane/coloring")
         return Admin(url, gateway=status == 200)
 
@@ -77,9 +79,13 @@ class AdminClient:
                 text = (await resp.text()).strip()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
-            raise AdminUnreachable(f"admin {url}: reload failed: {type(exc).__name__}: {exc or 'no answer'}") from None
+            raise AdminUnreachable(
+                f"admin {url}: reload failed: {type(exc).__name__}: {exc or 'no answer'}"
+            ) from None
         if status != 200:
-            raise AdminUnreachable(f"admin {url}: POST /lane/reload answered {status}: {' '.join(text.split())[:200]}")
+            raise AdminUnreachable(
+                f"admin {url}: POST /lane/reload answered {status}: {' '.join(text.split())[:200]}"
+            )
 
     async def metrics(self, url: str) -> str:
         status, text = await self._get(f"{url}/metrics")

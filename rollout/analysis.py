@@ -53,9 +53,16 @@ class Check:
     problems: tuple[str, ...]
 
     def as_dict(self) -> dict[str, object]:
-        return {"where": self.where, "requests": self.requests, "error_rate": self.error_rate, "p99": self.p99,
-                "base_requests": self.base_requests, "base_error_rate": self.base_error_rate,
-                "base_p99": self.base_p99, "problems": list(self.problems)}
+        return {
+            "where": self.where,
+            "requests": self.requests,
+            "error_rate": self.error_rate,
+            "p99": self.p99,
+            "base_requests": self.base_requests,
+            "base_error_rate": self.base_error_rate,
+            "base_p99": self.base_p99,
+            "problems": list(self.problems),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +73,12 @@ class Judgement:
     reason: str  # why it failed or waits; "" when it passed
 
     def as_dict(self) -> dict[str, object]:
-        return {"verdict": self.verdict.value, "entry_requests": self.entry_requests, "reason": self.reason,
-                "checks": [c.as_dict() for c in self.checks]}
+        return {
+            "verdict": self.verdict.value,
+            "entry_requests": self.entry_requests,
+            "reason": self.reason,
+            "checks": [c.as_dict() for c in self.checks],
+        }
 
 
 def _pct(rate: float | None) -> str:
@@ -82,13 +93,24 @@ def _check(where: str, lane: str, base: str, gray: Tally, stable: Tally, limits:
     problems: list[str] = []
     rate, base_rate = gray.error_rate, stable.error_rate
     if rate is not None and rate > limits.max_error_rate and (base_rate is None or rate > base_rate):
-        problems.append(f"{where}@{lane} error rate {_pct(rate)} > {_pct(limits.max_error_rate)} "
-                        f"({base}: {_pct(base_rate)})")
+        problems.append(
+            f"{where}@{lane} error rate {_pct(rate)} > {_pct(limits.max_error_rate)} "
+            f"({base}: {_pct(base_rate)})"
+        )
     p99, base_p99 = gray.quantile(0.99), stable.quantile(0.99)
-    if p99 is not None and base_p99 is not None and base_p99 > 0 and p99 > limits.min_p99 \
-            and p99 / base_p99 > limits.max_p99_ratio:
-        problems.append(f"{where}@{lane} p99 {_ms(p99)} > {limits.max_p99_ratio:g} x {base}'s {_ms(base_p99)}")
-    return Check(where, round(gray.requests), rate, p99, round(stable.requests), base_rate, base_p99, tuple(problems))
+    if (
+        p99 is not None
+        and base_p99 is not None
+        and base_p99 > 0
+        and p99 > limits.min_p99
+        and p99 / base_p99 > limits.max_p99_ratio
+    ):
+        problems.append(
+            f"{where}@{lane} p99 {_ms(p99)} > {limits.max_p99_ratio:g} x {base}'s {_ms(base_p99)}"
+        )
+    return Check(
+        where, round(gray.requests), rate, p99, round(stable.requests), base_rate, base_p99, tuple(problems)
+    )
 
 
 def judge(window: Snapshot, lane: str, base: str, limits: Thresholds) -> Judgement:
@@ -97,13 +119,25 @@ def judge(window: Snapshot, lane: str, base: str, limits: Thresholds) -> Judgeme
     entry_base = window.total(proxy="gateway", requested=base)
     checks = [_check("entry", lane, base, entry_lane, entry_base, limits)]
     for service in window.services("inbound", lane):
-        checks.append(_check(service, lane, base, window.total(proxy="inbound", service=service, served=lane),
-                             window.total(proxy="inbound", service=service, served=base), limits))
+        checks.append(
+            _check(
+                service,
+                lane,
+                base,
+                window.total(proxy="inbound", service=service, served=lane),
+                window.total(proxy="inbound", service=service, served=base),
+                limits,
+            )
+        )
     seen = round(entry_lane.requests)
     problems = [p for c in checks for p in c.problems]
     if seen < limits.min_requests:
-        return Judgement(Verdict.WAIT, seen, tuple(checks),
-                         f"{seen} {lane} requests at the entry, fewer than --min-requests {limits.min_requests}")
+        return Judgement(
+            Verdict.WAIT,
+            seen,
+            tuple(checks),
+            f"{seen} {lane} requests at the entry, fewer than --min-requests {limits.min_requests}",
+        )
     if problems:
         return Judgement(Verdict.FAIL, seen, tuple(checks), "; ".join(problems))
     return Judgement(Verdict.PASS, seen, tuple(checks), "")

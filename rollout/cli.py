@@ -71,47 +71,114 @@ def _url(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=text_file,
-                        help="the lane config the gateways run: the lane's share is set in it (in place) and reloaded "
-                        "(required unless --demo)")
-    parser.add_argument("--demo", type=_url, metavar="URL",
-                        help="the admin URL of a running `lane demo`: --config, every --admin and --host are read "
-                        "from its /demo/topology")
-    parser.add_argument("--lane", required=True, help="the lane to roll out (its percentage coloring rule is set)")
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=text_file,
+        help="the lane config the gateways run: the lane's share is set in it (in place) and reloaded "
+        "(required unless --demo)",
+    )
+    parser.add_argument(
+        "--demo",
+        type=_url,
+        metavar="URL",
+        help="the admin URL of a running `lane demo`: --config, every --admin and --host are read "
+        "from its /demo/topology",
+    )
+    parser.add_argument(
+        "--lane", required=True, help="the lane to roll out (its percentage coloring rule is set)"
+    )
     parser.add_argument("--rule", help="the percentage rule to set, when several color the lane")
-    parser.add_argument("--steps", type=parse_steps, default=parse_steps("1,5,25,50,100"),
-                        help="shares in percent, increasing (default 1,5,25,50,100)")
-    parser.add_argument("--interval", type=duration, default=30.0,
-                        help="how long each step is watched before it is judged (default 30s)")
-    parser.add_argument("--admin", type=_url, action="append", default=[], metavar="URL",
-                        help="an admin listener of a gateway (the share is set there) or a sidecar (its metrics "
-                        "are judged: the whole chain); repeat for each proxy")
-    parser.add_argument("--admin-token-file", type=token_file, default=None, dest="admin_token", metavar="PATH",
-                        help=f"the admin token for POST /lane/reload from another host (default ${TOKEN_ENV})")
-    parser.add_argument("--max-error-rate", type=_fraction, default=0.01,
-                        help="the lane's error rate (5xx) above which a check fails, when above the default "
-                        "lane's too (default 0.01 = 1%%)")
-    parser.add_argument("--max-p99-ratio", type=_ratio, default=2.0,
-                        help="the lane's p99 over the default lane's above which a check fails (default 2)")
-    parser.add_argument("--min-p99", type=duration, default=0.025,
-                        help="a p99 at or under this is never a failure, whatever the ratio (default 25ms)")
-    parser.add_argument("--min-requests", type=positive_int, default=20,
-                        help="lane requests at the entry a step needs before it is judged (default 20)")
-    parser.add_argument("--threshold", type=positive_int, default=1,
-                        help="failed checks before the rollback, counted over the rollout (default 1)")
-    parser.add_argument("--max-waits", type=positive_int, default=10,
-                        help="intervals in a row a step may wait for --min-requests before the rollout rolls "
-                        "back (default 10)")
-    parser.add_argument("--load", action="store_true",
-                        help="send synthetic users (the load test's personas) through --host while judging")
+    parser.add_argument(
+        "--steps",
+        type=parse_steps,
+        default=parse_steps("1,5,25,50,100"),
+        help="shares in percent, increasing (default 1,5,25,50,100)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=duration,
+        default=30.0,
+        help="how long each step is watched before it is judged (default 30s)",
+    )
+    parser.add_argument(
+        "--admin",
+        type=_url,
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an admin listener of a gateway (the share is set there) or a sidecar (its metrics "
+        "are judged: the whole chain); repeat for each proxy",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        type=token_file,
+        default=None,
+        dest="admin_token",
+        metavar="PATH",
+        help=f"the admin token for POST /lane/reload from another host (default ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--max-error-rate",
+        type=_fraction,
+        default=0.01,
+        help="the lane's error rate (5xx) above which a check fails, when above the default "
+        "lane's too (default 0.01 = 1%%)",
+    )
+    parser.add_argument(
+        "--max-p99-ratio",
+        type=_ratio,
+        default=2.0,
+        help="the lane's p99 over the default lane's above which a check fails (default 2)",
+    )
+    parser.add_argument(
+        "--min-p99",
+        type=duration,
+        default=0.025,
+        help="a p99 at or under this is never a failure, whatever the ratio (default 25ms)",
+    )
+    parser.add_argument(
+        "--min-requests",
+        type=positive_int,
+        default=20,
+        help="lane requests at the entry a step needs before it is judged (default 20)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=positive_int,
+        default=1,
+        help="failed checks before the rollback, counted over the rollout (default 1)",
+    )
+    parser.add_argument(
+        "--max-waits",
+        type=positive_int,
+        default=10,
+        help="intervals in a row a step may wait for --min-requests before the rollout rolls "
+        "back (default 10)",
+    )
+    parser.add_argument(
+        "--load",
+        action="store_true",
+        help="send synthetic users (the load test's personas) through --host while judging",
+    )
     parser.add_argument("--host", type=_url, help="the gateway's URL, for --load")
-    parser.add_argument("--load-rate", type=positive_int, default=50, help="--load requests per second (default 50)")
-    parser.add_argument("--load-users", type=positive_int, default=1000,
-                        help="distinct --load user ids, spread over the sticky share (default 1000)")
-    parser.add_argument("--webhook", type=_url,
-                        help="POSTed before each step; not 2xx counts as a failed check (asked again next interval)")
-    parser.add_argument("--record", default=None,
-                        help="the JSON record (default rollout-LANE.json); a rerun continues it")
+    parser.add_argument(
+        "--load-rate", type=positive_int, default=50, help="--load requests per second (default 50)"
+    )
+    parser.add_argument(
+        "--load-users",
+        type=positive_int,
+        default=1000,
+        help="distinct --load user ids, spread over the sticky share (default 1000)",
+    )
+    parser.add_argument(
+        "--webhook",
+        type=_url,
+        help="POSTed before each step; not 2xx counts as a failed check (asked again next interval)",
+    )
+    parser.add_argument(
+        "--record", default=None, help="the JSON record (default rollout-LANE.json); a rerun continues it"
+    )
     parser.add_argument("--svg", default=None, help="the SVG timeline (default: the record's name with .svg)")
 
 
@@ -121,8 +188,17 @@ def _from_demo(args: argparse.Namespace) -> None:
         with urllib.request.urlopen(f"{args.demo}/demo/topology", timeout=10) as resp:
             topology = json.loads(resp.read())
         instances = topology["instances"]
-        sidecars = [f"http://{row['admin']}" for lanes in instances.values() for rows in lanes.values() for row in rows]
-        config, gateway_admin, gateway = str(topology["config"]), str(topology["gateway_admin"]), str(topology["gateway"])
+        sidecars = [
+            f"http://{row['admin']}"
+            for lanes in instances.values()
+            for rows in lanes.values()
+            for row in rows
+        ]
+        config, gateway_admin, gateway = (
+            str(topology["config"]),
+            str(topology["gateway_admin"]),
+            str(topology["gateway"]),
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RolloutInputError(f"--demo {args.demo}: cannot read its /demo/topology: {exc}") from None
     args.config = args.config or config
@@ -136,7 +212,9 @@ def options(args: argparse.Namespace) -> Options:
     if not args.config:
         raise RolloutInputError("--config FILE is required (or --demo URL, a running lane demo's admin)")
     if not args.admin:
-        raise RolloutInputError("at least one --admin URL is required: the gateways' admins (and the sidecars')")
+        raise RolloutInputError(
+            "at least one --admin URL is required: the gateways' admins (and the sidecars')"
+        )
     if args.load and not args.host:
         raise RolloutInputError("--load needs --host URL (the gateway to send the users through)")
     record = Path(args.record or f"rollout-{args.lane}.json")
@@ -148,10 +226,22 @@ def options(args: argparse.Namespace) -> Options:
         token = os.environ[TOKEN_ENV].strip().encode("utf-8", "surrogateescape")
     limits = Thresholds(args.max_error_rate, args.max_p99_ratio, args.min_p99, args.min_requests)
     return Options(
-        config=Path(args.config), lane=args.lane, rule=args.rule, steps=args.steps, interval=args.interval,
-        admins=tuple(dict.fromkeys(args.admin)), token=token, limits=limits, threshold=args.threshold,
-        max_waits=args.max_waits, host=args.host, load=args.load, load_rate=float(args.load_rate),
-        load_users=args.load_users, webhook=args.webhook, record=record,
+        config=Path(args.config),
+        lane=args.lane,
+        rule=args.rule,
+        steps=args.steps,
+        interval=args.interval,
+        admins=tuple(dict.fromkeys(args.admin)),
+        token=token,
+        limits=limits,
+        threshold=args.threshold,
+        max_waits=args.max_waits,
+        host=args.host,
+        load=args.load,
+        load_rate=float(args.load_rate),
+        load_users=args.load_users,
+        webhook=args.webhook,
+        record=record,
         svg=Path(args.svg) if args.svg else record.with_suffix(".svg"),
     )
 

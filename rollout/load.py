@@ -52,7 +52,9 @@ class UserRequests:
             return cls(keyed[0].headers, keyed[0].query, keyed[0].sticky_key)
         plain = [p for p in personas if p.kind in ("share", "match")]
         if not plain:
-            raise RolloutInputError(f"--load: cannot build a request matching rule {rule} (see lane loadtest)")
+            raise RolloutInputError(
+                f"--load: cannot build a request matching rule {rule} (see lane loadtest)"
+            )
         return cls(plain[0].headers, plain[0].query, None)
 
     def for_user(self, user: str) -> tuple[dict[str, str], str]:
@@ -61,8 +63,9 @@ class UserRequests:
         return {k: v.replace(self.key, user) for k, v in self.headers}, self.query.replace(self.key, user)
 
 
-async def _one(session: aiohttp.ClientSession, url: str, request: UserRequests, user: str,
-               counts: LoadCounts) -> None:
+async def _one(
+    session: aiohttp.ClientSession, url: str, request: UserRequests, user: str, counts: LoadCounts
+) -> None:
     headers, query = request.for_user(user)
     try:
         async with session.get(f"{url}/" + (f"?{query}" if query else ""), headers=headers) as resp:
@@ -88,8 +91,9 @@ async def run_load(url: str, request: UserRequests, *, rate: float, users: int, 
         try:
             while True:
                 await slots.acquire()
-                task = asyncio.create_task(_one(session, url.rstrip("/"), request,
-                                                f"user-{random.randrange(users)}", counts))
+                task = asyncio.create_task(
+                    _one(session, url.rstrip("/"), request, f"user-{random.randrange(users)}", counts)
+                )
                 tasks.add(task)
                 task.add_done_callback(done)
                 await asyncio.sleep(pace)
@@ -101,8 +105,9 @@ async def run_load(url: str, request: UserRequests, *, rate: float, users: int, 
 
 
 @contextlib.asynccontextmanager
-async def load_running(url: str | None, request: UserRequests | None, *, rate: float,
-                       users: int) -> AsyncIterator[LoadCounts]:
+async def load_running(
+    url: str | None, request: UserRequests | None, *, rate: float, users: int
+) -> AsyncIterator[LoadCounts]:
     """Run the load in the background for the block (nothing when *url* is None)."""
     counts = LoadCounts()
     if url is None or request is None:

@@ -69,7 +69,7 @@ class Snapshot:
     has_durations: bool
 
     def since(self, before: Snapshot) -> Snapshot:
-        """The traffic between *before* and this snapshot (a row that went down was reset: all of it is new)."""
+        """The traffic between *before* and now (a row that went down was reset: all of it is new)."""
         rows: dict[Key, Tally] = {}
         for key, now in self.rows.items():
             delta = Tally()
@@ -80,8 +80,14 @@ class Snapshot:
             rows[key] = delta
         return Snapshot(rows, self.has_durations)
 
-    def total(self, *, proxy: str, service: str | None = None, requested: str | None = None,
-              served: str | None = None) -> Tally:
+    def total(
+        self,
+        *,
+        proxy: str,
+        service: str | None = None,
+        requested: str | None = None,
+        served: str | None = None,
+    ) -> Tally:
         """The rows that match, summed (None: any value)."""
         out = Tally()
         for (p, svc, req, srv), tally in self.rows.items():
@@ -91,7 +97,9 @@ class Snapshot:
 
     def services(self, proxy: str, served: str) -> list[str]:
         """The services whose *proxy* rows show requests served by lane *served*, sorted."""
-        return sorted({svc for (p, svc, _, srv), t in self.rows.items() if p == proxy and srv == served and t.requests})
+        return sorted(
+            {svc for (p, svc, _, srv), t in self.rows.items() if p == proxy and srv == served and t.requests}
+        )
 
 
 def _key(labels: Mapping[str, str]) -> Key:

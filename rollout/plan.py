@@ -20,7 +20,9 @@ def parse_steps(text: str) -> tuple[int, ...]:
     try:
         steps = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole percents like 1,5,25,50,100, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected whole percents like 1,5,25,50,100, got {text!r}"
+        ) from None
     if not steps or any(not 1 <= s <= 100 for s in steps):
         raise argparse.ArgumentTypeError(f"every step is a percent from 1 to 100, got {text!r}")
     if any(b <= a for a, b in itertools.pairwise(steps)):

@@ -31,9 +31,15 @@ class Point:
 
     def as_dict(self) -> dict[str, Any]:
         entry = self.judgement.checks[0]
-        return {"t": round(self.t, 3), "share": self.share, **self.judgement.as_dict(),
-                "error_rate": entry.error_rate, "base_error_rate": entry.base_error_rate,
-                "p99": entry.p99, "base_p99": entry.base_p99}
+        return {
+            "t": round(self.t, 3),
+            "share": self.share,
+            **self.judgement.as_dict(),
+            "error_rate": entry.error_rate,
+            "base_error_rate": entry.base_error_rate,
+            "p99": entry.p99,
+            "base_p99": entry.base_p99,
+        }
 
 
 def _pct(rate: float | None) -> str:
@@ -49,8 +55,10 @@ def progress_line(step: int, steps: int, share: int, lane: str, judgement: Judge
     parts = [f"step {step}/{steps}", f"{share:>3}%"]
     for check in judgement.checks:
         name = "entry" if check.where == "entry" else f"{check.where}@{lane}"
-        parts.append(f"{name} {check.requests} req err {_pct(check.error_rate)} (base {_pct(check.base_error_rate)})"
-                     f" p99 {_ms(check.p99)} (base {_ms(check.base_p99)})")
+        parts.append(
+            f"{name} {check.requests} req err {_pct(check.error_rate)} (base {_pct(check.base_error_rate)})"
+            f" p99 {_ms(check.p99)} (base {_ms(check.base_p99)})"
+        )
     verdict = str(judgement.verdict.value) + (f": {judgement.reason}" if judgement.reason else "")
     return "  ".join(parts) + "  " + verdict
 
@@ -81,8 +89,9 @@ class Record:
             self.events = list(old.get("events", []))
 
     def event(self, kind: str, share: int, message: str) -> None:
-        self.events.append({"t": round(time.time() - self.started, 3), "event": kind, "share": share,
-                            "message": message})
+        self.events.append(
+            {"t": round(time.time() - self.started, 3), "event": kind, "share": share, "message": message}
+        )
         print(f"{kind}: {message}", file=self.out, flush=True)
         self.save()
 

@@ -74,8 +74,15 @@ class _RolledBack(Exception):
 class Rollout:
     """The state of one run: the gateways, the share in force, the failed checks so far."""
 
-    def __init__(self, opts: Options, config: LaneConfig, rule: ShareRule, client: AdminClient,
-                 admins: list[Admin], record: Record) -> None:
+    def __init__(
+        self,
+        opts: Options,
+        config: LaneConfig,
+        rule: ShareRule,
+        client: AdminClient,
+        admins: list[Admin],
+        record: Record,
+    ) -> None:
         self.opts = opts
         self.config = config
         self.rule = rule
@@ -90,11 +97,16 @@ class Rollout:
         shares = []
         for url in self.gateways:
             view = await self.client.coloring(url)
-            found = [r.get("percent") for r in view["rules"]
-                     if isinstance(r, dict) and r.get("name") == self.rule.name and r.get("lane") == self.opts.lane]
+            found = [
+                r.get("percent")
+                for r in view["rules"]
+                if isinstance(r, dict) and r.get("name") == self.rule.name and r.get("lane") == self.opts.lane
+            ]
             if len(found) != 1 or not isinstance(found[0], int):
-                raise RolloutInputError(f"gateway {url} has no percentage rule {self.rule.name} for lane "
-                                        f"{self.opts.lane} in force; is it running {self.opts.config}?")
+                raise RolloutInputError(
+                    f"gateway {url} has no percentage rule {self.rule.name} for lane "
+                    f"{self.opts.lane} in force; is it running {self.opts.config}?"
+                )
             shares.append(found[0])
         return shares
 
@@ -126,8 +138,11 @@ class Rollout:
 
     def fail(self, reason: str) -> None:
         self.failed += 1
-        self.record.event("failed-check", self.in_force,
-                          f"failed check {self.failed} of --threshold {self.opts.threshold}: {reason}")
+        self.record.event(
+            "failed-check",
+            self.in_force,
+            f"failed check {self.failed} of --threshold {self.opts.threshold}: {reason}",
+        )
         if self.failed >= self.opts.threshold:
             raise _RolledBack(reason)
 
@@ -135,11 +150,20 @@ class Rollout:
         """Ask the webhook until it says yes (or the failed checks reach the threshold)."""
         if self.opts.webhook is None:
             return
-        body = {"lane": self.opts.lane, "rule": self.rule.name, "config": str(self.opts.config),
-                "from": self.in_force, "to": share, "step": step, "steps": len(self.opts.steps)}
+        body = {
+            "lane": self.opts.lane,
+            "rule": self.rule.name,
+            "config": str(self.opts.config),
+            "from": self.in_force,
+            "to": share,
+            "step": step,
+            "steps": len(self.opts.steps),
+        }
         while True:
             try:
-                async with session.post(self.opts.webhook, json=body, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                async with session.post(
+                    self.opts.webhook, json=body, timeout=aiohttp.ClientTimeout(total=10)
+                ) as resp:
                     if 200 <= resp.status < 300:
                         return
                     problem = f"webhook {self.opts.webhook} answered {resp.status} before {share}%"
@@ -162,8 +186,9 @@ class Rollout:
             if isinstance(before, str):  # nothing to compare with yet
                 before = after
                 continue
-            judgement: Judgement = judge(after.since(before), self.opts.lane, self.config.default_lane,
-                                         self.opts.limits)
+            judgement: Judgement = judge(
+                after.since(before), self.opts.lane, self.config.default_lane, self.opts.limits
+            )
             before = after
             self.record.point(share, judgement, step, len(self.opts.steps))
             if judgement.verdict is Verdict.PASS:
@@ -174,18 +199,25 @@ class Rollout:
                 continue
             waits += 1
             if waits >= self.opts.max_waits:
-                raise _RolledBack(f"not enough {self.opts.lane} traffic to judge {share}% in {waits} intervals "
-                                  f"({judgement.reason})")
+                raise _RolledBack(
+                    f"not enough {self.opts.lane} traffic to judge {share}% in {waits} intervals "
+                    f"({judgement.reason})"
+                )
 
     async def run(self, session: aiohttp.ClientSession) -> int:
         shares = await self.shares_in_force()
         self.in_force = min(shares)
         if len(set(shares)) > 1:
-            self.record.event("resume", self.in_force, f"gateways disagree ({', '.join(map(str, shares))}%): "
-                              f"continuing from the lowest, {self.in_force}%")
+            self.record.event(
+                "resume",
+                self.in_force,
+                f"gateways disagree ({', '.join(map(str, shares))}%): "
+                f"continuing from the lowest, {self.in_force}%",
+            )
         elif self.in_force:
-            self.record.event("resume", self.in_force, f"{self.in_force}% in force on the gateways: continuing "
-                              "from there")
+            self.record.event(
+                "resume", self.in_force, f"{self.in_force}% in force on the gateways: continuing from there"
+            )
         await self.apply(self.in_force)  # the file holds the share in force (a crash may have left it ahead)
         todo = remaining_steps(self.opts.steps, self.in_force)
         if not todo:
@@ -193,23 +225,33 @@ class Rollout:
             self.record.save("promoted")
             return PROMOTED
         request = UserRequests.of_rule(self.config, self.rule.name) if self.opts.load else None
-        async with load_running(self.opts.host if self.opts.load else None, request, rate=self.opts.load_rate,
-                                users=self.opts.load_users):
+        async with load_running(
+            self.opts.host if self.opts.load else None,
+            request,
+            rate=self.opts.load_rate,
+            users=self.opts.load_users,
+        ):
             try:
                 for share in todo:
                     step = self.opts.steps.index(share) + 1 if share in self.opts.steps else 0
                     await self.gate(share, step, session)
                     if share != self.in_force:
                         await self.apply(share)
-                        self.record.event("set", share, f"{self.opts.lane} share set to {share}% "
-                                          f"(step {step}/{len(self.opts.steps)})")
+                        self.record.event(
+                            "set",
+                            share,
+                            f"{self.opts.lane} share set to {share}% (step {step}/{len(self.opts.steps)})",
+                        )
                     await self.judge_step(share, step)
             except _RolledBack as back:
                 await self.apply(0)
                 self.record.event("rollback", 0, f"{self.opts.lane} rolled back to 0%: {back.reason}")
                 self.record.save("rolled back", back.reason)
-                print(f"lane rollout: rolled back {self.opts.lane} to 0%: {back.reason}", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"lane rollout: rolled back {self.opts.lane} to 0%: {back.reason}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return ROLLED_BACK
         self.record.event("promoted", self.in_force, f"{self.opts.lane} promoted to {self.in_force}%")
         self.record.save("promoted")
@@ -225,19 +267,30 @@ async def rollout(opts: Options) -> int:
     rule = find_share_rule(config, opts.lane, opts.rule)
     if opts.load and not rule.sticky:
         log.warning("rule %s has no sticky key: --load users are put in the lane at random", rule.name)
-    head = {"config": str(opts.config), "lane": opts.lane, "base": config.default_lane, "rule": rule.name,
-            "steps": list(opts.steps), "interval": opts.interval, "admins": list(opts.admins),
-            "thresholds": {"max_error_rate": opts.limits.max_error_rate, "max_p99_ratio": opts.limits.max_p99_ratio,
-                           "min_p99": opts.limits.min_p99, "min_requests": opts.limits.min_requests,
-                           "threshold": opts.threshold}}
+    head = {
+        "config": str(opts.config),
+        "lane": opts.lane,
+        "base": config.default_lane,
+        "rule": rule.name,
+        "steps": list(opts.steps),
+        "interval": opts.interval,
+        "admins": list(opts.admins),
+        "thresholds": {
+            "max_error_rate": opts.limits.max_error_rate,
+            "max_p99_ratio": opts.limits.max_p99_ratio,
+            "min_p99": opts.limits.min_p99,
+            "min_requests": opts.limits.min_requests,
+            "threshold": opts.threshold,
+        },
+    }
     record = Record(opts.record, opts.svg, head)
     record.resume()
     async with aiohttp.ClientSession() as session:
         client = AdminClient(session, opts.token)
         admins = [await client.probe(url) for url in opts.admins]
         if not any(a.gateway for a in admins):
-            raise RolloutInputError("none of the --admin listeners is a gateway's (GET /lane/coloring answered on "
-                                    f"none of {', '.join(opts.admins)}): the share is set on gateways")
+            raise RolloutInputError(
+                "none of the --admin listeners is a gateway's (GET /lane/coloring answered on "
+                f"none of {', '.join(opts.admins)}): the share is set on gateways"
+            )
         return await Rollout(opts, config, rule, client, admins, record).run(session)
-
-

@@ -39,21 +39,31 @@ class ShareRule:
 
 
 def find_share_rule(config: LaneConfig, lane: str, rule: str | None = None) -> ShareRule:
-    """The lane's one percentage rule (or the one named *rule*); `RolloutInputError` when there is not exactly one."""
+    """The lane's one percentage rule (or the one named *rule*); `RolloutInputError` unless exactly one."""
     if lane not in config.lanes or lane == config.default_lane:
         others = ", ".join(sorted(set(config.lanes) - {config.default_lane})) or "none"
-        raise RolloutInputError(f"--lane {lane}: not a lane {config.source} can roll out (its lanes: {others})")
-    found = [(i, r) for i, r in enumerate(config.rules)
-             if r.lane == lane and r.percentage is not None and (rule is None or r.name == rule)]
+        raise RolloutInputError(
+            f"--lane {lane}: not a lane {config.source} can roll out (its lanes: {others})"
+        )
+    found = [
+        (i, r)
+        for i, r in enumerate(config.rules)
+        if r.lane == lane and r.percentage is not None and (rule is None or r.name == rule)
+    ]
     if not found:
         which = f"named {rule!r} " if rule else ""
         raise RolloutInputError(
             f"{config.source}: no coloring rule {which}with a `percentage` colors lane {lane}; add one "
-            "(e.g. `- {lane: " + lane + ", percentage: {percent: 0, key: {header: x-user-id}}}`) for the rollout to set")
+            "(e.g. `- {lane: "
+            + lane
+            + ", percentage: {percent: 0, key: {header: x-user-id}}}`) for the rollout to set"
+        )
     if len(found) > 1:
         names = ", ".join(r.name for _, r in found)
-        raise RolloutInputError(f"{config.source}: several percentage rules color lane {lane} ({names}); "
-                                "name the one to roll out with --rule")
+        raise RolloutInputError(
+            f"{config.source}: several percentage rules color lane {lane} ({names}); "
+            "name the one to roll out with --rule"
+        )
     index, chosen = found[0]
     assert chosen.percentage is not None
     return ShareRule(index, chosen.name, lane, chosen.percentage.percent, chosen.percentage.key is not None)
@@ -78,8 +88,10 @@ def _percent_span(text: str, index: int) -> tuple[int, int]:
     if not isinstance(node, yaml.ScalarNode):
         raise RolloutInputError(f"coloring[{index}].percentage.percent is not a plain number in the file")
     if text[node.start_mark.index] in "&!":  # the node's text starts with its anchor or tag
-        raise RolloutInputError(f"coloring[{index}].percentage.percent is shared with other rules or tagged "
-                                "(a YAML anchor?): write it as a number of its own")
+        raise RolloutInputError(
+            f"coloring[{index}].percentage.percent is shared with other rules or tagged "
+            "(a YAML anchor?): write it as a number of its own"
+        )
     return node.start_mark.index, node.end_mark.index
 
 
@@ -100,8 +112,10 @@ def with_share(text: str, source: str, rule: ShareRule, percent: int) -> str:
     changed = [i for i, (old, new) in enumerate(zip(before.rules, after.rules, strict=True)) if old != new]
     got = after.rules[rule.index].percentage
     if changed != ([rule.index] if rule.percent != percent else []) or got is None or got.percent != percent:
-        raise RolloutInputError(f"{source}: coloring[{rule.index}].percentage.percent is shared with other rules "
-                                "(a YAML anchor?): write it as a number of its own")
+        raise RolloutInputError(
+            f"{source}: coloring[{rule.index}].percentage.percent is shared with other rules "
+            "(a YAML anchor?): write it as a number of its own"
+        )
     return edited
 
 

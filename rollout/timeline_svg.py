@@ -22,8 +22,15 @@ def _text(x: float, y: float, text: str, *, size: int = 11, anchor: str = "start
     return f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}">{escape(text)}</text>'
 
 
-def _panel(top: float, title: str, series: Sequence[tuple[str, str, list[tuple[float, float]]]],
-           x1: float, unit: str, *, step: bool = False) -> list[str]:
+def _panel(
+    top: float,
+    title: str,
+    series: Sequence[tuple[str, str, list[tuple[float, float]]]],
+    x1: float,
+    unit: str,
+    *,
+    step: bool = False,
+) -> list[str]:
     ys = [y for _, _, points in series for _, y in points]
     y1 = max(ys, default=0.0) * 1.1 or 1.0
     width = WIDTH - LEFT - RIGHT
@@ -34,10 +41,12 @@ def _panel(top: float, title: str, series: Sequence[tuple[str, str, list[tuple[f
     def py(y: float) -> float:
         return top + PANEL - y / y1 * PANEL
 
-    out = [f'<rect x="{LEFT}" y="{top}" width="{width}" height="{PANEL}" fill="none" stroke="#999"/>',
-           _text(LEFT, top - 6, title, size=12),
-           _text(LEFT - 6, top + 4, f"{y1:.3g}{unit}", size=10, anchor="end"),
-           _text(LEFT - 6, top + PANEL + 4, f"0{unit}", size=10, anchor="end")]
+    out = [
+        f'<rect x="{LEFT}" y="{top}" width="{width}" height="{PANEL}" fill="none" stroke="#999"/>',
+        _text(LEFT, top - 6, title, size=12),
+        _text(LEFT - 6, top + 4, f"{y1:.3g}{unit}", size=10, anchor="end"),
+        _text(LEFT - 6, top + PANEL + 4, f"0{unit}", size=10, anchor="end"),
+    ]
     for i, (label, color, points) in enumerate(series):
         if not points:
             continue
@@ -46,9 +55,13 @@ def _panel(top: float, title: str, series: Sequence[tuple[str, str, list[tuple[f
             if step and j:
                 coords.append(f"{px(x):.1f},{py(points[j - 1][1]):.1f}")
             coords.append(f"{px(x):.1f},{py(y):.1f}")
-        out.append(f'<polyline points="{" ".join(coords)}" fill="none" stroke="{color}" stroke-width="2">'
-                   f"<title>{escape(label)}</title></polyline>")
-        out.append(f'<rect x="{WIDTH - RIGHT - 160}" y="{top + 8 + 16 * i}" width="12" height="3" fill="{color}"/>')
+        out.append(
+            f'<polyline points="{" ".join(coords)}" fill="none" stroke="{color}" stroke-width="2">'
+            f"<title>{escape(label)}</title></polyline>"
+        )
+        out.append(
+            f'<rect x="{WIDTH - RIGHT - 160}" y="{top + 8 + 16 * i}" width="12" height="3" fill="{color}"/>'
+        )
         out.append(_text(WIDTH - RIGHT - 144, top + 13 + 16 * i, label))
     return out
 
@@ -59,7 +72,9 @@ def render_timeline(record: dict[str, Any]) -> str:
     events: list[dict[str, Any]] = record.get("events", [])
     lane, base = str(record.get("lane", "lane")), str(record.get("base", "base"))
     x1 = max([p["t"] for p in points] + [e["t"] for e in events] + [1.0])
-    share = [(float(e["t"]), float(e["share"])) for e in events if e["event"] in ("set", "rollback", "resume")]
+    share = [
+        (float(e["t"]), float(e["share"])) for e in events if e["event"] in ("set", "rollback", "resume")
+    ]
     share += [(float(p["t"]), float(p["share"])) for p in points]
     share.sort()
 
@@ -71,22 +86,39 @@ def render_timeline(record: dict[str, Any]) -> str:
     outcome = record.get("outcome")
     if outcome:
         title += f" - {outcome}"
-    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-           f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">'),
-           f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-           _text(WIDTH / 2, 24, title, size=14, anchor="middle")]
+    out = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+            f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">'
+        ),
+        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
+        _text(WIDTH / 2, 24, title, size=14, anchor="middle"),
+    ]
     out += _panel(TOP, f"share of users in {lane} (%)", [("share", SHARE_COLOR, share)], x1, "%", step=True)
-    out += _panel(TOP + PANEL + GAP, "error rate at the entry (%)",
-                  [(lane, LANE_COLOR, series("error_rate", 100)), (base, BASE_COLOR, series("base_error_rate", 100))],
-                  x1, "%")
-    out += _panel(TOP + 2 * (PANEL + GAP), "p99 at the entry (ms)",
-                  [(lane, LANE_COLOR, series("p99", 1000)), (base, BASE_COLOR, series("base_p99", 1000))], x1, "ms")
+    out += _panel(
+        TOP + PANEL + GAP,
+        "error rate at the entry (%)",
+        [(lane, LANE_COLOR, series("error_rate", 100)), (base, BASE_COLOR, series("base_error_rate", 100))],
+        x1,
+        "%",
+    )
+    out += _panel(
+        TOP + 2 * (PANEL + GAP),
+        "p99 at the entry (ms)",
+        [(lane, LANE_COLOR, series("p99", 1000)), (base, BASE_COLOR, series("base_p99", 1000))],
+        x1,
+        "ms",
+    )
     bottom = TOP + 3 * PANEL + 2 * GAP
     for e in events:
         x = LEFT + float(e["t"]) / x1 * (WIDTH - LEFT - RIGHT)
         color = LANE_COLOR if e["event"] == "rollback" else "#bbb"
-        out.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{bottom}" stroke="{color}" '
-                   f'stroke-dasharray="3 3"><title>{escape(str(e.get("message", "")))}</title></line>')
-    out.append(_text(LEFT + (WIDTH - LEFT - RIGHT) / 2, bottom + 22, f"seconds (0 - {x1:.0f})", anchor="middle"))
+        out.append(
+            f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{bottom}" stroke="{color}" '
+            f'stroke-dasharray="3 3"><title>{escape(str(e.get("message", "")))}</title></line>'
+        )
+    out.append(
+        _text(LEFT + (WIDTH - LEFT - RIGHT) / 2, bottom + 22, f"seconds (0 - {x1:.0f})", anchor="middle")
+    )
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -21,13 +21,28 @@ class Proxies:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("lane_requests", "requests", [*LABELS, "fallback", "response_code"],
-                                registry=self.registry)
-        self.duration = Histogram("lane_request_duration_seconds", "seconds", [*LABELS, "response_code"],
-                                  buckets=BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "lane_requests", "requests", [*LABELS, "fallback", "response_code"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "lane_request_duration_seconds",
+            "seconds",
+            [*LABELS, "response_code"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
 
-    def serve(self, proxy: str, service: str, requested: str, served: str, n: int, *, errors: int = 0,
-              seconds: float = 0.003) -> None:
+    def serve(
+        self,
+        proxy: str,
+        service: str,
+        requested: str,
+        served: str,
+        n: int,
+        *,
+        errors: int = 0,
+        seconds: float = 0.003,
+    ) -> None:
         for i in range(n):
             code = "500" if i < errors else "200"
             labels = (proxy, "gateway", "", service, requested, served)
@@ -44,7 +59,9 @@ def chain(p: Proxies, gray: int, base: int, *, c_gray_errors: int = 0, c_gray_se
     p.serve("gateway", "a", "base", "base", base)
     p.serve("inbound", "a", "gray", "gray", gray, errors=c_gray_errors)
     p.serve("inbound", "a", "base", "base", base)
-    p.serve("inbound", "b", "gray", "base", gray, errors=c_gray_errors)  # b has no gray: base serves gray users
+    p.serve(
+        "inbound", "b", "gray", "base", gray, errors=c_gray_errors
+    )  # b has no gray: base serves gray users
     p.serve("inbound", "b", "base", "base", base)
     p.serve("inbound", "c", "gray", "gray", gray, errors=c_gray_errors, seconds=c_gray_seconds)
     p.serve("inbound", "c", "base", "base", base)
@@ -100,8 +117,12 @@ def test_p99_fails_over_the_ratio_but_not_under_the_floor() -> None:
 
 
 def test_sidecars_are_summed_and_the_older_label_names_are_read() -> None:
-    old = Counter("lane_requests", "r", ["proxy", "service", "requested_lane", "served_lane", "fallback", "status"],
-                  registry=(registry := CollectorRegistry()))
+    old = Counter(
+        "lane_requests",
+        "r",
+        ["proxy", "service", "requested_lane", "served_lane", "fallback", "status"],
+        registry=(registry := CollectorRegistry()),
+    )
     old.labels("gateway", "a", "gray", "gray", "", "200").inc(30)
     old.labels("gateway", "a", "gray", "gray", "", "503").inc(10)
     p = Proxies()

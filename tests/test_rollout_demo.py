@@ -42,7 +42,9 @@ def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]
 def admins(demo: DemoRun) -> list[str]:
     """The gateway's admin and every sidecar's, from the demo's topology."""
     _, topo = get_json(demo.admin + "/demo/topology")
-    sidecars = [row["admin"] for lanes in topo["instances"].values() for rows in lanes.values() for row in rows]
+    sidecars = [
+        row["admin"] for lanes in topo["instances"].values() for rows in lanes.values() for row in rows
+    ]
     return [str(demo.ready["gateway_admin"])] + [f"http://{a}" for a in sidecars]
 
 
@@ -59,9 +61,31 @@ def share_in_file(demo: DemoRun) -> int:
 
 
 def rollout_argv(demo: DemoRun, tmp_path: Path, *extra: str, steps: str = "20,60,100") -> list[str]:
-    argv = [sys.executable, "-m", "lane", "rollout", "--config", str(demo.ready["config"]), "--lane", "gray",
-            "--steps", steps, "--interval", "1s", "--min-requests", "8", "--max-waits", "20",
-            "--load", "--host", demo.gateway, "--load-rate", "60", "--record", str(tmp_path / "rollout.json")]
+    argv = [
+        sys.executable,
+        "-m",
+        "lane",
+        "rollout",
+        "--config",
+        str(demo.ready["config"]),
+        "--lane",
+        "gray",
+        "--steps",
+        steps,
+        "--interval",
+        "1s",
+        "--min-requests",
+        "8",
+        "--max-waits",
+        "20",
+        "--load",
+        "--host",
+        demo.gateway,
+        "--load-rate",
+        "60",
+        "--record",
+        str(tmp_path / "rollout.json"),
+    ]
     for url in admins(demo):
         argv += ["--admin", url]
     return argv + list(extra)
@@ -118,13 +142,26 @@ class _Refuse(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_webhook_that_refuses_halts_the_rollout_before_the_share_moves(healthy: DemoRun, tmp_path: Path) -> None:
+def test_a_webhook_that_refuses_halts_the_rollout_before_the_share_moves(
+    healthy: DemoRun, tmp_path: Path
+) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        subprocess.run([sys.executable, "-c", _SET_SHARE, str(healthy.ready["config"]), "0",
-                        str(healthy.ready["gateway_admin"])], check=True, timeout=30, cwd=REPO)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _SET_SHARE,
+                str(healthy.ready["config"]),
+                "0",
+                str(healthy.ready["gateway_admin"]),
+            ],
+            check=True,
+            timeout=30,
+            cwd=REPO,
+        )
         hook = f"http://127.0.0.1:{server.server_address[1]}/gate"
         done = run_rollout(rollout_argv(healthy, tmp_path, "--webhook", hook, "--threshold", "2"))
     finally:
@@ -147,8 +184,19 @@ urllib.request.urlopen(urllib.request.Request(sys.argv[3] + "/lane/reload", meth
 
 
 def test_a_rerun_after_a_crash_continues_from_the_share_in_force(healthy: DemoRun, tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-c", _SET_SHARE, str(healthy.ready["config"]), "0",
-                    str(healthy.ready["gateway_admin"])], check=True, timeout=30, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SET_SHARE,
+            str(healthy.ready["config"]),
+            "0",
+            str(healthy.ready["gateway_admin"]),
+        ],
+        check=True,
+        timeout=30,
+        cwd=REPO,
+    )
     assert share_in_force(healthy) == 0
     argv = rollout_argv(healthy, tmp_path, "--max-p99-ratio", "50", steps="20,60,100")
     # 4 s intervals in the first run: time enough to see 60 % in force and kill it before 100 %
@@ -181,10 +229,33 @@ def test_a_faulty_gray_deep_in_the_chain_is_rolled_back(tmp_path: Path) -> None:
     """c@gray (behind b, which has no gray instance) fails 20 % of its requests."""
     with lane_demo(tmp_path, "--config", str(CONFIG), "--port", "0", "--fault", "c@gray:error=0.2") as demo:
         # as the README shows it: --demo reads the config, the admins and the gateway from the demo
-        done = run_rollout([sys.executable, "-m", "lane", "rollout", "--demo", demo.admin, "--lane", "gray",
-                            "--steps", "20,60,100", "--interval", "1s", "--min-requests", "8", "--max-waits", "20",
-                            "--load", "--load-rate", "60", "--max-p99-ratio", "50",
-                            "--record", str(tmp_path / "rollout.json")])
+        done = run_rollout(
+            [
+                sys.executable,
+                "-m",
+                "lane",
+                "rollout",
+                "--demo",
+                demo.admin,
+                "--lane",
+                "gray",
+                "--steps",
+                "20,60,100",
+                "--interval",
+                "1s",
+                "--min-requests",
+                "8",
+                "--max-waits",
+                "20",
+                "--load",
+                "--load-rate",
+                "60",
+                "--max-p99-ratio",
+                "50",
+                "--record",
+                str(tmp_path / "rollout.json"),
+            ]
+        )
         assert done.returncode == 1, done.stdout + done.stderr
         assert "rolled back gray to 0%" in done.stderr and "c@gray error rate" in done.stderr
         assert share_in_force(demo) == 0 and share_in_file(demo) == 0

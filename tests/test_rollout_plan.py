@@ -16,15 +16,19 @@ def test_steps_are_increasing_whole_percents() -> None:
             parse_steps(bad)
 
 
-@pytest.mark.parametrize(("in_force", "todo"), [
-    (0, (1, 5, 25, 50, 100)),  # a fresh start: the first step
-    (5, (5, 25, 50, 100)),  # a crash at 5 %: 5 is judged again, then on
-    (10, (10, 25, 50, 100)),  # set by hand between steps: judged where it is, then the next larger step
-    (50, (50, 100)),
-    (100, ()),  # already promoted
-])
-def test_a_rerun_continues_from_the_share_in_force_and_never_skips_a_step(in_force: int,
-                                                                          todo: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    ("in_force", "todo"),
+    [
+        (0, (1, 5, 25, 50, 100)),  # a fresh start: the first step
+        (5, (5, 25, 50, 100)),  # a crash at 5 %: 5 is judged again, then on
+        (10, (10, 25, 50, 100)),  # set by hand between steps: judged where it is, then the next larger step
+        (50, (50, 100)),
+        (100, ()),  # already promoted
+    ],
+)
+def test_a_rerun_continues_from_the_share_in_force_and_never_skips_a_step(
+    in_force: int, todo: tuple[int, ...]
+) -> None:
     assert remaining_steps((1, 5, 25, 50, 100), in_force) == todo
 
 

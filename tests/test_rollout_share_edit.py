@@ -44,15 +44,18 @@ def test_only_the_number_changes_and_comments_and_spacing_stay() -> None:
 
 
 def test_a_flow_style_percentage_is_edited_too() -> None:
-    text = CONFIG.replace("    percentage:\n      percent:   5    # odd spacing kept\n      key: {header: x-user-id}\n",
-                          "    percentage: {percent: 5, key: {header: x-user-id}}\n")
+    text = CONFIG.replace(
+        "    percentage:\n      percent:   5    # odd spacing kept\n      key: {header: x-user-id}\n",
+        "    percentage: {percent: 5, key: {header: x-user-id}}\n",
+    )
     edited = with_share(text, "c.yaml", find_share_rule(parse_config(text), "gray"), 100)
     assert "percentage: {percent: 100, key: {header: x-user-id}}" in edited
 
 
 def test_a_percent_shared_through_an_anchor_is_refused() -> None:
     text = CONFIG.replace("percent:   5", "percent: &p 5").replace(
-        "services:", "  - name: other\n    lane: gray\n    percentage: {percent: *p}\nservices:")
+        "services:", "  - name: other\n    lane: gray\n    percentage: {percent: *p}\nservices:"
+    )
     with pytest.raises(RolloutInputError, match="rollout with --rule|several percentage rules"):
         find_share_rule(parse_config(text), "gray")
     rule = find_share_rule(parse_config(text), "gray", "share")
@@ -60,12 +63,15 @@ def test_a_percent_shared_through_an_anchor_is_refused() -> None:
         with_share(text, "c.yaml", rule, 50)
 
 
-@pytest.mark.parametrize(("lane", "rule", "message"), [
-    ("base", None, "not a lane"),
-    ("blue", None, "not a lane"),
-    ("gray", "nope", "no coloring rule named 'nope'"),
-    ("gray", "testers", "no coloring rule named 'testers'"),  # a rule without a percentage
-])
+@pytest.mark.parametrize(
+    ("lane", "rule", "message"),
+    [
+        ("base", None, "not a lane"),
+        ("blue", None, "not a lane"),
+        ("gray", "nope", "no coloring rule named 'nope'"),
+        ("gray", "testers", "no coloring rule named 'testers'"),  # a rule without a percentage
+    ],
+)
 def test_a_lane_without_its_percentage_rule_is_refused(lane: str, rule: str | None, message: str) -> None:
     with pytest.raises(RolloutInputError, match=message):
         find_share_rule(parse_config(CONFIG), lane, rule)

@@ -177,6 +177,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="POSTed before each step; not 2xx counts as a failed check (asked again next interval)",
     )
     parser.add_argument(
+        "--prometheus",
+        type=_url,
+        metavar="URL",
+        help="read the figures from this Prometheus server's query API (it scrapes every proxy) "
+        "instead of each --admin's /metrics; then --admin need only name the gateways",
+    )
+    parser.add_argument(
         "--record", default=None, help="the JSON record (default rollout-LANE.json); a rerun continues it"
     )
     parser.add_argument("--svg", default=None, help="the SVG timeline (default: the record's name with .svg)")
@@ -241,6 +248,7 @@ def options(args: argparse.Namespace) -> Options:
         load_rate=float(args.load_rate),
         load_users=args.load_users,
         webhook=args.webhook,
+        prometheus=args.prometheus,
         record=record,
         svg=Path(args.svg) if args.svg else record.with_suffix(".svg"),
     )

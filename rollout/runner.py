@@ -34,6 +34,7 @@ from .errors import AdminUnreachable, RolloutInputError
 from .load import UserRequests, load_running
 from .metrics_window import Snapshot, parse_metrics
 from .plan import remaining_steps
+from .prometheus_source import prometheus_snapshot
 from .record import Record
 from .share_edit import ShareRule, find_share_rule, write_share
 
@@ -61,6 +62,7 @@ class Options:
     load_rate: float = 50.0
     load_users: int = 1000
     webhook: str | None = None
+    prometheus: str | None = None  # read the figures from this Prometheus server, not from the admins
     record: Path | None = None
     svg: Path | None = None
 
@@ -128,8 +130,10 @@ class Rollout:
         self.in_force = share
 
     async def scrape(self) -> Snapshot | str:
-        """Every admin's metrics summed, or why they could not be read (a failed check)."""
+        """Every admin's metrics summed (or the Prometheus server's), or why they could not be read (a failed check)."""
         try:
+            if self.opts.prometheus is not None:
+                return await prometheus_snapshot(self.client.session, self.opts.prometheus)
             return parse_metrics([await self.client.metrics(a.url) for a in self.admins])
         except AdminUnreachable as exc:
             return f"cannot read metrics: {exc}"

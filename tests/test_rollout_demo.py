@@ -10,6 +10,7 @@ the next, and these tests are about errors and resuming, not latency.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
-from conftest import REPO, DemoRun, lane_demo
+from conftest import REPO, DemoRun, free_port, lane_demo, stop_process
 
 from lane.hashing import in_percentage
 
@@ -37,6 +38,14 @@ def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return bool(resp.status == 200)
+    except OSError:  # refused while it starts; HTTPError (503: not ready yet) is an OSError too
+        return False
 
 
 def admins(demo: DemoRun) -> list[str]:
@@ -266,3 +275,37 @@ def test_a_faulty_gray_deep_in_the_chain_is_rolled_back(tmp_path: Path) -> None:
         user = next(f"user-{i}" for i in range(1000) if in_percentage(f"user-{i}", 20))
         status, answer = get_json(demo.gateway + "/", {"x-user-id": user})
         assert status == 200 and set(lanes_of(answer)) == {"base"}, answer
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus server installed (Debian: prometheus)")
+def test_with_prometheus_the_whole_chain_is_judged_from_its_query_api(tmp_path: Path) -> None:
+    """A real Prometheus scrapes every proxy each second; the rollout is given only the gateway's admin."""
+    with lane_demo(tmp_path, "--config", str(CONFIG), "--port", "0", "--fault", "c@gray:error=0.2") as demo:
+        targets = [url.removeprefix("http://") for url in admins(demo)]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "lane", "static_configs": [{"targets": targets}]}],
+        }))
+        port = free_port()
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while not _answers(url + "/-/ready"):
+                assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()
+                assert time.monotonic() < deadline, "prometheus never became ready"
+                time.sleep(0.3)
+            done = run_rollout([
+                sys.executable, "-m", "lane", "rollout", "--config", str(demo.ready["config"]), "--lane", "gray",
+                "--admin", str(demo.ready["gateway_admin"]), "--prometheus", url, "--steps", "20,60,100",
+                "--interval", "4s", "--min-requests", "8", "--max-waits", "10", "--max-p99-ratio", "50",
+                "--load", "--host", demo.gateway, "--load-rate", "60", "--record", str(tmp_path / "rollout.json"),
+            ])
+        finally:
+            stop_process(prometheus)  # type: ignore[arg-type]
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "c@gray error rate" in done.stderr  # a sidecar's figure: only Prometheus had it
+        assert share_in_force(demo) == 0 and share_in_file(demo) == 0

@@ -30,7 +30,6 @@ __all__ = ["Edge", "Graph", "Node", "Reading", "build_graph", "collect", "expand
 
 GATEWAY = "gateway"
 CALLER_PROXIES = frozenset({"gateway", "outbound"})
-_EDGE_LABELS = ("source_service", "source_lane", "destination_service", "served_lane", "requested_lane")
 
 EdgeKey = tuple[str, str, str, str]  # (source node, target node, requested lane, fallback)
 SpanKey = tuple[str, str, str]  # (source node, target node, requested lane): what the histogram can tell apart
@@ -111,37 +110,43 @@ def _node(service: str, lane: str) -> str:
     return f"{service}@{lane or 'none'}"
 
 
+Sample = tuple[str, Mapping[str, str], float]  # (name, labels, value)
+
+
 def read_metrics(text: str) -> Reading:
-    """One proxy's ``/metrics`` (or several, concatenated per proxy) as a `Reading`."""
+    """One proxy's ``/metrics`` as a `Reading`."""
+    return read_samples((s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples)
+
+
+def read_samples(samples: Iterable[Sample]) -> Reading:
+    """The samples of one proxy (its own /metrics, or its series in Prometheus) as a `Reading`."""
     reading = Reading()
     identity: str | None = None  # a sidecar's own service@lane, from its inbound samples
     lost = 0
     recovered: dict[str, int] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if sample.name == "lane_requests_total":
-                if labels.get("proxy") == "inbound":
-                    identity = _node(labels.get("destination_service", ""), labels.get("served_lane", ""))
-                    continue
-                if labels.get("proxy") not in CALLER_PROXIES or not all(k in labels for k in _EDGE_LABELS):
-                    continue
-                key = (*_span(labels), labels.get("fallback", ""))
-                reading.calls[key] = reading.calls.get(key, 0.0) + sample.value
-                if labels.get("response_code", "").startswith("5"):
-                    reading.errors[key] = reading.errors.get(key, 0.0) + sample.value
-            elif sample.name == "lane_request_duration_seconds_bucket":
-                if labels.get("proxy") not in CALLER_PROXIES or not all(k in labels for k in _EDGE_LABELS):
-                    continue
-                slot = reading.buckets.setdefault(_span(labels), {})
-                le = float(labels["le"])
-                slot[le] = slot.get(le, 0.0) + sample.value
-            elif sample.name == "lane_outbound_lane_source_total":
-                if labels.get("source") == "lost":
-                    lost += int(sample.value)
-                elif labels.get("source") == "recovered" and sample.value:
-                    via = labels.get("via") or "a trace header"
-                    recovered[via] = recovered.get(via, 0) + int(sample.value)
+    for name, labels, value in samples:
+        if name == "lane_requests_total":
+            if labels.get("proxy") == "inbound":
+                identity = _node(labels.get("destination_service", ""), labels.get("served_lane", ""))
+                continue
+            if labels.get("proxy") not in CALLER_PROXIES or "destination_service" not in labels:
+                continue
+            key = (*_span(labels), labels.get("fallback", ""))
+            reading.calls[key] = reading.calls.get(key, 0.0) + value
+            if labels.get("response_code", "").startswith("5"):
+                reading.errors[key] = reading.errors.get(key, 0.0) + value
+        elif name == "lane_request_duration_seconds_bucket":
+            if labels.get("proxy") not in CALLER_PROXIES or "destination_service" not in labels:
+                continue
+            slot = reading.buckets.setdefault(_span(labels), {})
+            le = float(labels["le"])
+            slot[le] = slot.get(le, 0.0) + value
+        elif name == "lane_outbound_lane_source_total":
+            if labels.get("source") == "lost":
+                lost += int(value)
+            elif labels.get("source") == "recovered" and value:
+                via = labels.get("via") or "a trace header"
+                recovered[via] = recovered.get(via, 0) + int(value)
     if identity is not None:
         if lost:
             reading.lost[identity] = lost
@@ -151,8 +156,10 @@ def read_metrics(text: str) -> Reading:
 
 
 def _span(labels: Mapping[str, str]) -> SpanKey:
-    source = GATEWAY if labels.get("proxy") == "gateway" else _node(labels["source_service"], labels["source_lane"])
-    return source, _node(labels["destination_service"], labels["served_lane"]), labels["requested_lane"]
+    """An absent label is an empty one: Prometheus stores ``source_lane=""`` (the gateway's) as no label."""
+    get = labels.get
+    source = GATEWAY if get("proxy") == "gateway" else _node(get("source_service", ""), get("source_lane", ""))
+    return source, _node(labels["destination_service"], get("served_lane", "")), get("requested_lane", "")
 
 
 def quantile(q: float, buckets: Mapping[float, float]) -> float | None:

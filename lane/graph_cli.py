@@ -1,8 +1,9 @@
 """``lane graph``: draw the live lane topology of running proxies (SVG, DOT or JSON).
 
 ``--admin URL`` (repeatable) names a proxy's admin listener -- or a `lane demo` admin, which stands for
-all its proxies. Each is read twice, ``--window`` seconds apart, for the rates (`lane.graph`);
-``--watch SECONDS`` redraws until interrupted. Nothing is started or changed on the proxies.
+all its proxies. Each is read twice, ``--window`` seconds apart, for the rates (`lane.graph`). Or
+``--prometheus URL`` reads the same series from a Prometheus server that scrapes the proxies
+(`lane.graph_prometheus`). ``--watch SECONDS`` redraws until interrupted. Nothing is changed anywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .graph import Graph, collect
+from .graph_prometheus import collect_prometheus
 from .graph_render import render_dot, render_svg
 
 __all__ = ["add_arguments", "render", "run"]
@@ -27,7 +29,7 @@ def _admin_url(text: str) -> str:
     url = text if "://" in text else f"http://{text}"
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"expected an admin URL like http://127.0.0.1:9901, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an http(s) URL like http://127.0.0.1:9901, got {text!r}")
     return url.rstrip("/")
 
 
@@ -42,12 +44,16 @@ def _seconds(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--admin", type=_admin_url, action="append", required=True, metavar="URL",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--admin", type=_admin_url, action="append", metavar="URL",
                         help="a proxy's admin URL, or a `lane demo` admin URL (all its proxies); repeatable")
+    source.add_argument("--prometheus", type=_admin_url, metavar="URL",
+                        help="a Prometheus server that scrapes the proxies (e.g. http://prometheus:9090)")
     parser.add_argument("--format", choices=FORMATS, default="svg", help="svg (default, for people), dot or json")
     parser.add_argument("--output", "-o", help="write here (default: standard output)")
-    parser.add_argument("--window", type=_seconds, default=1.0,
-                        help="seconds between the two readings the rates come from (default 1; 0: totals only)")
+    parser.add_argument("--window", type=_seconds,
+                        help="seconds between the two readings the rates come from (default 1 with --admin, "
+                             "60 with --prometheus; 0: totals only)")
     parser.add_argument("--watch", type=_seconds, metavar="SECONDS",
                         help="redraw every SECONDS until interrupted (with --output: rewrite the file)")
 
@@ -73,9 +79,13 @@ def _write(text: str, output: str | None) -> None:
 
 async def _main(args: argparse.Namespace) -> int:
     while True:
-        graph = await collect(args.admin, args.window)
+        if args.prometheus is not None:
+            graph = await collect_prometheus(args.prometheus, 60.0 if args.window is None else args.window)
+        else:
+            graph = await collect(args.admin, 1.0 if args.window is None else args.window)
         if graph.unreachable and not graph.edges and not graph.nodes and args.watch is None:
-            print(f"error: no proxy answered: {', '.join(graph.unreachable)}", file=sys.stderr)
+            what = "Prometheus did not answer a query" if args.prometheus else "no proxy answered"
+            print(f"error: {what}: {', '.join(graph.unreachable)}", file=sys.stderr)
             return 1
         _write(render(graph, args.format), args.output)
         if args.watch is None:

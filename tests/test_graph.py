@@ -7,8 +7,10 @@ exactly the calls the answers' hop records (``x-lane-path``) and call trees show
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -16,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, DemoRun, lane_demo
+import yaml
+from conftest import REPO, DemoRun, free_port, lane_demo, started_process
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 
 from lane.graph import build_graph, quantile, read_metrics
 from lane.graph_render import render_dot, render_svg
-from lane.hops import PATH_HEADER, parse_path
+from lane.hops import PATH_HEADER, Hop, parse_path
 
 EdgeKey = tuple[str, str, str, str]  # source, target, requested lane, fallback
 
@@ -33,13 +36,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
         yield run
 
 
-def _ask(url: str, agent: str) -> tuple[list[Any], dict[str, Any]]:
+def _ask(url: str, agent: str) -> tuple[tuple[Hop, ...], dict[str, Any]]:
     request = urllib.request.Request(url + "/", headers={"User-Agent": agent})
     with urllib.request.urlopen(request, timeout=20) as resp:
         return parse_path(resp.headers[PATH_HEADER]), json.loads(resp.read())
 
 
-def _edges_of(hops: list[Any], tree: dict[str, Any]) -> list[EdgeKey]:
+def _edges_of(hops: tuple[Hop, ...], tree: dict[str, Any]) -> list[EdgeKey]:
     """The calls one answer shows: the call tree gives who called whom, the hop records (same depth-first
     order) the lane each call asked for and why it fell back."""
     order = iter(hops)
@@ -113,9 +116,7 @@ def test_the_demo_admin_lists_its_proxies_and_serves_the_picture(demo: DemoRun) 
     assert refused.value.code == 400
 
 
-def test_an_admin_that_does_not_answer_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    from conftest import free_port
-
+def test_an_admin_that_does_not_answer_is_one_line_and_exit_1() -> None:
     done = subprocess.run([sys.executable, "-m", "lane", "graph", "--admin", f"127.0.0.1:{free_port()}",
                            "--window", "0"], check=False, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 1 and done.stderr.startswith("error: no proxy answered: http://127.0.0.1:")
@@ -177,3 +178,36 @@ def test_the_readme_picture_is_rendered_by_its_script_from_a_real_run(tmp_path: 
     svg = output.read_text(encoding="utf-8")
     assert 'data-source="a@gray" data-target="b@base" data-fallback="no-instance"' in svg
     assert 'data-source="gateway" data-target="a@gray"' in svg and "recovered from x-request-id" in svg
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (scripts/ensure-test-tools)")
+def test_a_real_prometheus_scraping_the_demo_gives_the_same_graph(demo: DemoRun, tmp_path: Path) -> None:
+    with urllib.request.urlopen(demo.admin + "/lane/admins", timeout=10) as resp:
+        admins = json.loads(resp.read())["admins"]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "lane", "static_configs": [
+            {"targets": [a.removeprefix("http://") for a in admins]}]}],
+    }), encoding="utf-8")
+    port = free_port()
+    server = f"http://127.0.0.1:{port}"
+    with started_process(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                          f"--web.listen-address=127.0.0.1:{port}"], tmp_path / "prometheus.log"):
+        for agent in ("xiaoming", "someone", "xiaoming"):
+            _ask(demo.gateway, agent)
+        wanted = json.loads(_graph(demo, "--format", "json", "--window", "0").stdout)["edges"]
+        edges = None
+        for _ in range(60):  # bounded: until Prometheus has scraped every proxy after the traffic
+            done = subprocess.run([sys.executable, "-m", "lane", "graph", "--prometheus", server, "--format", "json",
+                                   "--window", "0"], check=False, capture_output=True, text=True, timeout=60, cwd=REPO)
+            if done.returncode == 0:
+                edges = json.loads(done.stdout)["edges"]
+                if [(e["source"], e["target"], e["fallback"], e["requests"]) for e in edges] == \
+                        [(e["source"], e["target"], e["fallback"], e["requests"]) for e in wanted]:
+                    break
+            time.sleep(0.5)
+    assert edges is not None
+    assert [(e["source"], e["target"], e["requested"], e["fallback"], e["requests"]) for e in edges] == \
+        [(e["source"], e["target"], e["requested"], e["fallback"], e["requests"]) for e in wanted]
+    assert any(e["source"] == "a@gray" and e["fallback"] == "no-instance" for e in edges)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -211,3 +212,22 @@ def test_a_real_prometheus_scraping_the_demo_gives_the_same_graph(demo: DemoRun,
     assert [(e["source"], e["target"], e["requested"], e["fallback"], e["requests"]) for e in edges] == \
         [(e["source"], e["target"], e["requested"], e["fallback"], e["requests"]) for e in wanted]
     assert any(e["source"] == "a@gray" and e["fallback"] == "no-instance" for e in edges)
+
+
+def test_watch_redraws_the_file_until_interrupted(demo: DemoRun, tmp_path: Path) -> None:
+    output = tmp_path / "live.json"
+    argv = [sys.executable, "-m", "lane", "graph", "--admin", demo.admin, "--format", "json", "--window", "0",
+            "--watch", "0.2", "-o", str(output)]
+    with started_process(argv, tmp_path / "watch.log", cwd=REPO) as watcher:
+        drawn = []
+        for _ in range(100):  # bounded: 100 x 0.1 s
+            if output.exists():
+                drawn.append(json.loads(output.read_text(encoding="utf-8"))["edges"])
+                _ask(demo.gateway, "xiaoming")  # the next drawing must count it
+                if len(drawn) >= 2 and drawn[-1] != drawn[0]:
+                    break
+            time.sleep(0.1)
+        assert len(drawn) >= 2 and drawn[-1] != drawn[0]
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(timeout=20) == 130
+    assert "Traceback" not in (tmp_path / "watch.log").read_text(errors="replace")

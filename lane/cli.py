@@ -10,15 +10,17 @@ one line here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Final
 
 from .cli_parser import LazyParser, add_lazy_commands, add_subcommands, log_level, parse_command_line
 from .errors import LaneError
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXTRAS", "build_parser", "main", "missing_extra"]
 
 # name -> (module, one-line help)
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
@@ -34,6 +36,37 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "loadtest": ("loadtest.cli", "prove under load (locust) that every request took its lane"),
     "rollout": ("rollout.cli", "open a lane to more users step by step, judged by metrics, rolled back on failure"),
 }
+
+
+# The extra each command needs beyond the library (`pip install lane` is the propagator alone).
+EXTRAS: Final[dict[str, str]] = {
+    "check": "config", "schema": "config", "inject": "config", "gateway": "proxy", "sidecar": "proxy",
+    "demo": "proxy", "demo-app": "proxy", "graph": "proxy", "rollout": "proxy", "mesh": "mesh",
+    "loadtest": "loadtest",
+}
+_OWN_PACKAGES: Final = frozenset({"lane", "mesh_config", "loadtest", "rollout"})
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str) -> LaneError | None:
+    """The one-line refusal for a package *command* needs that is not installed; None for our own modules."""
+    missing = (exc.name or "").partition(".")[0]
+    if not missing or missing in _OWN_PACKAGES:
+        return None
+    extra = EXTRAS.get(command, "all")
+    return LaneError(f"'lane {command}' needs the Python package {missing!r}, which is not installed: "
+                     f"pip install 'lane[{extra}]'")
+
+
+def _import_command(module: str) -> ModuleType:
+    """Import a command's module; a missing optional package is a one-line refusal naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        command = next((name for name, (mod, _) in COMMANDS.items() if mod == module), module)
+        refusal = missing_extra(exc, command)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 class _LaneParser(LazyParser):
@@ -53,7 +86,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = _LaneParser(prog="lane", description="Full-link gray release (traffic lanes) from one YAML file.")
     parser.set_defaults(log_level="INFO")
     parser.add_argument("--version", action="version", version=f"lane {__version__}")
-    add_lazy_commands(add_subcommands(parser, "command", "COMMAND"), COMMANDS)
+    add_lazy_commands(add_subcommands(parser, "command", "COMMAND"), COMMANDS, importer=_import_command)
     return parser
 
 
@@ -64,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run_command(args) or 0)
     except LaneError as exc:  # a command's own refusal that it did not print itself
         print(f"{args.command_parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional package a command imports only when it runs
+        refusal = missing_extra(exc, str(getattr(args, "command", "")))
+        if refusal is None:
+            raise
+        print(f"{args.command_parser.prog}: error: {refusal}", file=sys.stderr)
         return 2
 
 

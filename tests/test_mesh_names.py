@@ -73,8 +73,8 @@ def test_check_and_render_exit_2_with_one_line(tmp_path: Path, command: list[str
     result = subprocess.run([sys.executable, "-m", "lane", *command, "--config", str(bad)], check=False,
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.splitlines() == [f"error: {bad}: mesh.gateway.hosts[0]: a host carries no port, "
-                                          "got 'shop.example.com:80'"]
+    assert result.stderr.splitlines() == [(f"error: {bad}: mesh.gateway.hosts[0]: a host carries no port, "
+                                           "got 'shop.example.com:80'")]
 
 
 def test_the_rules_one_by_one() -> None:

@@ -19,7 +19,7 @@ from lane.errors import ConfigError
 
 from .runner import RunSpec, run_locust
 
-__all__ = ["add_arguments", "parse_timespan", "run", "spec_from_args"]
+__all__ = ["add_arguments", "parse_timespan", "run", "spec_from_args", "web_ui_note"]
 
 _TIMESPAN = re.compile(r"(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?")
 
@@ -138,4 +138,16 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"lane loadtest: error: {exc}", file=sys.stderr)
         return 2
+    if (note := web_ui_note(spec)) is not None:
+        print(note, file=sys.stderr)
     return run_locust(spec)
+
+
+def web_ui_note(spec: RunSpec) -> str | None:
+    """Locust's --run-time counts only with --headless or --autostart; in the web UI it pre-fills the Start
+    form's "Run time" field instead. Say so, once, rather than let a run seem to ignore it."""
+    if spec.headless or spec.worker or "--autostart" in spec.extra:
+        return None
+    return (f"lane loadtest: web UI on http://{spec.web_host}:{spec.web_port} — --run-time {spec.run_time}s counts "
+            "from when you press Start (it fills the form's Run time); to start now and end with the verdict, "
+            "add: -- --autostart --autoquit 5")

@@ -24,13 +24,14 @@ from typing import Any
 import gevent
 from locust.env import Environment
 from locust.event import Events
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_INIT, STATE_STOPPED, MasterRunner, WorkerRunner
 
 from lane.config import LaneConfig, load_config_or_demo
 
 from .chaos import choose_target, parse_target, run_chaos
 from .propagation import Propagation, gather
-from .report import build_json, dumps, inject_html, render_html_section, render_text
+from .report import Phase, build_json, dumps, render_text, render_verdict
+from .report_html import inject_html, render_html_section
 from .session import LaneOptions, LaneSession
 from .summary import ChaosRun, Thresholds
 from .watch import AdminPoller
@@ -164,7 +165,14 @@ class _Chaos:
                     log.warning("chaos: could not restart %s@%s: %s", service, lane, exc)
 
 
-def _finish(environment: Environment, session: LaneSession) -> None:
+def _phase(environment: Environment) -> Phase:
+    """Before the start, during the run, or after it (stopped by --run-time, the UI's Stop, or quitting)."""
+    state = environment.runner.state if environment.runner is not None else None
+    return "ready" if state == STATE_INIT else "ended" if state == STATE_STOPPED else "running"
+
+
+def _finish(environment: Environment, session: LaneSession) -> str:
+    """Report the verdict everywhere (terminal, JSON, HTML report, exit code); returns its closing lines."""
     summary = session.summary()
     # What each app forwarded of the lane, read once at the end from the sidecars (`loadtest.propagation`).
     propagation = gather(session.options.admins) if session.options.admins else None
@@ -180,6 +188,7 @@ def _finish(environment: Environment, session: LaneSession) -> None:
                                                    propagation))
     environment.process_exit_code = summary.exit_code
     log.info("lane verdict: %s", "PASS" if summary.ok else "FAIL: " + json.dumps(list(summary.reasons)))
+    return render_verdict(summary, session.stats)
 
 
 def _on_init(environment: Environment, **_: Any) -> None:
@@ -208,15 +217,25 @@ def _on_init(environment: Environment, **_: Any) -> None:
         chaos = _Chaos(environment, session)
         _listen(events.test_start, lambda **_: chaos.start())
 
+        verdict = ""
+
         def quitting(**_: Any) -> None:
-            nonlocal stop_polling
+            nonlocal stop_polling, verdict
             stop_polling = True
             chaos.stop()
-            _finish(environment, session)
+            verdict = _finish(environment, session)
+
+        def quit_(**_: Any) -> None:
+            # locust prints its request/percentile/error tables after `quitting` and before `quit`:
+            # repeat the verdict so it is the last thing in the terminal or the CI log.
+            if verdict:
+                print(f"\nLane verdict (the lane matrix is above locust's tables)\n{verdict}", end="", flush=True)
 
         _listen(events.quitting, quitting)
+        _listen(events.quit, quit_)
         if environment.web_ui is not None:
-            install_web_ui(environment.web_ui, session, lambda: _document(environment, session))
+            install_web_ui(environment.web_ui, session, lambda: _document(environment, session),
+                           lambda: _phase(environment))
 
     if is_master:
         def merge(client_id: str, data: dict[str, Any], **_: Any) -> None:

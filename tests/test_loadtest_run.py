@@ -59,9 +59,14 @@ def test_honest_data_plane_passes_with_every_check_ok(tmp_path: Path) -> None:
     xiaoming = next(p for p in doc["personas"] if p["name"] == "xiaoming")
     assert xiaoming["path"] == "a@gray → b@base → c@gray → d@base → c@gray"
     assert set(xiaoming["paths"]) == {xiaoming["path"]}
-    assert "RESULT: PASS" in out
+    # the terminal ends with the verdict, after locust's own tables
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines[-1] == "RESULT: PASS" and lines[-2].startswith("Checks: purity ok |"), lines[-8:]
+    assert out.rindex("Aggregated") < out.rindex("Lane verdict") < out.rindex("RESULT: PASS")
     html = (tmp_path / "r.html").read_text()
     assert 'id="lane-report"' in html and "a@gray → b@base → c@gray" in html and "<svg" in html
+    # the HTML report opens with the verdict and the checks, before locust's charts (its React root)
+    assert html.index("Lane verification:") < html.index("Checks:") < html.index('<div id="root">')
 
 
 def test_gateway_that_misroutes_one_request_in_fifty_fails_and_names_it(tmp_path: Path) -> None:
@@ -75,7 +80,10 @@ def test_gateway_that_misroutes_one_request_in_fifty_fails_and_names_it(tmp_path
     assert 1 <= sum(wrong.values()) <= misrouted  # every wrong answer the client saw, and nothing else
     assert doc["totals"]["lane_failures"] == sum(wrong.values())
     assert any(msg in out for msg in wrong)  # the locust failure carries the name
-    assert "RESULT: FAIL" in out
+    ending = out[out.rindex("Aggregated"):]  # after locust's tables: the verdict and its reasons, last
+    lines = [line for line in ending.splitlines() if line.strip()]
+    assert "RESULT: FAIL" in lines and all(line.startswith("  - ") for line in lines[lines.index("RESULT: FAIL") + 1:])
+    assert "request(s) took the wrong lane" in lines[-1] or any("wrong lane" in ln for ln in lines[-3:])
 
 
 def test_gateway_that_trusts_client_tags_leaks_and_fails(tmp_path: Path) -> None:
@@ -236,12 +244,63 @@ def test_web_ui_has_a_live_lanes_tab_and_page(tmp_path: Path) -> None:
             stats = _get(base + "/stats/requests")
             code = proc.wait(TIMEOUT)
     assert "Lane matrix" in page and "a@gray → b@base → c@gray" in page
+    # while the run goes on: what is known so far, never PASS; the checks and the personas are there
+    assert "running — no misroute so far" in page and ">PASS<" not in page, page
+    assert "Checks so far:" in page and "purity ok" in page and "<h3>Personas</h3>" in page and "xiaoming" in page
     assert '"extended_tabs": [{"key": "lanes", "title": "Lanes"}]' in index or (
         "extended_tabs" in index and '"title": "Lanes"' in index
     )
-    lanes_table = next(t for t in stats["extended_stats"] if t["key"] == "lanes")
-    assert {"service", "lane", "requests", "served", "fallbacks", "failures"} <= set(lanes_table["data"][0])
+    assert 'id="lane-page-link" href="/lanes"' in index  # the Lanes page is linked from locust's UI
+    rows = next(t for t in stats["extended_stats"] if t["key"] == "lanes")["data"]
+    assert rows[0]["part"] == "Verdict" and rows[0]["result"] == "running — no misroute so far", rows[0]
+    assert {r["name"] for r in rows if r["part"] == "Check"} >= {"purity", "leakage", "fallback", "routing"}
+    assert all(r["result"] == "ok" for r in rows if r["part"] == "Check")
+    assert any(r["part"] == "Lane" and r["name"] == "b @ gray" for r in rows)
+    assert any(r["part"] == "Persona" and r["name"] == "xiaoming" for r in rows)
+    assert all("Wrong" not in str(v) for r in rows for v in r.values())  # failures/misroutes, as everywhere
     assert code == 0
+
+
+def test_web_ui_run_started_from_the_form_stops_at_run_time_with_the_verdict(tmp_path: Path) -> None:
+    # No --autostart: `lane loadtest` says how --run-time counts, and a run started the way locust's Start
+    # form does (it pre-fills Run time with --run-time) stops by itself; then, and only then, PASS.
+    import signal
+    import urllib.parse
+
+    port = free_port()
+    log = tmp_path / "form.log"
+    with fake_data_plane() as plane:
+        args = ["loadtest", "--host", plane.url, "--admin", plane.admin_url, "--run-time", "3", "--users", "2",
+                "--web-host", "127.0.0.1", "--web-port", str(port)]
+        with started(args, log) as proc:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            index = ""
+            while time.monotonic() < deadline and not index:
+                try:
+                    index = _get(base + "/")
+                except OSError:
+                    time.sleep(0.3)
+            assert '"run_time": 3' in index, index[-2000:]  # the Start form's Run time field is --run-time
+            ready = _get(base + "/lanes")
+            form = urllib.parse.urlencode({"user_count": 2, "spawn_rate": 2, "host": plane.url, "run_time": "3"})
+            with urllib.request.urlopen(base + "/swarm", data=form.encode(), timeout=5) as resp:
+                assert json.loads(resp.read())["success"] is True
+            pages = []
+            while time.monotonic() < deadline:
+                pages.append(_get(base + "/lanes"))
+                if ">PASS<" in pages[-1] or ">FAIL<" in pages[-1]:
+                    break
+                time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)  # the user's Ctrl-C ends the process: the terminal verdict
+            code = proc.wait(60)
+    output = log.read_text(errors="replace")
+    assert "--run-time 3s counts from when you press Start" in output
+    assert "not started" in ready
+    assert any("running — no misroute so far" in p for p in pages), pages[:1]
+    assert ">PASS<" in pages[-1] and "Checks:" in pages[-1], output[-3000:]
+    assert code == 0, output[-3000:]
+    assert [ln for ln in output.splitlines() if ln.strip()][-1] == "RESULT: PASS"
 
 
 def test_bad_arguments_are_refused_clearly(tmp_path: Path) -> None:

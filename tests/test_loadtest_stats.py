@@ -13,7 +13,8 @@ from lane.hops import parse_path
 from loadtest.expected import verify
 from loadtest.health import HealthHistory
 from loadtest.personas import Persona, build_personas
-from loadtest.report import build_json, inject_html, render_html_section, render_text
+from loadtest.report import build_json, render_text
+from loadtest.report_html import inject_html, render_html_section
 from loadtest.stats import LaneStats
 from loadtest.summary import ChaosRun, Thresholds, summarize
 
@@ -187,10 +188,37 @@ def test_reports_show_the_matrix_the_personas_and_the_verdict(tmp_path: Path) ->
     row = next(p for p in doc["personas"] if p["name"] == "xiaoming")
     assert row["expected_path"] == row["path"] == "a@gray → b@base → c@gray → d@base → c@gray"
     report = tmp_path / "r.html"
-    report.write_text("<html><body><div id=root></div></body></html>")
+    report.write_text('<html><body><div id="root"></div><script>charts</script></body></html>')
     section = render_html_section(s, stats, personas, CONFIG)
     inject_html(report, section)
     inject_html(report, section)  # idempotent: replaced, not doubled
     html = report.read_text()
     assert html.count('id="lane-report"') == 1 and "<svg" in html and html.endswith("</body></html>")
     assert "a@gray → b@base → c@gray" in html
+    # the verdict opens the report, above locust's React root (its charts)
+    assert html.index("Lane verification:") < html.index('<div id="root">')
+    assert "Checks:" in section and "purity ok" in section and "RESULT" not in section
+
+
+def test_the_verdict_is_never_pass_before_the_run_ends() -> None:
+    stats = LaneStats()
+    traffic(stats, 60, seed=7)
+    personas = build_personas(CONFIG)
+    s = summarize(stats, personas, "base")
+    assert s.ok
+    running = render_html_section(s, stats, personas, CONFIG, phase="running")
+    assert "running — no misroute so far" in running and "PASS" not in running
+    assert "Checks so far:" in running
+    assert ">PASS<" in render_html_section(s, stats, personas, CONFIG, phase="ended")
+    assert "not started" in render_html_section(s, LaneStats(), personas, CONFIG, phase="ready")
+
+
+def test_html_views_escape_names_from_the_config_and_the_network() -> None:
+    stats = LaneStats()
+    traffic(stats, 10, seed=3)
+    stats.findings["<script>alert(1)</script>"] = 1
+    stats.lane_failures += 1
+    personas = build_personas(CONFIG)
+    section = render_html_section(summarize(stats, personas, "base"), stats, personas, CONFIG, phase="running")
+    assert "<script>alert" not in section and "&lt;script&gt;alert(1)&lt;/script&gt;" in section
+    assert "running — 1 misroute so far: FAIL" in section

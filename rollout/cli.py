@@ -2,7 +2,7 @@
 
 Exit status: 0 promoted (the last step passed), 1 rolled back (share 0; the reason on stderr and in
 the record), 2 bad input or an admin listener that does not answer (one line, nothing changed that
-was not put back). See `rollout.runner` for the order of things and `rollout.analysis` for the checks.
+was not put back), 130 stopped by Ctrl-C/SIGTERM between two changes. See `rollout.runner` for the order of things and `rollout.analysis` for the checks.
 """
 
 from __future__ import annotations

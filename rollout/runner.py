@@ -13,12 +13,16 @@ after ``max_waits`` such intervals in a row the rollout gives up and rolls back 
 on too little data, and it must end). The webhook, when given, is asked before each step; an answer
 that is not 2xx (or none) counts as a failed check and it is asked again after an interval, like
 Flagger's pre-rollout hooks.
+
+Ctrl-C or SIGTERM ends a run only between changes (a share being set is finished first), with exit
+status 130 and the share in force in the gateways and the file alike; a rerun continues from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +42,7 @@ from .prometheus_source import prometheus_snapshot
 from .record import Record
 from .share_edit import ShareRule, find_share_rule, write_share
 
-__all__ = ["PROMOTED", "ROLLED_BACK", "Options", "rollout"]
+__all__ = ["INTERRUPTED", "PROMOTED", "ROLLED_BACK", "Options", "rollout"]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,17 @@ class Options:
     svg: Path | None = None
 
 
+INTERRUPTED = 130  # Ctrl-C or SIGTERM: stopped between two changes, the share in force left as it is
+
+
 class _RolledBack(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; raised only where nothing is half-changed (while waiting)."""
 
 
 class Rollout:
@@ -94,6 +105,15 @@ class Rollout:
         self.record = record
         self.in_force = 0
         self.failed = 0
+        self.stop = asyncio.Event()  # set by SIGINT/SIGTERM: a change under way is finished, then the run ends
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep *seconds*, or raise `_Interrupted` as soon as a stop was asked for."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except TimeoutError:
+            return
+        raise _Interrupted
 
     async def shares_in_force(self) -> list[int]:
         shares = []
@@ -112,14 +132,18 @@ class Rollout:
             shares.append(found[0])
         return shares
 
-    async def apply(self, share: int) -> None:
-        """Write *share* to the file, then reload every gateway; on a refusal, put the old share back."""
+    async def apply(self, share: int, *, restore: bool = True) -> None:
+        """Write *share* to the file, then reload every gateway; on a refusal, put the old share back
+        (unless *restore* is false: a rollback's 0 % stays in the file, for the gateway that missed it
+        to load when it can)."""
         previous = self.in_force
         write_share(self.opts.config, self.opts.lane, self.rule.name, share)
         try:
             for url in self.gateways:
                 await self.client.reload(url)
         except AdminUnreachable:
+            if not restore:
+                raise
             write_share(self.opts.config, self.opts.lane, self.rule.name, previous)
             for url in self.gateways:
                 try:
@@ -174,14 +198,14 @@ class Rollout:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 problem = f"webhook {self.opts.webhook} unreachable before {share}%: {type(exc).__name__}"
             self.fail(problem)
-            await asyncio.sleep(self.opts.interval)
+            await self.wait(self.opts.interval)
 
     async def judge_step(self, share: int, step: int) -> None:
         """Wait and judge at *share* until a window passes (or the rollout is rolled back)."""
         waits = 0
         before = await self.scrape()
         while True:
-            await asyncio.sleep(self.opts.interval)
+            await self.wait(self.opts.interval)
             after = await self.scrape()
             if isinstance(after, str):
                 self.fail(after)
@@ -247,8 +271,12 @@ class Rollout:
                             f"{self.opts.lane} share set to {share}% (step {step}/{len(self.opts.steps)})",
                         )
                     await self.judge_step(share, step)
+            except _Interrupted:
+                self.record.event("interrupted", self.in_force, f"stopped at {self.in_force}% (in force on the "
+                                  "gateways and in the file); rerun the same command to continue from there")
+                return INTERRUPTED
             except _RolledBack as back:
-                await self.apply(0)
+                await self.apply(0, restore=False)
                 self.record.event("rollback", 0, f"{self.opts.lane} rolled back to 0%: {back.reason}")
                 self.record.save("rolled back", back.reason)
                 print(
@@ -297,4 +325,12 @@ async def rollout(opts: Options) -> int:
                 "none of the --admin listeners is a gateway's (GET /lane/coloring answered on "
                 f"none of {', '.join(opts.admins)}): the share is set on gateways"
             )
-        return await Rollout(opts, config, rule, client, admins, record).run(session)
+        run = Rollout(opts, config, rule, client, admins, record)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, run.stop.set)
+        try:
+            return await run.run(session)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)

@@ -132,6 +132,9 @@ def test_a_healthy_lane_is_promoted_to_100_percent(healthy: DemoRun, tmp_path: P
     judged = [p["share"] for p in record["points"] if p["verdict"] == "pass"]
     assert judged == [20, 60, 100]  # every step judged, in order, none skipped
     assert all(p["entry_requests"] >= 8 for p in record["points"] if p["verdict"] == "pass")
+    # the proxies' duration histogram was read: every judged step has p99s for gray, and for base but at 100 %
+    assert all(p["p99"] is not None for p in record["points"] if p["verdict"] == "pass")
+    assert all(p["base_p99"] is not None for p in record["points"] if p["verdict"] == "pass" and p["share"] < 100)
     assert "step 3/3  100%" in done.stdout
     svg = (tmp_path / "rollout.svg").read_text()
     assert svg.startswith("<svg") and "share of users in gray" in svg
@@ -232,6 +235,27 @@ def test_a_rerun_after_a_crash_continues_from_the_share_in_force(healthy: DemoRu
     after = [p["share"] for p in record["points"] if p["t"] >= resumed]
     assert after[0] == 60 and set(after) == {60, 100}  # 60 judged again first, never 20 again, never skipped
     assert share_in_force(healthy) == 100 and share_in_file(healthy) == 100
+
+
+def test_ctrl_c_stops_between_changes_with_the_file_and_gateways_agreeing(healthy: DemoRun, tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", _SET_SHARE, str(healthy.ready["config"]), "0",
+                    str(healthy.ready["gateway_admin"])], check=True, timeout=30, cwd=REPO)
+    argv = [*rollout_argv(healthy, tmp_path, steps="20,60,100"), "--interval", "30s"]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while share_in_force(healthy) != 20:
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=20)  # not the 30 s interval: the wait is cut short
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    assert run.returncode == 130, out + err
+    assert "Traceback" not in err and "stopped at 20%" in out
+    assert share_in_force(healthy) == 20 and share_in_file(healthy) == 20
 
 
 def test_a_faulty_gray_deep_in_the_chain_is_rolled_back(tmp_path: Path) -> None:

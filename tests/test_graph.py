@@ -231,3 +231,16 @@ def test_watch_redraws_the_file_until_interrupted(demo: DemoRun, tmp_path: Path)
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(timeout=20) == 130
     assert "Traceback" not in (tmp_path / "watch.log").read_text(errors="replace")
+
+
+def test_a_strict_lane_refusal_is_an_edge_to_service_at_none() -> None:
+    registry = CollectorRegistry()
+    labels = ["proxy", "source_service", "source_lane", "destination_service", "requested_lane", "served_lane"]
+    requests = PromCounter("lane_requests", "r", [*labels, "fallback", "response_code"], registry=registry)
+    requests.labels("gateway", "gateway", "", "a", "locked", "", "strict", "503").inc(2)  # as recorded_dispatch does
+    graph = build_graph(read_metrics(generate_latest(registry).decode()))
+    (edge,) = graph.edges
+    assert (edge.source, edge.target, edge.fallback, edge.error_rate) == ("gateway", "a@none", "strict", 1.0)
+    assert [n.name for n in graph.nodes if n.refusal] == ["a@none"]
+    svg = render_svg(graph)
+    assert "refused: lane locked is strict" in svg and "no lane may serve" in svg

@@ -43,6 +43,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _interval(text: str) -> float:
+    value = _seconds(text)
+    if value < 0.1:  # 0 would redraw in a busy loop
+        raise argparse.ArgumentTypeError(f"expected at least 0.1 seconds between drawings, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--admin", type=_admin_url, action="append", metavar="URL",
@@ -54,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=_seconds,
                         help="seconds between the two readings the rates come from (default 1 with --admin, "
                              "60 with --prometheus; 0: totals only)")
-    parser.add_argument("--watch", type=_seconds, metavar="SECONDS",
+    parser.add_argument("--watch", type=_interval, metavar="SECONDS",
                         help="redraw every SECONDS until interrupted (with --output: rewrite the file)")
 
 

@@ -30,9 +30,10 @@ def _panel(
     unit: str,
     *,
     step: bool = False,
+    top_value: float | None = None,
 ) -> list[str]:
     ys = [y for _, _, points in series for _, y in points]
-    y1 = max(ys, default=0.0) * 1.1 or 1.0
+    y1 = top_value or max(ys, default=0.0) * 1.1 or 1.0
     width = WIDTH - LEFT - RIGHT
 
     def px(x: float) -> float:
@@ -44,7 +45,7 @@ def _panel(
     out = [
         f'<rect x="{LEFT}" y="{top}" width="{width}" height="{PANEL}" fill="none" stroke="#999"/>',
         _text(LEFT, top - 6, title, size=12),
-        _text(LEFT - 6, top + 4, f"{y1:.3g}{unit}", size=10, anchor="end"),
+        _text(LEFT - 6, top + 4, f"{y1:.0f}{unit}" if y1 >= 10 else f"{y1:.2g}{unit}", size=10, anchor="end"),
         _text(LEFT - 6, top + PANEL + 4, f"0{unit}", size=10, anchor="end"),
     ]
     for i, (label, color, points) in enumerate(series):
@@ -94,7 +95,15 @@ def render_timeline(record: dict[str, Any]) -> str:
         f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
         _text(WIDTH / 2, 24, title, size=14, anchor="middle"),
     ]
-    out += _panel(TOP, f"share of users in {lane} (%)", [("share", SHARE_COLOR, share)], x1, "%", step=True)
+    out += _panel(
+        TOP,
+        f"share of users in {lane} (%)",
+        [("share", SHARE_COLOR, share)],
+        x1,
+        "%",
+        step=True,
+        top_value=100.0,
+    )
     out += _panel(
         TOP + PANEL + GAP,
         "error rate at the entry (%)",
@@ -113,6 +122,8 @@ def render_timeline(record: dict[str, Any]) -> str:
     for e in events:
         x = LEFT + float(e["t"]) / x1 * (WIDTH - LEFT - RIGHT)
         color = LANE_COLOR if e["event"] == "rollback" else "#bbb"
+        if e["event"] in ("set", "rollback", "resume"):  # what the share became, above the mark
+            out.append(_text(x + 3, TOP + 12, f"{e['share']}%", size=10))
         out.append(
             f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{bottom}" stroke="{color}" '
             f'stroke-dasharray="3 3"><title>{escape(str(e.get("message", "")))}</title></line>'
@@ -120,5 +131,8 @@ def render_timeline(record: dict[str, Any]) -> str:
     out.append(
         _text(LEFT + (WIDTH - LEFT - RIGHT) / 2, bottom + 22, f"seconds (0 - {x1:.0f})", anchor="middle")
     )
+    for i in range(6):  # time ticks
+        x = LEFT + i / 5 * (WIDTH - LEFT - RIGHT)
+        out.append(_text(x, bottom + 12, f"{x1 * i / 5:.0f}", size=10, anchor="middle"))
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -26,7 +26,10 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Edge", "Graph", "Node", "Reading", "build_graph", "collect", "expand_admins", "quantile", "read_metrics"]
+__all__ = [
+    "Edge", "Graph", "Node", "Reading", "Sample", "build_graph", "collect", "expand_admins", "quantile", "read_all",
+    "read_metrics", "read_samples",
+]
 
 GATEWAY = "gateway"
 CALLER_PROXIES = frozenset({"gateway", "outbound"})

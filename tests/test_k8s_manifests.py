@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -214,6 +215,20 @@ def test_every_container_runs_as_non_root() -> None:
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
 
 
+def _expanded(argv: list[str], container: JSON, workload: JSON) -> list[str]:
+    """*argv* as the kubelet runs it: ``$(VAR)`` replaced by the container's env (values, and the
+    ``metadata.namespace`` / ``metadata.name`` field references, from the workload)."""
+    meta = workload["metadata"]
+    fields = {"metadata.namespace": meta.get("namespace", "default"), "metadata.name": f"{meta['name']}-pod"}
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+        elif "fieldRef" in var.get("valueFrom", {}):
+            env[var["name"]] = fields.get(var["valueFrom"]["fieldRef"]["fieldPath"], "x")
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
+
+
 def test_every_lane_command_line_is_accepted_by_the_real_cli() -> None:
     seen = set()
     for overlay in OVERLAYS:
@@ -221,7 +236,7 @@ def test_every_lane_command_line_is_accepted_by_the_real_cli() -> None:
             for c in pod_spec(workload)["containers"]:
                 if c.get("command"):
                     continue  # locust, checked in test_k8s_loadtest.py
-                argv = list(c["args"])
+                argv = _expanded(list(c["args"]), c, workload)
                 args = build_parser(argv).parse_args(argv)
                 seen.add(args.command)
     assert seen == {"gateway", "sidecar", "demo-app", "loadtest", "mesh"}

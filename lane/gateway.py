@@ -21,6 +21,7 @@ from aiohttp import web
 from .admin import build_admin
 from .admin_access import add_admin_arguments, admin_access
 from .admin_h1 import admin_path
+from .coloring_view import COLORING_PATH, coloring_view
 from .config import LaneConfig
 from .errors import ConfigError
 from .gateway_h1 import gateway_path
@@ -32,7 +33,7 @@ from .server import HostPort, Listener, add_server_arguments, host_port, run_loo
 from .tracing import Tracing, add_tracing_arguments, open_tracing, otlp_traces_url
 from .websocket_proxy import forward_websocket
 
-__all__ = ["RUNTIME", "TRACING", "add_arguments", "build_gateway_app", "coloring_view", "run"]
+__all__ = ["RUNTIME", "TRACING", "add_arguments", "build_gateway_app", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +68,9 @@ def build_gateway_app(runtime: Runtime, *, explain_json: bool = False,
     return app
 
 
-def coloring_view(config: LaneConfig) -> dict[str, object]:
-    """``GET /lane/coloring``: the rules in force, in order, with each lane and percentage.
-
-    Read-only; `lane rollout` reads the share a running gateway applies from it (so a rerun after a
-    crash continues from what is in force, not from what a file says).
-    """
-    rules = [{"name": rule.name, "lane": rule.lane, "conditions": len(rule.conditions),
-              "percent": None if rule.percentage is None else rule.percentage.percent,
-              "sticky": rule.percentage is not None and rule.percentage.key is not None}
-             for rule in config.rules]
-    return {"config": config.source, "default_lane": config.default_lane, "rules": rules}
-
-
 def _admin_views(runtime: Runtime) -> dict[str, Callable[[], object]]:
-    """The gateway's own admin views: ``/lane/coloring`` (`coloring_view` of the config in force)."""
-    return {"/lane/coloring": lambda: coloring_view(runtime.config)}
+    """The gateway's own admin views: ``/lane/coloring`` (`lane.coloring_view` of the config in force)."""
+    return {COLORING_PATH: lambda: coloring_view(runtime.config)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

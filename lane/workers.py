@@ -7,6 +7,7 @@ serves the admin listener itself:
 * ``/metrics`` aggregates every worker through prometheus-client's multiprocess mode;
 * ``/lane/instances`` merges the workers' views (unhealthy in any worker means unhealthy);
 * ``POST /lane/reload`` and SIGHUP check the file, then have every worker reload it;
+* ``GET /lane/coloring``: the rules of the config the workers were last told to load (`lane.coloring_view`);
 * SIGTERM/SIGINT stop the workers (each drains its in-flight requests) and exit 0.
 
 Only the gateway runs under it: ``lane sidecar`` refuses ``--workers N > 1``, because its
@@ -33,6 +34,7 @@ from aiohttp import web
 
 from .admin import RUNTIME, access_middleware, metrics_handler
 from .admin_access import AdminAccess, admin_access
+from .coloring_view import COLORING_PATH, coloring_view
 from .config import LaneConfig
 from .port_probe import bind_problem
 from .readiness import announce
@@ -81,10 +83,16 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text=f"ok {alive}/{len(request.app[WORKERS])} workers\n", status=200 if alive else 503)
 
 
-def _admin_app(runtime: Runtime, children: list[Child], access: AdminAccess) -> web.Application:
+async def _coloring(request: web.Request) -> web.Response:
+    return web.json_response(coloring_view(request.app[RUNTIME].config))
+
+
+def _admin_app(runtime: Runtime, children: list[Child], access: AdminAccess, command: str) -> web.Application:
     app = web.Application(middlewares=[access_middleware(access)])
     app[RUNTIME] = runtime
     app[WORKERS] = children
+    if command == "gateway":  # the rules the workers were last told to load (lane rollout reads the share)
+        app.router.add_get(COLORING_PATH, _coloring)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/lane/instances", _instances)
@@ -167,7 +175,7 @@ async def _main(args: argparse.Namespace, command: str, runtime: Runtime, childr
         await asyncio.gather(*(child.start() for child in children))
         await asyncio.gather(*(child.wait_ready(60.0) for child in children))
         watcher = asyncio.create_task(_watch(children))
-        admin = _admin_app(runtime, children, admin_access(args))
+        admin = _admin_app(runtime, children, admin_access(args), command)
         return [Listener("admin", args.admin, admin, reuse_port=False)], runtime
 
     def ready(bound: dict[str, HostPort]) -> None:

@@ -28,13 +28,13 @@ from typing import Any, Final
 import wrapt
 from aiohttp import web, web_app
 from aiohttp.typedefs import Handler, Middleware
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.propagators.textmap import TextMapPropagator
 
-from .propagation import LanePropagator, global_lane_propagator, propagator_from_env
+from .propagation import LanePropagator, global_lane_propagator, other_global_propagators, propagator_from_env
 
 __all__ = ["LANE_REQUEST_KEY", "LaneServerInstrumentor", "lane_middleware", "request_lane"]
 
@@ -96,10 +96,7 @@ def _global_propagators(lanes: LanePropagator) -> list[TextMapPropagator]:
     ``OTEL_PROPAGATORS=...,lane`` adds one; running it here as well would log and count every bad
     tag twice, and running it before a stock baggage propagator would let that one overrule it.
     """
-    configured = propagate.get_global_textmap()
-    chain = getattr(configured, "_propagators", None)  # CompositePropagator's members, in order
-    members: list[TextMapPropagator] = list(chain) if isinstance(chain, list) else [configured]
-    return [p for p in members if not (isinstance(p, LanePropagator) and p.baggage_key == lanes.baggage_key)]
+    return other_global_propagators(lanes)
 
 
 def request_lane(request: web.Request) -> str | None:

@@ -50,6 +50,7 @@ __all__ = [
     "current_lane",
     "global_lane_propagator",
     "lane_last",
+    "other_global_propagators",
     "propagator_from_env",
     "use_lane",
     "with_lane",
@@ -288,3 +289,18 @@ def global_lane_propagator() -> LanePropagator | None:
     candidates = list(members) if isinstance(members, list) else [configured]
     lanes = [p for p in candidates if isinstance(p, LanePropagator)]
     return lanes[-1] if lanes else None
+
+
+def other_global_propagators(lanes: LanePropagator) -> list[textmap.TextMapPropagator]:
+    """The global propagators minus lane propagators for *lanes*' baggage key, in their order.
+
+    What a server hook runs before the lane's own extraction (and a client hook before its own
+    injection): ``OTEL_PROPAGATORS=...,lane`` adds one, and running it there as well would log and
+    count every bad tag twice, or let a stock baggage propagator listed after it overrule it.
+    """
+    from opentelemetry import propagate  # see global_lane_propagator
+
+    configured = propagate.get_global_textmap()
+    chain = getattr(configured, "_propagators", None)  # CompositePropagator's members, in order
+    members: list[textmap.TextMapPropagator] = list(chain) if isinstance(chain, list) else [configured]
+    return [p for p in members if not (isinstance(p, LanePropagator) and p.baggage_key == lanes.baggage_key)]

@@ -32,6 +32,7 @@ from .grpc_metadata import iterate_in, outgoing_metadata
 from .propagation import LanePropagator, global_lane_propagator, propagator_from_env
 
 __all__ = [
+    "LaneAioClientBase",
     "LaneAioStreamStreamInterceptor",
     "LaneAioStreamUnaryInterceptor",
     "LaneAioUnaryStreamInterceptor",
@@ -130,7 +131,9 @@ class LaneClientInterceptor(
         return self._call(continuation, client_call_details, request_iterator)
 
 
-class _AioBase:
+class LaneAioClientBase:
+    """What the four ``grpc.aio`` lane interceptors share (an ``isinstance`` check finds any of them)."""
+
     def __init__(self, propagator: LanePropagator | None = None, *, inject_global: bool = True) -> None:
         self._injector = _Injector(propagator, inject_global)
 
@@ -143,22 +146,22 @@ class _AioBase:
             detach(token)
 
 
-class LaneAioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class LaneAioUnaryUnaryInterceptor(LaneAioClientBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self._call(continuation, client_call_details, request)
 
 
-class LaneAioUnaryStreamInterceptor(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class LaneAioUnaryStreamInterceptor(LaneAioClientBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self._call(continuation, client_call_details, request)
 
 
-class LaneAioStreamUnaryInterceptor(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class LaneAioStreamUnaryInterceptor(LaneAioClientBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await self._call(continuation, client_call_details, request_iterator)
 
 
-class LaneAioStreamStreamInterceptor(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+class LaneAioStreamStreamInterceptor(LaneAioClientBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await self._call(continuation, client_call_details, request_iterator)
 

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.propagators import textmap
 
@@ -96,6 +97,7 @@ class MetadataSetter(textmap.Setter[MetadataCarrier]):
 
 METADATA_GETTER: Final = MetadataGetter()
 METADATA_SETTER: Final = MetadataSetter()
+_W3C_BAGGAGE: Final = W3CBaggagePropagator()
 
 
 def incoming_context(metadata: Iterable[Any] | None, lanes: LanePropagator, *, extract_global: bool = True) -> Context:
@@ -149,18 +151,18 @@ def outgoing_metadata(
         carrier.set(lanes.header, None)
         ctx = without_lane(ctx, key=lanes.baggage_key)
     else:
-        ctx = _lane_first(ctx, lanes, lane)
+        ctx = lanes.with_lane(lane, ctx)
     lanes.inject(carrier, context=ctx, setter=METADATA_SETTER)  # tag + lane first in one baggage entry
-    return carrier, ctx
+    # The context the rest of the call runs in holds the baggage as sent, lane first: an inner
+    # interceptor that injects from it (OpenTelemetry's sync one, after a lane interceptor added with
+    # ``intercept_channel``) rewrites ``baggage`` with the same members instead of the caller's.
+    sent = _W3C_BAGGAGE.extract(carrier, context=otel_baggage.clear(ctx), getter=METADATA_GETTER)
+    return carrier, (_lane_first(sent, lanes, lane) if lane else without_lane(sent, key=lanes.baggage_key))
 
 
 def _lane_first(ctx: Context, lanes: LanePropagator, lane: str) -> Context:
-    """*ctx* in *lane*, with the lane the first baggage entry.
-
-    The stock baggage propagator writes entries in the context's order. An inner interceptor that
-    injects from this context (OpenTelemetry's sync client one, which runs after a lane interceptor
-    added with ``intercept_channel``) then writes the lane first too, as the lane propagator does.
-    """
+    """*ctx* in *lane*, with the lane the first baggage entry (the stock baggage propagator writes
+    entries in the context's order, so it then writes the lane first too)."""
     entries = otel_baggage.get_all(ctx)
     out = lanes.with_lane(lane, otel_baggage.clear(ctx))
     for name, value in entries.items():

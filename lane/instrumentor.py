@@ -3,7 +3,7 @@
 ``OTEL_PROPAGATORS=tracecontext,baggage,lane opentelemetry-instrument python app.py`` finds every
 ``opentelemetry_instrumentor`` entry point of the installed distributions and calls
 ``instrument()`` on each; lane's is ``lane`` → this class (disable it with
-``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=lane``). Three steps, each one closing a gap the stock
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=lane``). Four steps, each one closing a gap the stock
 instrumentations leave:
 
 * **server** — `lane.aiohttp_server.LaneServerInstrumentor`: every ``web.Application`` runs its
@@ -12,11 +12,13 @@ instrumentations leave:
 * **client** — `lane.aiohttp_client.LaneClientInstrumentor`: every ``ClientSession`` request gets
   the lane in the tag header and first in ``baggage`` after every trace hook has run (the stock
   aiohttp client instrumentation injects the rest of the context through the global propagators);
+* **gRPC** (when ``grpcio`` is installed) — `lane.grpc_instrumentor.LaneGrpcInstrumentor`: every
+  ``grpc``/``grpc.aio`` server runs its handlers in the RPC's context, every channel sends the lane;
 * **order** — `lane.propagation.lane_last`: the global propagators run the lane propagator last,
   so ``lane,baggage,tracecontext`` and ``tracecontext,baggage,lane`` give the same lane for every
   library that propagates through the global propagators (requests, httpx, ...), not only aiohttp.
 
-All three use the same lane propagator: the ``lane`` member of ``OTEL_PROPAGATORS`` if listed,
+All of them use the same lane propagator: the ``lane`` member of ``OTEL_PROPAGATORS`` if listed,
 else one named by ``LANE_TAG_HEADER`` / ``LANE_BAGGAGE_KEY``. ``uninstrument()`` undoes what this
 instrumentor did and nothing else (an instrumentor the app had already enabled stays enabled).
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from importlib.util import find_spec
 from typing import Any
 
 from opentelemetry import propagate
@@ -60,7 +63,7 @@ class LaneInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._replaced = (before, ordered)
         lanes: LanePropagator = kwargs.get("propagator") or global_lane_propagator() or propagator_from_env()
         enabled = []
-        for part in (LaneServerInstrumentor(), LaneClientInstrumentor()):
+        for part in (LaneServerInstrumentor(), LaneClientInstrumentor(), *_grpc_parts()):
             if not part.is_instrumented_by_opentelemetry:
                 part.instrument(propagator=lanes, skip_dep_check=True)
                 enabled.append(part)
@@ -77,3 +80,12 @@ class LaneInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             else:
                 log.warning("the global propagators were replaced after lane instrumentation; leaving them")
             self._replaced = None
+
+
+def _grpc_parts() -> tuple[BaseInstrumentor, ...]:
+    """The gRPC step, only where ``grpcio`` is installed (an aiohttp-only app never imports it)."""
+    if find_spec("grpc") is None:
+        return ()
+    from .grpc_instrumentor import LaneGrpcInstrumentor
+
+    return (LaneGrpcInstrumentor(),)

@@ -38,7 +38,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import lane
 from lane.grpc_client import LaneClientInterceptor, lane_aio_client_interceptors
+from lane.grpc_instrumentor import LaneGrpcInstrumentor
 from lane.grpc_server import LaneAioServerInterceptor, LaneServerInterceptor
+from lane.instrumentor import LaneInstrumentor
 
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -81,6 +83,33 @@ def _b_handlers() -> grpc.GenericRpcHandler:
 
     def stream_stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         for _ in requests:
+            yield _record(context.invocation_metadata())
+
+    return grpc.method_handlers_generic_handler("lanetest.B", {
+        "unary_unary": grpc.unary_unary_rpc_method_handler(unary_unary),
+        "unary_stream": grpc.unary_stream_rpc_method_handler(unary_stream),
+        "stream_unary": grpc.stream_unary_rpc_method_handler(stream_unary),
+        "stream_stream": grpc.stream_stream_rpc_method_handler(stream_stream),
+    })
+
+
+def _b_aio_handlers() -> grpc.GenericRpcHandler:
+    """B for ``grpc.aio`` (OpenTelemetry's aio server interceptor awaits every handler: async only)."""
+
+    async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return _record(context.invocation_metadata())
+
+    async def unary_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        for _ in range(2):
+            yield _record(context.invocation_metadata())
+
+    async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        async for _ in requests:
+            pass
+        return _record(context.invocation_metadata())
+
+    async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for _ in requests:
             yield _record(context.invocation_metadata())
 
     return grpc.method_handlers_generic_handler("lanetest.B", {
@@ -171,8 +200,10 @@ def _instrument(instrumentor: Any, otel: Otel) -> Any:
 
 
 @contextmanager
-def sync_chain(otel: Otel | None) -> Iterator[grpc.Channel]:
-    """B and A as sync servers; yields a plain channel to A. Everything is stopped on exit."""
+def sync_chain(otel: Otel | None, explicit: bool = True) -> Iterator[grpc.Channel]:
+    """B and A as sync servers; yields a plain channel to A. Everything is stopped on exit.
+
+    *explicit*: A lists lane's interceptors itself (else an instrumentor must add them)."""
     servers: list[grpc.Server] = []
     undo: list[Any] = []
     try:
@@ -185,8 +216,10 @@ def sync_chain(otel: Otel | None) -> Iterator[grpc.Channel]:
         b.start()
         if otel:
             undo.append(_instrument(GrpcInstrumentorClient(), otel))
-        to_b = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{b_port}"), LaneClientInterceptor())
-        a = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=[LaneServerInterceptor()])
+        to_b = grpc.insecure_channel(f"127.0.0.1:{b_port}")
+        if explicit:
+            to_b = grpc.intercept_channel(to_b, LaneClientInterceptor())
+        a = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=[LaneServerInterceptor()] if explicit else None)
         servers.append(a)
         a.add_generic_rpc_handlers((_a_sync_handlers(to_b),))
         a_port = a.add_insecure_port("127.0.0.1:0")
@@ -206,23 +239,23 @@ def sync_chain(otel: Otel | None) -> Iterator[grpc.Channel]:
 
 
 @asynccontextmanager
-async def aio_chain(otel: Otel | None) -> AsyncIterator[grpc.aio.Channel]:
+async def aio_chain(otel: Otel | None, explicit: bool = True) -> AsyncIterator[grpc.aio.Channel]:
     """B and A as ``grpc.aio`` servers; yields a plain channel to A. Everything is stopped on exit."""
     servers: list[grpc.aio.Server] = []
     channels: list[grpc.aio.Channel] = []
     undo: list[Any] = []
     try:
-        b = grpc.aio.server()  # before instrumenting: OpenTelemetry's aio server one awaits sync handlers
+        b = grpc.aio.server()
         servers.append(b)
-        b.add_generic_rpc_handlers((_b_handlers(),))
+        b.add_generic_rpc_handlers((_b_aio_handlers(),))
         b_port = b.add_insecure_port("127.0.0.1:0")
         await b.start()
         if otel:
             undo.append(_instrument(GrpcAioInstrumentorServer(), otel))
             undo.append(_instrument(GrpcAioInstrumentorClient(), otel))
-        to_b = grpc.aio.insecure_channel(f"127.0.0.1:{b_port}", interceptors=lane_aio_client_interceptors())
+        to_b = grpc.aio.insecure_channel(f"127.0.0.1:{b_port}", interceptors=lane_aio_client_interceptors() if explicit else None)
         channels.append(to_b)
-        a = grpc.aio.server(interceptors=[LaneAioServerInterceptor()])
+        a = grpc.aio.server(interceptors=[LaneAioServerInterceptor()] if explicit else None)
         servers.append(a)
         a.add_generic_rpc_handlers((_a_aio_handlers(to_b),))
         a_port = a.add_insecure_port("127.0.0.1:0")
@@ -387,3 +420,66 @@ def test_import_lane_does_not_import_grpc() -> None:
     probe = "import sys, lane; print(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc'))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# --- instrumentors ------------------------------------------------------------------------------
+
+FACTORIES = [(grpc, "server"), (grpc, "insecure_channel"), (grpc, "secure_channel"),
+             (grpc.aio, "server"), (grpc.aio, "insecure_channel"), (grpc.aio, "secure_channel")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("order", ["lane-only", "otel-then-lane", "lane-then-otel", "lane-instrumentor"])
+@pytest.mark.parametrize("mode", ["aio", "sync"])
+@pytest.mark.parametrize("kind", ["unary_unary", "unary_stream", "stream_stream"])
+async def test_instrumentors_add_the_interceptors_to_plain_servers_and_channels(
+    kind: str, mode: str, order: str
+) -> None:
+    originals = [getattr(module, name) for module, name in FACTORIES]
+    otel = _otel(True)
+    assert otel is not None
+    stock = [GrpcAioInstrumentorServer(), GrpcAioInstrumentorClient()] if mode == "aio" else [
+        GrpcInstrumentorServer(), GrpcInstrumentorClient()]
+    lanes: list[Any] = [LaneInstrumentor() if order == "lane-instrumentor" else LaneGrpcInstrumentor()]
+    steps = {"lane-only": lanes, "otel-then-lane": stock + lanes, "lane-then-otel": lanes + stock,
+             "lane-instrumentor": lanes}[order]
+    done: list[Any] = []
+    try:
+        for instrumentor in steps:
+            instrumentor.instrument(tracer_provider=otel.provider)
+            done.append(instrumentor)
+        metadata = (("x-mse-tag", "gray"), ("baggage", "user=alice,x-mse-tag=gray"), ("traceparent", TRACEPARENT))
+        if mode == "aio":
+            async with aio_chain(None, explicit=False) as to_a:
+                answers = await _aio_call(to_a, kind, metadata)
+        else:
+            def run() -> list[Json]:
+                with sync_chain(None, explicit=False) as to_a:
+                    return _sync_call(to_a, kind, metadata)
+
+            answers = await asyncio.to_thread(run)
+    finally:
+        for instrumentor in reversed(done):
+            instrumentor.uninstrument()
+    _assert_lane(answers, "gray")
+    assert all(len(a["b"]["traceparent"]) == 1 for a in answers)  # (the test's own channel may be traced)
+    assert [getattr(module, name) for module, name in FACTORIES] == originals  # undone
+
+
+def test_lane_instrumentor_is_idempotent_and_undone() -> None:
+    originals = [getattr(module, name) for module, name in FACTORIES]
+    instrumentor = LaneGrpcInstrumentor()
+    instrumentor.instrument()
+    try:
+        instrumentor.instrument()  # a second call wraps nothing more
+        assert all(getattr(getattr(m, n), "__wrapped__", None) is o for (m, n), o in zip(FACTORIES, originals,
+                                                                                          strict=True))
+        server = grpc.server(ThreadPoolExecutor(max_workers=1), interceptors=[LaneServerInterceptor()])
+        try:  # one that lists lane's interceptor already keeps one
+            interceptors = server._state.interceptor_pipeline.interceptors
+            assert sum(isinstance(i, LaneServerInterceptor) for i in interceptors) == 1
+        finally:
+            server.stop(None)
+    finally:
+        instrumentor.uninstrument()
+    assert [getattr(module, name) for module, name in FACTORIES] == originals

@@ -138,11 +138,16 @@ def _a_sync_handlers(to_b: grpc.Channel) -> grpc.GenericRpcHandler:
         for answer in to_b.stream_stream("/lanetest.B/stream_stream")(iter(list(requests)), timeout=10):
             yield _pack(answer)
 
+    def fail(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.set_trailing_metadata((("x-why", str(lane.current_lane())),))
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
     return grpc.method_handlers_generic_handler("lanetest.A", {
         "unary_unary": grpc.unary_unary_rpc_method_handler(unary_unary),
         "unary_stream": grpc.unary_stream_rpc_method_handler(unary_stream),
         "stream_unary": grpc.stream_unary_rpc_method_handler(stream_unary),
         "stream_stream": grpc.stream_stream_rpc_method_handler(stream_stream),
+        "fail": grpc.unary_unary_rpc_method_handler(fail),
     })
 
 
@@ -163,11 +168,16 @@ def _a_aio_handlers(to_b: grpc.aio.Channel) -> grpc.GenericRpcHandler:
         async for answer in to_b.stream_stream("/lanetest.B/stream_stream")(iter(received), timeout=10):
             yield _pack(answer)
 
+    async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        context.set_trailing_metadata((("x-why", str(lane.current_lane())),))
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
     return grpc.method_handlers_generic_handler("lanetest.A", {
         "unary_unary": grpc.unary_unary_rpc_method_handler(unary_unary),
         "unary_stream": grpc.unary_stream_rpc_method_handler(unary_stream),
         "stream_unary": grpc.stream_unary_rpc_method_handler(stream_unary),
         "stream_stream": grpc.stream_stream_rpc_method_handler(stream_stream),
+        "fail": grpc.unary_unary_rpc_method_handler(fail),
     })
 
 
@@ -357,6 +367,30 @@ async def test_tag_and_baggage_reach_the_next_service(kind: str, mode: str, with
         while answers[0]["b"]["traceparent"][0].split("-")[2] not in otel.span_ids():
             assert time.monotonic() < deadline, "B's parent span is none of the exported spans"
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("with_otel", [False, True], ids=["lane-alone", "with-otel-grpc"])
+@pytest.mark.parametrize("mode", ["aio", "sync"])
+async def test_status_details_and_trailers_pass_the_server_interceptor(mode: str, with_otel: bool) -> None:
+    metadata = (("x-mse-tag", "gray"),)
+    otel = _otel(with_otel)
+    if mode == "aio":
+        async with aio_chain(otel) as to_a:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await to_a.unary_unary("/lanetest.A/fail")(b"", metadata=metadata, timeout=10)
+            error: Any = caught.value
+            trailers = tuple(error.trailing_metadata())
+    else:
+        def run() -> tuple[Any, Any]:
+            with sync_chain(otel) as to_a:
+                with pytest.raises(grpc.RpcError) as caught:
+                    to_a.unary_unary("/lanetest.A/fail")(b"", metadata=metadata, timeout=10)
+                return caught.value, tuple(caught.value.trailing_metadata())
+
+        error, trailers = await asyncio.to_thread(run)
+    assert error.code() == grpc.StatusCode.NOT_FOUND and error.details() == "no such thing"
+    assert ("x-why", "gray") in trailers  # set by the handler, in its lane
 
 
 # --- what the lane is when the metadata is odd -----------------------------------------------

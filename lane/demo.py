@@ -248,9 +248,17 @@ def _refusal(args: argparse.Namespace) -> str | None:
 
 
 def _banner(demo: Demo) -> str:
+    """What a person needs next: where to send requests and where each proxy's admin answers."""
     url = f"{demo.gateway_url}/"
+    sidecars = ", ".join(f"{inst.service}@{inst.lane} http://127.0.0.1:{inst.admin_port}"
+                         for inst in demo.plan.instances)
+    gateway_admin = f"http://127.0.0.1:{demo.plan.gateway_admin_port}"
+    every = "/lane/graph, /demo/topology, /lane/instances and /lane/carriers of every proxy"
     return "\n".join([
-        f"lane demo is up: gateway {url}  (admin {demo.admin_url}, logs in {demo.workdir})",
+        f"lane demo is up: gateway {url}  (logs in {demo.workdir})",
+        f"  gateway admin  {gateway_admin}  (/metrics, /lane/instances, /lane/coloring)",
+        f"  sidecar admins {sidecars}  (/metrics, /lane/instances, /lane/carriers)",
+        f"  demo pages     {demo.admin_url}  ({every})",
         "try:",
         f"  curl -s -A xiaoming {url}    # colored gray: a@gray -> b@base (fallback) -> c@gray, d@base -> c@gray",
         f"  curl -s {url}                # everyone else stays on base",

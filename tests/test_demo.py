@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -48,6 +49,13 @@ def test_port_0_reports_the_port_the_gateway_really_bound(demo: DemoRun) -> None
     banner = demo.log.read_text(errors="replace")
     assert f"gateway {demo.gateway}/ " in banner and f"curl -s {demo.gateway}/ " in banner
     assert ":0/" not in banner
+    # every admin URL the banner prints serves what it says it does (the gateway's and each sidecar's)
+    admins = re.findall(r"(?:gateway admin|[a-z]@[a-z]+) +(http://127\.0\.0\.1:\d+)", banner)
+    sidecars = sum(len(addresses) for lanes in demo.ready["instances"].values() for addresses in lanes.values())
+    assert len(admins) == 1 + sidecars == 7  # the gateway and a@base, a@gray, b@base, c@base, c@gray, d@base
+    for admin in admins:
+        with urllib.request.urlopen(admin + "/metrics", timeout=20) as resp:
+            assert resp.status == 200 and b"lane_requests_total" in resp.read()
 
 
 def test_xiaoming_takes_the_gray_lane_and_returns_to_it_after_b(demo: DemoRun) -> None:

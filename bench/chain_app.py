@@ -31,7 +31,7 @@ from typing import Final, cast
 import httptools
 import uvloop
 
-from lane.readiness import announce
+from lane.process.readiness import announce
 
 __all__ = ["FORWARDED", "main"]
 

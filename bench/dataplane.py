@@ -14,7 +14,7 @@ MiB by default) through a fresh gateway into the app and reports the gateway's p
 as a ratio to the body size: the proof that bodies stream rather than sit in memory.
 
 The proxies are real ``python -m lane gateway|sidecar`` processes, stopped at the end whatever
-happens (`lane.supervisor.Child`: SIGTERM, then SIGKILL; they also die with this process). The
+happens (`lane.process.supervisor.Child`: SIGTERM, then SIGKILL; they also die with this process). The
 load generator shares the machine with them, so the numbers are relative, not absolute.
 
     python bench/dataplane.py [--requests 2000] [--concurrency 16] [--upload-mib 256] [--svg FILE]
@@ -37,8 +37,8 @@ import aiohttp
 import psutil
 from svg_chart import Bar, render_svg
 
-from lane.demo_topology import free_port
-from lane.supervisor import Child, lane_argv
+from lane.demo.topology import free_port
+from lane.process.supervisor import Child, lane_argv
 
 HERE = Path(__file__).resolve().parent
 MIB = 1024 * 1024

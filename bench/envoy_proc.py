@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from lane.supervisor import die_with_parent
+from lane.process.supervisor import die_with_parent
 from mesh_config.envoy import EnvoyError, envoy_binary
 
 __all__ = ["EnvoyProcess", "envoy_counters", "envoy_version", "start_envoy"]

@@ -5,7 +5,7 @@ imports: a bare interpreter is ~10 MiB, ``import aiohttp`` alone ~33 MiB. For ea
 starts a fresh interpreter that imports only that module and reports its peak RSS, the import's
 wall time and how many modules it loaded,
 and whether aiohttp or the OpenTelemetry SDK came along. For a lane module that pulls aiohttp in,
-it also reports the chain of imports that led there (``lane.sidecar -> lane.proxy -> aiohttp``),
+it also reports the chain of imports that led there (``lane.sidecar.main -> lane.dataplane.upgrades -> aiohttp``),
 so the hot path can be routed around it. ``--scan`` does that for every module of the lane
 package, to list which ones still pull aiohttp in.
 
@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_MODULES", "Measurement", "lane_modules", "main", "measure"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODULES = (
-    "lane.sidecar", "lane.gateway", "lane.h1.server", "lane.h1.upstream", "lane.metrics", "lane.config",
+    "lane.sidecar.main", "lane.gateway.main", "lane.engine.server", "lane.engine.upstream", "lane.telemetry.metrics", "lane.core.config",
     "lane", "aiohttp", "opentelemetry.sdk.trace", "prometheus_client",
 )
 HEAVY = ("aiohttp", "opentelemetry.sdk", "opentelemetry.exporter", "yarl", "prometheus_client")

@@ -40,8 +40,8 @@ import psutil
 from debian import InstallError, ensure_tool
 from stub_backend import Instance, InstanceCounts
 
-from lane.demo_topology import free_port
-from lane.supervisor import die_with_parent
+from lane.demo.topology import free_port
+from lane.process.supervisor import die_with_parent
 
 __all__ = ["NginxError", "NginxStubs", "ensure_nginx", "nginx_config", "nginx_version", "start_nginx_stubs"]
 

@@ -12,9 +12,9 @@ Cases (ratios are to the first, the OpenTelemetry stock pair):
 
 * ``otel tracecontext+baggage``: `TraceContextTextMapPropagator` and `W3CBaggagePropagator`
   extract into a context, then inject into a new (empty) outgoing carrier;
-* ``lane propagator``: `lane.propagation.LanePropagator`, the same extract + inject;
+* ``lane propagator``: `lane.propagation.propagator.LanePropagator`, the same extract + inject;
 * ``otel + lane composite``: ``OTEL_PROPAGATORS=tracecontext,baggage,lane`` as an app runs it;
-* ``lane.wire (sidecar)``: what the proxies do: `request_lane` on the incoming headers, then
+* ``lane.core.wire (sidecar)``: what the proxies do: `request_lane` on the incoming headers, then
   `strip_lane` + `set_lane` on the copy that is forwarded; the copy itself is the next row;
 * ``copy headers``: ``CIMultiDict(incoming)`` alone, the part of the sidecar row every proxy pays
   anyway.
@@ -43,9 +43,9 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from lane.config import TagSpec
-from lane.propagation import LanePropagator
-from lane.wire import request_lane, set_lane, strip_lane
+from lane.core.config import TagSpec
+from lane.core.wire import request_lane, set_lane, strip_lane
+from lane.propagation.propagator import LanePropagator
 
 __all__ = ["Case", "Result", "carrier", "cases", "main", "measure"]
 
@@ -121,7 +121,7 @@ def cases() -> list[Case]:
              lambda out: out.get("x-mse-tag") == "gray" and out.get("baggage") == "x-mse-tag=gray"),
         Case("otel + lane composite", otel_and_lane,
              lambda out: _carries_trace_and_lane(out) and out.get("x-mse-tag") == "gray"),
-        Case("lane.wire (sidecar)", sidecar,
+        Case("lane.core.wire (sidecar)", sidecar,
              lambda out: out.get("x-mse-tag") == "gray" and out.get("baggage", "").startswith("x-mse-tag=gray,")
              and out.get("traceparent") == TRACEPARENT and len(out) == len(incoming)),
         Case("copy headers", copy, lambda out: len(out) == len(incoming)),

@@ -21,7 +21,7 @@ written to ``--results`` (default bench/results/soak.json and soak-rss.svg).
 
     python bench/soak.py [--seconds 300 | --quick] [--concurrency 8] [--json] [--results DIR]
 
-Every process is stopped at the end whatever happens (`lane.supervisor.Child`: SIGTERM, then
+Every process is stopped at the end whatever happens (`lane.process.supervisor.Child`: SIGTERM, then
 SIGKILL; they also die with this process).
 """
 
@@ -46,9 +46,9 @@ import psutil
 import yaml
 from svg_line import Line, Reference, render_line_chart
 
-from lane.config import demo_config_text
-from lane.demo_topology import free_port
-from lane.supervisor import Child, lane_argv
+from lane.core.config import demo_config_text
+from lane.demo.topology import free_port
+from lane.process.supervisor import Child, lane_argv
 
 __all__ = ["Sample", "Soak", "fit_slope", "main", "verdict"]
 

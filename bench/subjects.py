@@ -35,7 +35,7 @@ gray and base instances, and a request that lands on the wrong instance or with 
 is a 421. The ``chain`` apps check their own lane too (``--expect-tag``), so a gateway that sends
 gray to a@base is caught even though a@base's sidecar would still send it on to b@gray.
 
-`Lab` owns every process: lane processes are `lane.supervisor.Child` (SIGTERM then SIGKILL, and
+`Lab` owns every process: lane processes are `lane.process.supervisor.Child` (SIGTERM then SIGKILL, and
 they die with this process); Envoys are ``async with`` blocks. Leaving ``async with Lab(...)``
 stops all of them, whatever happened.
 """
@@ -59,9 +59,9 @@ from nginx_stub import NginxError, ensure_nginx, start_nginx_stubs
 from stub_backend import EnvoyStubs, Instance, Stubs, stub_bootstrap
 from wrk import TRACE_HEADERS
 
-from lane.config import demo_config_text, parse_config
-from lane.demo_topology import free_port
-from lane.supervisor import Child, lane_argv
+from lane.core.config import demo_config_text, parse_config
+from lane.demo.topology import free_port
+from lane.process.supervisor import Child, lane_argv
 from mesh_config.backends import Backend
 from mesh_config.bootstrap import GATEWAY_LISTENER, MESH_LISTENER, envoy_bootstrap
 from mesh_config.render import render_objects

@@ -18,8 +18,8 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
-from lane.readiness import announce
-from lane.server import HostPort, Listener, run_loop, serve
+from lane.process.readiness import announce
+from lane.process.server import HostPort, Listener, run_loop, serve
 
 __all__ = ["build_app", "main"]
 

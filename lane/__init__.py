@@ -1,8 +1,8 @@
 """lane: full-link gray release (traffic lanes) from one YAML file.
 
 The library surface other teams import: the config model, the coloring rules and the
-OpenTelemetry propagation of the lane (see `lane.propagation`, `lane.aiohttp_server`,
-`lane.aiohttp_client`, `lane.instrumentor`).
+OpenTelemetry propagation of the lane (see `lane.propagation.propagator`, `lane.propagation.aiohttp_server`,
+`lane.propagation.aiohttp_client`, `lane.propagation.instrumentor`).
 
 ``import lane`` stays light (no YAML, no RE2, no config loader, no rules): apps import it for the
 propagator alone. The config and rule names below are loaded on first use (PEP 562).
@@ -13,25 +13,25 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, LaneError, UpstreamUnavailable
-from .hops import Hop, encode_path, parse_path
-from .propagation import LanePropagator, current_lane, use_lane, with_lane, without_lane
-from .tags import is_valid_lane, parse_lane
+from lane.core.errors import ConfigError, LaneError, UpstreamUnavailable
+from lane.core.hops import Hop, encode_path, parse_path
+from lane.core.tags import is_valid_lane, parse_lane
+from lane.propagation.propagator import LanePropagator, current_lane, use_lane, with_lane, without_lane
 
 if TYPE_CHECKING:
-    from .config import LaneConfig, load_config, parse_config
-    from .rules import Coloring, RequestView, Rule, color
+    from lane.core.config import LaneConfig, load_config, parse_config
+    from lane.core.rules import Coloring, RequestView, Rule, color
 
     __version__: str
 
 _LAZY = {
-    "LaneConfig": "config",
-    "load_config": "config",
-    "parse_config": "config",
-    "Coloring": "rules",
-    "RequestView": "rules",
-    "Rule": "rules",
-    "color": "rules",
+    "LaneConfig": "core.config",
+    "load_config": "core.config",
+    "parse_config": "core.config",
+    "Coloring": "core.rules",
+    "RequestView": "core.rules",
+    "Rule": "core.rules",
+    "color": "core.rules",
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .health import HealthHistory
 from .personas import Persona

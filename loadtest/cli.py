@@ -13,9 +13,9 @@ import re
 import sys
 from urllib.parse import urlsplit
 
-from lane.cli_parser import port, positive_number, seconds
-from lane.config import LaneConfig, load_config_or_demo
-from lane.errors import ConfigError
+from lane.cli.parser import port, positive_number, seconds
+from lane.core.config import LaneConfig, load_config_or_demo
+from lane.core.errors import ConfigError
 
 from .runner import RunSpec, run_locust
 

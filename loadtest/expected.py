@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
-from lane.config import LaneConfig
-from lane.hops import TRUNCATED, FallbackReason, Hop
+from lane.core.config import LaneConfig
+from lane.core.hops import TRUNCATED, FallbackReason, Hop
 
 __all__ = ["Finding", "FindingKind", "HealthView", "HopVerdict", "RequestVerdict", "chain_of", "verify"]
 

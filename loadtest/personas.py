@@ -5,9 +5,9 @@ the wrong case, a prefix shortened by one character, a regex value that does not
 cookie or parameter with a similar name, an ``absent`` header sent anyway). Add a request that
 matches nothing and outside clients forging the tag header or baggage, which must not be trusted.
 
-The expected lane is never written down by hand: it comes from `lane.rules` (the reference
+The expected lane is never written down by hand: it comes from `lane.core.rules` (the reference
 engine) on exactly the request the user sends. Sticky percentages use a fixed pool of keys whose
-buckets `lane.hashing` decides, so every request's lane is exact; a keyless percentage is a random
+buckets `lane.core.hashing` decides, so every request's lane is exact; a keyless percentage is a random
 draw, so its persona carries a distribution that only the share check can judge.
 
 Pure: no locust, no I/O.
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import urlencode
 
-from lane.config import LaneConfig
-from lane.hashing import in_percentage
-from lane.rules import Condition, RequestView, Rule, Source, color
+from lane.core.config import LaneConfig
+from lane.core.hashing import in_percentage
+from lane.core.rules import Condition, RequestView, Rule, Source, color
 
 from .regex_examples import example_of, is_safe_value, near_miss_of
 
@@ -190,7 +190,7 @@ def _sendable(draft: _Draft) -> bool:
 
 
 def _keys(rule: Rule) -> list[tuple[str, bool]]:
-    """Pool keys inside and outside the rule's sticky share, found with `lane.hashing`."""
+    """Pool keys inside and outside the rule's sticky share, found with `lane.core.hashing`."""
     assert rule.percentage is not None
     inside: list[tuple[str, bool]] = []
     outside: list[tuple[str, bool]] = []

@@ -1,9 +1,9 @@
 """The Propagation part of the summary: which app breaks the lanes, in plain words.
 
 Every sidecar counts, for each outbound call of its app, which lane carriers the app forwarded and
-how the lane was found (`lane.carriers`, ``GET /lane/carriers``: one view, or the demo admin's
+how the lane was found (`lane.sidecar.carriers`, ``GET /lane/carriers``: one view, or the demo admin's
 list of per-service views). At the end of a run the master (or local runner) reads them from each
-``--admin`` URL and sums them per service (`lane.carriers.sum_views`), so the summary can say
+``--admin`` URL and sums them per service (`lane.sidecar.carriers.sum_views`), so the summary can say
 "service d's app drops baggage and traceparent; it forwards only x-request-id — 120 calls, lane
 recovered from x-request-id". Calls whose lane was lost left in the default lane: they are counted
 as propagation breaks and reported, not failed on: a lost lane that made a request leave its lane
@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lane.carriers import LaneSource, sum_views
+from lane.sidecar.carriers import LaneSource, sum_views
 
 from .watch import fetch_json
 

@@ -15,8 +15,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from lane.config import LaneConfig
-from lane.hops import parse_path
+from lane.core.config import LaneConfig
+from lane.core.hops import parse_path
 
 from .personas import Persona
 from .propagation import Propagation

@@ -17,7 +17,7 @@ from typing import Any, Final
 import jinja2
 from markupsafe import Markup
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .personas import Persona
 from .propagation import Propagation

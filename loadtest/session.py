@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lane.config import LaneConfig
-from lane.hops import Hop
+from lane.core.config import LaneConfig
+from lane.core.hops import Hop
 
 from .expected import RequestVerdict, verify
 from .health import HealthHistory

@@ -17,7 +17,7 @@ import time
 import gevent
 from locust import HttpUser, task
 
-from lane.hops import PATH_HEADER, parse_path
+from lane.core.hops import PATH_HEADER, parse_path
 
 from .expected import RequestVerdict
 from .plugin import poller_of, session_of

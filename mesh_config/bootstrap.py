@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from lane.config import LaneConfig
-from lane.errors import LaneError
+from lane.core.config import LaneConfig
+from lane.core.errors import LaneError
 
 from .backends import Backend
 from .envoy_filter import lua_http_filter, lua_of

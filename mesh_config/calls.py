@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 __all__ = [
     "FORWARD_HEADER",

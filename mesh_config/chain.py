@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lane.baggage import get_member
+from lane.core.baggage import get_member
 
 __all__ = ["ChainHop", "chain_from_reply", "chain_paths", "chain_problems"]
 

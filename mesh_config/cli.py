@@ -2,7 +2,7 @@
 
 ``render``, ``validate`` and ``verify`` live here; ``apply`` and ``sync`` are separate modules
 (mesh_config/apply.py, mesh_config/sync.py) registered only when present and imported only when
-chosen, like the top-level commands (`lane.cli_parser.add_lazy_commands`). Exit codes: 0 fine, 1 the check found problems, 2 the
+chosen, like the top-level commands (`lane.cli.parser.add_lazy_commands`). Exit codes: 0 fine, 1 the check found problems, 2 the
 command could not run (bad config, unreadable file, no cluster, no Envoy).
 """
 
@@ -20,10 +20,10 @@ from typing import IO, Any, Final
 
 import yaml
 
-from lane.cli_parser import add_lazy_commands, add_subcommands, dns_label, executable, positive_int, text_file
-from lane.config import LaneConfig, load_config_or_demo
-from lane.config_yaml import explain
-from lane.errors import LaneError
+from lane.cli.parser import add_lazy_commands, add_subcommands, dns_label, executable, positive_int, text_file
+from lane.core.config import LaneConfig, load_config_or_demo
+from lane.core.config_yaml import explain
+from lane.core.errors import LaneError
 
 from .connection import add_connection_arguments
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from lane.config import LaneConfig, Service
+from lane.core.config import LaneConfig, Service
 
 from .hosts import service_namespace
 from .kube import Kube, connect

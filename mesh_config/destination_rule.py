@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .fallback import Fallback, fallbacks, traffic_policy
 from .hosts import service_namespace

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from lane.errors import LaneError
+from lane.core.errors import LaneError
 
 __all__ = ["EnvoyError", "RunningEnvoy", "envoy_binary", "run_envoy"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .lua import gateway_lua, sidecar_lua
 from .model import (

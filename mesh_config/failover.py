@@ -30,8 +30,8 @@ from typing import Any, Final
 
 import aiohttp
 
-from lane.config import LaneConfig
-from lane.errors import LaneError
+from lane.core.config import LaneConfig
+from lane.core.errors import LaneError
 
 from .backends import PROBE_HEADER, run_backends
 from .bootstrap import MESH_LISTENER, envoy_bootstrap

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .hosts import fqdn, service_namespace, subset_cluster
 from .lanes import Presence, lane_targets

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .model import NETWORKING_V1, GatewaySpec, ObjectMeta, Port, Resource, Server
 

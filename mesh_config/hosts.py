@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from lane.config import LaneConfig, Service
+from lane.core.config import LaneConfig, Service
 
 __all__ = ["CLUSTER_DOMAIN", "fqdn", "gateway_ref", "service_namespace", "subset_cluster"]
 

@@ -19,7 +19,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from lane.errors import LaneError
+from lane.core.errors import LaneError
 
 from .connection import add_connection_arguments
 from .model import CONFIG_LABEL, MANAGED_BY_LABEL

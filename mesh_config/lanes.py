@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 __all__ = ["LaneTarget", "Presence", "default_target", "lane_targets", "present_lanes"]
 

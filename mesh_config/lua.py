@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Final
 
-from lane.config import LaneConfig
-from lane.errors import ConfigError
-from lane.rules import Condition, Rule, Source
+from lane.core.config import LaneConfig
+from lane.core.errors import ConfigError
+from lane.core.rules import Condition, Rule, Source
 
 from .regex import UnsupportedRegex, parse_regex
 

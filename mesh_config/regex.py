@@ -4,7 +4,7 @@ Envoy's Lua has no regex engine, so the gateway filter carries each coloring reg
 syntax tree that ``lua/regex.lua`` compiles to an NFA and simulates (linear time, no
 backtracking blow-up). Python parses the pattern once, at render time, into that tree; anything
 outside the subset is *rejected* with the config path of the rule, so what is rendered always
-does what the Python engine (RE2 ``FullMatch`` on the value's bytes, see `lane.rules`) does.
+does what the Python engine (RE2 ``FullMatch`` on the value's bytes, see `lane.core.rules`) does.
 
 Supported: literals (any code point), ``.``, classes ``[...]`` with ranges and negation, ``\\d \\w
 \\s \\D \\W \\S`` (ASCII, as in RE2: ``\\s`` is ``[\\t\\n\\f\\r ]``), escaped punctuation, ``\\n \\t \\r \\f \\v \\xHH``, ``* + ?

@@ -24,7 +24,7 @@ from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Any, Final
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .destination_rule import destination_rule
 from .envoy_filter import gateway_filter, sidecar_filter
@@ -86,7 +86,7 @@ def render_objects(
     it does not mention keep the config's lanes. *namespace* overrides ``mesh.namespace``: the
     Gateway's namespace and that of every service with a short host (a ``name.NS.svc...`` host
     keeps its NS; the gateway EnvoyFilters live in ``mesh.gateway.namespace``). A regex the
-    gateway cannot mirror raises `lane.errors.ConfigError` naming the rule.
+    gateway cannot mirror raises `lane.core.errors.ConfigError` naming the rule.
     """
     return [to_data(r) for r in render_resources(config, lanes=lanes, namespace=namespace)]
 

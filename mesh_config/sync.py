@@ -41,8 +41,8 @@ import urllib3
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from lane.config import LaneConfig
-from lane.errors import ConfigError, LaneError
+from lane.core.config import LaneConfig
+from lane.core.errors import ConfigError, LaneError
 
 from .apply import apply_objects
 from .cluster import lanes_from_pods, pod_selector, watched_namespaces

@@ -18,9 +18,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lane.cli_parser import dns_label
-from lane.config import LaneConfig, load_config
-from lane.errors import ConfigError
+from lane.cli.parser import dns_label
+from lane.core.config import LaneConfig, load_config
+from lane.core.errors import ConfigError
 
 from .kube import Kube, KubeError, connect
 

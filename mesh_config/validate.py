@@ -22,7 +22,7 @@ from typing import Any, Final
 import yaml
 from jsonschema import Draft4Validator
 
-from lane.errors import LaneError
+from lane.core.errors import LaneError
 
 __all__ = ["CrdIndex", "SchemaError", "load_crds", "parse_crds", "validate_objects"]
 

@@ -5,7 +5,7 @@ A `Vector` is what a client sends: headers in order (repeats allowed) and a raw 
 random draw: its vectors agree when Envoy picks any lane the engine could have picked.
 `vectors_for` derives vectors from a config's own rules (a request meeting each rule, one
 violating each condition in turn, sticky keys on both sides of each percentage -- chosen with the
-sticky hash itself (`lane.hashing`), so every share between 1 and 99 % is proven from inside and
+sticky hash itself (`lane.core.hashing`), so every share between 1 and 99 % is proven from inside and
 outside -- a client trying to choose its own lane), so `lane mesh verify` works on any config
 without a hand-made table.
 """
@@ -21,10 +21,10 @@ from urllib.parse import quote
 
 import yaml
 
-from lane.config import LaneConfig
-from lane.errors import ConfigError
-from lane.hashing import in_percentage
-from lane.rules import Condition, RequestView, Rule, Source
+from lane.core.config import LaneConfig
+from lane.core.errors import ConfigError
+from lane.core.hashing import in_percentage
+from lane.core.rules import Condition, RequestView, Rule, Source
 
 from .regex import RegexNode, children, parse_regex
 

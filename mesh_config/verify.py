@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .backends import PROBE_HEADER, run_backends
 from .bootstrap import GATEWAY_LISTENER, MESH_LISTENER, VerifyError, envoy_bootstrap, sidecar_filter_rendered

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 
 from .fallback import Fallback, fallbacks, retry_for
 from .hosts import gateway_ref, service_namespace

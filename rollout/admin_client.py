@@ -1,9 +1,9 @@
 """The proxies' admin listeners, as `lane rollout` uses them: who is a gateway, the share in force,
 reloads, and ``/metrics``.
 
-A gateway answers ``GET /lane/coloring`` (`lane.coloring_view`); a sidecar answers 404 there
+A gateway answers ``GET /lane/coloring`` (`lane.dataplane.coloring_view`); a sidecar answers 404 there
 and is only read for its metrics. ``POST /lane/reload`` is a mutation: it carries ``Authorization:
-Bearer`` when a token is given (``--admin-token-file`` or ``$LANE_ADMIN_TOKEN``, `lane.admin_access`),
+Bearer`` when a token is given (``--admin-token-file`` or ``$LANE_ADMIN_TOKEN``, `lane.process.admin_access`),
 so the rollout may run from another host than the proxies. Every failure is one line
 (`AdminUnreachable`), never a traceback.
 """

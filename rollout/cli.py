@@ -14,8 +14,8 @@ import os
 import urllib.request
 from pathlib import Path
 
-from lane.admin_access import TOKEN_ENV, token_file
-from lane.cli_parser import positive_int, text_file
+from lane.cli.parser import positive_int, text_file
+from lane.process.admin_access import TOKEN_ENV, token_file
 
 from .admin_client import admin_url
 from .analysis import Thresholds
@@ -255,5 +255,5 @@ def options(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Raises `RolloutInputError` (a `LaneError`: `lane.cli` prints it as one line, exit 2)."""
+    """Raises `RolloutInputError` (a `LaneError`: `lane.cli.main` prints it as one line, exit 2)."""
     return asyncio.run(rollout(options(args)))

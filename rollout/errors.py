@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lane.errors import LaneError
+from lane.core.errors import LaneError
 
 __all__ = ["AdminUnreachable", "RolloutInputError"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from lane.config import LaneConfig
+from lane.core.config import LaneConfig
 from loadtest.personas import build_personas
 
 from .errors import RolloutInputError

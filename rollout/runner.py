@@ -29,8 +29,8 @@ from pathlib import Path
 
 import aiohttp
 
-from lane.config import LaneConfig, load_config
-from lane.errors import ConfigError
+from lane.core.config import LaneConfig, load_config
+from lane.core.errors import ConfigError
 
 from .admin_client import Admin, AdminClient
 from .analysis import Judgement, Thresholds, Verdict, judge

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lane.server import HostPort, Listener, start_listener
+from lane.process.server import HostPort, Listener, start_listener
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def lane_demo(tmp_path: Path, *extra: str, ready_timeout: float = 90.0) -> Itera
 async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
     """Serve *app* in this event loop on 127.0.0.1; yields the bound port.
 
-    The way `lane.server.serve` does: an app with a one-core handler (the gateway's, a sidecar's) is
+    The way `lane.process.server.serve` does: an app with a one-core handler (the gateway's, a sidecar's) is
     served by the one core, upgrades by the app itself, so the proxy tests exercise what users run.
     """
     started = await start_listener(Listener("test", HostPort(host, port), app), drain_seconds=5.0)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from conftest import REPO, free_port, lane_process, serve_app
 
-from lane.admin_access import AdminAccess
+from lane.process.admin_access import AdminAccess
 
 TOKEN = "s3cret-admin-token"
 CONFIG = "entry: a\nservices:\n  a: {{instances: {{base: ['127.0.0.1:{port}']}}}}\n"

@@ -1,8 +1,8 @@
 """The lane travels through real chains of aiohttp services on 127.0.0.1.
 
-Covers lane/aiohttp_server.py (middleware), lane/aiohttp_client.py (client middleware and the
+Covers lane/propagation/aiohttp_server.py (middleware), lane/propagation/aiohttp_client.py (client middleware and the
 global `LaneClientInstrumentor`, alone and together with OpenTelemetry's aiohttp instrumentation
-and a real SDK TracerProvider) and lane/executor.py. Every service is a real aiohttp app on a free
+and a real SDK TracerProvider) and lane/propagation/executor.py. Every service is a real aiohttp app on a free
 loopback port, stopped by the test that started it; the outside client speaks raw HTTP over a
 socket so that no instrumentation of ours touches what the test sends. Global instrumentation is
 installed by fixtures and undone in ``finally``.
@@ -34,11 +34,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import REGISTRY
 from yarl import URL
 
-from lane.aiohttp_client import LaneClientInstrumentor, apply_lane, lane_client_middleware
-from lane.aiohttp_server import lane_middleware, request_lane
-from lane.baggage import get_member
-from lane.executor import carry_context, install_context_executor, run_in_executor
-from lane.propagation import LanePropagator, current_lane, use_lane
+from lane.core.baggage import get_member
+from lane.propagation.aiohttp_client import LaneClientInstrumentor, apply_lane, lane_client_middleware
+from lane.propagation.aiohttp_server import lane_middleware, request_lane
+from lane.propagation.executor import carry_context, install_context_executor, run_in_executor
+from lane.propagation.propagator import LanePropagator, current_lane, use_lane
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 BIG_HEADERS = {"max_field_size": 65536}

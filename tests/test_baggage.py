@@ -1,4 +1,4 @@
-"""The robust W3C baggage functions (lane/baggage.py), compared with OpenTelemetry's stock propagator."""
+"""The robust W3C baggage functions (lane/core/baggage.py), compared with OpenTelemetry's stock propagator."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 
-from lane.baggage import (
+from lane.core.baggage import (
     MAX_BAGGAGE_CHARS,
     MAX_MEMBERS,
     decode_value,

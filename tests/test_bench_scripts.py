@@ -57,7 +57,7 @@ def test_propagation_reports_every_case_against_the_otel_pair() -> None:
     cases = report["cases"]
     assert report["baseline"] == "otel tracecontext+baggage"
     assert list(cases) == ["otel tracecontext+baggage", "lane propagator", "otel + lane composite",
-                           "lane.wire (sidecar)", "copy headers"]
+                           "lane.core.wire (sidecar)", "copy headers"]
     assert cases["otel tracecontext+baggage"]["ratio"] == 1.0
     for case in cases.values():
         assert len(case["ns_per_op"]) == report["repeat"] == 3
@@ -66,14 +66,14 @@ def test_propagation_reports_every_case_against_the_otel_pair() -> None:
 
 
 def test_imports_measures_fresh_interpreters_and_finds_the_aiohttp_chain() -> None:
-    report = run_json("imports.py", "lane.proxy", "lane.tracing", "lane.no_such_module")
+    report = run_json("imports.py", "lane.dataplane.upgrades", "lane.telemetry.tracing", "lane.no_such_module")
     bare, imports = report["bare"], report["imports"]
     assert 5 < bare["peak_rss_mib"] < 100  # a bare interpreter, not this test's process (see VmHWM)
-    proxy = imports["lane.proxy"]
-    chain = proxy["chains"]["aiohttp"]  # lane.proxy -> ... -> aiohttp(.something)
-    assert "aiohttp" in proxy["heavy"] and chain[0] == "lane.proxy" and chain[-1].split(".")[0] == "aiohttp"
+    proxy = imports["lane.dataplane.upgrades"]
+    chain = proxy["chains"]["aiohttp"]  # lane.dataplane.upgrades -> ... -> aiohttp(.something)
+    assert "aiohttp" in proxy["heavy"] and chain[0] == "lane.dataplane.upgrades" and chain[-1].split(".")[0] == "aiohttp"
     assert proxy["peak_rss_mib"] > bare["peak_rss_mib"] and proxy["modules"] > 100
-    assert "opentelemetry.sdk" not in imports["lane.tracing"]["heavy"]  # the tracing import diet
+    assert "opentelemetry.sdk" not in imports["lane.telemetry.tracing"]["heavy"]  # the tracing import diet
     assert imports["lane.no_such_module"]["error"].startswith("missing:")
 
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lane.check import warnings
-from lane.config import parse_config
+from lane.cli.check import warnings
+from lane.core.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lane.cli import COMMANDS
+from lane.cli.main import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo.yaml"

@@ -8,9 +8,9 @@ from textwrap import dedent
 
 import pytest
 
-from lane.config import DEFAULT_TRACE_HEADERS, demo_config_text, load_config, parse_config
-from lane.errors import ConfigError
-from lane.rules import Source
+from lane.core.config import DEFAULT_TRACE_HEADERS, demo_config_text, load_config, parse_config
+from lane.core.errors import ConfigError
+from lane.core.rules import Source
 
 REPO = Path(__file__).resolve().parents[1]
 

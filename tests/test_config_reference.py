@@ -16,8 +16,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lane import config as config_module
-from lane.config import LaneConfig, MeshSpec, ProxySpec, TagSpec, load_config, parse_config
+from lane.core import config as config_module
+from lane.core.config import LaneConfig, MeshSpec, ProxySpec, TagSpec, load_config, parse_config
 
 REFERENCE = REPO / "examples" / "reference.yaml"
 TEXT = REFERENCE.read_text(encoding="utf-8")

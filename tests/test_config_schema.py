@@ -1,6 +1,6 @@
 """`lane schema`: the JSON Schema an editor checks lane files with says what the loader says.
 
-The schema is generated from the config dataclasses and `lane.config.LIMITS`; these tests hold it to
+The schema is generated from the config dataclasses and `lane.core.config.LIMITS`; these tests hold it to
 the real loader from both sides: every config the loader accepts (the examples and the configs the
 other tests use) is valid, and a file the loader refuses for an unknown key, a wrong type or a number
 out of range is invalid too. The shipped copy in docs/ must be what `lane schema` prints today.
@@ -22,9 +22,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lane.config import LIMITS, parse_config
-from lane.config_schema import config_schema, schema_text
-from lane.errors import ConfigError
+from lane.core.config import LIMITS, parse_config
+from lane.core.config_schema import config_schema, schema_text
+from lane.core.errors import ConfigError
 
 SCHEMA = config_schema()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)

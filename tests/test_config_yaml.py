@@ -20,9 +20,9 @@ from conftest import REPO, lane_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lane import config_yaml
-from lane.config import LaneConfig, parse_config
-from lane.errors import ConfigError
+from lane.core import config_yaml
+from lane.core.config import LaneConfig, parse_config
+from lane.core.errors import ConfigError
 
 VALID = """entry: a
 lanes: {gray: {}}

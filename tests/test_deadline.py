@@ -19,15 +19,15 @@ import aiohttp
 from aiohttp import web
 from conftest import free_port, serve_app
 
-from lane.admin import build_admin
-from lane.config import Endpoint, parse_config
-from lane.deadline import DEADLINE_HEADER
-from lane.gateway import build_gateway_app
-from lane.hops import PATH_HEADER, parse_path
-from lane.runtime import Runtime
-from lane.sidecar_inbound import build_inbound_app
-from lane.sidecar_outbound import build_outbound_app
-from lane.sidecar_state import Sidecar
+from lane.core.config import Endpoint, parse_config
+from lane.core.deadline import DEADLINE_HEADER
+from lane.core.hops import PATH_HEADER, parse_path
+from lane.dataplane.runtime import Runtime
+from lane.gateway.main import build_gateway_app
+from lane.process.admin import build_admin
+from lane.sidecar.inbound import build_inbound_app
+from lane.sidecar.outbound import build_outbound_app
+from lane.sidecar.state import Sidecar
 
 FORWARD: Final = ("traceparent", "x-request-id", "x-mse-tag", "baggage")
 GRAY: Final = {"x-user": "gray"}

@@ -126,7 +126,7 @@ def test_the_demo_gateway_runs_on_the_one_core_with_explain_json(demo: DemoRun) 
 
     `--explain-json` used to switch the gateway to the aiohttp core; now the answer is explained
     (``"path"``) and the connection was served by the one core, whose overload accounting
-    (``lane_downstream_connections``, `lane.h1.limits`) only it keeps.
+    (``lane_downstream_connections``, `lane.engine.limits`) only it keeps.
     """
     status, _, body = get(demo.gateway + "/", {"User-Agent": "xiaoming"})
     assert status == 200 and body["path"][0] == "a@gray"

@@ -125,7 +125,7 @@ def test_every_copy_source_exists_and_survives_dockerignore() -> None:
         assert not _ignored(source, patterns), f"{source} is excluded by .dockerignore"
     assert _ignored(".venv/bin/python", patterns) and _ignored(".git/HEAD", patterns)
     assert _ignored("lane/__pycache__/cli.cpython-311.pyc", patterns)
-    assert not _ignored("lane/cli.py", patterns)
+    assert not _ignored("lane/cli/main.py", patterns)
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from aiohttp import web
 from conftest import lane_demo, serve_app
 from prometheus_client import REGISTRY
 
-from lane.config import parse_config
-from lane.gateway import build_gateway_app
-from lane.runtime import Runtime
+from lane.core.config import parse_config
+from lane.dataplane.runtime import Runtime
+from lane.gateway.main import build_gateway_app
 
 GRAY_PATH = ["a@gray", "b@base", "c@gray", "d@base", "c@gray"]
 FELL_BACK_PATH = ["a@gray", "b@base", "c@base", "d@base", "c@base"]

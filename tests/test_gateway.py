@@ -14,10 +14,10 @@ from aiohttp import web
 from conftest import serve_app
 from multidict import CIMultiDict
 
-from lane.config import parse_config
-from lane.gateway import build_gateway_app
-from lane.gateway_request import ensure_trace_headers, is_trusted
-from lane.runtime import Runtime
+from lane.core.config import parse_config
+from lane.dataplane.runtime import Runtime
+from lane.gateway.main import build_gateway_app
+from lane.gateway.request import ensure_trace_headers, is_trusted
 
 LANE = web.AppKey("lane", str)
 

@@ -24,9 +24,9 @@ from conftest import REPO, DemoRun, free_port, lane_demo, started_process
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 
-from lane.graph import build_graph, quantile, read_metrics
-from lane.graph_render import render_dot, render_svg
-from lane.hops import PATH_HEADER, Hop, parse_path
+from lane.core.hops import PATH_HEADER, Hop, parse_path
+from lane.graph.model import build_graph, quantile, read_metrics
+from lane.graph.render import render_dot, render_svg
 
 EdgeKey = tuple[str, str, str, str]  # source, target, requested lane, fallback
 

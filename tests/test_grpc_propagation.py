@@ -1,6 +1,6 @@
 """The lane travels through real gRPC chains on 127.0.0.1: client → A → B.
 
-Covers lane/grpc_server.py, lane/grpc_client.py and lane/grpc_metadata.py. Every service is a real
+Covers lane/propagation/grpc_server.py, lane/propagation/grpc_client.py and lane/propagation/grpc_metadata.py. Every service is a real
 ``grpcio`` server (sync ``grpc.server`` or ``grpc.aio.server``) with generic handlers and raw bytes
 messages (no protoc). The outside client sends hand-written metadata through a channel that has no
 interceptor of ours; A runs lane's server interceptor and calls B through lane's client
@@ -37,10 +37,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import lane
-from lane.grpc_client import LaneClientInterceptor, lane_aio_client_interceptors
-from lane.grpc_instrumentor import LaneGrpcInstrumentor
-from lane.grpc_server import LaneAioServerInterceptor, LaneServerInterceptor
-from lane.instrumentor import LaneInstrumentor
+from lane.propagation.grpc_client import LaneClientInterceptor, lane_aio_client_interceptors
+from lane.propagation.grpc_instrumentor import LaneGrpcInstrumentor
+from lane.propagation.grpc_server import LaneAioServerInterceptor, LaneServerInterceptor
+from lane.propagation.instrumentor import LaneInstrumentor
 
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -16,13 +16,13 @@ import pytest
 from aiohttp import web
 from conftest import serve_app
 
-from lane.config import Endpoint, parse_config
-from lane.gateway import build_gateway_app
-from lane.h1.server import MAX_HEAD
-from lane.runtime import Runtime
-from lane.sidecar import Sidecar
-from lane.sidecar_inbound import build_inbound_app
-from lane.sidecar_outbound import build_outbound_app
+from lane.core.config import Endpoint, parse_config
+from lane.dataplane.runtime import Runtime
+from lane.engine.server import MAX_HEAD
+from lane.gateway.main import build_gateway_app
+from lane.sidecar.inbound import build_inbound_app
+from lane.sidecar.main import Sidecar
+from lane.sidecar.outbound import build_outbound_app
 
 CONFIG = """
 entry: app

@@ -1,4 +1,4 @@
-"""`lane.h1.upstream`: the fast core's keep-alive client, over real sockets on 127.0.0.1.
+"""`lane.engine.upstream`: the fast core's keep-alive client, over real sockets on 127.0.0.1.
 
 Upstreams are aiohttp apps (`serve_app`) where a well-behaved HTTP server is wanted and raw
 asyncio servers where the test needs exact bytes or misbehaviour (stale keep-alive, garbage,
@@ -25,10 +25,10 @@ from aiohttp import web
 from conftest import serve_app
 from multidict import CIMultiDict
 
-from lane.config import Endpoint, ProxySpec
-from lane.failures import ConnectFailed, UpstreamBroken, UpstreamTimeout
-from lane.h1.body import NoBody
-from lane.h1.upstream import READ_HIGH, UpstreamAnswer, Upstreams
+from lane.core.config import Endpoint, ProxySpec
+from lane.dataplane.failures import ConnectFailed, UpstreamBroken, UpstreamTimeout
+from lane.engine.body import NoBody
+from lane.engine.upstream import READ_HIGH, UpstreamAnswer, Upstreams
 
 SPEC = ProxySpec(connect_timeout=1.0, request_timeout=2.0)
 SHORT = dataclasses.replace(SPEC, request_timeout=0.3)

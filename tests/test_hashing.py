@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from lane.hashing import bucket_of, fnv1a_32, in_percentage
+from lane.core.hashing import bucket_of, fnv1a_32, in_percentage
 
 HASH_VECTORS = [
     # (key, fnv1a_32, bucket)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lane.hops import MAX_HOPS, MAX_PATH_BYTES, TRUNCATED, FallbackReason, Hop, encode_path, parse_path
+from lane.core.hops import MAX_HOPS, MAX_PATH_BYTES, TRUNCATED, FallbackReason, Hop, encode_path, parse_path
 
 
 def test_round_trip_keeps_order_and_fallback_reasons() -> None:

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from lane.inject import CONFIG_VOLUME, SIDECAR_NAME, InjectError, InjectOptions, inject_documents
+from mesh_config.inject import CONFIG_VOLUME, SIDECAR_NAME, InjectError, InjectOptions, inject_documents
 
 REPO = Path(__file__).resolve().parents[1]
 JSON = dict[str, Any]

@@ -52,7 +52,7 @@ def test_the_library_install_is_the_propagator_and_opentelemetry_api_only(bare: 
             "with use_lane('gray'):\n"
             "    LanePropagator().inject(carrier)\n"
             "print(carrier['x-mse-tag'], carrier['baggage'], lane.__version__)\n"
-            "assert not {'yaml', 're2', 'aiohttp', 'lane.config'} & set(sys.modules)")
+            "assert not {'yaml', 're2', 'aiohttp', 'lane.core.config'} & set(sys.modules)")
     done = _run(bare, "python", "-c", code)
     assert done.returncode == 0, done.stderr
     tag, baggage, version = done.stdout.split()

@@ -20,7 +20,7 @@ import pytest
 from fake_kube import FakeKube
 from k8s_rbac import assert_sync_may
 
-from lane.config import LaneConfig, load_config, parse_config
+from lane.core.config import LaneConfig, load_config, parse_config
 from mesh_config.apply import Action, apply_objects, comparable
 from mesh_config.kube import Kube, KubeError, connect
 from mesh_config.render import render_objects

@@ -28,10 +28,10 @@ from conftest import free_port, started_process
 from test_k8s_manifests import REPO, arg, container, lane_config, of_kind, pod_spec, rendered, workloads
 from test_loadtest_dataplane import fake_data_plane
 
-from lane.cli import build_parser
-from lane.inject import SIDECAR_NAME
+from lane.cli.main import build_parser
 from loadtest.cli import spec_from_args
 from loadtest.runner import WATCHDOG_SLACK, locust_argv
+from mesh_config.inject import SIDECAR_NAME
 
 JSON = dict[str, Any]
 LOADTEST = ("loadtest", "loadtest-ui")

@@ -21,9 +21,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from lane.cli import build_parser
-from lane.config import LaneConfig, parse_config
-from lane.inject import CONFIG_VOLUME, INJECTED_ANNOTATION, SIDECAR_NAME, InjectOptions, inject_documents
+from lane.cli.main import build_parser
+from lane.core.config import LaneConfig, parse_config
+from mesh_config.inject import (
+    CONFIG_VOLUME,
+    INJECTED_ANNOTATION,
+    SIDECAR_NAME,
+    InjectOptions,
+    inject_documents,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "docker" / "k8s"
@@ -188,7 +194,7 @@ def test_gateway_has_replicas_probes_and_a_disruption_budget() -> None:
 
 def test_admin_listeners_serve_probes_and_metrics_while_mutations_stay_loopback_or_token() -> None:
     """The admin port stays on the pod address (kubelet probes, Prometheus, the load test's workers read it);
-    `lane.admin_access` keeps POST /lane/reload to loopback peers or the token, so no manifest may hand the
+    `lane.process.admin_access` keeps POST /lane/reload to loopback peers or the token, so no manifest may hand the
     token out in plain text, probes only read, and the public gateway Service carries no admin port."""
     for overlay in OVERLAYS:
         objects = rendered(overlay)

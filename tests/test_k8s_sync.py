@@ -24,8 +24,8 @@ import pytest
 from fake_kube import FakeKube
 from k8s_rbac import assert_sync_may
 
-from lane.cli import build_parser
-from lane.config import LaneConfig, load_config
+from lane.cli.main import build_parser
+from lane.core.config import LaneConfig, load_config
 from mesh_config.kube import Kube, connect
 from mesh_config.sync import Backoff, LaneSync
 
@@ -271,7 +271,7 @@ def test_cli_sync_watch_follows_pods_and_stops_on_sigterm(fake: FakeKube, tmp_pa
 
 
 def test_a_config_the_renderer_refuses_ends_the_loop_instead_of_retrying(fake: FakeKube, config: LaneConfig) -> None:
-    from lane.errors import ConfigError
+    from lane.core.errors import ConfigError
 
     renders = []
 
@@ -317,7 +317,7 @@ def test_sync_watches_every_namespace_its_services_live_in() -> None:
     only in its own service's namespace, and each VirtualService is applied into its service's
     namespace. (The shipped RBAC is for the shipped single-namespace config, so it is not
     checked here: a config spanning namespaces needs the same Role in each of them.)"""
-    from lane.config import parse_config
+    from lane.core.config import parse_config
 
     config = parse_config(MULTI_NS_CONFIG, "multi.yaml")
     with FakeKube(bookmark_interval=0.2) as fake:

@@ -3,9 +3,9 @@
 Why a fixture and not only `lane demo`: the issue asks for runs against a *wrong* data plane (one
 that misroutes 1 request in 50, one that trusts client tags), which the real one must never be.
 The fixture is faithful where it is correct: one aiohttp gateway on 127.0.0.1 that colors with
-`lane.rules.color` (ignoring client tags), walks the call graph like the demo (a -> b -> c,
+`lane.core.rules.color` (ignoring client tags), walks the call graph like the demo (a -> b -> c,
 a -> d -> c), routes each hop with `LaneConfig.lane_for` over its live instance state and answers
-with the ``x-lane-path`` hop record (lane/hops.py) — the same contract the real proxies follow.
+with the ``x-lane-path`` hop record (lane/core/hops.py) — the same contract the real proxies follow.
 Its admin listener serves ``GET /lane/instances``, ``GET /demo/topology`` and the demo's
 ``POST /demo/instances/{s}/{l}/stop|start``, so chaos runs can be tested without the demo.
 
@@ -24,9 +24,9 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from lane.config import LaneConfig, demo_config_text, parse_config
-from lane.hops import PATH_HEADER, SERVED_HEADER, Hop, encode_path, parse_path
-from lane.rules import RequestView, color
+from lane.core.config import LaneConfig, demo_config_text, parse_config
+from lane.core.hops import PATH_HEADER, SERVED_HEADER, Hop, encode_path, parse_path
+from lane.core.rules import RequestView, color
 
 DEMO_GRAPH: dict[str, tuple[str, ...]] = {"a": ("b", "d"), "b": ("c",), "d": ("c",)}
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import free_port
 from test_loadtest_run import run_lane
 
-from lane.config import demo_config_text
+from lane.core.config import demo_config_text
 
 READY_TIMEOUT = 120
 

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from lane.config import demo_config_text, parse_config
-from lane.hashing import in_percentage
-from lane.rules import color
+from lane.core.config import demo_config_text, parse_config
+from lane.core.hashing import in_percentage
+from lane.core.rules import color
 from loadtest.personas import USER_AGENT, build_personas, outcomes
 from loadtest.regex_examples import example_of, is_safe_value, near_miss_of
 
@@ -152,7 +152,7 @@ coloring:
   - {lane: gray, match: {headers: [{name: x, present: true}]}}
 services: {a: {instances: {base: ["127.0.0.1:1"]}}}
 """)
-    from lane.rules import RequestView
+    from lane.core.rules import RequestView
 
     with_x = dict(outcomes(config.rules, RequestView(headers={"x": "1"}), "base"))
     assert with_x == pytest.approx({"gray": 0.2 + 0.4, "blue": 0.4})

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from lane.carriers import CarrierStats, LaneSource
-from lane.config import demo_config_text, parse_config
+from lane.core.config import demo_config_text, parse_config
+from lane.sidecar.carriers import CarrierStats, LaneSource
 from loadtest.personas import build_personas
 from loadtest.propagation import fetch_views, gather, propagation_of
 from loadtest.report import build_json, render_text

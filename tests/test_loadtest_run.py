@@ -23,7 +23,7 @@ import pytest
 from conftest import free_port, started_process
 from test_loadtest_dataplane import Bugs, fake_data_plane
 
-from lane.config import parse_config
+from lane.core.config import parse_config
 
 LANE = [sys.executable, "-m", "lane"]
 TIMEOUT = 150
@@ -329,7 +329,7 @@ def test_run_time_grammar_matches_locust(text: str, seconds: int) -> None:
 
 
 def test_locust_is_never_imported_by_lane_or_the_cli() -> None:
-    code = ("import sys, lane.cli, loadtest, loadtest.cli, loadtest.runner; lane.cli.build_parser(['loadtest']);"
+    code = ("import sys, lane.cli.main, loadtest, loadtest.cli, loadtest.runner; lane.cli.main.build_parser(['loadtest']);"
             "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, 'locust imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env={**os.environ})
 

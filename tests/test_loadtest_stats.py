@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lane.config import demo_config_text, parse_config
-from lane.hops import parse_path
+from lane.core.config import demo_config_text, parse_config
+from lane.core.hops import parse_path
 from loadtest.expected import verify
 from loadtest.health import HealthHistory
 from loadtest.personas import Persona, build_personas
@@ -148,7 +148,7 @@ def test_share_within_binomial_tolerance_passes_and_far_off_fails() -> None:
 
 
 def test_chaos_needs_fallback_while_down_and_traffic_back_after() -> None:
-    from lane.hops import Hop
+    from lane.core.hops import Hop
     from loadtest.expected import HopVerdict, RequestVerdict
 
     def hop_at(stats: LaneStats, when: float, served: str) -> None:

@@ -10,8 +10,8 @@ from aiohttp import web
 from conftest import free_port
 from test_loadtest_dataplane import fake_data_plane
 
-from lane.config import demo_config_text, parse_config
-from lane.hops import parse_path
+from lane.core.config import demo_config_text, parse_config
+from lane.core.hops import parse_path
 from loadtest.chaos import choose_target, parse_target, run_chaos
 from loadtest.health import HealthHistory
 from loadtest.personas import build_personas

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mesh_vectors import CHAIN_CONFIG
 
-from lane.config import load_config, parse_config
-from lane.errors import ConfigError
+from lane.core.config import load_config, parse_config
+from lane.core.errors import ConfigError
 from mesh_config.calls import (
     Forward,
     check_calls,

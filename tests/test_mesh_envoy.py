@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from mesh_vectors import CHAIN_CONFIG, conformance_config, conformance_vectors
 
-from lane.config import load_config, parse_config
+from lane.core.config import load_config, parse_config
 from mesh_config import cli
 from mesh_config.chain import chain_paths
 from mesh_config.render import render_objects

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mesh_vectors import RANDOM_RULE_QUERY, conformance_config, conformance_vectors
 
-from lane import baggage as py_baggage
-from lane.config import parse_config
-from lane.hashing import fnv1a_32
-from lane.rules import RequestView, ValueMatch
+from lane.core import baggage as py_baggage
+from lane.core.config import parse_config
+from lane.core.hashing import fnv1a_32
+from lane.core.rules import RequestView, ValueMatch
 from mesh_config.lua import GATEWAY_MODULES, gateway_lua, lua_file, sidecar_lua, to_lua
 from mesh_config.regex import parse_regex
 from mesh_config.vectors import Vector, python_lanes

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lane.config import parse_config
-from lane.dns_names import gateway_host_problem, label_problem, service_host_problem, subdomain_problem
-from lane.errors import ConfigError
+from lane.core.config import parse_config
+from lane.core.dns_names import gateway_host_problem, label_problem, service_host_problem, subdomain_problem
+from lane.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from mesh_vectors import CHAIN_CONFIG
 
-from lane.config import load_config, parse_config
-from lane.errors import ConfigError
+from lane.core.config import load_config, parse_config
+from lane.core.errors import ConfigError
 from mesh_config.render import dump_yaml, render_objects
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +234,7 @@ def test_cluster_flags_are_wired_to_the_cluster_module(monkeypatch: pytest.Monke
 ])
 def test_a_missing_optional_package_names_the_extra_to_install(missing: str, argv: list[str], extra: str) -> None:
     """The extras are optional (the image has no `mesh` extra): simulate an absent one in a subprocess."""
-    code = (f"import sys; sys.modules[{missing!r}] = None; from lane.cli import main; "
+    code = (f"import sys; sys.modules[{missing!r}] = None; from lane.cli.main import main; "
             f"sys.exit(main({argv!r}))")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT,
                             timeout=120)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mesh_vectors import CHAIN_CONFIG, CONFORMANCE_CONFIG
 
-from lane.config import load_config, parse_config
+from lane.core.config import load_config, parse_config
 from mesh_config.render import dump_yaml, render_objects
 from mesh_config.validate import CrdIndex, SchemaError, load_crds, parse_crds, validate_objects
 

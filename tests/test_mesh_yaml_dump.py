@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mesh_vectors import CHAIN_CONFIG
 
-from lane.config import demo_config_text, parse_config
+from lane.core.config import demo_config_text, parse_config
 from mesh_config import yaml_dump
 from mesh_config.render import dump_yaml, render_objects
 

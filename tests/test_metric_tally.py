@@ -1,4 +1,4 @@
-"""lane/metric_tally.py: batched metric updates lose nothing and are never read stale."""
+"""lane/telemetry/metric_tally.py: batched metric updates lose nothing and are never read stale."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from lane import metric_tally
-from lane.metric_tally import Tallied, TalliedHistogram
+from lane.telemetry import metric_tally
+from lane.telemetry.metric_tally import Tallied, TalliedHistogram
 
 
 def _metrics(registry: CollectorRegistry) -> tuple[Counter, Gauge]:

@@ -200,7 +200,7 @@ async def test_workers_share_the_port_and_the_supervisor_aggregates(tmp_path: Pa
                 want = ('lane_requests_total{destination_service="up",fallback="",proxy="gateway",'
                         'requested_lane="gray",response_code="200",served_lane="gray",source_lane="",'
                         'source_service="gateway"} 20.0')
-                for _ in range(50):  # workers hand their counts over within a second (lane.metric_tally)
+                for _ in range(50):  # workers hand their counts over within a second (lane.telemetry.metric_tally)
                     async with client.get(gw.url("admin") + "/metrics") as resp:
                         text = await resp.text()
                     if want in text:

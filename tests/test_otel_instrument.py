@@ -1,8 +1,8 @@
 """The library path as documented: ``OTEL_PROPAGATORS=... opentelemetry-instrument python app.py``.
 
-Covers lane/instrumentor.py (the ``opentelemetry_instrumentor`` entry point), the server hook it
-installs (lane/aiohttp_server.py) and the ``lane`` propagator entry point's environment variables
-(lane/propagation.py). Everything runs for real: the ``opentelemetry-instrument`` console script of
+Covers lane/propagation/instrumentor.py (the ``opentelemetry_instrumentor`` entry point), the server hook it
+installs (lane/propagation/aiohttp_server.py) and the ``lane`` propagator entry point's environment variables
+(lane/propagation/propagator.py). Everything runs for real: the ``opentelemetry-instrument`` console script of
 opentelemetry-instrumentation starts plain aiohttp apps (they never import lane) as subprocesses on
 127.0.0.1, with the stock aiohttp client instrumentation and, where installed, the stock aiohttp
 server one (opentelemetry-instrumentation-aiohttp-server). The chain is
@@ -44,10 +44,10 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from lane.aiohttp_server import lane_middleware
-from lane.baggage import members
-from lane.instrumentor import LaneInstrumentor
-from lane.propagation import LanePropagator, current_lane
+from lane.core.baggage import members
+from lane.propagation.aiohttp_server import lane_middleware
+from lane.propagation.instrumentor import LaneInstrumentor
+from lane.propagation.propagator import LanePropagator, current_lane
 
 INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
 HAS_STOCK_SERVER = find_spec("opentelemetry.instrumentation.aiohttp_server") is not None

@@ -1,4 +1,4 @@
-"""Overload protection of a data listener (`lane.h1.limits`, ``proxy:`` limits), over real sockets.
+"""Overload protection of a data listener (`lane.engine.limits`, ``proxy:`` limits), over real sockets.
 
 The gateway runs as a real `lane gateway` process with low limits; its upstream runs in the test's
 event loop. Normal requests keep being served (their latency is measured and printed; the bound is a

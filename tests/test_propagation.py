@@ -1,4 +1,4 @@
-"""LanePropagator and the context helpers (lane/propagation.py).
+"""LanePropagator and the context helpers (lane/propagation/propagator.py).
 
 The environment-based loading (``OTEL_PROPAGATORS=tracecontext,baggage,lane``) runs in a
 subprocess, because OpenTelemetry reads that variable once, at import, into a global.
@@ -22,8 +22,8 @@ from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY
 
-from lane.config import parse_config
-from lane.propagation import (
+from lane.core.config import parse_config
+from lane.propagation.propagator import (
     LanePropagator,
     current_lane,
     lane_last,
@@ -247,7 +247,7 @@ _ENTRY_POINT_PROBE = textwrap.dedent("""
     import json
     from opentelemetry import baggage, propagate
     from opentelemetry.context import Context
-    from lane.propagation import LanePropagator, with_lane
+    from lane.propagation.propagator import LanePropagator, with_lane
 
     composite = propagate.get_global_textmap()
     names = [type(p).__name__ for p in composite._propagators]
@@ -285,7 +285,7 @@ def test_importing_lane_first_with_lane_in_otel_propagators_works() -> None:
 def test_import_lane_stays_light() -> None:
     probe = ("import sys, lane\n"
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('yaml', 're2', 'aiohttp', 'prometheus_client')"
-             " or m in ('lane.config', 'lane.rules')))\n"
+             " or m in ('lane.core.config', 'lane.core.rules')))\n"
              "print(lane.LaneConfig.__name__, lane.color.__name__)")  # the lazy names still resolve
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.splitlines() == ["[]", "LaneConfig color"]
@@ -308,7 +308,7 @@ def test_env_names_another_tag_header_and_baggage_key() -> None:
 
 
 def test_invalid_env_is_one_error_line_and_the_default(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("ERROR", logger="lane.propagation"):
+    with caplog.at_level("ERROR", logger="lane.propagation.propagator"):
         lanes = propagator_from_env({"LANE_TAG_HEADER": "x lane\r\nx-evil: 1", "LANE_BAGGAGE_KEY": "a=b"})
     assert (lanes.header, lanes.baggage_key) == ("x-mse-tag", "x-mse-tag")
     assert [r.getMessage() for r in caplog.records] == [

@@ -17,9 +17,9 @@ import psutil
 from aiohttp import web
 from conftest import lane_process, serve_app
 
-from lane.config import parse_config
-from lane.gateway import build_gateway_app
-from lane.runtime import Runtime
+from lane.core.config import parse_config
+from lane.dataplane.runtime import Runtime
+from lane.gateway.main import build_gateway_app
 
 PROXY_SPEC = "proxy: {request_timeout: 1.5, connect_timeout: 0.5, retries: 1}"
 

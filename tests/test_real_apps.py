@@ -45,7 +45,7 @@ import yaml
 from conftest import REPO, _wait_file, free_port, started_process
 from prometheus_client.parser import text_string_to_metric_families
 
-from lane.hops import PATH_HEADER, Hop, parse_path
+from lane.core.hops import PATH_HEADER, Hop, parse_path
 
 APPS: Final = REPO / "tests" / "apps"
 NODE_APP: Final = APPS / "node_otel"
@@ -68,7 +68,7 @@ class AppKind:
     name: str
     argv: tuple[str, ...]
     forwards: frozenset[str]  # what its outbound calls carry of what it was handed
-    source: str  # how its sidecar finds the lane of those calls (`lane.carriers.LaneSource`)
+    source: str  # how its sidecar finds the lane of those calls (`lane.sidecar.carriers.LaneSource`)
     needs_node: bool = False
 
 

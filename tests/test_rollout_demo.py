@@ -26,7 +26,7 @@ import pytest
 import yaml
 from conftest import REPO, DemoRun, free_port, lane_demo, stop_process
 
-from lane.hashing import in_percentage
+from lane.core.hashing import in_percentage
 
 CONFIG = REPO / "examples" / "rollout.yaml"
 

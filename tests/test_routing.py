@@ -7,14 +7,14 @@ from collections.abc import Callable
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from lane.config import Endpoint, LaneConfig, parse_config
-from lane.errors import UpstreamUnavailable
-from lane.health import PassiveHealth
-from lane.hop_collector import HopCollector
-from lane.hops import FallbackReason, Hop
-from lane.registry import Registry
-from lane.routing import choose_upstream
-from lane.trace_cache import AMBIGUOUS_TRACE_IDS, TraceCache, trace_keys
+from lane.core.config import Endpoint, LaneConfig, parse_config
+from lane.core.errors import UpstreamUnavailable
+from lane.core.hops import FallbackReason, Hop
+from lane.core.routing import choose_upstream
+from lane.dataplane.health import PassiveHealth
+from lane.dataplane.registry import Registry
+from lane.sidecar.hop_collector import HopCollector
+from lane.sidecar.trace_cache import AMBIGUOUS_TRACE_IDS, TraceCache, trace_keys
 
 CONFIG = """
 lanes:

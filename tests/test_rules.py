@@ -10,10 +10,10 @@ from textwrap import dedent
 import pytest
 from multidict import CIMultiDict
 
-from lane.config import parse_config
-from lane.errors import ConfigError
-from lane.hashing import bucket_of
-from lane.rules import RequestView, color
+from lane.core.config import parse_config
+from lane.core.errors import ConfigError
+from lane.core.hashing import bucket_of
+from lane.core.rules import RequestView, color
 
 SERVICES = """
 entry: a

@@ -19,14 +19,14 @@ import pytest
 from aiohttp import web
 from conftest import free_port, serve_app
 
-from lane.config import Endpoint, parse_config
-from lane.demo_app import DemoApp, build_demo_app
-from lane.gateway import build_gateway_app
-from lane.hops import Hop, parse_path
-from lane.runtime import Runtime
-from lane.sidecar import Sidecar
-from lane.sidecar_inbound import build_inbound_app
-from lane.sidecar_outbound import build_outbound_app
+from lane.core.config import Endpoint, parse_config
+from lane.core.hops import Hop, parse_path
+from lane.dataplane.runtime import Runtime
+from lane.demo.app import DemoApp, build_demo_app
+from lane.gateway.main import build_gateway_app
+from lane.sidecar.inbound import build_inbound_app
+from lane.sidecar.main import Sidecar
+from lane.sidecar.outbound import build_outbound_app
 
 LANE = web.AppKey("lane", str)
 OUTBOUND = web.AppKey("outbound", list[str])  # filled once the sidecar listens
@@ -307,7 +307,7 @@ async def test_whatever_single_carrier_the_app_forwards_keeps_the_lane(forward: 
     if forward == "x-mse-tag":
         # the tag alone names a lane, not a request: the call keeps its lane, but no record can take its hops
         assert [h.label() for h in hops] == ["front@base"]
-    else:  # baggage carries lane's request id too (`lane.wire.REQUEST_MEMBER`), so the record is complete
+    else:  # baggage carries lane's request id too (`lane.core.wire.REQUEST_MEMBER`), so the record is complete
         assert [h.label() for h in hops] == ["front@base", "c@gray"] and hops[1].recovered == (via or None)
     assert _source_count(source, via) == before + 1
 

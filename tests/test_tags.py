@@ -1,4 +1,4 @@
-"""Lane values on the wire (lane/tags.py): DNS labels only; anything else is absent, logged safely, counted."""
+"""Lane values on the wire (lane/core/tags.py): DNS labels only; anything else is absent, logged safely, counted."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from lane.metrics import INVALID_TAGS
-from lane.tags import MAX_LANE_LENGTH, is_valid_lane, log_preview, parse_lane
+from lane.core.tags import MAX_LANE_LENGTH, is_valid_lane, log_preview, parse_lane
+from lane.telemetry.metrics import INVALID_TAGS
 
 
 def invalid_count(source: str) -> float:
@@ -37,7 +37,7 @@ def test_surrounding_whitespace_is_tolerated() -> None:
 @pytest.mark.parametrize("value", [None, "", "   "])
 def test_absent_values_are_neither_logged_nor_counted(value: str | None, caplog: pytest.LogCaptureFixture) -> None:
     before = invalid_count("header")
-    with caplog.at_level(logging.WARNING, logger="lane.tags"):
+    with caplog.at_level(logging.WARNING, logger="lane.core.tags"):
         assert parse_lane(value, source="header") is None
     assert invalid_count("header") == before
     assert not caplog.records
@@ -55,7 +55,7 @@ def test_invalid_values_are_counted_per_source() -> None:
 
 def test_log_line_has_length_and_short_prefix_only(caplog: pytest.LogCaptureFixture) -> None:
     hostile = "EVIL" + "A" * 5000 + "SECRET-TAIL"
-    with caplog.at_level(logging.WARNING, logger="lane.tags"):
+    with caplog.at_level(logging.WARNING, logger="lane.core.tags"):
         assert parse_lane(hostile, source="header") is None
     (record,) = caplog.records
     message = record.getMessage()

@@ -29,10 +29,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from lane.config import parse_config
-from lane.gateway import build_gateway_app
-from lane.runtime import Runtime
-from lane.tracing import Tracing, otlp_traces_url
+from lane.core.config import parse_config
+from lane.dataplane.runtime import Runtime
+from lane.gateway.main import build_gateway_app
+from lane.telemetry.tracing import Tracing, otlp_traces_url
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -271,7 +271,7 @@ def test_untraced_proxies_import_no_sdk_exporter_or_yarl() -> None:
     """The no-op path (no endpoint) must not pay the SDK's memory: a fresh interpreter proves it."""
     code = (
         "import sys\n"
-        "from lane.tracing import Tracing, otlp_traces_url\n"
+        "from lane.telemetry.tracing import Tracing, otlp_traces_url\n"
         "assert otlp_traces_url(None, {}) is None\n"
         "tracing = Tracing()\n"
         "with tracing.span('inbound', 'b', 'GET', '/', {}, requested='gray', kind='client') as span:\n"

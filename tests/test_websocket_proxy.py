@@ -14,12 +14,12 @@ import pytest
 from aiohttp import web
 from conftest import serve_app
 
-from lane.config import Endpoint, parse_config
-from lane.errors import ConfigError
-from lane.gateway import build_gateway_app
-from lane.runtime import Runtime
-from lane.sidecar_inbound import build_inbound_app
-from lane.sidecar_state import Sidecar
+from lane.core.config import Endpoint, parse_config
+from lane.core.errors import ConfigError
+from lane.dataplane.runtime import Runtime
+from lane.gateway.main import build_gateway_app
+from lane.sidecar.inbound import build_inbound_app
+from lane.sidecar.state import Sidecar
 
 
 async def _hello(request: web.Request) -> web.Response:

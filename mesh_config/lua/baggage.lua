@@ -1,4 +1,4 @@
--- The W3C baggage header, mirrored from lane/baggage.py (the data plane's robust reader):
+-- The W3C baggage header, mirrored from lane/core/baggage.py (the data plane's robust reader):
 -- members split on ",", trimmed of spaces and tabs, empty ones skipped; a member's key is what
 -- precedes its first "=" (compared raw or percent-decoded); its value stops at the first ";"
 -- (properties) and is percent-decoded only ("+" stays "+"). Reading is bounded like the Python

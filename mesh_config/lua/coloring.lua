@@ -1,4 +1,4 @@
--- The ordered coloring rules of lane/rules.py, evaluated over a request view:
+-- The ordered coloring rules of lane/core/rules.py, evaluated over a request view:
 -- the first rule whose conditions all hold (and whose percentage, if any, admits the request)
 -- gives the lane; no match gives the default lane.
 --   exact/prefix compare bytes (UTF-8 text compares the same as Python str);

@@ -1,4 +1,4 @@
--- The sticky-percentage hash, bit for bit the same as lane/hashing.py:
+-- The sticky-percentage hash, bit for bit the same as lane/core/hashing.py:
 -- FNV-1a, 32 bits, over the bytes of salt .. key; bucket = hash % 100.
 --
 -- Written with plain arithmetic so it runs unchanged on LuaJIT (Envoy) and PUC Lua 5.1-5.4:

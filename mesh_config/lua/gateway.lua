@@ -1,5 +1,5 @@
 -- The lane gateway filter (ingress gateway, before the router): colors the request by the
--- config's rules exactly as lane/rules.py does, drops any lane the client tried to set itself
+-- config's rules exactly as lane/core/rules.py does, drops any lane the client tried to set itself
 -- (tag header and the lane's baggage member), then sets the tag header and puts the lane first
 -- in baggage. The VirtualServices then route on the tag header, so the route is recomputed.
 local coloring = LANE_MODULES.coloring

@@ -1,5 +1,5 @@
 -- The parts of a request the coloring rules look at, read from Envoy's header map the way
--- lane/rules.py RequestView.from_parts reads them:
+-- lane/core/rules.py RequestView.from_parts reads them:
 --   header: every value of the name joined with "," (headers:get does exactly that);
 --   cookie: every Cookie header, split on ";", each part stripped (Python str.strip), split at
 --           its first "=", value stripped; the first cookie of a name wins;

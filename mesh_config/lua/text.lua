@@ -143,7 +143,7 @@ function M.percent_decode(s)
   end))
 end
 
--- A lane value: a DNS label (lane/tags.py LANE_PATTERN), at most 63 bytes.
+-- A lane value: a DNS label (lane/core/tags.py LANE_PATTERN), at most 63 bytes.
 function M.is_lane(s)
   if s == nil or #s == 0 or #s > 63 then
     return false

@@ -1,0 +1,1 @@
+"""The `lane` command line."""

@@ -1,0 +1,1 @@
+"""Processes: the listening server, admin endpoints, workers and their supervisor, readiness."""

@@ -1,0 +1,276 @@
+"""The run loop of a lane proxy process: listeners, signals, drain, reload.
+
+* uvloop when installed;
+* under ``--workers N`` (see `lane.process.workers`) data listeners bind with ``SO_REUSEPORT``: N
+  processes on one port, the kernel spreads connections over them;
+* SIGTERM/SIGINT: stop accepting, let in-flight requests finish up to the drain deadline, exit 0;
+  more of them while stopping change nothing (the drain is bounded; SIGKILL still ends it at
+  once), so a second Ctrl-C cannot turn a clean stop into a ``KeyboardInterrupt`` halfway;
+* one forwarding core (`lane.engine`) serves every listener that has a handler for it; an upgrade
+  (WebSocket, CONNECT) is handed to the listener's aiohttp app on the same connection, and a
+  listener that is only an aiohttp app (the demo's own pages) is served by aiohttp;
+* no access log unless ``--access-log`` (`lane.telemetry.access_log`): a formatted line per request is a cost
+  every hop would pay;
+* SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored;
+* data listeners of a proxy (not admin) get the overload limits of the config's
+  ``proxy:`` (`lane.process.overload`), re-tuned when the config is reloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lane.cli.parser import positive_int, seconds
+from lane.dataplane.runtime import Runtime
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from lane.core.config import ProxySpec
+    from lane.engine.limits import Limits
+    from lane.engine.listen import FastPath
+
+__all__ = [
+    "DEFAULT_DRAIN_SECONDS",
+    "HostPort",
+    "Listener",
+    "Started",
+    "add_server_arguments",
+    "host_port",
+    "run_loop",
+    "serve",
+    "start_listener",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DRAIN_SECONDS = 20.0
+# Set by the `--workers` supervisor for its workers: only then is a port shared (SO_REUSEPORT), so
+# a second proxy started by mistake on a busy port fails loudly instead of silently sharing it.
+REUSE_PORT_ENV = "LANE_REUSE_PORT"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def host_port(text: str) -> HostPort:
+    """``HOST:PORT`` (``[v6]:PORT``, or ``:PORT`` for all interfaces) as an argparse type."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return HostPort(host or "0.0.0.0", int(port))
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str | None = None) -> None:
+    """Options every proxy command shares: workers, drain deadline, ready file."""
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help=workers_help or "processes serving the same port via SO_REUSEPORT (default 1)")
+    parser.add_argument("--drain-seconds", type=seconds, default=DEFAULT_DRAIN_SECONDS,
+                        help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
+    parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log one line per request served (lane.access, INFO); off by default, it costs "
+                        "a formatted line per request")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str  # "gateway", "inbound", "outbound", "admin"
+    address: HostPort
+    # The aiohttp app; a callable builds it only when needed (a fast-core listener's first upgrade).
+    app: web.Application | Callable[[], web.Application]
+    reuse_port: bool = True  # data listeners share the port between workers; admin does not
+    fast: FastPath | None = None  # the fast-core handler; else the app's `FAST_PATH`, if it has one
+
+
+class Started:
+    """A listener that is accepting; `close` drains it, `retune` changes its overload limits (fast core only)."""
+
+    def __init__(self, address: HostPort, close: Callable[[float], Awaitable[None]],
+                 retune: Callable[[Limits], None] | None = None) -> None:
+        self.address = address
+        self._close = close
+        self.retune = retune
+
+    async def close(self, drain_seconds: float) -> None:
+        await self._close(drain_seconds)
+
+
+def _fast_path(listener: Listener) -> FastPath | None:
+    if listener.fast is not None:
+        return listener.fast
+    if callable(listener.app) and not _is_app(listener.app):
+        return None
+    from lane.dataplane.upgrades import FAST_PATH
+
+    return listener.app.get(FAST_PATH)  # type: ignore[union-attr]
+
+
+def _is_app(app: object) -> bool:
+    from aiohttp import web
+
+    return isinstance(app, web.Application)
+
+
+def _app_of(listener: Listener) -> web.Application:
+    app = listener.app
+    return app if _is_app(app) else app()  # type: ignore[return-value]
+
+
+async def start_listener(listener: Listener, *, drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+                         access_log: bool = False, reuse_port: bool | None = None,
+                         limits: Limits | None = None) -> Started:
+    """Bind *listener* and start serving; `OSError` when the address is taken.
+
+    A listener with a one-core handler serves its requests with it (within *limits*) and builds the
+    aiohttp app only for the first upgrade; a listener that is only an aiohttp app is served by aiohttp.
+    """
+    fast = _fast_path(listener)
+    if fast is not None:
+        from lane.engine.listen import AiohttpFallback, listen_h1
+
+        if access_log:
+            from lane.telemetry.access_log import logged
+
+            fast = logged(fast, listener.name)
+
+        fallback = AiohttpFallback(lambda: _app_of(listener), shutdown_timeout=drain_seconds, access_log=None)
+        running = await listen_h1(fast, listener.address.host, listener.address.port, fallback=fallback,
+                                  reuse_port=reuse_port, limits=limits)
+
+        async def close_fast(drain: float) -> None:
+            await running.close(drain)
+            await fallback.cleanup()
+
+        host, port = running.address
+        return Started(HostPort(host, port), close_fast, running.protocol.set_limits)
+
+    from aiohttp import web
+    from aiohttp.log import access_logger
+
+    runner = web.AppRunner(_app_of(listener), shutdown_timeout=drain_seconds,
+                           access_log=access_logger if access_log else None)
+    await runner.setup()
+    site = web.TCPSite(runner, listener.address.host, listener.address.port, reuse_port=reuse_port, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    host, port = runner.addresses[0][:2]
+
+    async def close_runner(drain: float) -> None:
+        await runner.cleanup()
+
+    return Started(HostPort(host, port), close_runner)
+
+
+async def serve(
+    build: Callable[[], Awaitable[tuple[list[Listener], Runtime | None]]],
+    *,
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+    on_ready: Callable[[dict[str, HostPort]], None] | None = None,
+    access_log: bool = False,
+) -> int:
+    """Run the listeners *build* returns until SIGTERM/SIGINT, then drain and return 0.
+
+    *access_log*: data listeners (not the admin one) log each request (`lane.telemetry.access_log`).
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    if access_log:
+        from lane.telemetry.access_log import enable
+
+        enable()
+    listeners, runtime = await build()
+    started: list[tuple[Listener, Started]] = []
+    bound: dict[str, HostPort] = {}
+    try:
+        for listener in listeners:
+            logged = access_log and listener.name != "admin"
+            share = listener.reuse_port and os.environ.get(REUSE_PORT_ENV) == "1"
+            limits = _limits_of(listener.name, runtime.config.proxy) if runtime is not None else None
+            try:
+                running = await start_listener(listener, drain_seconds=drain_seconds, access_log=logged,
+                                               reuse_port=share or None, limits=limits)
+            except OSError as exc:
+                log.error("%s cannot listen on %s: %s", listener.name, listener.address, exc.strerror or exc)
+                return 2  # the command could not run, like any other refused input
+            started.append((listener, running))
+            bound[listener.name] = running.address
+            log.info("%s listening on http://%s", listener.name, bound[listener.name])
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        if runtime is not None:
+            loop.add_signal_handler(signal.SIGHUP, runtime.reload)
+            runtime.on_swap(lambda config: _retune(started, config.proxy))
+        if on_ready is not None:
+            on_ready(bound)
+        await stop.wait()
+        log.info("stopping: no new connections, draining in-flight requests for up to %gs", drain_seconds)
+    finally:
+        # Ignored from now on, until the loop closes (`run_loop`): the caller's own cleanup after
+        # serve() returns (stopping children, flushing spans) is not cut short either.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, _while_stopping, sig)
+        # Data listeners first (they drain), the admin listener last so /metrics answers to the end.
+        data = [r for li, r in started if li.name != "admin"]
+        await asyncio.gather(*(r.close(drain_seconds) for r in data), return_exceptions=True)
+        for li, r in started:
+            if li.name == "admin":
+                await r.close(drain_seconds)
+    log.info("stopped")
+    return 0
+
+
+def _limits_of(name: str, spec: ProxySpec) -> Limits | None:
+    """A proxy's data listeners get the overload limits of its config; its admin listener gets none."""
+    if name == "admin":
+        return None
+    from lane.process.overload import listener_limits
+
+    return listener_limits(spec, name)
+
+
+def _retune(started: list[tuple[Listener, Started]], spec: ProxySpec) -> None:
+    for listener, running in started:
+        limits = _limits_of(listener.name, spec)
+        if limits is not None and running.retune is not None:
+            running.retune(limits)
+
+
+def _while_stopping(sig: int) -> None:
+    log.info("%s while stopping: ignored, the drain ends by itself", signal.Signals(sig).name)
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run *main* on uvloop when it is installed, else on asyncio's default loop.
+
+    Metric updates still pending when the loop ends are handed to prometheus-client then: with
+    ``--workers`` its files outlive the process and the supervisor still reads them.
+    """
+    try:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            return asyncio.run(main)
+        return uvloop.run(main)
+    finally:
+        tally = sys.modules.get("lane.telemetry.metric_tally")
+        if tally is not None:
+            tally.flush()

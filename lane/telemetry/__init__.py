@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics (with the batched tally), OpenTelemetry tracing, the access log."""

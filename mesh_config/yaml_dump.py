@@ -2,7 +2,7 @@
 
 `dump_yaml` writes what ``yaml.dump_all(..., Dumper=SafeDumper, sort_keys=True,
 default_flow_style=False, width=4096, explicit_start=True)`` writes, with multi-line strings (the
-Lua) as literal blocks -- byte for byte; `tests/test_mesh_yaml_dump.py` compares both.
+Lua) as literal blocks -- byte for byte; `tests/mesh_config/test_mesh_yaml_dump.py` compares both.
 
 Why not just call PyYAML: for 1,000 services x 5 lanes (2,004 objects, 1.4 MB, ~175k nodes) the
 pure-Python emitter took ~3.5 s, and libyaml's (``CSafeDumper``) still ~0.85 s, as PyYAML's

@@ -5,7 +5,7 @@ come from the frozen dataclasses of `lane.core.config` (`ProxySpec`, `MeshSpec`,
 range from `lane.core.config.LIMITS` (the table the parser enforces), and the patterns from the same
 regexes the parser uses. Only the shapes with no dataclass of their own (a coloring rule's
 ``match`` and ``percentage``, a service's ``instances``) are spelled out here;
-`tests/test_config_schema.py` holds them to the parser by feeding both the same good and bad files.
+`tests/core/test_config_schema.py` holds them to the parser by feeding both the same good and bad files.
 What an editor shows on hover is each key's comment in ``examples/reference.yaml`` (shipped in the
 package beside the demo config), so the words, too, are written once.
 

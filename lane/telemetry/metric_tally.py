@@ -14,7 +14,7 @@ reach the real metrics in one go:
 Histogram observations (`TalliedHistogram`) are kept the same way, as a bucket count per bucket and
 a sum per child, and handed over by adding them to the child's bucket and sum values directly --
 what ``Histogram.observe`` does one observation at a time, under a lock each (prometheus-client
-has no public "observe n times" call; `tests/test_metric_tally.py` checks the handover against
+has no public "observe n times" call; `tests/telemetry/test_metric_tally.py` checks the handover against
 ``observe`` so an upgrade that changes those internals fails a test, not a dashboard).
 """
 

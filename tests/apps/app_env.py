@@ -1,7 +1,7 @@
 """What every Python test app (tests/apps/*.py) reads from its environment, parsed once.
 
 The test apps stand for third-party services behind a lane sidecar; they are configured the same
-way as the Node one (tests/apps/node_otel/app.js), so tests/test_real_apps.py starts any kind of
+way as the Node one (tests/apps/node_otel/app.js), so tests/sidecar/test_real_apps.py starts any kind of
 app with the same variables:
 
 * ``APP_SERVICE``, ``APP_LANE``: what the app reports about itself;

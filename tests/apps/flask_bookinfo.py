@@ -4,7 +4,7 @@ Bookinfo's productpage copies a fixed list of incoming headers onto every outgoi
 (``getForwardHeaders``) so Envoy can stitch the trace. This one keeps only the Zipkin/Envoy part of
 that list, as many real B3-era apps do: ``x-request-id`` and the B3 headers (multi and single).
 No ``traceparent``, no ``baggage``, no lane tag: whatever the lane sidecar needs beyond those, it has
-to recover itself. Used by tests/test_real_apps.py; configured by ``APP_*`` variables (see
+to recover itself. Used by tests/sidecar/test_real_apps.py; configured by ``APP_*`` variables (see
 ``app_env``), served by werkzeug's threaded WSGI server.
 
     APP_SERVICE=b APP_LANE=base APP_NEXT=c HTTP_PROXY=http://127.0.0.1:15001 python flask_bookinfo.py

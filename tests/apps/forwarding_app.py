@@ -4,7 +4,7 @@
 ``--forward none`` (an app that forwards nothing at all: its calls leave with no trace of the
 request that caused them). Served by ``http.server.ThreadingHTTPServer``; calls made with
 ``urllib.request`` — its own ``HTTP_PROXY`` support in proxy style. Configured by ``APP_*``
-variables (see ``app_env``). Used by tests/test_real_apps.py.
+variables (see ``app_env``). Used by tests/sidecar/test_real_apps.py.
 
     APP_SERVICE=b APP_LANE=base APP_NEXT=c HTTP_PROXY=http://127.0.0.1:15001 \
         python forwarding_app.py --forward x-request-id

@@ -3,7 +3,7 @@
  * A Node.js service instrumented the way the OpenTelemetry JS docs show: NodeTracerProvider with W3C
  * tracecontext + W3C baggage propagators and the http instrumentation. It never copies a header by
  * hand: its outgoing calls carry exactly what the SDK propagates (traceparent, tracestate, baggage),
- * which is the point of the lane tests (tests/test_real_apps.py): a real app that drops x-request-id,
+ * which is the point of the lane tests (tests/sidecar/test_real_apps.py): a real app that drops x-request-id,
  * B3 and the lane tag header.
  *
  * Configured by environment (the same variables as the Python test apps):

@@ -1,0 +1,168 @@
+"""Shared test helpers: free ports, real ``lane`` processes and in-process servers on 127.0.0.1.
+
+Every process or server started here is stopped by the context manager that started it, even
+when the test fails. A port for a process to bind later is one nothing listens on, picked outside the
+kernel's ephemeral range (`free_port`); in-process servers bind port 0 themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from lane.process.server import HostPort, Listener, start_listener
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# Ports handed to processes a test starts are picked below the kernel's ephemeral range: a port
+# from bind(0) is in that range, and until the process binds it any outgoing connection of the
+# test run may take it as its local port ("address already in use" at start-up).
+_PORTS: Final = range(20000, 32000)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def started_process(argv: list[str], log: Path, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process writing to *log*; terminated (then killed) on the way out if still running."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **popen)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+@dataclass
+class LaneProcess:
+    """A running ``python -m lane ...`` child and what its ready file said."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    ready: dict[str, Any]
+    log: Path
+
+    def url(self, listener: str) -> str:
+        return f"http://{self.ready['listeners'][listener]}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _wait_file(path: Path, popen: subprocess.Popen[bytes], timeout: float, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        if popen.poll() is not None:
+            raise RuntimeError(f"process exited with {popen.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"not ready after {timeout}s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def stop_process(popen: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    if popen.poll() is None:
+        popen.send_signal(sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(10)
+    return int(popen.returncode)
+
+
+@contextlib.contextmanager
+def lane_process(
+    tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 30.0,
+    log_level: str = "INFO",
+) -> Iterator[LaneProcess]:
+    """Run ``lane <args> --ready-file F`` until the block ends (SIGTERM, then SIGKILL)."""
+    ready = tmp_path / f"{name}.ready.json"
+    log = tmp_path / f"{name}.log"
+    argv = [sys.executable, "-m", "lane", f"--log-level={log_level}", *args, "--ready-file", str(ready)]
+    with log.open("wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                 env={**os.environ, **(env or {})})
+        try:
+            info = _wait_file(ready, popen, ready_timeout, log)
+            yield LaneProcess(name, popen, info, log)
+        finally:
+            stop_process(popen)
+
+
+@dataclass
+class DemoRun:
+    popen: subprocess.Popen[bytes]
+    ready: dict[str, Any]
+    log: Path
+
+    @property
+    def gateway(self) -> str:
+        return str(self.ready["gateway"])
+
+    @property
+    def admin(self) -> str:
+        return str(self.ready["admin"])
+
+
+@contextlib.contextmanager
+def lane_demo(tmp_path: Path, *extra: str, ready_timeout: float = 90.0) -> Iterator[DemoRun]:
+    """``lane demo`` on free ports, stopped (SIGTERM) at the end of the block."""
+    ready = tmp_path / "demo.ready.json"
+    log = tmp_path / "demo.log"
+    argv = [sys.executable, "-m", "lane", "demo", "--port", str(free_port()), "--admin-port", str(free_port()),
+            "--ready-file", str(ready), *extra]
+    with log.open("wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            yield DemoRun(popen, _wait_file(ready, popen, ready_timeout, log), log)
+        finally:
+            stop_process(popen, timeout=40)
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+    """Serve *app* in this event loop on 127.0.0.1; yields the bound port.
+
+    The way `lane.process.server.serve` does: an app with a one-core handler (the gateway's, a sidecar's) is
+    served by the one core, upgrades by the app itself, so the proxy tests exercise what users run.
+    """
+    started = await start_listener(Listener("test", HostPort(host, port), app), drain_seconds=5.0)
+    try:
+        yield started.address.port
+    finally:
+        await started.close(5.0)
+

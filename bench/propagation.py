@@ -43,7 +43,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from lane.core.config import TagSpec
+from lane.core.tags import TagSpec
 from lane.core.wire import request_lane, set_lane, strip_lane
 from lane.propagation.propagator import LanePropagator
 

@@ -4,7 +4,7 @@ The issue's target is "under 1 s" for that size, as a user sees it. So this scri
 things, several repetitions each, and reports the median and the best:
 
 1. in-process, the phases of the same functions `lane mesh render` calls
-   (`mesh_config.cli._render`): parsing the config (`lane.core.config.load_config`), building the objects
+   (`mesh_config.cli._render`): parsing the config (`lane.core.config_load.load_config`), building the objects
    (`mesh_config.render.render_objects`) and dumping them (`mesh_config.render.dump_yaml`);
 2. the whole CLI, ``python -m lane mesh render -c FILE --output-dir DIR`` in a fresh subprocess, which adds
    interpreter start-up, imports and writing one file per object.
@@ -47,7 +47,8 @@ from typing import Any
 
 import yaml
 
-from lane.core.config import LaneConfig, load_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config
 from mesh_config.render import dump_yaml, render_objects
 
 __all__ = ["LANES", "Timing", "config_text", "main"]

@@ -46,7 +46,7 @@ import psutil
 import yaml
 from svg_line import Line, Reference, render_line_chart
 
-from lane.core.config import demo_config_text
+from lane.core.config_load import demo_config_text
 from lane.demo.topology import free_port
 from lane.process.supervisor import Child, lane_argv
 

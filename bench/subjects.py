@@ -59,7 +59,7 @@ from nginx_stub import NginxError, ensure_nginx, start_nginx_stubs
 from stub_backend import EnvoyStubs, Instance, Stubs, stub_bootstrap
 from wrk import TRACE_HEADERS
 
-from lane.core.config import demo_config_text, parse_config
+from lane.core.config_load import demo_config_text, parse_config
 from lane.demo.topology import free_port
 from lane.process.supervisor import Child, lane_argv
 from mesh_config.backends import Backend

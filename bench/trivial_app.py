@@ -18,8 +18,9 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
+from lane.core.endpoint import Endpoint
 from lane.process.readiness import announce
-from lane.process.server import HostPort, Listener, run_loop, serve
+from lane.process.server import Listener, run_loop, serve
 
 __all__ = ["build_app", "main"]
 
@@ -86,9 +87,9 @@ def main(argv: list[str]) -> int:
 
     async def build() -> tuple[list[Listener], None]:
         app = build_app(args.back, args.proxy)
-        return [Listener("app", HostPort("127.0.0.1", args.port), app, reuse_port=False)], None
+        return [Listener("app", Endpoint("127.0.0.1", args.port), app, reuse_port=False)], None
 
-    def ready(bound: dict[str, HostPort]) -> None:
+    def ready(bound: dict[str, Endpoint]) -> None:
         announce("bench-app", bound, args.ready_file)
 
     return run_loop(serve(build, drain_seconds=1.0, on_ready=ready))

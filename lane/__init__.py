@@ -19,15 +19,16 @@ from lane.core.tags import is_valid_lane, parse_lane
 from lane.propagation.propagator import LanePropagator, current_lane, use_lane, with_lane, without_lane
 
 if TYPE_CHECKING:
-    from lane.core.config import LaneConfig, load_config, parse_config
+    from lane.core.config import LaneConfig
+    from lane.core.config_load import load_config, parse_config
     from lane.core.rules import Coloring, RequestView, Rule, color
 
     __version__: str
 
 _LAZY = {
     "LaneConfig": "core.config",
-    "load_config": "core.config",
-    "parse_config": "core.config",
+    "load_config": "core.config_load",
+    "parse_config": "core.config_load",
     "Coloring": "core.rules",
     "RequestView": "core.rules",
     "Rule": "core.rules",

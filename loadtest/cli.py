@@ -13,9 +13,10 @@ import re
 import sys
 from urllib.parse import urlsplit
 
-from lane.cli.parser import port, positive_number, seconds
-from lane.core.config import LaneConfig, load_config_or_demo
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config_or_demo
 from lane.core.errors import ConfigError
+from lane.process.options import port, positive_number, seconds
 
 from .runner import RunSpec, run_locust
 

@@ -26,7 +26,8 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import STATE_INIT, STATE_STOPPED, MasterRunner, WorkerRunner
 
-from lane.core.config import LaneConfig, load_config_or_demo
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config_or_demo
 
 from .chaos import choose_target, parse_target, run_chaos
 from .propagation import Propagation, gather

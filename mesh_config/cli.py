@@ -20,10 +20,12 @@ from typing import IO, Any, Final
 
 import yaml
 
-from lane.cli.parser import add_lazy_commands, add_subcommands, dns_label, executable, positive_int, text_file
-from lane.core.config import LaneConfig, load_config_or_demo
+from lane.cli.parser import add_lazy_commands, add_subcommands
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config_or_demo
 from lane.core.config_yaml import explain
 from lane.core.errors import LaneError
+from lane.process.options import dns_label, executable, positive_int, text_file
 
 from .connection import add_connection_arguments
 

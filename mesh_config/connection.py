@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from lane.cli.parser import text_file
+from lane.process.options import text_file
 
 __all__ = ["add_connection_arguments"]
 

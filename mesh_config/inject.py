@@ -25,11 +25,11 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
-from lane.cli.parser import port as port_number
-from lane.cli.parser import text_file
-from lane.core.config import load_config
+from lane.core.config_load import load_config
 from lane.core.config_yaml import explain
 from lane.core.errors import ConfigError, LaneError
+from lane.process.options import port as port_number
+from lane.process.options import text_file
 
 __all__ = [
     "CONFIG_DIR",

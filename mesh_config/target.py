@@ -18,9 +18,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lane.cli.parser import dns_label
-from lane.core.config import LaneConfig, load_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config
 from lane.core.errors import ConfigError
+from lane.process.options import dns_label
 
 from .kube import Kube, KubeError, connect
 

@@ -14,8 +14,8 @@ import os
 import urllib.request
 from pathlib import Path
 
-from lane.cli.parser import positive_int, text_file
 from lane.process.admin_access import TOKEN_ENV, token_file
+from lane.process.options import positive_int, text_file
 
 from .admin_client import admin_url
 from .analysis import Thresholds

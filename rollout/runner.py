@@ -29,7 +29,8 @@ from pathlib import Path
 
 import aiohttp
 
-from lane.core.config import LaneConfig, load_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config
 from lane.core.errors import ConfigError
 
 from .admin_client import Admin, AdminClient

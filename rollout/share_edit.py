@@ -3,7 +3,7 @@
 The config file stays the source of truth (a gateway restarted mid-rollout must come back at the
 share in force), and it is a file a human wrote: so the one number is replaced in the YAML text,
 where `yaml.compose` says that scalar starts and ends, and every comment, key order and blank line
-stays as it was. The result must load with the real loader (`lane.core.config.parse_config`) and differ
+stays as it was. The result must load with the real loader (`lane.core.config_load.parse_config`) and differ
 from the old config in that rule's percent only (a ``&anchor``ed number shared by several rules
 would change them all: refused), before a temporary file in the same directory is written, synced
 and renamed over the old one, so a gateway reloading at any moment reads the old file or the new,
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from lane.core.config import LaneConfig, load_config, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config, parse_config
 from lane.core.errors import ConfigError
 
 from .errors import RolloutInputError

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lane.core.config import LaneConfig, load_config_or_demo
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config_or_demo
 from lane.core.errors import ConfigError
 
 __all__ = ["add_arguments", "config_path", "describe", "run", "warnings"]

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Final
 
-from lane.cli.parser import LazyParser, add_lazy_commands, add_subcommands, log_level, parse_command_line
+from lane.cli.parser import LazyParser, add_lazy_commands, add_subcommands, parse_command_line
 from lane.core.errors import LaneError
+from lane.process.options import log_level
 
 __all__ = ["COMMANDS", "EXTRAS", "build_parser", "main", "missing_extra"]
 

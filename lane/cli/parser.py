@@ -8,8 +8,8 @@ module only when that command runs, so ``lane mesh render`` never pays for the d
 nothing imports locust; both tables use `add_lazy_commands` here instead of a dispatcher each.
 
 A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; the parser of the
-chosen command stores that ``run`` as ``args.run_command`` (the innermost command wins). Also here:
-the value types several commands share (ports, log levels, counts, readable text files).
+chosen command stores that ``run`` as ``args.run_command`` (the innermost command wins).
+The value types several commands share are `lane.process.options`'.
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
-import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
-from lane.core.dns_names import label_problem
 from lane.core.errors import LaneError
 
 __all__ = [
@@ -32,15 +28,7 @@ __all__ = [
     "OneLineParser",
     "add_lazy_commands",
     "add_subcommands",
-    "dns_label",
-    "executable",
-    "log_level",
     "parse_command_line",
-    "port",
-    "positive_int",
-    "positive_number",
-    "seconds",
-    "text_file",
 ]
 
 Importer = Callable[[str], Any]
@@ -133,82 +121,3 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
         owner = getattr(args, "command_parser", parser)
         owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
-
-
-# --- value types shared by several commands ---------------------------------------------------------
-
-
-def port(text: str) -> int:
-    """A TCP port, 0 (pick a free one) to 65535."""
-    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return int(text)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def positive_number(text: str) -> float:
-    """A finite number above 0 (a rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") from None
-    if not 0 < value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
-
-
-def seconds(text: str) -> float:
-    """A duration in seconds, 0 or more (a negative drain deadline meant none, silently)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}") from None
-    if not value >= 0 or value == float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
-    return value
-
-
-def dns_label(text: str) -> str:
-    """A Kubernetes namespace name (a DNS-1123 label)."""
-    problem = label_problem(text)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def log_level(text: str) -> str:
-    """A `logging` level name, any case (``debug``, ``INFO``, ...), as the upper-case name."""
-    name = text.strip().upper()
-    if name not in logging.getLevelNamesMapping() or name == "NOTSET":
-        raise argparse.ArgumentTypeError(f"expected a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL), got {text!r}")
-    return name
-
-
-def text_file(text: str) -> str:
-    """A readable UTF-8 file (or ``-`` for stdin), checked while parsing so that a missing, binary or
-    directory argument is refused before the command starts anything; returns the path as given."""
-    if text == "-":
-        return text
-    try:
-        Path(text).read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{text}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    return text
-
-
-def executable(text: str) -> str:
-    """A program to run: a path to an executable file, or a name found on $PATH."""
-    if shutil.which(text) is None:
-        raise argparse.ArgumentTypeError(f"{text}: no such executable (a path, or a program on $PATH)")
-    return text

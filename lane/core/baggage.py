@@ -31,6 +31,7 @@ __all__ = [
     "BAGGAGE_HEADER",
     "MAX_BAGGAGE_CHARS",
     "MAX_MEMBERS",
+    "TOKEN",
     "decode_value",
     "encode_value",
     "get_member",
@@ -45,7 +46,8 @@ MAX_BAGGAGE_CHARS: Final = 64 * 1024
 MAX_MEMBERS: Final = 1024
 
 _OWS: Final = " \t"
-_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# An RFC 9110 token: a header name, a baggage key. The one pattern lane checks both with.
+TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def encode_value(value: str) -> str:
 
 
 def _encode_key(key: str) -> str:
-    return key if _TOKEN.fullmatch(key) else quote(key, safe="", errors="replace")
+    return key if TOKEN.fullmatch(key) else quote(key, safe="", errors="replace")
 
 
 def _member_key(member: str) -> str | None:

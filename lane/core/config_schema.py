@@ -27,16 +27,17 @@ from typing import Any, Final
 
 import yaml
 
-from lane.core import config
-from lane.core.config import LIMITS, Lane, MeshGatewaySpec, MeshSpec, ProxySpec, Service, TagSpec
-from lane.core.tags import LANE_PATTERN
+from lane.core.baggage import TOKEN
+from lane.core.config import LIMITS, Lane, MeshGatewaySpec, MeshSpec, ProxySpec, Service
+from lane.core.config_load import LABEL_KEY, MATCH_KINDS
+from lane.core.tags import LANE_PATTERN, TagSpec
 
 __all__ = ["add_arguments", "config_schema", "run", "schema_text"]
 
 _DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 
 _LANE: Final[dict[str, Any]] = {"type": "string", "pattern": f"^(?:{LANE_PATTERN.pattern})$", "maxLength": 63}
-_TOKEN: Final[dict[str, Any]] = {"type": "string", "pattern": f"^(?:{config._HEADER_NAME.pattern})$"}
+_TOKEN: Final[dict[str, Any]] = {"type": "string", "pattern": f"^(?:{TOKEN.pattern})$"}
 _TEXT: Final[dict[str, Any]] = {"type": "string", "minLength": 1}
 _CIDR: Final = r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$"  # the shape; `ipaddress` checks the bits
 _STRING_MAP: Final[dict[str, Any]] = {"type": ["object", "null"], "additionalProperties": _TEXT}
@@ -198,7 +199,7 @@ def _rule() -> dict[str, Any]:
     match = {
         "type": "object",
         "properties": {
-            "headers": _conditions(config._MATCH_KINDS, _TOKEN),
+            "headers": _conditions(MATCH_KINDS, _TOKEN),
             "cookies": _conditions(("exact", "regex", "present"), _TEXT),
             "query": _conditions(("exact", "regex", "present"), _TEXT),
         },
@@ -239,7 +240,7 @@ def config_schema() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "tag": _section(TagSpec, "tag"),
-            "label_key": {"type": "string", "pattern": f"^(?:{config._LABEL_KEY.pattern})$",
+            "label_key": {"type": "string", "pattern": f"^(?:{LABEL_KEY.pattern})$",
                           "default": "version"},
             "lanes": {"type": ["object", "null"], "propertyNames": _LANE, "additionalProperties": lane},
             "entry": _LANE,

@@ -30,7 +30,7 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE
 
 
 class ForwardedFrom(Protocol):
-    """What `upstream_headers` reads of a request (an aiohttp request, or a `lane.engine.server.Request`)."""
+    """What `upstream_headers` reads of a request (an aiohttp request, or a `lane.engine.request.Request`)."""
 
     @property
     def headers(self) -> CIMultiDictProxy[str] | CIMultiDict[str]: ...

@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from lane.core.config import Endpoint, LaneConfig
+from lane.core.config import LaneConfig
+from lane.core.endpoint import Endpoint
 from lane.core.errors import UpstreamUnavailable
 from lane.core.hops import FallbackReason
 

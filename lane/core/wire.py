@@ -14,9 +14,8 @@ from typing import Final
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from lane.core.baggage import BAGGAGE_HEADER, get_member, remove_member, set_members
-from lane.core.config import TagSpec
 from lane.core.hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER
-from lane.core.tags import parse_lane
+from lane.core.tags import TagSpec, carried_lane
 
 __all__ = [
     "INTERNAL_HEADERS",
@@ -52,17 +51,8 @@ def request_lane(headers: Headers, tag: TagSpec) -> str | None:
 def lane_and_carrier(headers: Headers, tag: TagSpec) -> tuple[str | None, str | None]:
     """The lane a request carries and where it was found (``"header"`` or ``"baggage"``), or (None, None)."""
     value = headers.get(tag.header)
-    if value is not None:
-        lane = parse_lane(value, source="header")
-        if lane is not None:
-            return lane, "header"
-    if BAGGAGE_HEADER in headers:
-        member = get_member(headers.getall(BAGGAGE_HEADER), tag.baggage_key)
-        if member is not None:
-            lane = parse_lane(member, source="baggage")
-            if lane is not None:
-                return lane, "baggage"
-    return None, None
+    bags = headers.getall(BAGGAGE_HEADER) if BAGGAGE_HEADER in headers else ()
+    return carried_lane(() if value is None else (value,), bags, tag.baggage_key)
 
 
 def has_lane_tag(headers: Headers, tag: TagSpec) -> bool:

@@ -31,8 +31,9 @@ from typing import Final, Generic, TypeVar
 
 from multidict import CIMultiDict
 
-from lane.core.config import Endpoint, LaneConfig
+from lane.core.config import LaneConfig
 from lane.core.deadline import DEADLINE_HEADER, budget_of, pass_on
+from lane.core.endpoint import Endpoint
 from lane.core.errors import UpstreamUnavailable
 from lane.core.headers import is_idempotent
 from lane.core.hops import FALLBACK_HEADER, Hop, encode_path, parse_path
@@ -43,9 +44,10 @@ from lane.dataplane.failures import (
     UpstreamBroken,
     UpstreamFailure,
     UpstreamTimeout,
+    note_hop,
 )
 from lane.dataplane.registry import Registry
-from lane.engine.body import BodySource
+from lane.engine.exchange import BodySource
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -124,13 +126,13 @@ async def dispatch(
             attempt_headers[DEADLINE_HEADER] = pass_on(wait, spec.deadline_margin)
             response = await opener(endpoint, attempt_headers, wait)
         except ConnectFailed as exc:
-            exc.hop = Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status))
+            note_hop(exc, Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status)))
             _failed(registry, endpoint, exc)
             failed.add(endpoint)
             last = exc
             continue
         except UpstreamFailure as exc:
-            exc.hop = Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status))
+            note_hop(exc, Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status)))
             _failed(registry, endpoint, exc)
             last = exc
             if retries_left > 0 and not isinstance(exc, UpstreamTimeout) and may_retry():

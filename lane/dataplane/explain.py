@@ -24,8 +24,7 @@ from lane.dataplane.failures import UpstreamFailure
 from lane.dataplane.relay import relay, respond_plain
 
 if TYPE_CHECKING:
-    from lane.engine.server import Request
-    from lane.engine.upstream import UpstreamAnswer
+    from lane.engine.exchange import Answer, Exchange
 
 __all__ = ["MAX_EXPLAIN_BYTES", "explained", "hop_json", "relay_explained"]
 
@@ -53,13 +52,13 @@ def explained(raw: bytes, path: str | None) -> bytes:
     return json.dumps(document, indent=2).encode() + b"\n"
 
 
-def _explainable(request: Request, answer: UpstreamAnswer) -> bool:
+def _explainable(request: Exchange, answer: Answer) -> bool:
     media = answer.headers.get("Content-Type", "").partition(";")[0].strip().lower()
     return (media == "application/json" and "Content-Encoding" not in answer.headers
             and answer.length is not None and answer.length <= MAX_EXPLAIN_BYTES and request.method != "HEAD")
 
 
-async def relay_explained(request: Request, answer: UpstreamAnswer, headers: CIMultiDict[str]) -> None:
+async def relay_explained(request: Exchange, answer: Answer, headers: CIMultiDict[str]) -> None:
     """Relay *answer* with *headers*, its JSON object body explained when it is small enough."""
     if not _explainable(request, answer):
         await relay(request, answer, headers)

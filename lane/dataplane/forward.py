@@ -1,9 +1,9 @@
-"""One HTTP request sent down its lane on the fast core, as the gateway and a sidecar's outbound do it.
+"""One request sent down its lane, as the gateway and a sidecar's outbound do it.
 
-The same decision and record as the aiohttp core's `lane.forward.forward_http`
-(`lane.dataplane.recorded_dispatch`: live fallback, bounded retries, one ``lane_requests_total`` sample
-and the span's routing attributes), sending with the keep-alive pools of `lane.engine.upstream`. A request that could not
-be sent gets its error answer back (503/502/504 with the failed hop), ready to write.
+The decision and its record are `lane.dataplane.recorded_dispatch` (live fallback, bounded retries,
+one ``lane_requests_total`` sample and the span's routing attributes); sending goes through the
+codec's `lane.engine.exchange.Sender`. A request that could not be sent gets its error answer back
+(503/502/504 with the failed hop), ready to write.
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
-from lane.core.config import Endpoint, LaneConfig
+from lane.core.config import LaneConfig
+from lane.core.endpoint import Endpoint
 from lane.dataplane import responses
 from lane.dataplane.dispatch import UNAVAILABLE_HEADER, Dispatched, marked_failure, retry_guard
 from lane.dataplane.recorded_dispatch import dispatch_recorded
 from lane.dataplane.registry import Registry
-from lane.engine.body import BodySource
-from lane.engine.server import Request, origin_form
+from lane.engine.exchange import BodySource, Exchange
+from lane.engine.head import origin_form
 from lane.telemetry.metrics import GATEWAY_SOURCE, Source
 
 if TYPE_CHECKING:
-    from lane.engine.upstream import UpstreamAnswer, Upstreams
+    from lane.engine.exchange import Answer, Sender
     from lane.telemetry.tracing import RequestSpan
 
 __all__ = ["forward", "origin_form"]
@@ -33,7 +34,7 @@ class _Opener:
 
     __slots__ = ("_body", "_method", "_spec", "_target", "_upstreams")
 
-    def __init__(self, upstreams: Upstreams, request: Request, target: str, body: BodySource,
+    def __init__(self, upstreams: Sender, request: Exchange, target: str, body: BodySource,
                  config: LaneConfig) -> None:
         self._upstreams = upstreams
         self._method = request.method
@@ -41,7 +42,7 @@ class _Opener:
         self._body = body
         self._spec = config.proxy
 
-    async def __call__(self, endpoint: Endpoint, headers: CIMultiDict[str], wait: float) -> UpstreamAnswer:
+    async def __call__(self, endpoint: Endpoint, headers: CIMultiDict[str], wait: float) -> Answer:
         answer = await self._upstreams.send(self._method, endpoint, self._target, headers, self._body, self._spec,
                                             wait)
         why = answer.headers.get(UNAVAILABLE_HEADER)
@@ -52,9 +53,9 @@ class _Opener:
 
 
 async def forward(
-    request: Request, upstreams: Upstreams, registry: Registry, config: LaneConfig, *, proxy: str, service: str,
+    request: Exchange, upstreams: Sender, registry: Registry, config: LaneConfig, *, proxy: str, service: str,
     lane: str, headers: CIMultiDict[str], span: RequestSpan, source: Source = GATEWAY_SOURCE,
-) -> Dispatched[UpstreamAnswer] | responses.PlainAnswer:
+) -> Dispatched[Answer] | responses.PlainAnswer:
     """Send *request* to *service* for *lane*; the upstream answer, or the error answer to give instead."""
     body = request.body
     return await dispatch_recorded(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lane.core.config import Endpoint
+from lane.core.endpoint import Endpoint
 
 __all__ = ["InstanceHealth", "PassiveHealth"]
 

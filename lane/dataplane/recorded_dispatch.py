@@ -1,10 +1,10 @@
-"""`lane.dataplane.dispatch` plus what a forwarding proxy records about it, for both cores.
+"""`lane.dataplane.dispatch` plus what a forwarding proxy records about it (HTTP and WebSocket alike).
 
 Each request gets one ``lane_requests_total`` sample, one ``lane_request_duration_seconds``
 observation (from here to the answer's headers) and the span's routing attributes, whichever
 way it went. A request that could not be sent comes back as its error answer -- 503 when no lane
 may serve it, 502/504 when the instances failed, with the failed hop in ``x-lane-path`` -- for the
-caller to write its own way (an aiohttp response, or straight onto the fast core's connection).
+caller to write its own way (onto the `Exchange`, or as an aiohttp response for a WebSocket).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = ["STRICT_REFUSAL", "dispatch_recorded"]
 
 
 class _Answer(Protocol):
-    """An upstream answer of either core (aiohttp's `ClientResponse`, `lane.engine.upstream.UpstreamAnswer`)."""
+    """An upstream answer of either core (aiohttp's `ClientResponse`, `lane.engine.answer.UpstreamAnswer`)."""
 
     @property
     def status(self) -> int: ...

@@ -16,7 +16,8 @@ import itertools
 from collections.abc import Callable, Collection
 from typing import Any
 
-from lane.core.config import Endpoint, LaneConfig
+from lane.core.config import LaneConfig
+from lane.core.endpoint import Endpoint
 from lane.core.routing import Available, Route, choose_upstream
 from lane.dataplane.health import PassiveHealth
 

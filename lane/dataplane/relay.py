@@ -1,4 +1,4 @@
-"""Answers on the fast core: an upstream's answer streamed through, or a short one of our own.
+"""Answers to an `lane.engine.exchange.Exchange`: an upstream's answer streamed through, or a short one of our own.
 
 A complete upstream answer that arrived with its head leaves in one write (head, body, end);
 a longer one streams chunk by chunk at the pace the client reads. If the upstream breaks
@@ -15,17 +15,17 @@ from multidict import CIMultiDict
 
 from lane.dataplane.failures import UpstreamFailure
 from lane.dataplane.responses import PlainAnswer
-from lane.engine.server import ClientGone, Request
+from lane.engine.exchange import ClientGone, Exchange
 
 if TYPE_CHECKING:
-    from lane.engine.upstream import UpstreamAnswer
+    from lane.engine.exchange import Answer
 
 __all__ = ["relay", "respond_plain"]
 
 log = logging.getLogger(__name__)
 
 
-async def relay(request: Request, answer: UpstreamAnswer, headers: CIMultiDict[str]) -> None:
+async def relay(request: Exchange, answer: Answer, headers: CIMultiDict[str]) -> None:
     """Stream *answer* to the client with *headers* (already filtered and annotated)."""
     first = answer.read_nowait()
     if answer.at_eof:
@@ -50,7 +50,7 @@ async def relay(request: Request, answer: UpstreamAnswer, headers: CIMultiDict[s
     answer.release()
 
 
-def respond_plain(request: Request, answer: PlainAnswer) -> None:
+def respond_plain(request: Exchange, answer: PlainAnswer) -> None:
     headers = answer.headers.copy()
     headers["Content-Type"] = "text/plain; charset=utf-8"
     request.respond(answer.status, headers, (answer.text.rstrip("\n") + "\n").encode())

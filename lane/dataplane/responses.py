@@ -20,7 +20,7 @@ from lane.core.errors import UpstreamUnavailable
 from lane.core.headers import strip_hop_by_hop
 from lane.core.hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER, Hop, encode_path
 from lane.dataplane.dispatch import UNAVAILABLE_HEADER, path_after
-from lane.dataplane.failures import UpstreamFailure
+from lane.dataplane.failures import UpstreamFailure, failed_hop
 
 if TYPE_CHECKING:  # the aiohttp core's answers; the fast core uses `PlainAnswer` and never loads aiohttp
     from aiohttp import web
@@ -94,7 +94,8 @@ def unavailable_answer(exc: UpstreamUnavailable, service: str | None = None, lan
 def failure_answer(exc: UpstreamFailure, path: list[Hop] | None = None) -> PlainAnswer:
     """502/504 for *exc*; the record is *path*, else the failed hop `lane.dataplane.dispatch` set on *exc*."""
     what = "timed out" if exc.status == 504 else "failed"
-    hops = path if path is not None else [exc.hop] if exc.hop is not None else []
+    hop = failed_hop(exc)
+    hops = path if path is not None else [hop] if hop is not None else []
     return PlainAnswer(exc.status, f"lane: upstream {exc.endpoint} {what}: {exc.detail}", error_headers(hops))
 
 

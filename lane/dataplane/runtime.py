@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lane.core.config import DEMO_SOURCE, LaneConfig, demo_config_text, load_config, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config
 from lane.core.errors import ConfigError
 from lane.dataplane.registry import Registry
 from lane.telemetry.metrics import RELOADS, ejection_hook
 
-__all__ = ["ReloadResult", "Runtime", "load_initial"]
+__all__ = ["ReloadResult", "Runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +28,6 @@ log = logging.getLogger(__name__)
 class ReloadResult:
     ok: bool
     message: str
-
-
-def load_initial(path: str | None, *, demo: bool = False, command: str = "lane") -> LaneConfig:
-    """The config at *path*; without one, the embedded demo config only when *demo* says so.
-
-    A proxy started without its config in a real deployment must not quietly serve the demo's
-    services (a -> b -> c on 127.0.0.1): it refuses, naming what it needs (``--demo`` is explicit).
-    """
-    if path is None:
-        if not demo:
-            raise ConfigError(command, "", "needs --config FILE (or $LANE_CONFIG), the lane config it serves; "
-                              "--demo serves the embedded demo config")
-        return parse_config(demo_config_text(), DEMO_SOURCE)
-    return load_config(path)
 
 
 class Runtime:

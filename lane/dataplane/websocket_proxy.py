@@ -28,7 +28,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from lane.core.config import Endpoint, LaneConfig, ProxySpec
+from lane.core.config import LaneConfig, ProxySpec
+from lane.core.endpoint import Endpoint
 from lane.core.errors import UpstreamUnavailable
 from lane.core.hops import FALLBACK_HEADER, PATH_HEADER, SERVED_HEADER
 from lane.dataplane.dispatch import dispatch

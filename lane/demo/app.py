@@ -30,8 +30,10 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
+from lane.core.endpoint import Endpoint
+from lane.process.options import add_server_arguments, host_port
 from lane.process.readiness import announce
-from lane.process.server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
+from lane.process.server import Listener, run_loop, serve
 
 __all__ = ["DEFAULT_FORWARD", "DemoApp", "Fault", "add_arguments", "build_demo_app", "fault", "run"]
 
@@ -130,7 +132,7 @@ async def _root(request: web.Request) -> web.Response:
     body = {
         "service": spec.service,
         "lane": spec.lane,
-        "instance": str(HostPort(sockname[0], sockname[1])) if sockname else None,
+        "instance": str(Endpoint(sockname[0], sockname[1])) if sockname else None,
         "calls": calls,
     }
     failed = any(call["status"] >= 500 for call in calls)
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     async def build() -> tuple[list[Listener], None]:
         return [Listener("app", args.listen, build_demo_app(spec), reuse_port=False)], None
 
-    def ready(bound: dict[str, HostPort]) -> None:
+    def ready(bound: dict[str, Endpoint]) -> None:
         announce("demo-app", bound, args.ready_file)
 
     return run_loop(serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log))

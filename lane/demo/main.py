@@ -33,15 +33,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from lane.cli.parser import log_level, port
-from lane.core.config import DEMO_SOURCE, demo_config_text, parse_config
+from lane.core.config_load import DEMO_SOURCE, demo_config_text, parse_config
+from lane.core.endpoint import Endpoint
 from lane.core.errors import ConfigError
 from lane.demo.app import Fault, fault
 from lane.demo.topology import Instance, Plan, effective_config_text, plan
 from lane.graph.page import graph_routes
+from lane.process.options import log_level, port
 from lane.process.port_probe import bind_problem
 from lane.process.readiness import write_json_atomically
-from lane.process.server import HostPort, Listener, run_loop, serve
+from lane.process.server import Listener, run_loop, serve
 from lane.process.supervisor import Child, lane_argv
 from lane.sidecar.carriers import sum_views
 
@@ -277,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             log.error("cannot read %s: %s", args.config, exc.strerror or exc)
             return 2
-        except UnicodeDecodeError as exc:  # as `lane check` says it (lane.core.config.load_config)
+        except UnicodeDecodeError as exc:  # as `lane check` says it (lane.core.config_load.load_config)
             log.error("%s: not UTF-8 text (byte %d: %s)", args.config, exc.start, exc.reason)
             return 2
         source = args.config
@@ -299,9 +300,9 @@ async def _main(demo: Demo, args: argparse.Namespace) -> int:
         except BaseException:
             await demo.stop_all()
             raise
-        return [Listener("admin", HostPort("127.0.0.1", args.admin_port), build_demo_admin(demo), reuse_port=False)], None
+        return [Listener("admin", Endpoint("127.0.0.1", args.admin_port), build_demo_admin(demo), reuse_port=False)], None
 
-    def ready(bound: dict[str, HostPort]) -> None:
+    def ready(bound: dict[str, Endpoint]) -> None:
         demo.admin_url = f"http://{bound['admin']}"
         print(_banner(demo), flush=True)
         if args.ready_file:

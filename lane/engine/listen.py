@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lane.engine.exchange import Handler, Sender
 from lane.engine.limits import Limits
-from lane.engine.server import Fallback, H1Server, Handler
+from lane.engine.server import Fallback, H1Server
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AiohttpFallback", "FastPath", "RunningListener", "listen_h1"]
 
-FastPath = Callable[["Upstreams"], Handler]
+FastPath = Callable[[Sender], Handler]
 
 
 class AiohttpFallback:

@@ -1,9 +1,9 @@
-"""``lane gateway`` on the fast core: the same coloring and forwarding as `lane.gateway.main`, per request.
+"""The gateway's request logic, per request: color, forward down the lane, relay the answer.
 
-Everything a request goes through is the aiohttp core's own code (trust, header rewriting,
-coloring, trace headers, `lane.dataplane.dispatch`, the answer's hop record); only parsing, sending and
-relaying are the fast core's (`lane.engine`). WebSocket upgrades reach `lane.gateway.main`'s aiohttp
-handler on the same connection.
+Trust and header rewriting and coloring are `lane.gateway.request`; forwarding with live fallback is
+`lane.dataplane.forward`; the answer goes back through `lane.dataplane.relay`. It reads and answers
+an `lane.engine.exchange.Exchange` and sends through a `Sender`, so it never sees the codec that
+parsed the bytes. WebSocket upgrades reach `lane.gateway.main`'s aiohttp app on the same connection.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from lane.dataplane.forward import forward
 from lane.dataplane.relay import relay, respond_plain
 from lane.dataplane.responses import PlainAnswer, answer_headers
 from lane.dataplane.runtime import Runtime
+from lane.engine.exchange import Exchange, Handler
 from lane.engine.listen import FastPath
-from lane.engine.server import Handler, Request
 from lane.gateway.request import colored_headers, ensure_trace_headers
 from lane.telemetry.metrics import in_flight
 from lane.telemetry.tracing import Tracing
 
 if TYPE_CHECKING:
-    from lane.engine.upstream import Upstreams
+    from lane.engine.exchange import Sender
 
 __all__ = ["gateway_path"]
 
@@ -32,8 +32,8 @@ def gateway_path(runtime: Runtime, tracing: Tracing, *, explain: bool = False) -
     gauge = in_flight("gateway")
     send_on = relay_explained if explain else relay
 
-    def with_pools(upstreams: Upstreams) -> Handler:
-        async def handle(request: Request) -> None:
+    def with_pools(upstreams: Sender) -> Handler:
+        async def handle(request: Exchange) -> None:
             config = runtime.config  # this request's snapshot, even if a reload happens meanwhile
             headers, coloring = colored_headers(config, request, request.query_string)
             lane = coloring.lane

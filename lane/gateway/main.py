@@ -19,9 +19,11 @@ from collections.abc import Callable
 from aiohttp import web
 
 from lane.core.config import LaneConfig
+from lane.core.config_load import load_config_or_demo
+from lane.core.endpoint import Endpoint
 from lane.core.errors import ConfigError
 from lane.dataplane.coloring_view import COLORING_PATH, coloring_view
-from lane.dataplane.runtime import Runtime, load_initial
+from lane.dataplane.runtime import Runtime
 from lane.dataplane.upgrades import (
     FAST_PATH,
     SESSION,
@@ -36,8 +38,9 @@ from lane.gateway.request import colored_headers, ensure_trace_headers
 from lane.process.admin import build_admin
 from lane.process.admin_access import add_admin_arguments, admin_access
 from lane.process.admin_h1 import admin_path
+from lane.process.options import add_server_arguments, host_port
 from lane.process.readiness import announce
-from lane.process.server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
+from lane.process.server import Listener, run_loop, serve
 from lane.telemetry.tracing import Tracing, add_tracing_arguments, open_tracing, otlp_traces_url
 
 __all__ = ["RUNTIME", "TRACING", "add_arguments", "build_gateway_app", "run"]
@@ -99,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_initial(args.config, demo=args.demo, command="lane gateway")
+        config = load_config_or_demo(args.config, demo=args.demo, command="lane gateway")
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -125,7 +128,7 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
                          reuse_port=False, fast=admin_path(runtime, _admin_views(runtime), access)),
             ], runtime
 
-        def ready(bound: dict[str, HostPort]) -> None:
+        def ready(bound: dict[str, Endpoint]) -> None:
             announce("gateway", bound, args.ready_file)
 
         return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log)

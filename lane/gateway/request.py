@@ -24,7 +24,7 @@ from lane.core.deadline import DEADLINE_HEADER
 from lane.core.headers import ForwardedFrom, upstream_headers
 from lane.core.rules import Coloring, RequestView, color
 from lane.core.wire import has_lane_tag, request_lane, set_lane, strip_lane
-from lane.sidecar.trace_identity import TraceIdentity, new_request_id
+from lane.dataplane.trace_identity import TraceIdentity, new_request_id
 from lane.telemetry.metrics import REJECTED_TAGS
 
 __all__ = [
@@ -120,7 +120,8 @@ def lane_of(config: LaneConfig, headers: CIMultiDict[str], received: MultiMappin
 
 
 def colored_headers(config: LaneConfig, request: ForwardedFrom, raw_query: str) -> tuple[CIMultiDict[str], Coloring]:
-    """The headers to send upstream and the request's coloring, as both cores' gateways start a request.
+    """The headers to send upstream and the request's coloring, as the gateway starts every request
+    (plain or WebSocket).
 
     Only a trusted peer keeps its X-Forwarded-*, lane tag and x-request-id; the request leaves with its
     lane in the tag header and as the first baggage member.

@@ -15,18 +15,18 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lane.dataplane.runtime import Runtime
-from lane.engine.server import Handler, Request
+from lane.engine.exchange import Exchange, Handler
 from lane.process.admin_access import READ_ONLY_METHODS, AdminAccess
 from lane.process.admin_registry import metrics_registry
 
 if TYPE_CHECKING:
+    from lane.engine.exchange import Sender
     from lane.engine.listen import FastPath
-    from lane.engine.upstream import Upstreams
 
 __all__ = ["admin_path"]
 
 
-def _json(request: Request, body: Any, status: int = 200) -> None:
+def _json(request: Exchange, body: Any, status: int = 200) -> None:
     request.respond(status, CIMultiDict({"Content-Type": "application/json; charset=utf-8"}),
                     json.dumps(body).encode())
 
@@ -42,8 +42,8 @@ def admin_path(runtime: Runtime, views: Mapping[str, Callable[[], Any]] | None =
     routes = {"/metrics": "GET", "/healthz": "GET", "/lane/instances": "GET", "/lane/reload": "POST",
               **dict.fromkeys(extra, "GET")}
 
-    def with_pools(upstreams: Upstreams) -> Handler:
-        async def admin(request: Request) -> None:
+    def with_pools(upstreams: Sender) -> Handler:
+        async def admin(request: Exchange) -> None:
             path, method = request.path, request.method
             if path not in routes:
                 request.respond(404, CIMultiDict({"Content-Type": "text/plain"}), b"404: Not Found")

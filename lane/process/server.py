@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -28,8 +27,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lane.cli.parser import positive_int, seconds
+from lane.core.endpoint import Endpoint
 from lane.dataplane.runtime import Runtime
+from lane.process.options import DEFAULT_DRAIN_SECONDS
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -39,12 +39,8 @@ if TYPE_CHECKING:
     from lane.engine.listen import FastPath
 
 __all__ = [
-    "DEFAULT_DRAIN_SECONDS",
-    "HostPort",
     "Listener",
     "Started",
-    "add_server_arguments",
-    "host_port",
     "run_loop",
     "serve",
     "start_listener",
@@ -52,46 +48,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DRAIN_SECONDS = 20.0
 # Set by the `--workers` supervisor for its workers: only then is a port shared (SO_REUSEPORT), so
 # a second proxy started by mistake on a busy port fails loudly instead of silently sharing it.
 REUSE_PORT_ENV = "LANE_REUSE_PORT"
 
 
 @dataclass(frozen=True, slots=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def host_port(text: str) -> HostPort:
-    """``HOST:PORT`` (``[v6]:PORT``, or ``:PORT`` for all interfaces) as an argparse type."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return HostPort(host or "0.0.0.0", int(port))
-
-
-def add_server_arguments(parser: argparse.ArgumentParser, *, workers_help: str | None = None) -> None:
-    """Options every proxy command shares: workers, drain deadline, ready file."""
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help=workers_help or "processes serving the same port via SO_REUSEPORT (default 1)")
-    parser.add_argument("--drain-seconds", type=seconds, default=DEFAULT_DRAIN_SECONDS,
-                        help=f"on SIGTERM, how long in-flight requests may finish (default {DEFAULT_DRAIN_SECONDS:g})")
-    parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")
-    parser.add_argument("--access-log", action="store_true",
-                        help="log one line per request served (lane.access, INFO); off by default, it costs "
-                        "a formatted line per request")
-
-
-@dataclass(frozen=True, slots=True)
 class Listener:
     name: str  # "gateway", "inbound", "outbound", "admin"
-    address: HostPort
+    address: Endpoint
     # The aiohttp app; a callable builds it only when needed (a fast-core listener's first upgrade).
     app: web.Application | Callable[[], web.Application]
     reuse_port: bool = True  # data listeners share the port between workers; admin does not
@@ -101,7 +66,7 @@ class Listener:
 class Started:
     """A listener that is accepting; `close` drains it, `retune` changes its overload limits (fast core only)."""
 
-    def __init__(self, address: HostPort, close: Callable[[float], Awaitable[None]],
+    def __init__(self, address: Endpoint, close: Callable[[float], Awaitable[None]],
                  retune: Callable[[Limits], None] | None = None) -> None:
         self.address = address
         self._close = close
@@ -158,7 +123,7 @@ async def start_listener(listener: Listener, *, drain_seconds: float = DEFAULT_D
             await fallback.cleanup()
 
         host, port = running.address
-        return Started(HostPort(host, port), close_fast, running.protocol.set_limits)
+        return Started(Endpoint(host, port), close_fast, running.protocol.set_limits)
 
     from aiohttp import web
     from aiohttp.log import access_logger
@@ -177,14 +142,14 @@ async def start_listener(listener: Listener, *, drain_seconds: float = DEFAULT_D
     async def close_runner(drain: float) -> None:
         await runner.cleanup()
 
-    return Started(HostPort(host, port), close_runner)
+    return Started(Endpoint(host, port), close_runner)
 
 
 async def serve(
     build: Callable[[], Awaitable[tuple[list[Listener], Runtime | None]]],
     *,
     drain_seconds: float = DEFAULT_DRAIN_SECONDS,
-    on_ready: Callable[[dict[str, HostPort]], None] | None = None,
+    on_ready: Callable[[dict[str, Endpoint]], None] | None = None,
     access_log: bool = False,
 ) -> int:
     """Run the listeners *build* returns until SIGTERM/SIGINT, then drain and return 0.
@@ -199,7 +164,7 @@ async def serve(
         enable()
     listeners, runtime = await build()
     started: list[tuple[Listener, Started]] = []
-    bound: dict[str, HostPort] = {}
+    bound: dict[str, Endpoint] = {}
     try:
         for listener in listeners:
             logged = access_log and listener.name != "admin"

@@ -33,13 +33,14 @@ import aiohttp
 from aiohttp import web
 
 from lane.core.config import LaneConfig
+from lane.core.endpoint import Endpoint
 from lane.dataplane.coloring_view import COLORING_PATH, coloring_view
 from lane.dataplane.runtime import Runtime
 from lane.process.admin import RUNTIME, access_middleware, metrics_handler
 from lane.process.admin_access import AdminAccess, admin_access
 from lane.process.port_probe import bind_problem
 from lane.process.readiness import announce
-from lane.process.server import REUSE_PORT_ENV, HostPort, Listener, run_loop, serve
+from lane.process.server import REUSE_PORT_ENV, Listener, run_loop, serve
 from lane.process.supervisor import Child
 
 __all__ = ["WORKERS", "supervise"]
@@ -178,7 +179,7 @@ async def _main(args: argparse.Namespace, command: str, runtime: Runtime, childr
         admin = _admin_app(runtime, children, admin_access(args), command)
         return [Listener("admin", args.admin, admin, reuse_port=False)], runtime
 
-    def ready(bound: dict[str, HostPort]) -> None:
+    def ready(bound: dict[str, Endpoint]) -> None:
         first: dict[str, Any] = {}
         if children and children[0].ready_file.exists():
             first = dict(json.loads(children[0].ready_file.read_text())["listeners"])

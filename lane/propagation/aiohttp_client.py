@@ -33,7 +33,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.instrumentation.utils import unwrap
 
 from lane.core.baggage import BAGGAGE_HEADER, get_member, remove_member, set_member
-from lane.core.tags import parse_lane
+from lane.core.tags import carried_lane
 from lane.propagation.propagator import LanePropagator, global_lane_propagator, propagator_from_env
 
 __all__ = ["LaneClientInstrumentor", "apply_lane", "lane_client_middleware"]
@@ -50,11 +50,8 @@ def apply_lane(headers: CIMultiDict[str], propagator: LanePropagator, context: C
     kept in order); with no lane, removes invalid tag values and baggage entries instead.
     """
     tags = headers.getall(propagator.header, [])
-    lane = parse_lane(tags[0], source="header") if tags else None
-    lane = lane or propagator.current_lane(context)
     bags = headers.getall(BAGGAGE_HEADER, [])
-    if lane is None and bags:
-        lane = parse_lane(get_member(bags, propagator.baggage_key), source="baggage")
+    lane = carried_lane(tags, bags, propagator.baggage_key, lambda: propagator.current_lane(context))[0]
     if lane is None:
         if tags:
             del headers[propagator.header]

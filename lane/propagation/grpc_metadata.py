@@ -29,8 +29,8 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.propagators import textmap
 
-from lane.core.baggage import BAGGAGE_HEADER, get_member
-from lane.core.tags import parse_lane
+from lane.core.baggage import BAGGAGE_HEADER
+from lane.core.tags import carried_lane
 from lane.propagation.propagator import LanePropagator, other_global_propagators, without_lane
 
 __all__ = [
@@ -142,11 +142,8 @@ def outgoing_metadata(
         present = set(carrier.keys())
         carrier.pairs.extend(pair for pair in fresh.pairs if pair[0] not in present)
     tags = carrier.getall(lanes.header)
-    lane = parse_lane(tags[0], source="header") if tags else None
-    lane = lane or lanes.current_lane(ctx)
     bags = carrier.getall(BAGGAGE_HEADER)
-    if lane is None and bags:
-        lane = parse_lane(get_member(bags, lanes.baggage_key), source="baggage")
+    lane = carried_lane(tags, bags, lanes.baggage_key, lambda: lanes.current_lane(ctx))[0]
     if lane is None:
         carrier.set(lanes.header, None)
         ctx = without_lane(ctx, key=lanes.baggage_key)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -36,11 +35,11 @@ from opentelemetry.context import Context, attach, detach, get_current
 from opentelemetry.propagators import textmap
 from opentelemetry.propagators.composite import CompositePropagator
 
-from lane.core.baggage import BAGGAGE_HEADER, get_member, remove_member, set_member
-from lane.core.tags import DEFAULT_BAGGAGE_KEY, DEFAULT_TAG_HEADER, is_valid_lane, parse_lane
+from lane.core.baggage import BAGGAGE_HEADER, TOKEN, get_member, remove_member, set_member
+from lane.core.tags import DEFAULT_BAGGAGE_KEY, DEFAULT_TAG_HEADER, carried_lane, is_valid_lane
 
 if TYPE_CHECKING:  # the config module loads YAML and RE2; the library surface must not
-    from lane.core.config import LaneConfig, TagSpec
+    from lane.core.tags import TagSpec
 
 __all__ = [
     "BAGGAGE_KEY_ENV",
@@ -62,7 +61,6 @@ log = logging.getLogger(__name__)
 TAG_HEADER_ENV: Final = "LANE_TAG_HEADER"
 BAGGAGE_KEY_ENV: Final = "LANE_BAGGAGE_KEY"
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def current_lane(context: Context | None = None, *, key: str = DEFAULT_BAGGAGE_KEY) -> str | None:
@@ -127,9 +125,9 @@ class LanePropagator(textmap.TextMapPropagator):
         baggage_key: str = DEFAULT_BAGGAGE_KEY,
         default_lane: str | None = None,
     ) -> None:
-        if not isinstance(header, str) or not _TOKEN.fullmatch(header):
+        if not isinstance(header, str) or not TOKEN.fullmatch(header):
             raise ValueError(f"not an HTTP header name (RFC 9110 token): {header!r}")
-        if not isinstance(baggage_key, str) or not _TOKEN.fullmatch(baggage_key):
+        if not isinstance(baggage_key, str) or not TOKEN.fullmatch(baggage_key):
             raise ValueError(f"not a W3C baggage key (a token): {baggage_key!r}")
         if default_lane is not None and not is_valid_lane(default_lane):
             raise ValueError(f"default_lane is not a lane: {default_lane!r}")
@@ -141,10 +139,6 @@ class LanePropagator(textmap.TextMapPropagator):
     def from_tag_spec(cls, tag: TagSpec, *, fill_default: bool = False) -> LanePropagator:
         """The propagator for a config's tag spec; *fill_default* tags untagged requests explicitly."""
         return cls(tag.header, tag.baggage_key, tag.default_lane if fill_default else None)
-
-    @classmethod
-    def from_config(cls, config: LaneConfig, *, fill_default: bool = False) -> LanePropagator:
-        return cls.from_tag_spec(config.tag, fill_default=fill_default)
 
     def __repr__(self) -> str:
         return f"LanePropagator(header={self.header!r}, baggage_key={self.baggage_key!r}, default_lane={self.default_lane!r})"
@@ -162,11 +156,8 @@ class LanePropagator(textmap.TextMapPropagator):
     def lane_of(self, carrier: Any, getter: textmap.Getter[Any] = textmap.default_getter) -> str | None:
         """The valid lane *carrier* names (tag header first, then baggage), or None. Never raises."""
         try:
-            tags = carrier_values(carrier, self.header, getter)
-            lane = parse_lane(tags[0], source="header") if tags else None
-            if lane is None:
-                lane = parse_lane(get_member(carrier_values(carrier, BAGGAGE_HEADER, getter), self.baggage_key),
-                                  source="baggage")
+            lane = carried_lane(carrier_values(carrier, self.header, getter),
+                                carrier_values(carrier, BAGGAGE_HEADER, getter), self.baggage_key)[0]
         except Exception:  # a hostile or broken carrier must never fail the request
             log.exception("could not read the lane from a %s carrier", type(carrier).__name__)
             return None
@@ -253,7 +244,7 @@ def _env_name(env: Mapping[str, str], variable: str, default: str, what: str) ->
     value = env.get(variable, "").strip()
     if not value:
         return default
-    if _TOKEN.fullmatch(value):
+    if TOKEN.fullmatch(value):
         return value
     log.error("%s=%r is not %s; using the default %r", variable, value[:64], what, default)
     return default

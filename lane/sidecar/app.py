@@ -28,8 +28,9 @@ from typing import Final
 
 from multidict import CIMultiDict
 
-from lane.core.config import Endpoint, ProxySpec
+from lane.core.config import ProxySpec
 from lane.core.deadline import DEADLINE_HEADER, budget_of, pass_on
+from lane.core.endpoint import Endpoint
 from lane.core.hops import Hop
 from lane.dataplane.dispatch import UNAVAILABLE_HEADER
 from lane.dataplane.failures import ConnectFailed, DeadlineSpent, UpstreamFailure, UpstreamTimeout

@@ -1,7 +1,7 @@
 """Which lane carriers an app forwards: the first answer to "which app breaks our lanes?".
 
 A sidecar hands its app every carrier of the lane (the tag header, the lane's baggage member and
-every configured trace header, `lane.sidecar.trace_identity`). What comes back out on the app's outbound
+every configured trace header, `lane.dataplane.trace_identity`). What comes back out on the app's outbound
 calls is what the app's framework forwards. For each call the sidecar notes which carriers were
 present and how the lane was found (`LaneSource`); `CarrierStats` keeps the counts and says in plain
 words what the app drops, e.g. "service b's app drops x-mse-tag, baggage and traceparent; it

@@ -1,10 +1,11 @@
-"""``lane sidecar`` on the fast core: its inbound and outbound sides, per request.
+"""The sidecar's request logic, per request: its inbound side and its outbound side.
 
-The same steps as the aiohttp core's `lane.sidecar.inbound` / `lane.sidecar.outbound` (lane from
-the tag or baggage, ``trace id -> lane`` remembered, hop collection, ``x-lane-unavailable`` when
-the app is down, 403 for hosts outside the config), with parsing, sending and relaying by
-`lane.engine`. Nothing here imports aiohttp: a sidecar that never sees a WebSocket or a ``CONNECT``
-(both handed to the aiohttp apps on the same connection) never loads it.
+Inbound: the lane from the tag or baggage, ``trace id -> lane`` remembered, every trace format handed
+to the app, ``x-lane-unavailable`` when the app is down. Outbound: the lane of the inbound request
+the call belongs to, live fallback, hop collection, 403 for hosts outside the config. Written against
+`lane.engine.exchange` only; nothing here imports aiohttp: a sidecar that never sees a WebSocket or a
+``CONNECT`` (both handed to `lane.sidecar.inbound` / `lane.sidecar.outbound` on the same connection)
+never loads it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
+from lane.core.endpoint import Endpoint
 from lane.core.headers import upstream_headers
 from lane.core.hops import encode_path
 from lane.dataplane import responses
@@ -21,28 +23,29 @@ from lane.dataplane.failures import UpstreamFailure
 from lane.dataplane.forward import forward
 from lane.dataplane.relay import relay, respond_plain
 from lane.dataplane.responses import PlainAnswer
-from lane.engine.server import Handler, Request, origin_form
-from lane.process.server import HostPort
+from lane.engine.exchange import Exchange, Handler
+from lane.engine.head import origin_form
 from lane.sidecar.app import app_failure_answer, app_wait
+from lane.sidecar.destination import destination, not_a_service
 from lane.sidecar.state import Sidecar
 from lane.telemetry.metrics import FORBIDDEN, UNKNOWN_SOURCE, in_flight, observe_request
 
 if TYPE_CHECKING:
+    from lane.engine.exchange import Sender
     from lane.engine.listen import FastPath
-    from lane.engine.upstream import Upstreams
 
-__all__ = ["inbound_path", "outbound_path", "target_authority"]
+__all__ = ["inbound_path", "outbound_path"]
 
 def inbound_path(sc: Sidecar) -> FastPath:
     gauge = in_flight("inbound")
 
-    def with_pools(upstreams: Upstreams) -> Handler:
-        async def inbound(request: Request) -> None:
+    def with_pools(upstreams: Sender) -> Handler:
+        async def inbound(request: Exchange) -> None:
             started = perf_counter()
             config = sc.runtime.config
             headers = upstream_headers(request)
             sockname = request.sockname
-            arrival = sc.arrive(request.headers, headers, str(HostPort(*sockname)) if sockname else None)
+            arrival = sc.arrive(request.headers, headers, str(Endpoint(*sockname)) if sockname else None)
             requested, reason, own = arrival.requested, arrival.reason, arrival.own
             gauge.inc()
             try:
@@ -75,38 +78,16 @@ def inbound_path(sc: Sidecar) -> FastPath:
     return with_pools
 
 
-def target_authority(request: Request) -> str | None:
-    """The host an outbound request is for: the absolute-form target's authority, else the Host header."""
-    target = request.target
-    if not target.startswith("/") and target != "*":
-        start = target.find("://")
-        if start >= 0:
-            rest = target[start + 3:]
-            end = len(rest)
-            for stop in "/?#":
-                at = rest.find(stop)
-                if 0 <= at < end:
-                    end = at
-            authority = rest[:end].rpartition("@")[2]  # never a userinfo part
-            if authority:
-                return authority.lower()
-    return request.headers.get("Host")
-
-
 def outbound_path(sc: Sidecar) -> FastPath:
     gauge = in_flight("outbound")
 
-    def with_pools(upstreams: Upstreams) -> Handler:
-        async def outbound(request: Request) -> None:
+    def with_pools(upstreams: Sender) -> Handler:
+        async def outbound(request: Exchange) -> None:
             config = sc.runtime.config
-            host = target_authority(request)
-            svc = config.service_by_host(host) if host else None
+            svc, host = destination(config, request.target, request.headers)
             if svc is None:
                 FORBIDDEN.inc()
-                shown = repr(host[:100]) if host else "(no host)"
-                respond_plain(request, PlainAnswer(
-                    403, f"lane sidecar: {shown} is not a service in the lane config {config.source}; "
-                    f"the sidecar only forwards to: {', '.join(sorted(config.services))}", CIMultiDict()))
+                respond_plain(request, PlainAnswer(403, not_a_service(config, host), CIMultiDict()))
                 return
             headers = upstream_headers(request)
             departure = sc.depart(headers)

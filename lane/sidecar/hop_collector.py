@@ -26,8 +26,8 @@ from typing import Final
 from opentelemetry.context import Context
 
 from lane.core.hops import MAX_HOPS, Hop
-from lane.sidecar.trace_cache import AMBIGUOUS_TRACE_IDS, TraceKey
-from lane.sidecar.trace_identity import TraceIdentity
+from lane.dataplane.trace_cache import AMBIGUOUS_TRACE_IDS, TraceKey
+from lane.dataplane.trace_identity import TraceIdentity
 
 __all__ = ["MAX_OPEN", "Collection", "HopCollector"]
 
@@ -45,7 +45,7 @@ class Collection:
         # x-request-id still get it as their parent; None when tracing is off.
         self.trace_context: Context | None = None
         # The request's trace identity and x-request-id, so the sidecar can give the app's calls
-        # back the trace formats the app dropped (`lane.sidecar.trace_identity`).
+        # back the trace formats the app dropped (`lane.dataplane.trace_identity`).
         self.identity: TraceIdentity | None = None
         self.request_id: str | None = None
         self.request_key: str | None = None  # the id in baggage (`lane.core.wire.REQUEST_MEMBER`)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from lane.core.endpoint import Endpoint
 from lane.dataplane import responses
 from lane.dataplane.upgrades import (
     FAST_PATH,
@@ -23,7 +24,6 @@ from lane.dataplane.upgrades import (
     upstream_headers,
 )
 from lane.dataplane.websocket_proxy import Refused, open_websocket, pump_websockets, refused_answer
-from lane.process.server import HostPort
 from lane.sidecar.key import SIDECAR
 from lane.sidecar.state import Sidecar
 
@@ -34,7 +34,7 @@ def _own_instance(request: web.BaseRequest) -> str | None:
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     if not sockname:
         return None
-    return str(HostPort(sockname[0], sockname[1]))
+    return str(Endpoint(sockname[0], sockname[1]))
 
 
 async def _upgrade(request: web.Request) -> web.StreamResponse:

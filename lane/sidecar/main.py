@@ -25,14 +25,17 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from lane.core.config import Endpoint, LaneConfig
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config_or_demo
+from lane.core.endpoint import Endpoint
 from lane.core.errors import ConfigError
 from lane.core.tags import is_valid_lane
-from lane.dataplane.runtime import Runtime, load_initial
+from lane.dataplane.runtime import Runtime
 from lane.process.admin_access import AdminAccess, add_admin_arguments, admin_access
 from lane.process.admin_h1 import admin_path
+from lane.process.options import add_server_arguments, host_port
 from lane.process.readiness import announce
-from lane.process.server import HostPort, Listener, add_server_arguments, host_port, run_loop, serve
+from lane.process.server import Listener, run_loop, serve
 from lane.sidecar.handler import inbound_path, outbound_path
 from lane.sidecar.state import Sidecar
 from lane.telemetry.tracing import add_tracing_arguments, open_tracing, otlp_traces_url
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(args.app, str):
         args.app = host_port(args.app)
     try:
-        config = load_initial(args.config, demo=args.demo, command="lane sidecar")
+        config = load_config_or_demo(args.config, demo=args.demo, command="lane sidecar")
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -172,7 +175,7 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
                          fast=admin_path(runtime, _admin_views(sidecar), access)),
             ], runtime
 
-        def ready(bound: dict[str, HostPort]) -> None:
+        def ready(bound: dict[str, Endpoint]) -> None:
             announce("sidecar", bound, args.ready_file)
 
         return await serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log)

@@ -11,7 +11,6 @@ proxy), other upgrades a plain refusal.
 from __future__ import annotations
 
 from aiohttp import web
-from yarl import URL
 
 from lane.dataplane.upgrades import (
     FAST_PATH,
@@ -23,33 +22,21 @@ from lane.dataplane.upgrades import (
     upstream_headers,
 )
 from lane.dataplane.websocket_proxy import forward_websocket
+from lane.sidecar.destination import destination, not_a_service
 from lane.sidecar.key import SIDECAR
 from lane.sidecar.state import Sidecar
 from lane.telemetry.metrics import FORBIDDEN
 
-__all__ = ["build_outbound_app", "target_host"]
-
-
-def target_host(request: web.BaseRequest) -> str | None:
-    """The host an outbound request is for: the absolute-form target's, else the Host header."""
-    raw = request.raw_path
-    if not raw.startswith("/") and raw != "*":
-        url = URL(raw, encoded=True)
-        if url.host:
-            return f"{url.host}:{url.port}" if url.explicit_port else url.host
-    return request.headers.get("Host")
+__all__ = ["build_outbound_app"]
 
 
 async def _upgrade(request: web.Request) -> web.StreamResponse:
     sc = request.app[SIDECAR]
     config = sc.runtime.config
-    host = target_host(request)
-    svc = config.service_by_host(host) if host else None
+    svc, host = destination(config, request.raw_path, request.headers)
     if svc is None:
         FORBIDDEN.inc()
-        shown = repr(host[:100]) if host else "(no host)"
-        return plain_error(403, f"lane sidecar: {shown} is not a service in the lane config {config.source}; "
-                           f"the sidecar only forwards to: {', '.join(sorted(config.services))}")
+        return plain_error(403, not_a_service(config, host))
     if not is_websocket(request):
         return plain_error(400, f"lane sidecar: Upgrade: {request.headers.get('Upgrade', '-')!r} is not supported; "
                            "plain HTTP/1.1 requests and WebSocket upgrades are")

@@ -16,16 +16,17 @@ from time import monotonic
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from lane.core.baggage import BAGGAGE_HEADER, get_member
-from lane.core.config import Endpoint, LaneConfig
+from lane.core.config import LaneConfig
 from lane.core.deadline import tighten
+from lane.core.endpoint import Endpoint
 from lane.core.hops import FALLBACK_HEADER, PATH_HEADER, FallbackReason, Hop, encode_path, parse_path
 from lane.core.wire import lane_and_carrier, request_key, set_lane
 from lane.dataplane.runtime import Runtime
+from lane.dataplane.trace_cache import REQUEST, TraceCache, TraceKey, trace_key_sources
+from lane.dataplane.trace_identity import TraceIdentity, complete_trace_headers, identity_of
 from lane.sidecar.app import app_budget
 from lane.sidecar.carriers import CarrierStats, LaneSource
 from lane.sidecar.hop_collector import Collection, HopCollector
-from lane.sidecar.trace_cache import REQUEST, TraceCache, TraceKey, trace_key_sources
-from lane.sidecar.trace_identity import TraceIdentity, complete_trace_headers, identity_of
 from lane.telemetry.metrics import count_lane_source
 from lane.telemetry.tracing import Tracing
 
@@ -106,7 +107,7 @@ class Sidecar:
         """Read the lane of an inbound request, hand the app every carrier of it, and remember it by trace id.
 
         *received* are the headers as they came, *headers* the ones leaving for the app: they get the
-        tag header, the baggage member and every configured trace format (`lane.sidecar.trace_identity`), so
+        tag header, the baggage member and every configured trace format (`lane.dataplane.trace_identity`), so
         whichever of them the app forwards, the outbound side finds the lane and this request's hops.
         The fallback reason the routing proxy sent is taken off them.
         """

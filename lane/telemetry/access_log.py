@@ -13,9 +13,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from lane.engine.exchange import Exchange, Handler, Sender
     from lane.engine.listen import FastPath
-    from lane.engine.server import Handler, Request
-    from lane.engine.upstream import Upstreams
 
 __all__ = ["ACCESS_LOG", "enable", "logged"]
 
@@ -31,10 +30,10 @@ def enable() -> None:
 def logged(fast: FastPath, listener: str) -> FastPath:
     """*fast* with a line logged after each request it served."""
 
-    def with_pools(upstreams: Upstreams) -> Handler:
+    def with_pools(upstreams: Sender) -> Handler:
         handler = fast(upstreams)
 
-        async def handle(request: Request) -> None:
+        async def handle(request: Exchange) -> None:
             started = perf_counter()
             try:
                 await handler(request)

@@ -30,7 +30,9 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
-from lane.core.config import Endpoint, LaneConfig
+from lane.core.config import LaneConfig
+from lane.core.endpoint import Endpoint
+from lane.core.tags import on_invalid_lane
 from lane.telemetry.metric_tally import (  # first: its flushing collector must precede the metrics below
     Tallied,
     TalliedHistogram,
@@ -93,6 +95,7 @@ INVALID_TAGS: Final = Counter(
     "Lane tag values received from the network that were not DNS labels and were treated as absent.",
     ["source"],
 )
+on_invalid_lane(lambda source: INVALID_TAGS.labels(source=source).inc())
 REJECTED_TAGS: Final = Counter(
     "lane_rejected_tags",
     "Lane tags sent by untrusted clients and removed by the gateway, by where they were found.",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lane.cli.check import warnings
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,8 @@ from textwrap import dedent
 
 import pytest
 
-from lane.core.config import DEFAULT_TRACE_HEADERS, demo_config_text, load_config, parse_config
+from lane.core.config import DEFAULT_TRACE_HEADERS
+from lane.core.config_load import demo_config_text, load_config, parse_config
 from lane.core.errors import ConfigError
 from lane.core.rules import Source
 

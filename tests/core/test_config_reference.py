@@ -16,7 +16,11 @@ import pytest
 import yaml
 
 from lane.core import config as config_module
-from lane.core.config import LaneConfig, MeshSpec, ProxySpec, TagSpec, load_config, parse_config
+from lane.core import endpoint as endpoint_module
+from lane.core import tags as tags_module
+from lane.core.config import LaneConfig, MeshSpec, ProxySpec
+from lane.core.config_load import load_config, parse_config
+from lane.core.tags import TagSpec
 from tests.support.processes import REPO
 
 REFERENCE = REPO / "examples" / "reference.yaml"
@@ -58,9 +62,11 @@ WHERE = {
 
 
 def _config_dataclasses() -> list[type]:
-    return [obj for obj in vars(config_module).values()
-            if isinstance(obj, type) and dataclasses.is_dataclass(obj)
-            and obj.__module__ == config_module.__name__]
+    """The config model's dataclasses: those of `lane.core.config` and the two it shares with the
+    light core (`TagSpec` in `lane.core.tags`, `Endpoint` in `lane.core.endpoint`)."""
+    modules = (config_module, tags_module, endpoint_module)
+    return [obj for module in modules for obj in vars(module).values()
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__]
 
 
 def test_every_field_of_every_config_dataclass_is_in_the_reference() -> None:

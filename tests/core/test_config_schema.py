@@ -21,7 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
-from lane.core.config import LIMITS, parse_config
+from lane.core.config import LIMITS
+from lane.core.config_load import parse_config
 from lane.core.config_schema import config_schema, schema_text
 from lane.core.errors import ConfigError
 from tests.support.processes import REPO

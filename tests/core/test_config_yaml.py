@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lane.core import config_yaml
-from lane.core.config import LaneConfig, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import parse_config
 from lane.core.errors import ConfigError
 from tests.support.processes import REPO, lane_process
 

@@ -18,8 +18,9 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-from lane.core.config import Endpoint, parse_config
+from lane.core.config_load import parse_config
 from lane.core.deadline import DEADLINE_HEADER
+from lane.core.endpoint import Endpoint
 from lane.core.hops import PATH_HEADER, parse_path
 from lane.dataplane.runtime import Runtime
 from lane.gateway.main import build_gateway_app

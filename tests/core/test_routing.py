@@ -7,14 +7,16 @@ from collections.abc import Callable
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from lane.core.config import Endpoint, LaneConfig, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import parse_config
+from lane.core.endpoint import Endpoint
 from lane.core.errors import UpstreamUnavailable
 from lane.core.hops import FallbackReason, Hop
 from lane.core.routing import choose_upstream
 from lane.dataplane.health import PassiveHealth
 from lane.dataplane.registry import Registry
+from lane.dataplane.trace_cache import AMBIGUOUS_TRACE_IDS, TraceCache, trace_keys
 from lane.sidecar.hop_collector import HopCollector
-from lane.sidecar.trace_cache import AMBIGUOUS_TRACE_IDS, TraceCache, trace_keys
 
 CONFIG = """
 lanes:

@@ -10,7 +10,7 @@ from textwrap import dedent
 import pytest
 from multidict import CIMultiDict
 
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from lane.core.errors import ConfigError
 from lane.core.hashing import bucket_of
 from lane.core.rules import RequestView, color

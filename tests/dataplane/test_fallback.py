@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from lane.dataplane.runtime import Runtime
 from lane.gateway.main import build_gateway_app
 from tests.support.processes import lane_demo, serve_app

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lane.core.config import Endpoint, parse_config
+from lane.core.config_load import parse_config
+from lane.core.endpoint import Endpoint
 from lane.core.errors import ConfigError
 from lane.dataplane.runtime import Runtime
 from lane.gateway.main import build_gateway_app

@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from lane.cli.main import build_parser
-from lane.core.config import LaneConfig, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import parse_config
 from mesh_config.inject import (
     CONFIG_VOLUME,
     INJECTED_ANNOTATION,

@@ -15,9 +15,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 from aiohttp import web
 
-from lane.core.config import Endpoint, parse_config
+from lane.core.config_load import parse_config
+from lane.core.endpoint import Endpoint
 from lane.dataplane.runtime import Runtime
-from lane.engine.server import MAX_HEAD
+from lane.engine.head import MAX_HEAD
 from lane.gateway.main import build_gateway_app
 from lane.sidecar.inbound import build_inbound_app
 from lane.sidecar.main import Sidecar

@@ -24,10 +24,13 @@ import uvloop
 from aiohttp import web
 from multidict import CIMultiDict
 
-from lane.core.config import Endpoint, ProxySpec
+from lane.core.config import ProxySpec
+from lane.core.endpoint import Endpoint
 from lane.dataplane.failures import ConnectFailed, UpstreamBroken, UpstreamTimeout
-from lane.engine.body import NoBody
-from lane.engine.upstream import READ_HIGH, UpstreamAnswer, Upstreams
+from lane.engine.answer import UpstreamAnswer
+from lane.engine.exchange import NoBody
+from lane.engine.upstream import Upstreams
+from lane.engine.upstream_connection import READ_HIGH
 from tests.support.processes import serve_app
 
 SPEC = ProxySpec(connect_timeout=1.0, request_timeout=2.0)

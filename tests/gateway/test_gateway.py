@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from lane.dataplane.runtime import Runtime
 from lane.gateway.main import build_gateway_app
 from lane.gateway.request import ensure_trace_headers, is_trusted

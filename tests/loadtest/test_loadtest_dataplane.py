@@ -24,7 +24,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from lane.core.config import LaneConfig, demo_config_text, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import demo_config_text, parse_config
 from lane.core.hops import PATH_HEADER, SERVED_HEADER, Hop, encode_path, parse_path
 from lane.core.rules import RequestView, color
 

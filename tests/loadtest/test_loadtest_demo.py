@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from lane.core.config import demo_config_text
+from lane.core.config_load import demo_config_text
 from tests.loadtest.test_loadtest_run import run_lane
 from tests.support.processes import free_port
 

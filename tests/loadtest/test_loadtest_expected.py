@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lane.core.config import LaneConfig, demo_config_text, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import demo_config_text, parse_config
 from lane.core.hops import parse_path
 from loadtest.expected import RequestVerdict, verify
 from loadtest.health import HealthHistory, combine, parse_instances, parse_topology

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from lane.core.config import demo_config_text, parse_config
+from lane.core.config_load import demo_config_text, parse_config
 from lane.core.hashing import in_percentage
 from lane.core.rules import color
 from loadtest.personas import USER_AGENT, build_personas, outcomes

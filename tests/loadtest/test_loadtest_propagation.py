@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lane.core.config import demo_config_text, parse_config
+from lane.core.config_load import demo_config_text, parse_config
 from lane.sidecar.carriers import CarrierStats, LaneSource
 from loadtest.personas import build_personas
 from loadtest.propagation import fetch_views, gather, propagation_of

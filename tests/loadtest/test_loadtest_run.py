@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from tests.loadtest.test_loadtest_dataplane import Bugs, fake_data_plane
 from tests.support.processes import free_port, started_process
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lane.core.config import demo_config_text, parse_config
+from lane.core.config_load import demo_config_text, parse_config
 from lane.core.hops import parse_path
 from loadtest.expected import verify
 from loadtest.health import HealthHistory

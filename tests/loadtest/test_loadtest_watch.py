@@ -8,7 +8,7 @@ import sys
 import pytest
 from aiohttp import web
 
-from lane.core.config import demo_config_text, parse_config
+from lane.core.config_load import demo_config_text, parse_config
 from lane.core.hops import parse_path
 from loadtest.chaos import choose_target, parse_target, run_chaos
 from loadtest.health import HealthHistory

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from lane.core.config import LaneConfig, load_config, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config, parse_config
 from mesh_config.apply import Action, apply_objects, comparable
 from mesh_config.kube import Kube, KubeError, connect
 from mesh_config.render import render_objects

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from lane.core.config import LaneConfig, load_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config
 from mesh_config.cluster import (
     check_endpoints,
     endpoint_problems,
@@ -66,7 +67,7 @@ def test_unknown_lane_labels_and_unlabelled_pods_are_ignored(config: LaneConfig)
 
 def test_services_without_a_selector_keep_their_configured_lanes(config: LaneConfig) -> None:
     text = CONFIG.read_text().replace("    selector: {app: c}\n", "")
-    from lane.core.config import parse_config
+    from lane.core.config_load import parse_config
 
     static = parse_config(text)
     assert lanes_from_pods(static, [])["c"] == {"base", "gray"}
@@ -138,7 +139,7 @@ def test_render_from_cluster_with_the_default_kubeconfig(fake: FakeKube, tmp_pat
 
 def test_services_without_a_selector_are_a_warning_not_a_failed_check(fake: FakeKube, tmp_path: Path) -> None:
     """A config without selectors (like the demo) is routable; --check-endpoints cannot judge it and says so."""
-    from lane.core.config import parse_config
+    from lane.core.config_load import parse_config
 
     text = CONFIG.read_text()
     for app in "abcd":
@@ -196,7 +197,7 @@ def test_render_takes_the_same_connection_options_as_apply(fake: FakeKube, tmp_p
 def test_from_cluster_lists_every_namespace_its_services_live_in() -> None:
     """`render --from-cluster` / `check_endpoints` over services in three namespaces: a pod counts
     only for the service of its own namespace, whatever its labels."""
-    from lane.core.config import parse_config
+    from lane.core.config_load import parse_config
 
     config = parse_config("""
 lanes: {gray: {}}

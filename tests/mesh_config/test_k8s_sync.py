@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from lane.cli.main import build_parser
-from lane.core.config import LaneConfig, load_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import load_config
 from mesh_config.kube import Kube, connect
 from mesh_config.sync import Backoff, LaneSync
 from tests.support.fake_kube import FakeKube
@@ -317,7 +318,7 @@ def test_sync_watches_every_namespace_its_services_live_in() -> None:
     only in its own service's namespace, and each VirtualService is applied into its service's
     namespace. (The shipped RBAC is for the shipped single-namespace config, so it is not
     checked here: a config spanning namespaces needs the same Role in each of them.)"""
-    from lane.core.config import parse_config
+    from lane.core.config_load import parse_config
 
     config = parse_config(MULTI_NS_CONFIG, "multi.yaml")
     with FakeKube(bookmark_interval=0.2) as fake:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lane.core.config import load_config, parse_config
+from lane.core.config_load import load_config, parse_config
 from lane.core.errors import ConfigError
 from mesh_config.calls import (
     Forward,

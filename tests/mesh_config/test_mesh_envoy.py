@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from lane.core.config import load_config, parse_config
+from lane.core.config_load import load_config, parse_config
 from mesh_config import cli
 from mesh_config.chain import chain_paths
 from mesh_config.render import render_objects

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from lane.core.config import LaneConfig, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import parse_config
 from mesh_config.failover import format_failover, kill_and_return
 from mesh_config.render import render_objects
 from mesh_config.validate import load_crds, validate_objects

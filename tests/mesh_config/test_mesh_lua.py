@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lane.core import baggage as py_baggage
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from lane.core.hashing import fnv1a_32
 from lane.core.rules import RequestView, ValueMatch
 from mesh_config.lua import GATEWAY_MODULES, gateway_lua, lua_file, sidecar_lua, to_lua

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from lane.core.dns_names import gateway_host_problem, label_problem, service_host_problem, subdomain_problem
 from lane.core.errors import ConfigError
 

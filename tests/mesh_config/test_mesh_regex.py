@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from lane.core.config import load_config, parse_config
+from lane.core.config_load import load_config, parse_config
 from lane.core.errors import ConfigError
 from mesh_config.lua import GATEWAY_MODULES, lua_file, to_lua
 from mesh_config.regex import UnsupportedRegex, nfa_size, parse_regex
@@ -136,7 +136,7 @@ def test_vectors_file_is_loaded_and_bad_ones_are_clear_errors(tmp_path: Path) ->
 
 @pytest.mark.parametrize("percent", [1, 5, 30, 50, 95, 99])
 def test_derived_vectors_prove_every_share_from_inside_and_outside(percent: int) -> None:
-    from lane.core.config import parse_config
+    from lane.core.config_load import parse_config
 
     config = parse_config(f"""
 lanes: {{gray: {{}}}}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lane.core.config import load_config, parse_config
+from lane.core.config_load import load_config, parse_config
 from lane.core.errors import ConfigError
 from mesh_config.render import dump_yaml, render_objects
 from tests.support.mesh_vectors import CHAIN_CONFIG

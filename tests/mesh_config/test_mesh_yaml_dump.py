@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lane.core.config import demo_config_text, parse_config
+from lane.core.config_load import demo_config_text, parse_config
 from mesh_config import yaml_dump
 from mesh_config.render import dump_yaml, render_objects
 from tests.support.mesh_vectors import CHAIN_CONFIG

@@ -22,7 +22,7 @@ from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY
 
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from lane.propagation.propagator import (
     LanePropagator,
     current_lane,
@@ -141,9 +141,9 @@ def test_configured_names_from_a_lane_config() -> None:
         entry: a
         services: {a: {instances: {stable: ["127.0.0.1:1"]}}}
     """))
-    custom = LanePropagator.from_config(config)
+    custom = LanePropagator.from_tag_spec(config.tag)
     assert (custom.header, custom.baggage_key, custom.default_lane) == ("x-lane", "lane", None)
-    assert LanePropagator.from_config(config, fill_default=True).default_lane == "stable"
+    assert LanePropagator.from_tag_spec(config.tag, fill_default=True).default_lane == "stable"
     assert lane_in({"X-Lane": "canary", "x-mse-tag": "gray"}, custom) == "canary"
     assert lane_in({"baggage": "x-mse-tag=gray,lane=canary"}, custom) == "canary"
     carrier: dict[str, str] = {}

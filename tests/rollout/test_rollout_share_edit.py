@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from rollout.errors import RolloutInputError
 from rollout.share_edit import find_share_rule, with_share, write_share
 

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lane.core.config import Endpoint, parse_config
+from lane.core.config_load import parse_config
+from lane.core.endpoint import Endpoint
 from lane.core.hops import Hop, parse_path
 from lane.dataplane.runtime import Runtime
 from lane.demo.app import DemoApp, build_demo_app

@@ -11,7 +11,8 @@ import random
 from functools import cache
 from typing import Final
 
-from lane.core.config import LaneConfig, parse_config
+from lane.core.config import LaneConfig
+from lane.core.config_load import parse_config
 from mesh_config.vectors import Vector
 
 __all__ = ["CHAIN_CONFIG", "CONFORMANCE_CONFIG", "RANDOM_RULE_QUERY", "conformance_config", "conformance_vectors"]

@@ -23,7 +23,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from lane.process.server import HostPort, Listener, start_listener
+from lane.core.endpoint import Endpoint
+from lane.process.server import Listener, start_listener
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -160,7 +161,7 @@ async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0
     The way `lane.process.server.serve` does: an app with a one-core handler (the gateway's, a sidecar's) is
     served by the one core, upgrades by the app itself, so the proxy tests exercise what users run.
     """
-    started = await start_listener(Listener("test", HostPort(host, port), app), drain_seconds=5.0)
+    started = await start_listener(Listener("test", Endpoint(host, port), app), drain_seconds=5.0)
     try:
         yield started.address.port
     finally:

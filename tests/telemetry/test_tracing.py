@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from lane.core.config import parse_config
+from lane.core.config_load import parse_config
 from lane.dataplane.runtime import Runtime
 from lane.gateway.main import build_gateway_app
 from lane.telemetry.tracing import Tracing, otlp_traces_url

@@ -36,7 +36,7 @@ from typing import Final
 
 from multidict import CIMultiDict
 
-from lane.sidecar.trace_cache import REQUEST, TRACE, TraceKey, trace_key_of
+from lane.dataplane.trace_cache import REQUEST, TRACE, TraceKey, trace_key_of
 
 __all__ = [
     "MINTED",
@@ -95,7 +95,7 @@ class TraceIdentity:
         return cached
 
     def key(self, name: str) -> TraceKey | None:
-        """The trace key a header of format *name* written by `render` gives (`lane.sidecar.trace_cache.trace_key_of`)."""
+        """The trace key a header of format *name* written by `render` gives (`lane.dataplane.trace_cache.trace_key_of`)."""
         return (TRACE, self.trace_hex) if name in MINTED else None
 
 
@@ -200,7 +200,7 @@ def complete_trace_headers(headers: CIMultiDict[str], names: Iterable[str], *, s
     Formats already present once are kept as they are. The identity is the one *headers* carry,
     else *fallback* (the identity of the request this call serves), else a new one; a missing
     ``x-request-id`` becomes *request_id* when given, else a new one. A format sent with conflicting
-    values is replaced. The keys are those `lane.sidecar.trace_cache.trace_keys` would read back, in *names* order.
+    values is replaced. The keys are those `lane.dataplane.trace_cache.trace_keys` would read back, in *names* order.
     """
     identity: TraceIdentity | None = None
     keys: list[TraceKey] = []

@@ -16,8 +16,8 @@ from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 from opentelemetry.propagators.jaeger import JaegerPropagator
 
 from lane.core.config import DEFAULT_TRACE_HEADERS
-from lane.sidecar.trace_cache import trace_keys
-from lane.sidecar.trace_identity import TraceIdentity, complete_trace_headers, identity_of
+from lane.dataplane.trace_cache import trace_keys
+from lane.dataplane.trace_identity import TraceIdentity, complete_trace_headers, identity_of
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"

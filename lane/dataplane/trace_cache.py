@@ -73,7 +73,7 @@ def trace_key_of(name: str, value: str) -> TraceKey | None:
     The W3C-compatible formats (``traceparent``, B3 multi and single, ``uber-trace-id``, and ``sw8``
     when its trace id is one) carry the same 128-bit trace id, so they share one key ``("trace",
     32 hex digits)`` (64-bit ids zero-padded, as the OpenTelemetry B3/Jaeger propagators do): a request
-    handed every format (`lane.sidecar.trace_identity`) costs one cache entry, not one per format.
+    handed every format (`lane.dataplane.trace_identity`) costs one cache entry, not one per format.
     ``x-request-id`` keys as ``("request", id)``, the namespace of lane's baggage member too. Any other
     configured header keys under its own name.
     """

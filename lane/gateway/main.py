@@ -35,9 +35,8 @@ from lane.dataplane.upgrades import (
 from lane.dataplane.websocket_proxy import forward_websocket
 from lane.gateway.handler import gateway_path
 from lane.gateway.request import colored_headers, ensure_trace_headers
-from lane.process.admin import build_admin
+from lane.process.admin import admin_path
 from lane.process.admin_access import add_admin_arguments, admin_access
-from lane.process.admin_h1 import admin_path
 from lane.process.options import add_server_arguments, host_port
 from lane.process.readiness import announce
 from lane.process.server import Listener, run_loop, serve
@@ -124,8 +123,8 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
             return [
                 Listener("gateway", args.listen,
                          build_gateway_app(runtime, explain_json=args.explain_json, tracing=tracing)),
-                Listener("admin", args.admin, lambda: build_admin(runtime, _admin_views(runtime), access),
-                         reuse_port=False, fast=admin_path(runtime, _admin_views(runtime), access)),
+                Listener("admin", args.admin, None, reuse_port=False,
+                         fast=admin_path(runtime, _admin_views(runtime), access)),
             ], runtime
 
         def ready(bound: dict[str, Endpoint]) -> None:

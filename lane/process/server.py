@@ -25,7 +25,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lane.core.endpoint import Endpoint
 from lane.dataplane.runtime import Runtime
@@ -57,8 +57,9 @@ REUSE_PORT_ENV = "LANE_REUSE_PORT"
 class Listener:
     name: str  # "gateway", "inbound", "outbound", "admin"
     address: Endpoint
-    # The aiohttp app; a callable builds it only when needed (a fast-core listener's first upgrade).
-    app: web.Application | Callable[[], web.Application]
+    # The aiohttp app upgrades are handed to; a callable builds it only at the first upgrade. None: the
+    # listener serves no upgrade and no CONNECT (501), e.g. the admin port.
+    app: web.Application | Callable[[], web.Application] | None
     reuse_port: bool = True  # data listeners share the port between workers; admin does not
     fast: FastPath | None = None  # the fast-core handler; else the app's `FAST_PATH`, if it has one
 
@@ -79,11 +80,12 @@ class Started:
 def _fast_path(listener: Listener) -> FastPath | None:
     if listener.fast is not None:
         return listener.fast
-    if callable(listener.app) and not _is_app(listener.app):
+    app = listener.app
+    if app is None or (callable(app) and not _is_app(app)):
         return None
     from lane.dataplane.upgrades import FAST_PATH
 
-    return listener.app.get(FAST_PATH)  # type: ignore[union-attr]
+    return cast("web.Application", app).get(FAST_PATH)
 
 
 def _is_app(app: object) -> bool:
@@ -94,6 +96,7 @@ def _is_app(app: object) -> bool:
 
 def _app_of(listener: Listener) -> web.Application:
     app = listener.app
+    assert app is not None
     return app if _is_app(app) else app()  # type: ignore[return-value]
 
 
@@ -114,13 +117,15 @@ async def start_listener(listener: Listener, *, drain_seconds: float = DEFAULT_D
 
             fast = logged(fast, listener.name)
 
-        fallback = AiohttpFallback(lambda: _app_of(listener), shutdown_timeout=drain_seconds, access_log=None)
+        fallback = None if listener.app is None else AiohttpFallback(
+            lambda: _app_of(listener), shutdown_timeout=drain_seconds, access_log=None)
         running = await listen_h1(fast, listener.address.host, listener.address.port, fallback=fallback,
                                   reuse_port=reuse_port, limits=limits)
 
         async def close_fast(drain: float) -> None:
             await running.close(drain)
-            await fallback.cleanup()
+            if fallback is not None:
+                await fallback.cleanup()
 
         host, port = running.address
         return Started(Endpoint(host, port), close_fast, running.protocol.set_limits)

@@ -30,31 +30,30 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from lane.core.config import LaneConfig
 from lane.core.endpoint import Endpoint
 from lane.dataplane.coloring_view import COLORING_PATH, coloring_view
 from lane.dataplane.runtime import Runtime
-from lane.process.admin import RUNTIME, access_middleware, metrics_handler
-from lane.process.admin_access import AdminAccess, admin_access
+from lane.process.admin import AdminViews, View, admin_path
+from lane.process.admin_access import admin_access
 from lane.process.port_probe import bind_problem
 from lane.process.readiness import announce
 from lane.process.server import REUSE_PORT_ENV, Listener, run_loop, serve
 from lane.process.supervisor import Child
 
-__all__ = ["WORKERS", "supervise"]
+__all__ = ["supervise"]
 
 log = logging.getLogger(__name__)
 
-WORKERS = web.AppKey("lane_workers", list[Child])
 _DATA_LISTENERS = {"gateway": ("listen",)}
 
 
-async def _instances(request: web.Request) -> web.Response:
+async def _merged_instances(runtime: Runtime, children: list[Child]) -> dict[str, Any]:
+    """Every worker's passive-health view, merged: an instance is healthy only if every worker says so."""
     merged: dict[str, dict[str, dict[str, bool]]] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        for child in request.app[WORKERS]:
+        for child in children:
             if not child.alive or not child.ready_file.exists():
                 continue
             admin = (await child.wait_ready(1.0))["listeners"]["admin"]
@@ -70,35 +69,21 @@ async def _instances(request: web.Request) -> web.Response:
                         slot[row["instance"]] = slot.get(row["instance"], True) and bool(row["healthy"])
     services = {svc: {lane: [{"instance": i, "healthy": h} for i, h in rows.items()] for lane, rows in lanes.items()}
                 for svc, lanes in merged.items()}
-    return web.json_response({"config": request.app[RUNTIME].config.source, "workers": len(request.app[WORKERS]),
-                              "services": services})
+    return {"config": runtime.config.source, "workers": len(children), "services": services}
 
 
-async def _reload(request: web.Request) -> web.Response:
-    result = request.app[RUNTIME].reload()  # checks the file; on success every worker is sent SIGHUP
-    return web.json_response({"reloaded": result.ok, "message": result.message}, status=200 if result.ok else 400)
+def _admin_views(runtime: Runtime, children: list[Child], command: str) -> AdminViews:
+    """The supervisor's admin: the workers' merged view and health; a reload checks the file and, on
+    success, sends every worker SIGHUP (`Runtime.reload`'s subscribers)."""
 
+    def health() -> tuple[int, str]:
+        alive = sum(child.alive for child in children)
+        return (200 if alive else 503), f"ok {alive}/{len(children)} workers\n"
 
-async def _healthz(request: web.Request) -> web.Response:
-    alive = sum(child.alive for child in request.app[WORKERS])
-    return web.Response(text=f"ok {alive}/{len(request.app[WORKERS])} workers\n", status=200 if alive else 503)
-
-
-async def _coloring(request: web.Request) -> web.Response:
-    return web.json_response(coloring_view(request.app[RUNTIME].config))
-
-
-def _admin_app(runtime: Runtime, children: list[Child], access: AdminAccess, command: str) -> web.Application:
-    app = web.Application(middlewares=[access_middleware(access)])
-    app[RUNTIME] = runtime
-    app[WORKERS] = children
+    extra: dict[str, View] = {}
     if command == "gateway":  # the rules the workers were last told to load (lane rollout reads the share)
-        app.router.add_get(COLORING_PATH, _coloring)
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/lane/instances", _instances)
-    app.router.add_post("/lane/reload", _reload)
-    return app
+        extra[COLORING_PATH] = lambda: coloring_view(runtime.config)
+    return AdminViews(extra=extra, instances=lambda: _merged_instances(runtime, children), health=health)
 
 
 async def _watch(children: list[Child]) -> None:
@@ -176,8 +161,8 @@ async def _main(args: argparse.Namespace, command: str, runtime: Runtime, childr
         await asyncio.gather(*(child.start() for child in children))
         await asyncio.gather(*(child.wait_ready(60.0) for child in children))
         watcher = asyncio.create_task(_watch(children))
-        admin = _admin_app(runtime, children, admin_access(args), command)
-        return [Listener("admin", args.admin, admin, reuse_port=False)], runtime
+        admin = admin_path(runtime, _admin_views(runtime, children, command), admin_access(args))
+        return [Listener("admin", args.admin, None, reuse_port=False, fast=admin)], runtime
 
     def ready(bound: dict[str, Endpoint]) -> None:
         first: dict[str, Any] = {}

@@ -31,8 +31,8 @@ from lane.core.endpoint import Endpoint
 from lane.core.errors import ConfigError
 from lane.core.tags import is_valid_lane
 from lane.dataplane.runtime import Runtime
-from lane.process.admin_access import AdminAccess, add_admin_arguments, admin_access
-from lane.process.admin_h1 import admin_path
+from lane.process.admin import admin_path
+from lane.process.admin_access import add_admin_arguments, admin_access
 from lane.process.options import add_server_arguments, host_port
 from lane.process.readiness import announce
 from lane.process.server import Listener, run_loop, serve
@@ -67,12 +67,6 @@ def _outbound_app(sidecar: Sidecar) -> web.Application:
     from lane.sidecar.outbound import build_outbound_app
 
     return build_outbound_app(sidecar)
-
-
-def _admin_app(runtime: Runtime, sidecar: Sidecar, access: AdminAccess) -> web.Application:
-    from lane.process.admin import build_admin
-
-    return build_admin(runtime, _admin_views(sidecar), access)
 
 
 def _admin_views(sidecar: Sidecar) -> dict[str, Callable[[], object]]:
@@ -171,7 +165,7 @@ async def _main(args: argparse.Namespace, config: LaneConfig) -> int:
             return [
                 Listener("inbound", args.listen, lambda: _inbound_app(sidecar), fast=inbound_path(sidecar)),
                 Listener("outbound", args.outbound, lambda: _outbound_app(sidecar), fast=outbound_path(sidecar)),
-                Listener("admin", args.admin, lambda: _admin_app(runtime, sidecar, access), reuse_port=False,
+                Listener("admin", args.admin, None, reuse_port=False,
                          fast=admin_path(runtime, _admin_views(sidecar), access)),
             ], runtime
 

@@ -24,11 +24,11 @@ from lane.core.endpoint import Endpoint
 from lane.core.hops import PATH_HEADER, parse_path
 from lane.dataplane.runtime import Runtime
 from lane.gateway.main import build_gateway_app
-from lane.process.admin import build_admin
+from lane.process.admin import admin_path
 from lane.sidecar.inbound import build_inbound_app
 from lane.sidecar.outbound import build_outbound_app
 from lane.sidecar.state import Sidecar
-from tests.support.processes import free_port, serve_app
+from tests.support.processes import free_port, serve_app, serve_handler
 
 FORWARD: Final = ("traceparent", "x-request-id", "x-mse-tag", "baggage")
 GRAY: Final = {"x-user": "gray"}
@@ -118,11 +118,11 @@ async def chain(release: asyncio.Event) -> AsyncIterator[Chain]:
             sidecar = Sidecar.create(runtime, service, lane, Endpoint("127.0.0.1", app_port))
             await stack.enter_async_context(serve_app(build_inbound_app(sidecar), port=inbound[name]))
             await stack.enter_async_context(serve_app(build_outbound_app(sidecar), port=outbound[name]))
-            admin = await stack.enter_async_context(serve_app(build_admin(runtime)))
+            admin = await stack.enter_async_context(serve_handler(admin_path(runtime)))
             admins[f"{service}@{lane}"] = f"http://127.0.0.1:{admin}"
         gw_runtime = Runtime(parse_config(text, "chain.yaml"), None)
         gateway = await stack.enter_async_context(serve_app(build_gateway_app(gw_runtime)))
-        admins["gateway"] = f"http://127.0.0.1:{await stack.enter_async_context(serve_app(build_admin(gw_runtime)))}"
+        admins["gateway"] = f"http://127.0.0.1:{await stack.enter_async_context(serve_handler(admin_path(gw_runtime)))}"
         try:
             yield Chain(f"http://127.0.0.1:{gateway}", admins)
         finally:

@@ -1,13 +1,14 @@
 """The admin listener: reading is open, changing needs loopback and a local Host, or the token; never a foreign Origin.
 
-Real ``lane gateway`` (aiohttp admin, and the ``--workers`` supervisor's), real ``lane sidecar``
-(fast-core admin) processes on 127.0.0.1. Every peer in a test is on loopback, so the one rule a
+Real ``lane gateway`` (alone, and the ``--workers`` supervisor's admin), real ``lane sidecar`` processes on
+127.0.0.1; all three serve the one admin (`lane.process.admin`). Every peer in a test is on loopback, so the one rule a
 test cannot show over a socket -- a non-loopback peer without the token is refused -- is checked
 on `AdminAccess.refusal` itself (its peer is the address the listener saw, nothing else).
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,18 @@ async def check_admin(admin: str) -> None:
         # ... but never from another site's page
         assert await status_of(client, "POST", reload, Host=own, Origin="http://attacker.example",
                                Authorization=f"Bearer {TOKEN}") == 403
+    # the admin port serves no upgrade and no tunnel: a short 501, and the connection is closed
+    host, port = own.rsplit(":", 1)
+    upgrade = (f"GET /healthz HTTP/1.1\r\nHost: {own}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    for head in (upgrade, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(head.encode())
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 501 "), answer[:80]
 
 
 async def test_gateway_admin_token_file_and_sidecar_admin_token_env(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from lane.core.endpoint import Endpoint
+from lane.engine.listen import FastPath
 from lane.process.server import Listener, start_listener
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,6 +163,17 @@ async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0
     served by the one core, upgrades by the app itself, so the proxy tests exercise what users run.
     """
     started = await start_listener(Listener("test", Endpoint(host, port), app), drain_seconds=5.0)
+    try:
+        yield started.address.port
+    finally:
+        await started.close(5.0)
+
+
+@contextlib.asynccontextmanager
+async def serve_handler(fast: FastPath, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[int]:
+    """Serve an engine handler (an admin's `admin_path`, ...) in this event loop, as `lane.process.server`
+    serves a listener that has no aiohttp app; yields the bound port."""
+    started = await start_listener(Listener("test", Endpoint(host, port), None, fast=fast), drain_seconds=5.0)
     try:
         yield started.address.port
     finally:

@@ -1,8 +1,10 @@
 """``lane rollout``: open a lane to more and more users, judged at every step, rolled back when it misbehaves.
 
 Exit status: 0 promoted (the last step passed), 1 rolled back (share 0; the reason on stderr and in
-the record), 2 bad input or an admin listener that does not answer (one line, nothing changed that
-was not put back), 130 stopped by Ctrl-C/SIGTERM between two changes. See `rollout.runner` for the order of things and `rollout.analysis` for the checks.
+the record), 2 bad input or an admin listener (with ``--mesh``: the Kubernetes API server) that does
+not answer (one line, nothing changed that was not put back), 130 stopped by Ctrl-C/SIGTERM between
+two changes. See `rollout.runner` for the order of things, `rollout.analysis` for the checks and
+`rollout.mesh_target` for ``--mesh``.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import urllib.request
 from pathlib import Path
 
 from lane.process.admin_access import TOKEN_ENV, token_file
-from lane.process.options import positive_int, text_file
+from lane.process.options import dns_label, positive_int, text_file
+from mesh_config.connection import add_connection_arguments
 
 from .admin_client import admin_url
 from .analysis import Thresholds
 from .errors import RolloutInputError
 from .plan import parse_steps
-from .runner import Options, rollout
+from .runner import Cluster, Options, rollout
 
 __all__ = ["add_arguments", "duration", "run"]
 
@@ -181,12 +184,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_url,
         metavar="URL",
         help="read the figures from this Prometheus server's query API (it scrapes every proxy) "
-        "instead of each --admin's /metrics; then --admin need only name the gateways",
+        "instead of each --admin's /metrics; then --admin need only name the gateways. With --mesh "
+        "(required): the server that scrapes Istio's proxies",
     )
     parser.add_argument(
         "--record", default=None, help="the JSON record (default rollout-LANE.json); a rerun continues it"
     )
     parser.add_argument("--svg", default=None, help="the SVG timeline (default: the record's name with .svg)")
+    mesh = parser.add_argument_group("Istio mesh (--mesh)")
+    mesh.add_argument(
+        "--mesh",
+        action="store_true",
+        help="set the share in an Istio mesh instead of on lane's gateways: re-render --config and apply the "
+        "ingress gateway's coloring EnvoyFilter as `lane mesh apply` does; judged from Istio's metrics "
+        "in --prometheus, which --mesh requires",
+    )
+    mesh.add_argument(
+        "--namespace",
+        "-n",
+        type=dns_label,
+        help="with --mesh: the namespace the config was applied to (default: its mesh.namespace)",
+    )
+    add_connection_arguments(parser)
 
 
 def _from_demo(args: argparse.Namespace) -> None:
@@ -213,12 +232,34 @@ def _from_demo(args: argparse.Namespace) -> None:
     args.host = args.host or gateway
 
 
+def _mesh_options(args: argparse.Namespace) -> Cluster | None:
+    """``--mesh``'s cluster, or None; refuses the options that belong to the other mode."""
+    connection = ("namespace", "kubeconfig", "context", "server")
+    if not args.mesh:
+        given = [f"--{name}" for name in connection if getattr(args, name)]
+        if given:
+            raise RolloutInputError(f"{', '.join(given)}: only with --mesh (the share set in an Istio mesh)")
+        return None
+    if args.demo or args.admin:
+        raise RolloutInputError(
+            "--mesh sets the share in the cluster's EnvoyFilter: --admin and --demo are for lane's own gateways"
+        )
+    if not args.prometheus:
+        raise RolloutInputError(
+            "--mesh needs --prometheus URL: the Prometheus server that scrapes Istio's proxies (istio_requests_total)"
+        )
+    if not args.config:
+        raise RolloutInputError("--mesh needs --config FILE: the lane config applied to the cluster")
+    return Cluster(args.namespace, args.kubeconfig, args.context, args.server, args.request_timeout)
+
+
 def options(args: argparse.Namespace) -> Options:
+    cluster = _mesh_options(args)
     if args.demo:
         _from_demo(args)
     if not args.config:
         raise RolloutInputError("--config FILE is required (or --demo URL, a running lane demo's admin)")
-    if not args.admin:
+    if not args.admin and cluster is None:
         raise RolloutInputError(
             "at least one --admin URL is required: the gateways' admins (and the sidecars')"
         )
@@ -249,6 +290,7 @@ def options(args: argparse.Namespace) -> Options:
         load_users=args.load_users,
         webhook=args.webhook,
         prometheus=args.prometheus,
+        mesh=cluster,
         record=record,
         svg=Path(args.svg) if args.svg else record.with_suffix(".svg"),
     )

@@ -18,7 +18,7 @@ import aiohttp
 from .errors import AdminUnreachable
 from .metrics_window import Key, Snapshot, Tally
 
-__all__ = ["BUCKETS_QUERY", "REQUESTS_QUERY", "prometheus_snapshot"]
+__all__ = ["BUCKETS_QUERY", "REQUESTS_QUERY", "prometheus_snapshot", "query_vector"]
 
 _BY: Final = "proxy, destination_service, requested_lane, served_lane"
 REQUESTS_QUERY: Final = f"sum by ({_BY}, response_code) (lane_requests_total)"
@@ -26,7 +26,8 @@ BUCKETS_QUERY: Final = f"sum by ({_BY}, le) (lane_request_duration_seconds_bucke
 TIMEOUT: Final = aiohttp.ClientTimeout(total=10)
 
 
-async def _vector(session: aiohttp.ClientSession, url: str, query: str) -> list[dict[str, Any]]:
+async def query_vector(session: aiohttp.ClientSession, url: str, query: str) -> list[dict[str, Any]]:
+    """The samples of an instant *query* (``GET /api/v1/query``); `AdminUnreachable` unless Prometheus answers them."""
     try:
         async with session.get(f"{url}/api/v1/query", params={"query": query}, timeout=TIMEOUT) as resp:
             text = await resp.text()
@@ -51,14 +52,14 @@ def _key(metric: dict[str, str]) -> Key:
 async def prometheus_snapshot(session: aiohttp.ClientSession, url: str) -> Snapshot:
     """What the Prometheus server at *url* holds now, summed per row (`AdminUnreachable` when it cannot say)."""
     rows: dict[Key, Tally] = {}
-    for sample in await _vector(session, url, REQUESTS_QUERY):
+    for sample in await query_vector(session, url, REQUESTS_QUERY):
         value = float(sample["value"][1])
         tally = rows.setdefault(_key(sample["metric"]), Tally())
         tally.requests += value
         code = sample["metric"].get("response_code", "0")
         if code.isdigit() and int(code) >= 500:
             tally.errors += value
-    buckets = await _vector(session, url, BUCKETS_QUERY)
+    buckets = await query_vector(session, url, BUCKETS_QUERY)
     for sample in buckets:
         tally = rows.setdefault(_key(sample["metric"]), Tally())
         le = float(sample["metric"].get("le", "+Inf"))

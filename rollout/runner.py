@@ -1,10 +1,12 @@
 """One rollout, step by step: set the share, wait, judge, go on or roll back (`Options` in, exit status out).
 
-The order of every change is the file first, then the gateways: `share_edit.write_share` replaces
-the config atomically, then every gateway's ``POST /lane/reload`` swaps it in. If a gateway refuses
-the reload, the file is set back to the share that was in force and the others are reloaded again,
-so the file always ends holding the share the gateways apply. A run starts from what the gateways
-report (`plan.remaining_steps`): after a crash, a rerun re-judges the share in force and goes on.
+The order of every change is the file first, then where the share is in force (a `ShareTarget`):
+`share_edit.write_share` replaces the config atomically, then the target loads it -- lane's gateways
+by ``POST /lane/reload`` (`rollout.gateways`), or with ``--mesh`` the Istio ingress gateway's coloring
+EnvoyFilter, re-rendered and server-side applied (`rollout.mesh_target`). If that is refused, the
+file is set back to the share that was in force and pushed again, so the file always ends holding
+the share in force. A run starts from what the target reports (`plan.remaining_steps`): after a
+crash, a rerun re-judges the share in force and goes on.
 
 Failed checks are counted over the whole rollout, as Flagger counts them: at ``threshold`` the lane
 is rolled back (share 0, exit 1). A check that fails below the threshold is judged again, at the same
@@ -15,7 +17,7 @@ that is not 2xx (or none) counts as a failed check and it is asked again after a
 Flagger's pre-rollout hooks.
 
 Ctrl-C or SIGTERM ends a run only between changes (a share being set is finished first), with exit
-status 130 and the share in force in the gateways and the file alike; a rerun continues from it.
+status 130 and the share in force in the gateways (or cluster) and the file alike; a rerun continues from it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -33,21 +36,50 @@ from lane.core.config import LaneConfig
 from lane.core.config_load import load_config
 from lane.core.errors import ConfigError
 
-from .admin_client import Admin, AdminClient
+from .admin_client import AdminClient
 from .analysis import Judgement, Thresholds, Verdict, judge
-from .errors import AdminUnreachable, RolloutInputError
+from .errors import RolloutInputError, TargetUnreachable
+from .gateways import GatewayTarget
 from .load import UserRequests, load_running
-from .metrics_window import Snapshot, parse_metrics
+from .metrics_window import Snapshot
 from .plan import remaining_steps
-from .prometheus_source import prometheus_snapshot
 from .record import Record
 from .share_edit import ShareRule, find_share_rule, write_share
 
-__all__ = ["INTERRUPTED", "PROMOTED", "ROLLED_BACK", "Options", "rollout"]
+__all__ = ["INTERRUPTED", "PROMOTED", "ROLLED_BACK", "Cluster", "Options", "ShareTarget", "rollout"]
 
 log = logging.getLogger(__name__)
 
 PROMOTED, ROLLED_BACK = 0, 1
+
+
+class ShareTarget(Protocol):
+    """Where the file's share is put in force and read back, and where the step's figures come from."""
+
+    where: str  # "on the gateways", "in the cluster (...)": for the messages
+
+    async def shares(self) -> list[int]:
+        """The share in force at each place that applies it (`TargetUnreachable`, `RolloutInputError`)."""
+        ...
+
+    async def push(self, *, best_effort: bool = False) -> None:
+        """Put the file's share in force; `TargetUnreachable` when refused (*best_effort*: log, go on)."""
+        ...
+
+    async def snapshot(self) -> Snapshot:
+        """What the proxies have counted so far (`TargetUnreachable` or ``ValueError`` when unreadable)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """``--mesh``: the render's namespace and how to reach the Kubernetes API (`lane mesh apply`'s options)."""
+
+    namespace: str | None = None  # None: the config's mesh.namespace
+    kubeconfig: str | None = None
+    context: str | None = None
+    server: str | None = None
+    request_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +100,7 @@ class Options:
     load_users: int = 1000
     webhook: str | None = None
     prometheus: str | None = None  # read the figures from this Prometheus server, not from the admins
+    mesh: Cluster | None = None  # set the share in an Istio mesh (then the figures are Istio's, from `prometheus`)
     record: Path | None = None
     svg: Path | None = None
 
@@ -86,23 +119,15 @@ class _Interrupted(Exception):
 
 
 class Rollout:
-    """The state of one run: the gateways, the share in force, the failed checks so far."""
+    """The state of one run: where the share is in force, the share in force, the failed checks so far."""
 
     def __init__(
-        self,
-        opts: Options,
-        config: LaneConfig,
-        rule: ShareRule,
-        client: AdminClient,
-        admins: list[Admin],
-        record: Record,
+        self, opts: Options, config: LaneConfig, rule: ShareRule, target: ShareTarget, record: Record
     ) -> None:
         self.opts = opts
         self.config = config
         self.rule = rule
-        self.client = client
-        self.admins = admins
-        self.gateways = [a.url for a in admins if a.gateway]
+        self.target = target
         self.record = record
         self.in_force = 0
         self.failed = 0
@@ -116,51 +141,27 @@ class Rollout:
             return
         raise _Interrupted
 
-    async def shares_in_force(self) -> list[int]:
-        shares = []
-        for url in self.gateways:
-            view = await self.client.coloring(url)
-            found = [
-                r.get("percent")
-                for r in view["rules"]
-                if isinstance(r, dict) and r.get("name") == self.rule.name and r.get("lane") == self.opts.lane
-            ]
-            if len(found) != 1 or not isinstance(found[0], int):
-                raise RolloutInputError(
-                    f"gateway {url} has no percentage rule {self.rule.name} for lane "
-                    f"{self.opts.lane} in force; is it running {self.opts.config}?"
-                )
-            shares.append(found[0])
-        return shares
-
     async def apply(self, share: int, *, restore: bool = True) -> None:
-        """Write *share* to the file, then reload every gateway; on a refusal, put the old share back
-        (unless *restore* is false: a rollback's 0 % stays in the file, for the gateway that missed it
-        to load when it can)."""
+        """Write *share* to the file, then push it; on a refusal, put the old share back (unless
+        *restore* is false: a rollback's 0 % stays in the file, for a gateway that missed it to load
+        when it can, or for `lane mesh apply` to apply)."""
         previous = self.in_force
         write_share(self.opts.config, self.opts.lane, self.rule.name, share)
         try:
-            for url in self.gateways:
-                await self.client.reload(url)
-        except AdminUnreachable:
+            await self.target.push()
+        except TargetUnreachable:
             if not restore:
                 raise
             write_share(self.opts.config, self.opts.lane, self.rule.name, previous)
-            for url in self.gateways:
-                try:
-                    await self.client.reload(url)
-                except AdminUnreachable as exc:
-                    log.error("%s", exc)
+            await self.target.push(best_effort=True)
             raise
         self.in_force = share
 
     async def scrape(self) -> Snapshot | str:
-        """Every admin's metrics summed (or the Prometheus server's), or why they could not be read (a failed check)."""
+        """What the proxies counted (`ShareTarget.snapshot`), or why it could not be read (a failed check)."""
         try:
-            if self.opts.prometheus is not None:
-                return await prometheus_snapshot(self.client.session, self.opts.prometheus)
-            return parse_metrics([await self.client.metrics(a.url) for a in self.admins])
-        except AdminUnreachable as exc:
+            return await self.target.snapshot()
+        except TargetUnreachable as exc:
             return f"cannot read metrics: {exc}"
         except ValueError as exc:
             return f"cannot parse metrics: {exc}"
@@ -234,7 +235,7 @@ class Rollout:
                 )
 
     async def run(self, session: aiohttp.ClientSession) -> int:
-        shares = await self.shares_in_force()
+        shares = await self.target.shares()
         self.in_force = min(shares)
         if len(set(shares)) > 1:
             self.record.event(
@@ -245,7 +246,7 @@ class Rollout:
             )
         elif self.in_force:
             self.record.event(
-                "resume", self.in_force, f"{self.in_force}% in force on the gateways: continuing from there"
+                "resume", self.in_force, f"{self.in_force}% in force {self.target.where}: continuing from there"
             )
         await self.apply(self.in_force)  # the file holds the share in force (a crash may have left it ahead)
         todo = remaining_steps(self.opts.steps, self.in_force)
@@ -273,8 +274,9 @@ class Rollout:
                         )
                     await self.judge_step(share, step)
             except _Interrupted:
-                self.record.event("interrupted", self.in_force, f"stopped at {self.in_force}% (in force on the "
-                                  "gateways and in the file); rerun the same command to continue from there")
+                self.record.event("interrupted", self.in_force, f"stopped at {self.in_force}% (in force "
+                                  f"{self.target.where} and in the file); rerun the same command to continue "
+                                  "from there")
                 return INTERRUPTED
             except _RolledBack as back:
                 await self.apply(0, restore=False)
@@ -308,6 +310,8 @@ async def rollout(opts: Options) -> int:
         "steps": list(opts.steps),
         "interval": opts.interval,
         "admins": list(opts.admins),
+        **({"mesh": {"namespace": opts.mesh.namespace or config.mesh.namespace}} if opts.mesh else {}),
+        "prometheus": opts.prometheus,
         "thresholds": {
             "max_error_rate": opts.limits.max_error_rate,
             "max_p99_ratio": opts.limits.max_p99_ratio,
@@ -319,14 +323,19 @@ async def rollout(opts: Options) -> int:
     record = Record(opts.record, opts.svg, head)
     record.resume()
     async with aiohttp.ClientSession() as session:
-        client = AdminClient(session, opts.token)
-        admins = [await client.probe(url) for url in opts.admins]
-        if not any(a.gateway for a in admins):
-            raise RolloutInputError(
-                "none of the --admin listeners is a gateway's (GET /lane/coloring answered on "
-                f"none of {', '.join(opts.admins)}): the share is set on gateways"
+        target: ShareTarget
+        if opts.mesh is not None:
+            target = await _mesh_target(opts, opts.mesh, config, rule, session)
+        else:
+            target = await GatewayTarget.open(
+                AdminClient(session, opts.token),
+                opts.admins,
+                lane=opts.lane,
+                rule=rule.name,
+                config=str(opts.config),
+                prometheus=opts.prometheus,
             )
-        run = Rollout(opts, config, rule, client, admins, record)
+        run = Rollout(opts, config, rule, target, record)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, run.stop.set)
@@ -335,3 +344,18 @@ async def rollout(opts: Options) -> int:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+async def _mesh_target(
+    opts: Options, cluster: Cluster, config: LaneConfig, rule: ShareRule, session: aiohttp.ClientSession
+) -> ShareTarget:
+    """`rollout.mesh_target`, imported only for ``--mesh`` (it needs the ``k8s`` extra's `kubernetes`)."""
+    from mesh_config.cli import optional_module
+
+    mesh: Any = optional_module("rollout.mesh_target", "lane rollout --mesh")
+    if opts.prometheus is None:
+        raise RolloutInputError("--mesh needs --prometheus URL, the Prometheus server that scrapes Istio's proxies")
+    target: ShareTarget = await mesh.MeshTarget.open(
+        config, rule, cluster, path=opts.config, prometheus=opts.prometheus, session=session
+    )
+    return target

@@ -1,2 +1,2 @@
 """Helpers the tests share: processes and servers they start and stop, the fake Kubernetes API
-server, RBAC checks and mesh test vectors. No tests here."""
+server, RBAC checks, mesh test vectors and a stand-in for Istio's metrics. No tests here."""

@@ -11,7 +11,8 @@ idempotent methods whose body was not consumed, at most `ProxySpec.retries` time
 Time: each attempt waits at most what is left of the request's budget (`lane.core.deadline`: the
 received ``x-lane-deadline-ms`` or ``request_timeout``) and tells the upstream that, minus the
 margin, so an inner hop times out before this one. When nothing is left the attempt is not made
-(`DeadlineSpent`, which blames nobody).
+(`DeadlineSpent`, which blames nobody). A gRPC call's own deadline (``grpc-timeout``) bounds and
+shortens the same way; a timeout at that bound is the caller's (`CallerDeadline`, blaming nobody).
 
 Blame: only an instance's *own* failure counts against it -- its connection failed, broke or timed
 out, or its sidecar says its app did (``x-lane-unavailable``, set only by a sidecar about its own
@@ -32,13 +33,14 @@ from typing import Final, Generic, TypeVar
 from multidict import CIMultiDict
 
 from lane.core.config import LaneConfig
-from lane.core.deadline import DEADLINE_HEADER, budget_of, pass_on
+from lane.core.deadline import budget_of, grpc_bound, stamp
 from lane.core.endpoint import Endpoint
 from lane.core.errors import UpstreamUnavailable
 from lane.core.headers import is_idempotent
 from lane.core.hops import FALLBACK_HEADER, Hop, encode_path, parse_path
 from lane.core.routing import Route
 from lane.dataplane.failures import (
+    CallerDeadline,
     ConnectFailed,
     DeadlineSpent,
     UpstreamBroken,
@@ -123,7 +125,7 @@ async def dispatch(
         try:
             if wait < 0.001:
                 raise DeadlineSpent(endpoint, "the request's time budget was spent before it could be sent")
-            attempt_headers[DEADLINE_HEADER] = pass_on(wait, spec.deadline_margin)
+            stamp(attempt_headers, wait, spec.deadline_margin)
             response = await opener(endpoint, attempt_headers, wait)
         except ConnectFailed as exc:
             note_hop(exc, Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status)))
@@ -132,6 +134,8 @@ async def dispatch(
             last = exc
             continue
         except UpstreamFailure as exc:
+            if isinstance(exc, UpstreamTimeout) and exc.counts and grpc_bound(headers, spec.request_timeout):
+                exc = CallerDeadline(exc.endpoint, exc.detail)
             note_hop(exc, Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status)))
             _failed(registry, endpoint, exc)
             last = exc

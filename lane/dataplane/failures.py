@@ -13,7 +13,7 @@ from __future__ import annotations
 from lane.core.hops import Hop
 from lane.engine.failures import ConnectFailed, UpstreamBroken, UpstreamFailure, UpstreamTimeout
 
-__all__ = ["ConnectFailed", "DeadlineSpent", "UpstreamBroken", "UpstreamFailure", "UpstreamTimeout", "failed_hop",
+__all__ = ["CallerDeadline", "ConnectFailed", "DeadlineSpent", "UpstreamBroken", "UpstreamFailure", "UpstreamTimeout", "failed_hop",
            "note_hop"]
 
 _HOP = "_lane_hop"
@@ -21,6 +21,17 @@ _HOP = "_lane_hop"
 
 class DeadlineSpent(UpstreamTimeout):
     """The request's budget was used up before this attempt could be sent: nothing was sent, nobody is to blame."""
+
+    counts = False
+
+
+class CallerDeadline(UpstreamTimeout):
+    """The call's own deadline (``grpc-timeout``, the caller's choice) ran out while waiting: nobody is to blame.
+
+    A client outside the mesh may send any deadline; counting its expiry against the instance would let
+    it eject healthy instances at will (the gateway drops lane's own budget header from such clients
+    for the same reason).
+    """
 
     counts = False
 

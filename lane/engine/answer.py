@@ -1,7 +1,8 @@
-"""An upstream's answer as the engine hands it to the caller: status, head, and the body as it arrives.
+"""An upstream's answer as the engine hands it to the caller: status, head, the body as it arrives, trailers.
 
-It reads its body through `AnswerSource` (the upstream connection it came on,
-`lane.engine.upstream_connection`), so this module does not depend on that state machine.
+It reads its body through `AnswerSource` (the HTTP/1.1 connection it came on,
+`lane.engine.upstream_connection`, or the HTTP/2 stream, `lane.engine.h2_upstream_connection`), so
+this module depends on neither state machine and both codecs hand out the same answer.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class AnswerSource(Protocol):
     def buffer(self) -> list[bytes]: ...
     @property
     def error(self) -> BaseException | None: ...
+    @property
+    def trailers(self) -> CIMultiDict[str] | None: ...
 
     def take(self) -> bytes: ...
     async def wait_body(self) -> None: ...
@@ -41,15 +44,17 @@ class UpstreamAnswer:
     """An upstream's answer whose head arrived; the body follows through `read_nowait`/`chunks`.
 
     ``length`` is the body's Content-Length (0 for HEAD, 1xx, 204 and 304 answers), None when it
-    is chunked (decoded here) or delimited by the end of the connection. The caller must end
+    is chunked (decoded here) or delimited by the end of the connection. ``trailers``: the fields
+    that followed the body (HTTP/2; gRPC's status), once it was read to the end. The caller must end
     every answer with `release` (body read to the end) or `close`, or its connection stays busy.
     """
 
-    __slots__ = ("_conn", "_eof", "headers", "length", "reason", "status")
+    __slots__ = ("_conn", "_eof", "_trailers", "headers", "length", "reason", "status")
 
     def __init__(self, conn: AnswerSource) -> None:
         self._conn: AnswerSource | None = conn
         self._eof = False
+        self._trailers: CIMultiDict[str] | None = None
         self.status = conn.status
         self.reason = conn.reason
         assert conn.headers is not None
@@ -69,6 +74,11 @@ class UpstreamAnswer:
         """The whole body was received and taken."""
         conn = self._conn
         return self._eof if conn is None else conn.complete and not conn.buffer
+
+    @property
+    def trailers(self) -> CIMultiDict[str] | None:
+        conn = self._conn
+        return self._trailers if conn is None else conn.trailers
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The rest of the body as it arrives; raises `UpstreamTimeout`/`UpstreamBroken` if it stalls or breaks."""
@@ -94,6 +104,7 @@ class UpstreamAnswer:
         conn, self._conn = self._conn, None
         if conn is not None:
             self._eof = conn.complete and not conn.buffer
+            self._trailers = conn.trailers
             conn.finish(True)
 
     def close(self) -> None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Final, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import httptools
 from multidict import CIMultiDict
 
 from lane.engine.exchange import ClientGone, Handler
+from lane.engine.h2_headers import PREFACE
 from lane.engine.head import MAX_FIELD, MAX_FIELDS, MAX_HEAD, reason_phrase, request_head, serialize_head
 from lane.engine.limits import ShedReason
 from lane.engine.request import Request, RequestBody
@@ -42,7 +43,7 @@ class Listener(Protocol):
 
     loop: asyncio.AbstractEventLoop
     handler: Handler
-    connections: set[H1Connection]
+    connections: set[Any]  # this and the listener's other connections (`lane.engine.server.Served`)
     active: int
     max_requests: int
     over_memory: bool
@@ -53,6 +54,7 @@ class Listener(Protocol):
     def closed_one(self) -> None: ...
     def count_shed(self, reason: ShedReason) -> None: ...
     async def hand_over(self, transport: asyncio.Transport, data: bytes, paused: bool) -> None: ...
+    def hand_to_h2(self, conn: H1Connection, transport: asyncio.Transport, data: bytes) -> None: ...
 
 
 class _HeadTooLarge(Exception):
@@ -94,6 +96,8 @@ class H1Connection(asyncio.Protocol):
         self._admitted = False  # counted in the listener's connections (not refused at the cap)
         self.body_high = server.buffer_bytes
         self.body_low = server.buffer_bytes // 4
+        self._sniffing = True  # the first bytes may be HTTP/2's connection preface
+        self._sniffed = b""
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,6 +140,10 @@ class H1Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._sniffing:
+            data = self._sniff(data)
+            if not data:
+                return
         if self._refused:
             self._linger_left -= len(data)
             if self._linger_left < 0 and self._refusal is None:
@@ -161,6 +169,28 @@ class H1Connection(asyncio.Protocol):
             return
         if self.in_head and self._head_bytes > MAX_HEAD:
             self._refuse(431, f"request head larger than {MAX_HEAD} bytes")
+
+    def _sniff(self, data: bytes) -> bytes:
+        """The bytes to parse as HTTP/1.1; b"" while they may still be the HTTP/2 preface, or once handed over.
+
+        Only the first bytes of a connection are looked at (Envoy's ``codec_type: AUTO``): a request
+        line never starts with ``PRI * HTTP/2.0``, so one comparison tells the two apart.
+        """
+        seen = self._sniffed + data if self._sniffed else data
+        size = min(len(seen), len(PREFACE))
+        if seen[:size] != PREFACE[:size]:
+            self._sniffing = False
+            self._sniffed = b""
+            return seen
+        if size < len(PREFACE):
+            self._sniffed = seen  # a preface cut short by the network: wait for the rest
+            return b""
+        self._sniffing = False
+        self._sniffed = b""
+        if self._admitted and self.transport is not None:
+            self._admitted = False  # the HTTP/2 connection counts for the listener from now on
+            self._server.hand_to_h2(self, self.transport, seen)
+        return b""
 
     def eof_received(self) -> bool | None:
         self._eof = True

@@ -1,10 +1,13 @@
 """The protocol-neutral interface between a codec and the request logic above it.
 
-A codec (HTTP/1.1 today: `lane.engine.connection` and `lane.engine.upstream`) turns bytes into an
-`Exchange` handed to a `Handler`, and sends requests upstream through a `Sender` that returns an
-`Answer`. The gateway's and the sidecar's request logic (`lane.dataplane`, `lane.gateway`,
-`lane.sidecar`) is written once against these types and never sees a codec, as Envoy's HTTP filters
-never see the codec: another codec (HTTP/2 for gRPC) plugs in by implementing them.
+A codec turns bytes into an `Exchange` handed to a `Handler`, and sends requests upstream through a
+`Sender` that returns an `Answer`: HTTP/1.1 (`lane.engine.connection`, `lane.engine.upstream`) and
+HTTP/2 (`lane.engine.h2_connection`, `lane.engine.h2_upstream`). The gateway's and the sidecar's
+request logic (`lane.dataplane`, `lane.gateway`, `lane.sidecar`) is written once against these
+types and never sees a codec, as Envoy's HTTP filters never see the codec.
+
+Trailers (fields after the body: gRPC's ``grpc-status``) are `Answer.trailers` and
+`Exchange.end(trailers)`; a codec that cannot carry them (HTTP/1.1 here) drops them.
 """
 
 from __future__ import annotations
@@ -59,9 +62,10 @@ class NoBody:
 class Exchange(Protocol):
     """One request as a codec hands it over, and the ways to answer it (exactly once).
 
-    ``target`` is as sent (origin form, or absolute form for a forward proxy); ``status`` is the
-    answer's once it started. `respond` writes a complete answer; `start`/`write`/`end` a streamed
-    one (*length* the body's size when known); `abort` cuts the exchange so the client sees it broke.
+    ``target`` is as sent (origin form, or absolute form for a forward proxy); ``version`` is
+    ``"1.1"``, ``"1.0"`` or ``"2"``; ``status`` is the answer's once it started. `respond` writes a
+    complete answer; `start`/`write`/`end` a streamed one (*length* the body's size when known, `end`
+    with the trailers when there are); `abort` cuts the exchange so the client sees it broke.
     """
 
     method: str
@@ -90,7 +94,7 @@ class Exchange(Protocol):
     def start(self, status: int, reason: str, headers: CIMultiDict[str], length: int | None, first: bytes,
               end: bool) -> None: ...
     async def write(self, chunk: bytes) -> None: ...
-    def end(self) -> None: ...
+    def end(self, trailers: CIMultiDict[str] | None = None) -> None: ...
     def abort(self) -> None: ...
 
 
@@ -98,7 +102,10 @@ Handler = Callable[[Exchange], Awaitable[None]]
 
 
 class Answer(Protocol):
-    """An upstream's answer whose head arrived; the body follows. End it with `release` or `close`."""
+    """An upstream's answer whose head arrived; the body follows, then its trailers (None: none).
+
+    End it with `release` or `close`.
+    """
 
     status: int
     reason: str
@@ -107,6 +114,8 @@ class Answer(Protocol):
 
     @property
     def at_eof(self) -> bool: ...
+    @property
+    def trailers(self) -> CIMultiDict[str] | None: ...
 
     def read_nowait(self) -> bytes: ...
     def chunks(self) -> AsyncIterator[bytes]: ...
@@ -124,7 +133,10 @@ class Timeouts(Protocol):
 
 
 class Sender(Protocol):
-    """Sends a request upstream and returns the answer once its head arrived (`lane.engine.upstream.Upstreams`)."""
+    """Sends a request upstream and returns the answer once its head arrived.
+
+    `lane.engine.upstream.Upstreams` (HTTP/1.1) and `lane.engine.h2_upstream.H2Upstreams` (HTTP/2).
+    """
 
     async def send(self, method: str, endpoint: Address, target: str, headers: CIMultiDict[str],
                    body: BodySource | None, spec: Timeouts, timeout: float | None = None) -> Answer: ...

@@ -241,7 +241,8 @@ class Request:
         conn.write_raw(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
         await conn.drain()
 
-    def end(self) -> None:
+    def end(self, trailers: CIMultiDict[str] | None = None) -> None:
+        """The end of a streamed answer; *trailers* are dropped (HTTP/1.1 trailers are not relayed)."""
         if self._chunked and not self._conn.gone:
             self._conn.write_raw(b"0\r\n\r\n")
         self._conn.answer_done(self)

@@ -1,7 +1,8 @@
 """The HTTP/1.1 engine's listener: the protocol factory of one listening socket.
 
-`H1Server` owns its connections (`lane.engine.connection.H1Connection`), the handler they hand
-requests to, the listener's `Limits` (connections, concurrent requests, buffered bytes per connection,
+`H1Server` owns its connections (`lane.engine.connection.H1Connection`, and the HTTP/2 ones a
+connection hands over when it starts with the HTTP/2 preface: `lane.engine.h2_connection`), the
+handlers they hand requests to, the listener's `Limits` (connections, concurrent requests, buffered bytes per connection,
 memory; `lane.engine.limits`) and what it sheds when over them. Idle keep-alive connections are
 closed after `keepalive_seconds`, a head that takes longer than that to arrive too.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 from multidict import CIMultiDict
 
@@ -24,7 +25,7 @@ from lane.engine.exchange import Handler
 from lane.engine.head import serialize_head
 from lane.engine.limits import Limits, ShedReason, resident_bytes, trim_heap
 
-__all__ = ["Fallback", "H1Server"]
+__all__ = ["Fallback", "H1Server", "Served"]
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,32 @@ _MEMORY_EVERY: Final = 1.0  # seconds between two reads of the resident size, wh
 Fallback = Callable[[], Awaitable[Callable[[], asyncio.Protocol]]]
 
 
+class Served(Protocol):
+    """A connection as its listener sees it, HTTP/1.1 (`H1Connection`) or HTTP/2 (`H2ServerConnection`)."""
+
+    gone: bool
+    closing: bool
+    in_head: bool
+    idle_since: float
+
+    @property
+    def idle(self) -> bool: ...
+    @property
+    def waiting(self) -> bool: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
 class H1Server:
     """A listener's protocol factory: its connections, its handler, and what upgrades go to."""
 
     def __init__(self, handler: Handler, fallback: Fallback | None = None, *, keepalive_seconds: float = 75.0,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, h2: Callable[[], Handler] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
-        self.connections: set[H1Connection] = set()
+        self._h2 = h2
+        self._h2_handler: Handler | None = None
+        self.connections: set[Served] = set()
         self.active = 0  # requests being answered
         self.over_memory = False
         self._fallback = fallback
@@ -105,7 +124,7 @@ class H1Server:
             on_connections(-1)
 
     def _evict_one(self) -> bool:
-        oldest: H1Connection | None = None
+        oldest: Served | None = None
         for looked, conn in enumerate(self.connections):
             if looked >= _EVICT_SCAN or (looked >= _EVICT_SAMPLE and oldest is not None):
                 break
@@ -129,6 +148,23 @@ class H1Server:
         for conn in [c for c in self.connections if c.idle_since < deadline and (c.idle or c.in_head)]:
             conn.close()
         self._sweeper = self.loop.call_later(min(5.0, self._keepalive), self._sweep)
+
+    def h2_handler(self) -> Handler:
+        """The handler of HTTP/2 streams, built at the first HTTP/2 connection (h2 is loaded only then)."""
+        if self._h2_handler is None:
+            self._h2_handler = self._h2() if self._h2 is not None else self.handler
+        return self._h2_handler
+
+    def hand_to_h2(self, conn: H1Connection, transport: asyncio.Transport, data: bytes) -> None:
+        """*conn* began with the HTTP/2 preface: an `H2ServerConnection` takes the socket over, with *data*."""
+        from lane.engine.h2_connection import H2ServerConnection
+
+        self.connections.discard(conn)
+        h2 = H2ServerConnection(self)
+        self.connections.add(h2)
+        transport.set_protocol(h2)
+        h2.connection_made(transport)
+        h2.data_received(data)
 
     async def hand_over(self, transport: asyncio.Transport, data: bytes, paused: bool) -> None:
         if self._fallback is None:

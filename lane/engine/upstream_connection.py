@@ -58,6 +58,8 @@ class Pool:
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream and the state of the exchange on it."""
 
+    trailers: Final = None  # chunked trailers are not relayed over HTTP/1.1
+
     __slots__ = (
         "body_sent", "buffer", "buffered", "complete", "dirty", "drain", "error", "fields", "got_bytes",
         "head_bytes", "head_done", "head_only", "headers", "interim", "keep_alive", "last", "length",

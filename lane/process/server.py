@@ -110,7 +110,7 @@ async def start_listener(listener: Listener, *, drain_seconds: float = DEFAULT_D
     """
     fast = _fast_path(listener)
     if fast is not None:
-        from lane.engine.listen import AiohttpFallback, listen_h1
+        from lane.engine.listen import AiohttpFallback, listen_http
 
         if access_log:
             from lane.telemetry.access_log import logged
@@ -119,7 +119,7 @@ async def start_listener(listener: Listener, *, drain_seconds: float = DEFAULT_D
 
         fallback = None if listener.app is None else AiohttpFallback(
             lambda: _app_of(listener), shutdown_timeout=drain_seconds, access_log=None)
-        running = await listen_h1(fast, listener.address.host, listener.address.port, fallback=fallback,
+        running = await listen_http(fast, listener.address.host, listener.address.port, fallback=fallback,
                                   reuse_port=reuse_port, limits=limits)
 
         async def close_fast(drain: float) -> None:

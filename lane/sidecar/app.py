@@ -29,7 +29,7 @@ from typing import Final
 from multidict import CIMultiDict
 
 from lane.core.config import ProxySpec
-from lane.core.deadline import DEADLINE_HEADER, budget_of, pass_on
+from lane.core.deadline import budget_of, stamp
 from lane.core.endpoint import Endpoint
 from lane.core.hops import Hop
 from lane.dataplane.dispatch import UNAVAILABLE_HEADER
@@ -45,7 +45,7 @@ MIN_WAIT: Final = 0.001  # below this the budget is spent: the app is not called
 def app_budget(received: Mapping[str, str], headers: CIMultiDict[str], spec: ProxySpec) -> float:
     """Seconds to wait for the app (the caller's budget, at most ``request_timeout``); tells the app, in *headers*."""
     wait = budget_of(received, spec.request_timeout)
-    headers[DEADLINE_HEADER] = pass_on(wait, spec.deadline_margin)
+    stamp(headers, wait, spec.deadline_margin)
     return wait
 
 

@@ -1,0 +1,314 @@
+"""The engine's HTTP/2 codec over real sockets on 127.0.0.1: h2c beside HTTP/1.1 on one listener, and
+the HTTP/2 client (`lane.engine.h2_upstream.H2Upstreams`).
+
+The listener runs `forwarder`, a few lines of request logic written against `lane.engine.exchange`
+only (what the gateway and the sidecars do, minus lanes): send through the `Sender` the listener
+hands it, relay with `lane.dataplane.relay`. Upstreams are real ``grpc.aio`` servers; clients are real
+``grpc.aio`` channels, urllib for HTTP/1.1, and for the byte-level cases (a preface cut into pieces,
+a malformed one) the ``h2`` state machine driving a raw socket. Nothing is faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import h2.connection
+import h2.events
+import pytest
+from multidict import CIMultiDict
+
+from lane.core.config import ProxySpec
+from lane.core.endpoint import Endpoint
+from lane.dataplane.relay import relay
+from lane.engine.exchange import Exchange, Handler, Sender
+from lane.engine.failures import ConnectFailed, UpstreamTimeout
+from lane.engine.h2_headers import PREFACE
+from lane.engine.h2_upstream import H2Upstreams
+from lane.engine.listen import FastPath
+from tests.support.processes import serve_handler
+
+pytestmark = pytest.mark.timeout(60)
+
+SPEC = ProxySpec(connect_timeout=1.0, request_timeout=5.0)
+SERVICE = "/t.S/"
+
+
+class Upstream:
+    """A real grpc.aio server: echo, streams, a failing method, a slow one and an endless one."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.seen_metadata: list[dict[str, str]] = []
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.seen_metadata.append({k: str(v) for k, v in context.invocation_metadata() or ()})
+            return request[::-1]
+
+        async def server_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            for i in range(int(request or b"3")):
+                yield b"%d:" % i + b"x" * 1024 * 1024
+
+        async def client_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+            return json.dumps([len(r) async for r in requests]).encode()
+
+        async def bidi(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            async for request in requests:
+                yield request.upper()
+
+        async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            context.set_trailing_metadata((("x-why", "because"), ("x-raw-bin", b"\x00\x01\xfe")))
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: ü")
+            return b""
+
+        async def endless(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    yield b"tick"
+                    await asyncio.sleep(0.02)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+
+        async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+            return b""
+
+        return grpc.method_handlers_generic_handler("t.S", {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Endless": grpc.unary_stream_rpc_method_handler(endless),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        })
+
+
+@contextlib.asynccontextmanager
+async def grpc_upstream() -> AsyncIterator[tuple[Upstream, Endpoint]]:
+    upstream = Upstream()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    server.add_generic_rpc_handlers((upstream.handlers(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield upstream, Endpoint("127.0.0.1", port)
+    finally:
+        await server.stop(0)
+
+
+def forwarder(to: Endpoint, senders: list[Sender]) -> FastPath:
+    """Request logic on the codec-neutral interface: every request to *to*, the answer relayed back."""
+
+    def with_pools(sender: Sender) -> Handler:
+        senders.append(sender)
+
+        async def handle(exchange: Exchange) -> None:
+            if exchange.path == "/version":
+                exchange.respond(200, CIMultiDict({"content-type": "application/json"}), json.dumps({
+                    "version": exchange.version, "host": exchange.headers.get("Host")}).encode())
+                return
+            headers = CIMultiDict(exchange.headers)
+            answer = await sender.send(exchange.method, to, exchange.target, headers, exchange.body, SPEC)
+            await relay(exchange, answer, answer.headers.copy())
+
+        return handle
+
+    return with_pools
+
+
+@contextlib.asynccontextmanager
+async def proxied() -> AsyncIterator[tuple[Upstream, str, list[Sender]]]:
+    """A grpc upstream behind an engine listener running `forwarder`; yields the listener's host:port."""
+    senders: list[Sender] = []
+    async with grpc_upstream() as (upstream, at), serve_handler(forwarder(at, senders)) as port:
+        yield upstream, f"127.0.0.1:{port}", senders
+
+
+def _channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+
+
+async def test_all_four_rpc_kinds_stream_through_the_codec() -> None:
+    async with proxied() as (_, target, _senders), _channel(target) as ch:
+        assert await ch.unary_unary(SERVICE + "Unary")(b"abc", timeout=5) == b"cba"
+        got = [m async for m in ch.unary_stream(SERVICE + "ServerStream")(b"3", timeout=10)]
+        assert [m[:2] for m in got] == [b"0:", b"1:", b"2:"] and all(len(m) == 2 + 1024 * 1024 for m in got)
+
+        async def parts() -> AsyncIterator[bytes]:
+            for size in (1, 70_000, 3 * 1024 * 1024):  # beyond every default window
+                yield b"p" * size
+
+        assert json.loads(await ch.stream_unary(SERVICE + "ClientStream")(parts(), timeout=10)) == [
+            1, 70_000, 3 * 1024 * 1024]
+        call = ch.stream_stream(SERVICE + "Bidi")(timeout=5)
+        for word in (b"one", b"two"):  # each answer comes back before the next message is sent
+            await call.write(word)
+            assert await call.read() == word.upper()
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+
+
+async def test_status_details_and_trailing_metadata_pass_unchanged() -> None:
+    async with proxied() as (_, target, _senders), _channel(target) as ch:
+        call = ch.unary_unary(SERVICE + "Fail")(b"", timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert caught.value.details() == "no such thing: ü"
+        trailing = dict(caught.value.trailing_metadata())
+        assert trailing["x-why"] == "because" and trailing["x-raw-bin"] == b"\x00\x01\xfe"
+
+
+async def test_http11_and_h2c_are_served_on_the_same_port() -> None:
+    async with proxied() as (_, target, _senders), _channel(target) as ch:
+        def http11() -> dict[str, Any]:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"http://{target}/version", timeout=5) as resp:
+                return dict(json.loads(resp.read()))
+
+        assert (await asyncio.to_thread(http11))["version"] == "1.1"
+        assert await ch.unary_unary(SERVICE + "Unary")(b"ab", timeout=5) == b"ba"
+        async with H2Upstreams() as client:
+            host, port = target.split(":")
+            answer = await client.send("GET", Endpoint(host, int(port)), "/version",
+                                       CIMultiDict({"Host": "b.example"}), None, SPEC)
+            body = answer.read_nowait() + b"".join([c async for c in answer.chunks()])
+            answer.release()
+        assert json.loads(body) == {"version": "2", "host": "b.example"}  # :authority is the Host header
+        assert (await asyncio.to_thread(http11))["version"] == "1.1"
+
+
+async def test_many_concurrent_calls_share_one_upstream_connection() -> None:
+    async with proxied() as (upstream, target, senders), _channel(target) as ch:
+        method = ch.unary_unary(SERVICE + "Unary")
+        answers = await asyncio.gather(*(method(b"%d" % i, metadata=(("x-n", str(i)),), timeout=10)
+                                         for i in range(100)))
+        assert answers == [(b"%d" % i)[::-1] for i in range(100)]
+        h2_sender = senders[-1]
+        assert isinstance(h2_sender, H2Upstreams) and h2_sender.connections == 1
+        assert sorted(int(m["x-n"]) for m in upstream.seen_metadata) == list(range(100))
+        assert all(m.get("te") is None for m in upstream.seen_metadata)  # gRPC's te: trailers is no metadata
+
+
+async def test_a_client_cancel_resets_the_stream_upstream() -> None:
+    async with proxied() as (upstream, target, _senders), _channel(target) as ch:
+        call = ch.unary_stream(SERVICE + "Endless")(b"", timeout=10)
+        assert await call.read() == b"tick"
+        call.cancel()
+        await asyncio.wait_for(upstream.cancelled.wait(), 3)
+
+
+async def test_a_deadline_ends_in_time_and_the_upstream_stops_waiting() -> None:
+    async with proxied() as (upstream, target, _senders), _channel(target) as ch:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await ch.unary_unary(SERVICE + "Slow")(b"", timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 0.9
+        await asyncio.wait_for(upstream.cancelled.wait(), 3)
+
+
+async def test_the_client_times_out_a_silent_upstream_and_resets_its_stream() -> None:
+    async with grpc_upstream() as (upstream, at), H2Upstreams() as client:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            await client.send("POST", at, SERVICE + "Slow", CIMultiDict({
+                "content-type": "application/grpc", "te": "trailers"}), OneMessage(),
+                ProxySpec(connect_timeout=1.0, request_timeout=0.3))
+        assert 0.25 < time.monotonic() - started < 1.5
+        await asyncio.wait_for(upstream.cancelled.wait(), 3)
+
+
+class OneMessage:
+    """A request body (`BodySource`): one empty gRPC message (flag byte and a zero length)."""
+
+    present = True
+    length = 5
+    started = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        yield b"\x00\x00\x00\x00\x00"
+
+
+async def test_nothing_listening_is_connect_failed() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        async with H2Upstreams() as client:
+            with pytest.raises(ConnectFailed):
+                await client.send("GET", Endpoint("127.0.0.1", port), "/", CIMultiDict(), None, SPEC)
+
+
+def _h2_request(conn: h2.connection.H2Connection, authority: str) -> bytes:
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", authority), (":path", "/version")],
+                      end_stream=True)
+    return conn.data_to_send()
+
+
+async def _exchange_raw(port: int, send: Callable[[socket.socket, bytes], None], data: bytes,
+                        conn: h2.connection.H2Connection) -> list[h2.events.Event]:
+    def run() -> list[h2.events.Event]:
+        events: list[h2.events.Event] = []
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            send(sock, data)
+            while not any(isinstance(e, h2.events.StreamEnded | h2.events.ConnectionTerminated) for e in events):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                events.extend(conn.receive_data(chunk))
+                sock.sendall(conn.data_to_send())
+        return events
+
+    return await asyncio.to_thread(run)
+
+
+async def test_a_preface_cut_into_pieces_is_still_http2() -> None:
+    async with serve_handler(forwarder(Endpoint("127.0.0.1", 9), [])) as port:
+        conn = h2.connection.H2Connection()
+
+        def trickle(sock: socket.socket, data: bytes) -> None:
+            for i in range(30):  # the 24-byte preface and the start of SETTINGS, a byte at a time
+                sock.sendall(data[i:i + 1])
+                time.sleep(0.005)
+            sock.sendall(data[30:])
+
+        events = await _exchange_raw(port, trickle, _h2_request(conn, "x.test"), conn)
+        data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        assert json.loads(data) == {"version": "2", "host": "x.test"}
+
+
+async def test_a_broken_preface_closes_the_connection_and_the_listener_serves_on() -> None:
+    async with serve_handler(forwarder(Endpoint("127.0.0.1", 9), [])) as port:
+        def broken() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(PREFACE + b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA on stream 0: forbidden
+                out = b""
+                while chunk := sock.recv(65536):
+                    out += chunk
+                return out
+
+        answer = await asyncio.to_thread(broken)  # read to the end: the listener closed the connection
+        reader = h2.connection.H2Connection()
+        reader.initiate_connection()
+        ended = [e for e in reader.receive_data(answer) if isinstance(e, h2.events.ConnectionTerminated)]
+        assert ended and ended[0].error_code != 0, f"no GOAWAY with an error: {answer!r}"
+        conn = h2.connection.H2Connection()
+        events = await _exchange_raw(port, lambda s, d: s.sendall(d), _h2_request(conn, "ok.test"), conn)
+        data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        assert json.loads(data)["version"] == "2"

@@ -7,6 +7,10 @@ the listener's HTTP/2 handler, many at once. The listener's limits apply per str
 HTTP/1.1 request (over ``max_requests`` or the memory watermark: a fast 503), its buffer bound is the
 stream's flow-control window.
 
+Draining: when the listener stops (or the client says GOAWAY) the connection says GOAWAY, answers
+the streams in flight and refuses new ones (RST_STREAM ``REFUSED_STREAM``: a gRPC client retries those
+elsewhere), then closes once its last stream ended.
+
 Cancellation: a stream the client resets (RST_STREAM: a gRPC call cancelled, or its deadline passed)
 cancels its handler task, so the request logic stops waiting and whatever it opened upstream is reset
 in turn; a lost connection does the same for every stream on it.
@@ -18,6 +22,7 @@ import asyncio
 import logging
 from typing import Any, Final, Protocol
 
+from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, DataReceived, Event, RequestReceived, StreamEnded, StreamReset
 from multidict import CIMultiDict
 
@@ -60,12 +65,24 @@ class H2ServerConnection(H2Peer):
         self.streams: dict[int, H2Exchange] = {}
         self.peer: str | None = None
         self.sockname: tuple[str, int] | None = None
-        self.closing = False
+        self._closing = False
         self.in_head = False  # what the listener's sweeper asks of every connection
         self.idle_since = self.loop.time()
         self._admitted = True  # admitted by the HTTP/1.1 connection that handed it over
 
     # --- what the listener asks of its connections ---
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        """The listener is stopping: GOAWAY now, close once the streams in flight are answered."""
+        if value and not self._closing:
+            self._closing = True
+            self.goaway()
+            self._maybe_idle()
+
     @property
     def idle(self) -> bool:
         return not self.streams
@@ -116,8 +133,10 @@ class H2ServerConnection(H2Peer):
                 self._gone(exchange)
                 self._maybe_idle()
         elif isinstance(event, ConnectionTerminated):  # GOAWAY: no new streams; finish the ones in flight
+            if event.error_code != ErrorCodes.NO_ERROR:
+                self.abort()  # the client gave up on the connection: every stream on it is cancelled
+                return
             self.closing = True
-            self._maybe_idle()
         # Request trailers (TrailersReceived) are dropped: the stream's end follows as StreamEnded.
 
     def broken(self, why: str) -> None:
@@ -126,6 +145,9 @@ class H2ServerConnection(H2Peer):
     # --- streams ---
     def _open(self, event: RequestReceived) -> None:
         sid = event.stream_id
+        if self._closing:  # after our GOAWAY: not processed, the client may send it elsewhere
+            self.reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
         head = request_head(event.headers or ())
         present = not event.stream_ended
         length: int | None = 0

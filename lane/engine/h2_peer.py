@@ -10,6 +10,13 @@ a slow reader at one end slows the writer at the other instead of filling this p
 Received data is handed back to the peer's window (`ack`) only once the consumer took it, which is
 how a slow consumer slows the sender: a stream buffers at most its window (``Limits.buffer_bytes``)
 and a connection at most `CONNECTION_WINDOWS` of them.
+
+Graceful GOAWAY: ``h2`` calls a connection closed as soon as a GOAWAY is sent or received and refuses
+every frame after it, even in the same read (python-hyper/h2 issue 1181), while RFC 9113 §6.8 lets the
+streams already in flight finish. So each connection's state machine gets a transition table in which
+a GOAWAY leaves an open connection open (`_DRAINING_TRANSITIONS`); what GOAWAY means is kept here: no
+new stream is opened on it by this end (the subclasses' ``draining``/``closing``), and a GOAWAY with
+an error ends the connection.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import socket
 from typing import Final, cast
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
 from h2.events import Event, RemoteSettingsChanged, WindowUpdated
 from h2.exceptions import H2Error
@@ -32,6 +39,12 @@ SEND_HIGH: Final = 64 * 1024  # bytes queued on one stream above which its write
 CONNECTION_WINDOWS: Final = 16  # the connection's receive window, in stream windows
 MAX_HEADER_LIST: Final = 64 * 1024  # as the HTTP/1.1 codec's head limit
 _MAX_WINDOW: Final = 2**31 - 1
+_DRAINING_TRANSITIONS: Final = {
+    **H2ConnectionStateMachine._transitions,
+    **{(state, goaway): (None, state)
+       for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+       for goaway in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)},
+}
 
 
 class Outgoing:
@@ -61,6 +74,7 @@ class H2Peer(asyncio.Protocol):
                  max_streams: int) -> None:
         self.loop = loop
         self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None))
+        self.h2.state_machine._transitions = _DRAINING_TRANSITIONS  # h2 issue 1181, see above
         self.h2.local_settings = Settings(client=client_side, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: min(window, _MAX_WINDOW),
@@ -71,6 +85,7 @@ class H2Peer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.gone = False
         self.write_paused = False
+        self.goaway_sent = False
         self._flush_soon = False
         self.sending: dict[int, Outgoing] = {}
 
@@ -100,6 +115,8 @@ class H2Peer(asyncio.Protocol):
         self.sending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._flush_soon:
+            self.flush()  # h2 drops frames not yet written when a GOAWAY arrives
         try:
             events = self.h2.receive_data(data)
         except H2Error as exc:  # the peer broke the protocol: h2 queued the GOAWAY
@@ -155,12 +172,14 @@ class H2Peer(asyncio.Protocol):
 
     def goaway(self) -> None:
         """Tell the peer no new stream will be accepted (GOAWAY, NO_ERROR); streams in flight go on."""
-        if self.transport is not None and not self.gone:
-            try:
-                self.h2.close_connection()
-            except H2Error:
-                return
-            self.flush()
+        if self.transport is None or self.gone or self.goaway_sent:
+            return
+        self.goaway_sent = True
+        try:
+            self.h2.close_connection()
+        except H2Error:
+            return
+        self.flush()
 
     def ack(self, stream_id: int, size: int) -> None:
         """*size* received bytes of *stream_id* were consumed: the peer may send that much more."""

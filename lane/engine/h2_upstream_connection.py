@@ -276,13 +276,17 @@ class H2ClientConnection(H2Peer):
                         self.endpoint, f"the upstream reset the stream ({_code_name(code)})")
                 stream.stop()  # also the body pump, when the upstream answered before the body ended
                 stream.wake()
-        elif isinstance(event, ConnectionTerminated):
+        elif isinstance(event, ConnectionTerminated):  # GOAWAY: the streams it covers finish, if it is graceful
             self.draining = True
             self.owner.forget(self)
             last = event.last_stream_id if event.last_stream_id is not None else 2**31
+            graceful = event.error_code == ErrorCodes.NO_ERROR
             for sid, stream in list(self.streams.items()):
                 if sid > last and not stream.head_done:
                     stream.fail(self._refused(stream))
+                elif not graceful:
+                    stream.fail(UpstreamBroken(self.endpoint, f"the upstream ended the connection "
+                                                              f"({_code_name(event.error_code or 0)})"))
             if not self.streams:
                 self.close()
 

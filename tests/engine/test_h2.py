@@ -33,6 +33,7 @@ from lane.engine.failures import ConnectFailed, UpstreamTimeout
 from lane.engine.h2_headers import PREFACE
 from lane.engine.h2_upstream import H2Upstreams
 from lane.engine.listen import FastPath
+from lane.process.server import Listener, start_listener
 from tests.support.processes import serve_handler
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,7 +47,9 @@ class Upstream:
 
     def __init__(self) -> None:
         self.cancelled = asyncio.Event()
+        self.napping = asyncio.Event()
         self.seen_metadata: list[dict[str, str]] = []
+        self.server: grpc.aio.Server | None = None
 
     def handlers(self) -> grpc.GenericRpcHandler:
         async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -78,6 +81,11 @@ class Upstream:
                 self.cancelled.set()
                 raise
 
+        async def nap(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.napping.set()
+            await asyncio.sleep(float(request))
+            return b"rested"
+
         async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
                 await asyncio.sleep(10)
@@ -94,6 +102,7 @@ class Upstream:
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
             "Endless": grpc.unary_stream_rpc_method_handler(endless),
             "Slow": grpc.unary_unary_rpc_method_handler(slow),
+            "Nap": grpc.unary_unary_rpc_method_handler(nap),
         })
 
 
@@ -104,6 +113,7 @@ async def grpc_upstream() -> AsyncIterator[tuple[Upstream, Endpoint]]:
     server.add_generic_rpc_handlers((upstream.handlers(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    upstream.server = server
     try:
         yield upstream, Endpoint("127.0.0.1", port)
     finally:
@@ -220,6 +230,29 @@ async def test_a_deadline_ends_in_time_and_the_upstream_stops_waiting() -> None:
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 0.9
         await asyncio.wait_for(upstream.cancelled.wait(), 3)
+
+
+async def test_a_call_in_flight_finishes_when_the_upstream_stops_gracefully() -> None:
+    # The upstream says GOAWAY (NO_ERROR) and finishes what it started: so must the proxy's stream to it.
+    async with proxied() as (upstream, target, _senders), _channel(target) as ch:
+        call = ch.unary_unary(SERVICE + "Nap")(b"0.8", timeout=10)
+        await asyncio.wait_for(upstream.napping.wait(), 5)
+        assert upstream.server is not None
+        stopping = asyncio.ensure_future(upstream.server.stop(grace=5))
+        assert await call == b"rested"
+        await stopping
+
+
+async def test_a_call_in_flight_finishes_when_the_listener_stops() -> None:
+    senders: list[Sender] = []
+    async with grpc_upstream() as (upstream, at):
+        started = await start_listener(Listener("t", Endpoint("127.0.0.1", 0), None, fast=forwarder(at, senders)))
+        async with _channel(f"127.0.0.1:{started.address.port}") as ch:
+            call = ch.unary_unary(SERVICE + "Nap")(b"0.8", timeout=10)
+            await asyncio.wait_for(upstream.napping.wait(), 5)
+            closing = asyncio.ensure_future(started.close(5.0))  # GOAWAY, answer what is in flight, close
+            assert await call == b"rested"
+            await asyncio.wait_for(closing, 5)
 
 
 async def test_the_client_times_out_a_silent_upstream_and_resets_its_stream() -> None:

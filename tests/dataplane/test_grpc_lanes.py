@@ -210,6 +210,25 @@ def test_a_strict_lane_with_no_instance_is_unavailable_with_the_reason(chain: Gr
     assert _labels(_hops(err.trailing_metadata())) == ["a@none"], meta
 
 
+def test_an_instance_that_does_not_answer_is_deadline_exceeded_with_the_reason(chain: GrpcChain,
+                                                                              channel: grpc.Channel) -> None:
+    # No client deadline: the proxies' own budget (request_timeout 3 s) ends the call, as a gRPC error.
+    chain.pause("app-a-gray", True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(SERVICE + "Unary")(b"", metadata=_meta(GRAY_USER), timeout=CALL_TIMEOUT)
+        elapsed = time.monotonic() - started
+    finally:
+        chain.pause("app-a-gray", False)
+    err: Any = caught.value
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (err, chain.tail())
+    assert err.details().startswith("lane: upstream ") and "timed out" in err.details(), err.details()
+    assert 2.0 < elapsed < 4.0, elapsed
+    hops = _hops(err.trailing_metadata())
+    assert [(h.label(), h.error) for h in hops] == [("a@gray", "504")], hops
+
+
 def test_fifty_concurrent_mixed_calls_never_cross_lanes(chain: GrpcChain, channel: grpc.Channel) -> None:
     # One client connection, 50 streams in flight at once, gray and base and forged interleaved.
     cases = []
@@ -261,6 +280,13 @@ def test_a_killed_gray_instance_falls_back_with_no_error_for_the_calls_that_foll
         with ThreadPoolExecutor(max_workers=20) as pool:
             results = list(pool.map(lambda kind: call(ch, kind, _meta(GRAY_USER)), KINDS * 5))
         assert all(_labels(hops) == ["a@base", "b@base", "c@base"] for _, hops in results)
+        # With no instance of a left at all, the gateway's own answer is a gRPC error with the reason.
+        fresh.kill("sidecar-a-base")
+        with pytest.raises(grpc.RpcError) as caught:
+            ch.unary_unary(SERVICE + "Unary")(b"", metadata=_meta(GRAY_USER), timeout=CALL_TIMEOUT)
+        err: Any = caught.value
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+        assert err.details().startswith("lane: upstream ") and "connect failed" in err.details(), err.details()
 
 
 def _lines(path: Path) -> list[str]:

@@ -48,6 +48,8 @@ class Upstream:
     def __init__(self) -> None:
         self.cancelled = asyncio.Event()
         self.napping = asyncio.Event()
+        self.release = asyncio.Event()
+        self.yielded = 0
         self.seen_metadata: list[dict[str, str]] = []
         self.server: grpc.aio.Server | None = None
 
@@ -58,7 +60,12 @@ class Upstream:
 
         async def server_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             for i in range(int(request or b"3")):
+                self.yielded += 1
                 yield b"%d:" % i + b"x" * 1024 * 1024
+
+        async def hold(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+            await self.release.wait()  # reads nothing until the test says so
+            return str(sum([len(r) async for r in requests])).encode()
 
         async def client_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
             return json.dumps([len(r) async for r in requests]).encode()
@@ -103,6 +110,7 @@ class Upstream:
             "Endless": grpc.unary_stream_rpc_method_handler(endless),
             "Slow": grpc.unary_unary_rpc_method_handler(slow),
             "Nap": grpc.unary_unary_rpc_method_handler(nap),
+            "Hold": grpc.stream_unary_rpc_method_handler(hold),
         })
 
 
@@ -183,6 +191,108 @@ async def test_status_details_and_trailing_metadata_pass_unchanged() -> None:
         assert trailing["x-why"] == "because" and trailing["x-raw-bin"] == b"\x00\x01\xfe"
 
 
+def _grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class RawClient:
+    """An HTTP/2 client on a blocking socket (the h2 state machine) that decides itself when to read and ack."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.conn = h2.connection.H2Connection()
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.received = 0
+        self.ended = False
+        self.offset = 0  # body bytes sent so far on stream 1
+        self.unacked = 0  # received and not handed back to the window
+
+    def start(self, method: str, end: bool) -> None:
+        self.conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "up"),
+                                   (":path", SERVICE + method), ("content-type", "application/grpc"),
+                                   ("te", "trailers")], end_stream=end)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def pump(self, ack: bool, seconds: float) -> None:
+        """Read for *seconds* (or to the stream's end), handing the window back only when *ack*."""
+        deadline = time.monotonic() + seconds
+        if ack and self.unacked:  # what was held back so far is taken now
+            self.conn.acknowledge_received_data(self.unacked, 1)
+            self.unacked = 0
+            self.sock.sendall(self.conn.data_to_send())
+        while not self.ended and time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    self.received += len(event.data)
+                    if ack:
+                        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    else:
+                        self.unacked += event.flow_controlled_length
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    self.ended = True
+            self.sock.sendall(self.conn.data_to_send())
+
+    def send_until_blocked(self, total: int, seconds: float) -> int:
+        """Send up to *total* body bytes as the window allows, for *seconds*; what was sent."""
+        sent, chunk = 0, _grpc_frame(b"u" * (1024 * 1024 - 5))  # 1 MiB messages, framed
+        deadline = time.monotonic() + seconds
+        while sent < total and time.monotonic() < deadline:
+            window = min(self.conn.local_flow_control_window(1), self.conn.max_outbound_frame_size, total - sent)
+            if window <= 0:
+                self.pump(ack=True, seconds=0.05)  # take the window updates (and settings) that arrive
+                continue
+            at = self.offset % len(chunk)
+            piece = chunk[at:at + window]
+            self.conn.send_data(1, piece)
+            self.sock.sendall(self.conn.data_to_send())
+            sent += len(piece)
+            self.offset += len(piece)
+        return sent
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_a_client_that_stops_reading_holds_back_the_upstream() -> None:
+    # 32 MiB answer, a client that reads nothing: what the upstream could produce is bounded by the
+    # windows on the way (the proxy reads only what its client took), not by the answer's size.
+    async with proxied() as (upstream, target, _senders):
+        client = RawClient(int(target.split(":")[1]))
+        try:
+            client.start("ServerStream", end=False)
+            client.conn.send_data(1, _grpc_frame(b"32"), end_stream=True)
+            client.sock.sendall(client.conn.data_to_send())
+            await asyncio.to_thread(client.pump, False, 1.5)
+            assert client.received <= 65535 and not client.ended
+            assert upstream.yielded < 10, f"the upstream produced {upstream.yielded} MiB for a client that read 64 KiB"
+            await asyncio.to_thread(client.pump, True, 20.0)  # now read: all of it arrives, in order
+            assert client.ended and client.received == sum(5 + len(b"%d:" % i) + 1024 * 1024 for i in range(32))
+        finally:
+            client.close()
+
+
+async def test_an_upstream_that_stops_reading_holds_back_the_client() -> None:
+    async with proxied() as (upstream, target, _senders):
+        client = RawClient(int(target.split(":")[1]))
+        try:
+            client.start("Hold", end=False)
+            sent = await asyncio.to_thread(client.send_until_blocked, 64 * 1024 * 1024, 1.5)
+            assert sent < 8 * 1024 * 1024, f"{sent} bytes taken from a client while the upstream read nothing"
+            upstream.release.set()
+            more = await asyncio.to_thread(client.send_until_blocked, 16 * 1024 * 1024 - sent, 10.0)
+            assert sent + more == 16 * 1024 * 1024  # once the upstream reads, the rest flows
+        finally:
+            client.close()
+
+
 async def test_http11_and_h2c_are_served_on_the_same_port() -> None:
     async with proxied() as (_, target, _senders), _channel(target) as ch:
         def http11() -> dict[str, Any]:
@@ -220,6 +330,24 @@ async def test_a_client_cancel_resets_the_stream_upstream() -> None:
         assert await call.read() == b"tick"
         call.cancel()
         await asyncio.wait_for(upstream.cancelled.wait(), 3)
+
+
+async def test_an_upstream_that_breaks_mid_stream_resets_the_clients_stream() -> None:
+    # The other way: the upstream goes away in the middle of an answer; the client must see the call
+    # fail at once (its stream is reset), not wait for the rest or get a complete-looking end.
+    async with proxied() as (upstream, target, _senders), _channel(target) as ch:
+        call = ch.unary_stream(SERVICE + "Endless")(b"", timeout=30)
+        assert await call.read() == b"tick"
+        assert upstream.server is not None
+        await upstream.server.stop(None)  # no grace: the upstream cancels the call and closes
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while True:
+                if await call.read() == grpc.aio.EOF:
+                    break
+        assert caught.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED,
+                                       grpc.StatusCode.UNAVAILABLE), caught.value
+        assert time.monotonic() - started < 3
 
 
 async def test_a_deadline_ends_in_time_and_the_upstream_stops_waiting() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,6 +48,10 @@ class GrpcChain:
         """Kill one process of the chain at once (SIGKILL), as a crashed pod."""
         stop_process(self.procs[name], sig=9, timeout=10)
 
+    def pause(self, name: str, paused: bool) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) one process: a hung app keeps its sockets open and answers nothing."""
+        self.procs[name].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def tail(self) -> str:
         """The end of every child's log, for a failure message."""
         parts = []
@@ -70,6 +75,7 @@ def _config(inbound: dict[Instance, str]) -> dict[str, Any]:
             {"name": "vip", "lane": "vip", "match": {"headers": [{"name": "x-user", "exact": VIP_USER}]}},
         ],
         "services": services,
+        "proxy": {"request_timeout": 3},  # an instance that does not answer is given up on in seconds
     }
 
 

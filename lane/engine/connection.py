@@ -3,7 +3,8 @@
 Each connection parses with httptools; a parsed head becomes a `lane.engine.request.Request` handed to
 the listener's handler coroutine. Requests on one connection are answered in order (pipelining is
 parsed, answers are serialized). What is not a plain request-answer exchange (upgrades) is handed,
-with the bytes read so far, to the listener (`Listener.hand_over`).
+with the bytes read so far, to the listener (`Listener.hand_over`); a connection whose first bytes are
+the HTTP/2 preface is handed to the listener's HTTP/2 side (`Listener.hand_to_h2`, h2c for gRPC).
 
 Limits (a proxy in front of everything must not buffer what a client sends it): request line and
 each header field ≤ 8 KiB, the whole head ≤ 64 KiB and ≤ 128 fields (431 otherwise), counted on

@@ -5,9 +5,9 @@ ended with trailers when given: gRPC's ``grpc-status`` travels there); an answer
 `end` leaves as one HEADERS frame that ends the stream, which is gRPC's trailers-only form.
 `H2Body` streams what the client sends and hands each piece back to the client's flow-control window
 only once the handler took it. Like Envoy's retry buffer, it keeps what it handed out while that is at
-most `REPLAY_BYTES`: a body that arrived whole and small (every unary gRPC request) can be sent again
-to another instance when the first one did not take it (a sidecar saying its app is down), so it does
-not count as ``started``. Both talk to their connection only through `StreamSide`, so this
+most `REPLAY_BYTES`: such a body (every unary gRPC request, a short stream) can be sent again from its
+start to another instance when the first one did not take it (a sidecar saying its app is down), also
+while the rest of it is still arriving, so it does not count as ``started``. Both talk to their connection only through `StreamSide`, so this
 module does not depend on the connection (`lane.engine.h2_connection`) that creates them.
 """
 
@@ -51,7 +51,7 @@ class StreamSide(Protocol):
 class H2Body:
     """The body of one request stream as it arrives (a `lane.engine.exchange.BodySource`), read at most once."""
 
-    __slots__ = ("_chunks", "_conn", "_discarded", "_done", "_error", "_handed", "_kept", "_kept_bytes", "_waiter",
+    __slots__ = ("_chunks", "_conn", "_discarded", "_done", "_error", "_handed", "_kept", "_kept_bytes", "_waiters",
                  "length", "present", "stream_id")
 
     def __init__(self, conn: StreamSide, stream_id: int, present: bool, length: int | None) -> None:
@@ -66,7 +66,8 @@ class H2Body:
         self._done = not present
         self._discarded = False
         self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        # One per reader: a reader cancelled while waiting (an attempt given up) never takes the next one's wake-up.
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def complete(self) -> bool:
@@ -74,8 +75,8 @@ class H2Body:
 
     @property
     def started(self) -> bool:
-        """Some of it was handed out and it cannot be sent again (not all arrived, or too big to keep)."""
-        return self._handed and (self._kept is None or not self._done or self._error is not None)
+        """Some of it was handed out and it cannot be sent again (more than `REPLAY_BYTES`, or it failed)."""
+        return self._handed and (self._kept is None or self._error is not None)
 
     def feed(self, data: bytes, flow: int) -> None:
         """*data* arrived, *flow* bytes of the client's window (padding included)."""
@@ -98,9 +99,9 @@ class H2Body:
             self._conn.ack(self.stream_id, self._chunks.popleft()[1])
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body from its start: what was already handed out (when kept), then the rest as it arrives."""
@@ -126,11 +127,12 @@ class H2Body:
                 if self._error is not None:
                     raise self._error
                 return
-            self._waiter = self._conn.loop.create_future()
+            waiter = self._conn.loop.create_future()
+            self._waiters.append(waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                self._waiters.remove(waiter)
 
 
 class H2Exchange:

@@ -20,7 +20,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 from multidict import CIMultiDict
@@ -291,6 +293,63 @@ async def test_an_upstream_that_stops_reading_holds_back_the_client() -> None:
             assert sent + more == 16 * 1024 * 1024  # once the upstream reads, the rest flows
         finally:
             client.close()
+
+
+class Refuser(asyncio.Protocol):
+    """An HTTP/2 server (the h2 state machine) that refuses every stream once its first body bytes came
+    (RST_STREAM REFUSED_STREAM): the proxy has taken part of the body from its client by then."""
+
+    def __init__(self) -> None:
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        self.refused = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.conn.initiate_connection()
+        transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived) and not self.conn.streams[event.stream_id].closed:
+                self.refused += 1
+                self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        self.transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+
+
+async def test_a_stream_refused_upstream_is_sent_elsewhere_whole_while_its_body_still_arrives() -> None:
+    # Like Envoy's retry buffer: what was taken from the client is kept (small bodies), so a request
+    # nobody processed can go to the next instance from its start, even before the client finished it.
+    refusers: list[Refuser] = []
+    server = await asyncio.get_running_loop().create_server(lambda: refusers.append(Refuser()) or refusers[-1],
+                                                            "127.0.0.1", 0)
+    refusing = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+
+    def two_tries(to: Endpoint) -> FastPath:
+        def with_pools(sender: Sender) -> Handler:
+            async def handle(exchange: Exchange) -> None:
+                headers = CIMultiDict(exchange.headers)
+                try:
+                    answer = await sender.send(exchange.method, refusing, exchange.target, headers, exchange.body, SPEC)
+                except ConnectFailed:
+                    assert not exchange.body.started
+                    answer = await sender.send(exchange.method, to, exchange.target, headers, exchange.body, SPEC)
+                await relay(exchange, answer, answer.headers.copy())
+
+            return handle
+
+        return with_pools
+
+    try:
+        async with grpc_upstream() as (_, at), serve_handler(two_tries(at)) as port, _channel(f"127.0.0.1:{port}") as ch:
+            async def slowly() -> AsyncIterator[bytes]:
+                for size in (10, 20, 30):
+                    yield b"s" * size
+                    await asyncio.sleep(0.2)  # the refusal comes while the rest is still to be sent
+
+            assert json.loads(await ch.stream_unary(SERVICE + "ClientStream")(slowly(), timeout=10)) == [10, 20, 30]
+            assert sum(r.refused for r in refusers) == 1
+    finally:
+        server.close()
 
 
 async def test_http11_and_h2c_are_served_on_the_same_port() -> None:

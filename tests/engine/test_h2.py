@@ -34,6 +34,7 @@ from lane.engine.exchange import Exchange, Handler, Sender
 from lane.engine.failures import ConnectFailed, UpstreamTimeout
 from lane.engine.h2_headers import PREFACE
 from lane.engine.h2_upstream import H2Upstreams
+from lane.engine.limits import Limits
 from lane.engine.listen import FastPath
 from lane.process.server import Listener, start_listener
 from tests.support.processes import serve_handler
@@ -440,6 +441,27 @@ async def test_a_call_in_flight_finishes_when_the_listener_stops() -> None:
             closing = asyncio.ensure_future(started.close(5.0))  # GOAWAY, answer what is in flight, close
             assert await call == b"rested"
             await asyncio.wait_for(closing, 5)
+
+
+async def test_streams_over_the_listeners_request_cap_are_shed_fast() -> None:
+    # The listener's overload limits count HTTP/2 streams as HTTP/1.1 requests: over the cap, a fast 503
+    # (a gRPC client reads UNAVAILABLE, and retries elsewhere) without reaching the handler.
+    shed: list[str] = []
+    async with grpc_upstream() as (upstream, at):
+        started = await start_listener(Listener("t", Endpoint("127.0.0.1", 0), None, fast=forwarder(at, [])),
+                                       limits=Limits(max_requests=1, on_shed=shed.append))
+        try:
+            async with _channel(f"127.0.0.1:{started.address.port}") as ch:
+                nap = ch.unary_unary(SERVICE + "Nap")
+                first = asyncio.ensure_future(nap(b"0.5", timeout=10))
+                await asyncio.wait_for(upstream.napping.wait(), 5)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await nap(b"0", timeout=10)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+                assert await first == b"rested"
+                assert shed == ["requests"]
+        finally:
+            await started.close(1.0)
 
 
 async def test_the_client_times_out_a_silent_upstream_and_resets_its_stream() -> None:

@@ -9,7 +9,8 @@ lane's client and server interceptors carry the lane (tag metadata and baggage) 
 * ``Unary``/``ServerStream``/``ClientStream``/``Bidi``: a report (service, lane, lane metadata it got,
   deadline left) wrapping the next service's; streams pass each message on as it comes;
 * ``Fail``: the last service aborts with ``FAILED_PRECONDITION``, details and trailing metadata
-  (one of them binary); the others pass on exactly the status they got;
+  (binary ones, and ``grpc-status-details-bin``: gRPC's rich error model); the others pass on
+  exactly the status they got;
 * ``Slow``: the last service waits (up to 5 s) for its deadline or a cancel, and reports what it saw;
 * ``Ticks``: the last service streams a tick every 50 ms until cancelled, then appends ``cancelled``
   to ``APP_EVENTS``; the others cancel their call when theirs is cancelled (what grpc-go does itself).
@@ -41,7 +42,18 @@ from lane.propagation.grpc_server import LaneServerInterceptor
 __all__ = ["main"]
 
 SERVICE = "lanetest.Chain"
-CUSTOM_TRAILERS = ("x-app-detail", "x-app-detail-bin")
+CUSTOM_TRAILERS = ("x-app-detail", "x-app-detail-bin", "grpc-status-details-bin")
+
+
+def _rich_status(message: str, service: str) -> bytes:
+    """gRPC's rich error model (what grpcio-status sends): a google.rpc.Status with an ErrorInfo detail."""
+    from google.protobuf import any_pb2
+    from google.rpc import error_details_pb2, status_pb2
+
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason="NOT_READY", domain="lanetest", metadata={"at": service}))
+    return bytes(status_pb2.Status(code=grpc.StatusCode.FAILED_PRECONDITION.value[0], message=message,
+                                   details=[detail]).SerializeToString())
 
 
 def _report(env: AppEnv, context: grpc.ServicerContext, **extra: Any) -> dict[str, Any]:
@@ -112,9 +124,11 @@ class Chain:
 
     def fail(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         if not self.next:
+            message = f"precondition failed at {self.env.service} (é)"
             context.set_trailing_metadata((("x-app-detail", f"{self.env.service}@{self.env.lane}"),
-                                           ("x-app-detail-bin", b"\x00\xffbinary")))
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"precondition failed at {self.env.service} (é)")
+                                           ("x-app-detail-bin", b"\x00\xffbinary"),
+                                           ("grpc-status-details-bin", _rich_status(message, self.env.service))))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
         try:
             self._method("unary_unary", "Fail")(request, timeout=self._timeout(context))
         except grpc.RpcError as exc:  # pass on exactly what came back

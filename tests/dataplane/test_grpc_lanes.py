@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from lane.core.hops import PATH_HEADER, SERVED_HEADER, Hop, parse_path
 from tests.support.grpc_chain import GRAY_USER, VIP_USER, GrpcChain, grpc_chain
@@ -160,6 +161,10 @@ def test_status_details_and_trailing_metadata_reach_the_client_unchanged(chain: 
     trailing = dict(err.trailing_metadata())
     assert trailing["x-app-detail"] == "c@gray"
     assert trailing["x-app-detail-bin"] == b"\x00\xffbinary"
+    rich = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])  # gRPC's rich error model
+    info = error_details_pb2.ErrorInfo()
+    assert rich.code == grpc.StatusCode.FAILED_PRECONDITION.value[0] and rich.message == err.details()
+    assert rich.details[0].Unpack(info) and (info.reason, info.metadata["at"]) == ("NOT_READY", "c")
     # c answered trailers-only (no message), so the one header block, lane metadata included, is the trailers.
     assert _labels(_hops(err.trailing_metadata())) == ["a@gray", "b@base", "c@gray"]
 

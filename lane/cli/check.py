@@ -47,7 +47,8 @@ def describe(config: LaneConfig) -> str:
     lines.append(f"services (entry {config.entry}):")
     for svc in config.services.values():
         lanes = ", ".join(f"{lane}={len(eps)}" for lane, eps in svc.instances.items()) or "from cluster"
-        lines.append(f"  {svc.name} ({svc.host}:{svc.port}): {lanes}")
+        speaks = ", grpc" if svc.grpc else ""
+        lines.append(f"  {svc.name} ({svc.host}:{svc.port}{speaks}): {lanes}")
     return "\n".join(lines)
 
 

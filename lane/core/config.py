@@ -18,8 +18,10 @@ from lane.core.rules import Rule
 from lane.core.tags import TagSpec
 
 __all__ = [
+    "DEFAULT_PROTOCOL",
     "DEFAULT_TRACE_HEADERS",
     "LIMITS",
+    "PROTOCOLS",
     "Lane",
     "LaneConfig",
     "MeshGatewaySpec",
@@ -28,6 +30,11 @@ __all__ = [
     "Service",
 ]
 
+# What a service speaks, named as Istio names a Kubernetes Service port's protocol (``appProtocol`` or
+# the port name's prefix): ``http`` (HTTP/1.1) or ``grpc`` (gRPC, i.e. HTTP/2 end to end). Istio sends
+# HTTP/2 to a ``grpc`` port's pods and HTTP/1.1 to an ``http`` port's, so a gRPC service must say so.
+PROTOCOLS: Final[tuple[str, ...]] = ("http", "grpc")  # the first is the default
+DEFAULT_PROTOCOL: Final = PROTOCOLS[0]
 DEFAULT_TRACE_HEADERS: Final[tuple[str, ...]] = (
     "traceparent", "x-request-id", "x-b3-traceid", "b3", "uber-trace-id", "sw8")
 # The range of every number in a config, by key: the parser enforces it and `lane schema` publishes it,
@@ -66,6 +73,11 @@ class Service:
     port: int
     instances: Mapping[str, tuple[Endpoint, ...]]  # lane -> static endpoints; key present = lane exists
     selector: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    protocol: str = DEFAULT_PROTOCOL  # one of PROTOCOLS
+
+    @property
+    def grpc(self) -> bool:
+        return self.protocol == "grpc"
 
     @property
     def lanes(self) -> tuple[str, ...]:

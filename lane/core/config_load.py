@@ -21,6 +21,7 @@ from lane.core.baggage import TOKEN
 from lane.core.config import (
     DEFAULT_TRACE_HEADERS,
     LIMITS,
+    PROTOCOLS,
     Lane,
     LaneConfig,
     MeshGatewaySpec,
@@ -130,13 +131,16 @@ class _At:
             raise self.fail(f"lane names must be DNS labels ([a-z0-9]([-a-z0-9]{{0,61}}[a-z0-9])?), got {name!r}")
         return name
 
+    def choice(self, choices: tuple[str, ...]) -> str:  # the first when the key is left out
+        value = self.string(choices[0])
+        if value not in choices:
+            raise self.fail(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
     def string_map(self) -> Mapping[str, str]:
         if self.value is None:
             return MappingProxyType({})
-        out = {}
-        for key, node in self.items():
-            out[key] = node.string()
-        return MappingProxyType(out)
+        return MappingProxyType({key: node.string() for key, node in self.items()})
 
 
 def _kind(value: Any) -> str:
@@ -288,7 +292,7 @@ def _parse_endpoint(node: _At) -> Endpoint:
 def _parse_service(node: _At, name: str, lanes: Mapping[str, Lane]) -> Service:
     if not is_valid_lane(name):
         raise node.fail(f"service names must be DNS labels, got {name!r}")
-    node.mapping({"host", "port", "instances", "selector"})
+    node.mapping({"host", "port", "instances", "selector", "protocol"})
     instances: dict[str, tuple[Endpoint, ...]] = {}
     inst = node.child("instances")
     if inst.value is not None:
@@ -305,6 +309,7 @@ def _parse_service(node: _At, name: str, lanes: Mapping[str, Lane]) -> Service:
         port=node.child("port").bounded("services.port", 80),
         instances=MappingProxyType(instances),
         selector=selector,
+        protocol=node.child("protocol").choice(PROTOCOLS),
     )
 
 

@@ -28,7 +28,16 @@ from typing import Any, Final
 import yaml
 
 from lane.core.baggage import TOKEN
-from lane.core.config import LIMITS, Lane, MeshGatewaySpec, MeshSpec, ProxySpec, Service
+from lane.core.config import (
+    DEFAULT_PROTOCOL,
+    LIMITS,
+    PROTOCOLS,
+    Lane,
+    MeshGatewaySpec,
+    MeshSpec,
+    ProxySpec,
+    Service,
+)
 from lane.core.config_load import LABEL_KEY, MATCH_KINDS
 from lane.core.tags import LANE_PATTERN, TagSpec
 
@@ -52,6 +61,7 @@ _SPECIAL: Final[Mapping[str, dict[str, Any]]] = {
     "mesh.gateway.hosts": {"type": "array", "items": _TEXT},
     "mesh.gateway.selector": _STRING_MAP,
     "services.selector": _STRING_MAP,
+    "services.protocol": {"type": "string", "enum": list(PROTOCOLS)},
 }
 
 
@@ -223,6 +233,7 @@ def _service() -> dict[str, Any]:
     }
     service = _section(Service, "services", skip=("name",), nested={"instances": instances}, defaults=False)
     service["properties"]["port"]["default"] = 80
+    service["properties"]["protocol"]["default"] = DEFAULT_PROTOCOL
     service["type"] = "object"
     service["anyOf"] = [{"required": ["instances"]}, {"required": ["selector"]}]
     return service

@@ -29,6 +29,18 @@ def test_check_rejects_a_broken_file_with_its_path(tmp_path: Path) -> None:
     assert f"{bad}: coloring[0].lane: unknown lane 'nope'" in result.stderr
 
 
+def test_check_says_which_services_speak_grpc_and_refuses_an_unknown_protocol(tmp_path: Path) -> None:
+    path = tmp_path / "grpc.yaml"
+    path.write_text("entry: a\nservices:\n  a: {protocol: grpc, port: 9090, instances: {base: ['127.0.0.1:1']}}\n")
+    result = lane("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "a (a:9090, grpc): base=1" in result.stdout
+    path.write_text("entry: a\nservices:\n  a: {protocol: h2c, instances: {base: ['127.0.0.1:1']}}\n")
+    result = lane("check", "--config", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}: services.a.protocol: expected one of http, grpc, got 'h2c'" in result.stderr
+
+
 def test_unknown_command_is_a_usage_error() -> None:
     result = lane("frobnicate")
     assert result.returncode == 2 and "invalid choice" in result.stderr

@@ -207,6 +207,20 @@ def test_bad_endpoint() -> None:
     assert err.path == "services.a.instances.base[0]" and "host:port" in err.problem
 
 
+def test_a_service_speaks_http_unless_it_says_grpc() -> None:
+    config = parse_config(MINIMAL + "  b: {protocol: grpc, instances: {base: ['127.0.0.1:9002']}}\n")
+    assert (config.services["a"].protocol, config.services["a"].grpc) == ("http", False)
+    assert (config.services["b"].protocol, config.services["b"].grpc) == ("grpc", True)
+
+
+@pytest.mark.parametrize("value", ["GRPC", "http2", "grpc-web", "h2c", "''"])
+def test_an_unknown_protocol_names_the_service_and_the_choices(value: str) -> None:
+    err = error_of(f"entry: a\nservices:\n  a: {{protocol: {value}, instances: {{base: ['127.0.0.1:1']}}}}\n")
+    assert err.path == "services.a.protocol"
+    assert "expected one of http, grpc" in err.problem or "non-empty string" in err.problem
+    assert "\n" not in str(err)
+
+
 def test_percentage_out_of_range() -> None:
     err = error_of(MINIMAL + "coloring:\n  - lane: base\n    percentage: {percent: 101}\n")
     assert err.path == "coloring[0].percentage.percent" and "0 to 100" in err.problem

@@ -214,6 +214,7 @@ def test_every_number_range_is_the_same_in_both(key: str) -> None:
     "tag: {header: 'x tag'}",
     "label_key: 'a b'",
     "mesh: {gateway: null}",
+    "services: {a: {instances: {base: ['127.0.0.1:1']}, protocol: http2}}",      # not a protocol lane knows
 ])
 def test_a_config_the_loader_refuses_is_invalid(change: str) -> None:
     data = {"entry": "a", "lanes": {"gray": {}}, "services": {"a": {"instances": {"base": ["127.0.0.1:1"]}}}}
@@ -269,6 +270,7 @@ def test_the_defaults_the_schema_offers_are_what_the_loader_gives() -> None:
     service, lane = (props[k]["additionalProperties"]["properties"] for k in ("services", "lanes"))
     assert props["label_key"]["default"] == config.label_key
     assert service["port"]["default"] == config.services["a"].port
+    assert service["protocol"]["default"] == config.services["a"].protocol
     assert lane["strict"]["default"] is config.lanes["base"].strict
     for section in ("tag", "proxy", "mesh"):
         written = {k: v["default"] for k, v in props[section]["properties"].items() if "default" in v}

@@ -8,7 +8,11 @@ a real app forwards (`Forward`: the tag header and baggage, or baggage only; per
 the lane headers it received, and the answers of its calls, nested: the reply of the entry is
 the whole path the request took.
 
-A request with `PROBE_HEADER` is answered without calling anyone (verify's per-service probes).
+A stub speaks its service's protocol: an aiohttp app for HTTP, a grpcio server for gRPC
+(`mesh_config.grpc_wire`: the same JSON reply as the one message of a unary call); it calls each
+callee in the callee's protocol, so a chain may mix them (an HTTP app calling a gRPC one), the
+lane carried as headers or metadata alike. A request with `PROBE_HEADER` is answered without
+calling anyone (verify's per-service probes).
 All stubs bind 127.0.0.1 port 0 and are cleaned up, sessions included, when the ``async with``
 block ends. The egress port is only known once Envoy runs, so it arrives as a future. One stub
 can be stopped (its listening socket and connections closed: what a client sees of a pod that
@@ -21,20 +25,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from grpc import aio
 
+from . import grpc_wire
 from .calls import FORWARD_HEADER, CallGraph, Forward, decode_forward
 
 __all__ = ["PROBE_HEADER", "Backend", "Backends", "run_backends"]
 
 PROBE_HEADER: Final = "x-lane-verify-probe"
-_CALL_TIMEOUT: Final = aiohttp.ClientTimeout(total=15)
+_CALL_TIMEOUT: Final = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +56,14 @@ class Backend:
     service: str
     lane: str
     port: int
+    grpc: bool = False  # a grpcio server, not an HTTP app
+
+
+@dataclass(frozen=True, slots=True)
+class _Callee:
+    service: str
+    host: str  # what the caller dials: the Host header / :authority
+    grpc: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,78 +71,113 @@ class _Stub:
     service: str
     lane: str
     tag_header: str
-    calls: tuple[tuple[str, str], ...]  # (service, host) in call order
+    grpc: bool
+    calls: tuple[_Callee, ...]  # in call order
     egress: asyncio.Future[int]  # the port of Envoy's mesh listener
 
 
-STUB: Final = web.AppKey("stub", _Stub)
-SESSION: Final = web.AppKey("session", aiohttp.ClientSession)
+def _first(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in headers if k == name), None)
 
 
-async def _session(app: web.Application) -> AsyncIterator[None]:
-    async with aiohttp.ClientSession(timeout=_CALL_TIMEOUT) as session:
-        app[SESSION] = session
-        yield
+class _Instance:
+    """One running stub: its listener and the clients its own calls go out on, closed together."""
+
+    def __init__(self, stub: _Stub) -> None:
+        self.stub = stub
+        self.session: aiohttp.ClientSession | None = None
+        self.channels: dict[str, aio.Channel] = {}
+        self.stop: Callable[[], Awaitable[Any]] | None = None
+
+    async def start(self, port: int) -> int:
+        """Listen on 127.0.0.1:*port* (0: any); returns the port."""
+        if self.stub.grpc:
+            server, bound = await grpc_wire.serve(self.reply, port)
+            self.stop = lambda: server.stop(None)
+            return bound
+        app = web.Application()
+        app[INSTANCE] = self
+        app.router.add_route("*", "/{tail:.*}", _answer)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self.stop = runner.cleanup
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+        except BaseException:
+            await self.close()
+            raise
+        return int(runner.addresses[0][1])
+
+    async def close(self) -> None:
+        """Stop listening (connections closed: what a client sees of a pod that died), then the clients."""
+        stop, self.stop = self.stop, None
+        if stop is not None:
+            await stop()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        channels, self.channels = list(self.channels.values()), {}
+        for chan in channels:
+            await chan.close()
+
+    async def reply(self, headers: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """The stub's answer to a request with *headers* (names lower-cased), after its own calls."""
+        stub = self.stub
+        tag = _first(headers, stub.tag_header)
+        baggage = [v for k, v in headers if k == "baggage"]
+        forward_modes = _first(headers, FORWARD_HEADER)
+        mode = decode_forward(forward_modes).get(stub.service, Forward.TAG)
+        calls: list[dict[str, Any]] = []
+        if _first(headers, PROBE_HEADER) is None and stub.calls:
+            forwarded = [("baggage", b) for b in baggage]
+            if mode is Forward.TAG and tag is not None:
+                forwarded.append((stub.tag_header, tag))
+            if forward_modes is not None:
+                forwarded.append((FORWARD_HEADER, forward_modes))
+            port = await stub.egress
+            for callee in stub.calls:
+                calls.append(await (self._grpc_call if callee.grpc else self._http_call)(port, callee, forwarded))
+        return {"service": stub.service, "lane": stub.lane, "tag": tag, "baggage": ",".join(baggage) or None,
+                "forward": mode.value, "user_agent": _first(headers, "user-agent"), "calls": calls}
+
+    async def _http_call(self, port: int, callee: _Callee, headers: list[tuple[str, str]]) -> dict[str, Any]:
+        """One HTTP/1.1 call through the mesh listener: its status and JSON reply (or body text)."""
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_CALL_TIMEOUT))
+        out: dict[str, Any] = {"to": callee.service}
+        try:
+            async with self.session.get(f"http://127.0.0.1:{port}/", headers=[*headers, ("Host", callee.host)],
+                                        allow_redirects=False) as resp:
+                out["status"] = resp.status
+                body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return {**out, "status": 0, "error": f"{type(exc).__name__}: {exc}"}
+        try:
+            out["reply"] = json.loads(body) if out["status"] == 200 else None
+        except ValueError:
+            out["reply"] = None
+        if out["reply"] is None:
+            out["body"] = body[:300].decode("utf-8", "replace")
+        return out
+
+    async def _grpc_call(self, port: int, callee: _Callee, metadata: list[tuple[str, str]]) -> dict[str, Any]:
+        """One gRPC call through the mesh listener, on a channel kept per callee (as an app keeps one)."""
+        if callee.host not in self.channels:
+            self.channels[callee.host] = grpc_wire.channel(port, callee.host)
+        answer = await grpc_wire.call(self.channels[callee.host], metadata, _CALL_TIMEOUT)
+        out: dict[str, Any] = {"to": callee.service, "status": answer.status, "grpc": answer.code,
+                               "reply": answer.body if answer.code == "OK" else None}
+        if out["reply"] is None:
+            out["body"] = str(answer.body)[:300]
+        return out
 
 
-async def _call(session: aiohttp.ClientSession, port: int, service: str, host: str,
-                headers: CIMultiDict[str]) -> dict[str, Any]:
-    """One downstream call through the mesh listener: its status and JSON reply (or body text)."""
-    out: dict[str, Any] = {"to": service}
-    try:
-        async with session.get(f"http://127.0.0.1:{port}/", headers=CIMultiDict(headers, Host=host),
-                               allow_redirects=False) as resp:
-            out["status"] = resp.status
-            body = await resp.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return {**out, "status": 0, "error": f"{type(exc).__name__}: {exc}"}
-    try:
-        out["reply"] = json.loads(body) if out["status"] == 200 else None
-    except ValueError:
-        out["reply"] = None
-    if out["reply"] is None:
-        out["body"] = body[:300].decode("utf-8", "replace")
-    return out
+INSTANCE: Final = web.AppKey("instance", _Instance)
 
 
 async def _answer(request: web.Request) -> web.Response:
-    stub = request.app[STUB]
-    tag = request.headers.get(stub.tag_header)
-    baggage = request.headers.getall("baggage", [])
-    mode = decode_forward(request.headers.get(FORWARD_HEADER)).get(stub.service, Forward.TAG)
-    calls: list[dict[str, Any]] = []
-    if PROBE_HEADER not in request.headers and stub.calls:
-        forwarded: CIMultiDict[str] = CIMultiDict(("baggage", b) for b in baggage)
-        if mode is Forward.TAG and tag is not None:
-            forwarded[stub.tag_header] = tag
-        if FORWARD_HEADER in request.headers:
-            forwarded[FORWARD_HEADER] = request.headers[FORWARD_HEADER]
-        port = await stub.egress
-        for service, host in stub.calls:
-            calls.append(await _call(request.app[SESSION], port, service, host, forwarded))
-    return web.json_response({
-        "service": stub.service,
-        "lane": stub.lane,
-        "tag": tag,
-        "baggage": ",".join(baggage) or None,
-        "forward": mode.value,
-        "calls": calls,
-    })
-
-
-async def _serve(stub: _Stub, port: int) -> web.AppRunner:
-    app = web.Application()
-    app[STUB] = stub
-    app.cleanup_ctx.append(_session)
-    app.router.add_route("*", "/{tail:.*}", _answer)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    headers = [(name.lower(), value) for name, value in request.headers.items()]
+    return web.json_response(await request.app[INSTANCE].reply(headers))
 
 
 class Backends(Mapping[tuple[str, str], Backend]):
@@ -129,7 +186,7 @@ class Backends(Mapping[tuple[str, str], Backend]):
     def __init__(self) -> None:
         self._backends: dict[tuple[str, str], Backend] = {}
         self._stubs: dict[tuple[str, str], _Stub] = {}
-        self._runners: dict[tuple[str, str], web.AppRunner] = {}
+        self._running: dict[tuple[str, str], _Instance] = {}
 
     def __getitem__(self, key: tuple[str, str]) -> Backend:
         return self._backends[key]
@@ -143,22 +200,24 @@ class Backends(Mapping[tuple[str, str], Backend]):
     async def add(self, stub: _Stub) -> None:
         key = (stub.service, stub.lane)
         self._stubs[key] = stub
-        self._runners[key] = await _serve(stub, 0)
-        self._backends[key] = Backend(stub.service, stub.lane, int(self._runners[key].addresses[0][1]))
+        instance = self._running[key] = _Instance(stub)
+        self._backends[key] = Backend(stub.service, stub.lane, await instance.start(0), stub.grpc)
 
     async def stop(self, key: tuple[str, str]) -> None:
         """Close the stub's listening socket and connections: its port refuses from now on."""
-        runner = self._runners.pop(key, None)
-        if runner is not None:
-            await runner.cleanup()
+        instance = self._running.pop(key, None)
+        if instance is not None:
+            await instance.close()
 
     async def start(self, key: tuple[str, str]) -> None:
         """Serve a stopped stub again, on the port it had."""
-        if key not in self._runners:
-            self._runners[key] = await _serve(self._stubs[key], self._backends[key].port)
+        if key not in self._running:
+            instance = _Instance(self._stubs[key])
+            await instance.start(self._backends[key].port)
+            self._running[key] = instance
 
     async def close(self) -> None:
-        for key in reversed(list(self._runners)):
+        for key in reversed(list(self._running)):
             await self.stop(key)
 
 
@@ -169,21 +228,21 @@ async def run_backends(
     *,
     calls: CallGraph | None = None,
     hosts: Mapping[str, str] | None = None,
+    grpc: Collection[str] = (),
     egress: asyncio.Future[int] | None = None,
 ) -> AsyncIterator[Backends]:
     """Serve one stub per ``(service, lane)`` until the block ends; yields them by that pair.
 
     A stub of service S calls ``calls[S]`` (reached as ``hosts[callee]``) through the port
-    *egress* resolves to; without *calls* the stubs only answer.
+    *egress* resolves to; without *calls* the stubs only answer. Services in *grpc* speak gRPC.
     """
     graph, names = calls or {}, hosts or {}
     port = egress if egress is not None else asyncio.get_running_loop().create_future()
     backends = Backends()
     try:
         for service, lane in subsets:
-            await backends.add(_Stub(service, lane, tag_header,
-                                     tuple((callee, names.get(callee, callee)) for callee in graph.get(service, ())),
-                                     port))
+            callees = tuple(_Callee(c, names.get(c, c), c in grpc) for c in graph.get(service, ()))
+            await backends.add(_Stub(service, lane, tag_header, service in grpc, callees, port))
         yield backends
     finally:
         await backends.close()

@@ -11,8 +11,14 @@ One Envoy process on loopback plays both Istio roles the rendered objects config
 What istiod would do with the objects is done here by hand, the way istiod does it: every
 DestinationRule subset becomes a cluster named ``outbound|PORT|SUBSET|FQDN`` in front of a stub
 backend, with the rule's outlier detection (and Istio's panic threshold 0) and istiod's default
-circuit-breaker thresholds; VirtualService routes
-become Envoy routes one to one, named ``route.name + "." + match.name``, with the route's retries
+circuit-breaker thresholds; the subset clusters of a ``grpc`` service speak HTTP/2 to its pods, as
+istiod's ``setH2Options`` makes them for a Service port whose protocol is ``grpc`` (``appProtocol``
+or a ``grpc-`` name; ``http`` ports get HTTP/1.1, which no gRPC server answers). Both listeners
+detect HTTP/1.1 or h2c per connection (Envoy's ``codec_type`` AUTO, istiod's choice for sidecars
+and gateways alike). VirtualService routes
+become Envoy routes one to one, named ``route.name + "." + match.name``, with istiod's defaults for
+a route without a timeout (none, and ``grpc-timeout`` honoured without a cap: ``timeout`` and
+``max_stream_duration`` 0s) and the route's retries
 as Istio converts them (plus its ``previous_hosts`` predicate); then the EnvoyFilter patches are
 applied verbatim: Lua ``HTTP_FILTER`` inserts, ``CLUSTER`` ADDs (the instant-fallback aggregate
 clusters) and ``HTTP_ROUTE`` MERGEs by route name, merged like protobuf messages. A route naming
@@ -52,6 +58,13 @@ class VerifyError(LaneError):
 _LISTENER_OF: Final = {"SIDECAR_OUTBOUND": MESH_LISTENER, "GATEWAY": GATEWAY_LISTENER}
 _PREVIOUS_HOSTS: Final = {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}
+# istiod's setH2Options: an explicit HTTP/2 upstream for a Service port of protocol grpc / http2
+_HTTP2: Final = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
+# istiod's setTimeout for a route whose VirtualService sets no timeout
+_NO_TIMEOUT: Final = {"timeout": "0s", "max_stream_duration": {"max_stream_duration": "0s",
+                                                              "grpc_timeout_header_max": "0s"}}
 
 
 def _lua_context(obj: Mapping[str, Any]) -> str | None:
@@ -66,11 +79,13 @@ def sidecar_filter_rendered(objects: Sequence[Mapping[str, Any]]) -> bool:
     return any(o["kind"] == "EnvoyFilter" and _lua_context(o) == "SIDECAR_OUTBOUND" for o in objects)
 
 
-def _cluster(name: str, port: int, policy: Mapping[str, Any]) -> dict[str, Any]:
+def _cluster(name: str, port: int, policy: Mapping[str, Any], http2: bool) -> dict[str, Any]:
     endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
     out: dict[str, Any] = {"name": name, "type": "STATIC", "connect_timeout": "2s",
                            "circuit_breakers": CIRCUIT_BREAKERS,  # istiod's defaults
                            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]}}
+    if http2:
+        out["typed_extension_protocol_options"] = _HTTP2
     outlier = policy.get("outlierDetection")
     if outlier:  # as istiod's applyOutlierDetection: minHealthPercent (default 0) is the panic threshold
         out["outlier_detection"] = {
@@ -146,7 +161,7 @@ def _envoy_route(vs: str, http: Mapping[str, Any], clusters: Mapping[str, str]) 
     if key not in clusters:
         raise VerifyError(f"VirtualService/{vs}: routes to subset {dest.get('subset')!r} of {dest['host']}, "
                           "which no DestinationRule defines (Istio would answer 503 no healthy upstream)")
-    action: dict[str, Any] = {"cluster": clusters[key]}
+    action: dict[str, Any] = {"cluster": clusters[key], **_NO_TIMEOUT}
     if http.get("retries"):
         action["retry_policy"] = _retry_policy(http["retries"])
     return {"name": route_name, "match": match, "route": action}
@@ -195,7 +210,7 @@ def envoy_bootstrap(config: LaneConfig, objects: Sequence[Mapping[str, Any]],
                 if svc is None or (svc.name, subset["name"]) not in backends:
                     raise VerifyError(f"DestinationRule/{obj['metadata']['name']}: no backend for {host}|{subset['name']}")
                 name = f"outbound|{svc.port}|{subset['name']}|{fqdn(host, namespace)}"
-                clusters[name] = _cluster(name, backends[(svc.name, subset["name"])].port, policy)
+                clusters[name] = _cluster(name, backends[(svc.name, subset["name"])].port, policy, svc.grpc)
                 by_subset[f"{host}|{subset['name']}"] = name
         elif obj["kind"] == "EnvoyFilter":
             context = _lua_context(obj)

@@ -32,7 +32,8 @@ class ChainHop:
     baggage_lane: str | None = None  # the lane member of the baggage it received
     forward: str = "tag"  # what its app forwarded to its calls
     calls: tuple[ChainHop, ...] = ()
-    detail: str = ""  # the body of a non-200 answer, or why there was none
+    detail: str = ""  # the body of a non-200 answer (grpc-message of a gRPC call), or why there was none
+    code: str | None = None  # the gRPC status of a gRPC call (its status is 200, 503 or 500: `grpc_wire`)
 
     @property
     def routed_ok(self) -> bool:
@@ -42,9 +43,10 @@ class ChainHop:
 
     @property
     def label(self) -> str:
-        """``b@base``; ``b@503`` for a refusal, ``b@no-answer``, or ``b@(x@gray)`` if x answered."""
+        """``b@base``; ``b@503`` (``b@UNAVAILABLE`` over gRPC) for a refusal, ``b@no-answer``, or
+        ``b@(x@gray)`` if x answered."""
         if self.served_by is None:
-            return f"{self.service}@{self.status or 'no-answer'}"
+            return f"{self.service}@{self.code or self.status or 'no-answer'}"
         service, lane = self.served_by
         return f"{self.service}@{lane}" if service == self.service else f"{self.service}@({service}@{lane})"
 
@@ -57,18 +59,19 @@ class ChainHop:
 
 
 def chain_from_reply(service: str, status: int, body: Any, baggage_key: str,
-                     expected: Callable[[str], str | None]) -> ChainHop:
+                     expected: Callable[[str], str | None], code: str | None = None) -> ChainHop:
     """The hop tree of a call to *service* answered with *status* and *body* (the JSON reply of a
-    200, else its text); *expected* gives each service's lane_for."""
+    200, else its text) -- with gRPC status *code* if it was a gRPC call; *expected* gives each
+    service's lane_for."""
     if status != 200 or not isinstance(body, Mapping):
         detail = body if isinstance(body, str) else ""
-        return ChainHop(service, expected(service), status, detail=detail.strip()[:200])
+        return ChainHop(service, expected(service), status, detail=detail.strip()[:200], code=code)
     calls = []
     for call in body.get("calls") or []:
         reply = call.get("reply")
         text = call.get("error") or call.get("body") or ""
         calls.append(chain_from_reply(str(call.get("to")), int(call.get("status", 0)),
-                                      reply if reply is not None else text, baggage_key, expected))
+                                      reply if reply is not None else text, baggage_key, expected, call.get("grpc")))
     baggage = body.get("baggage")
     return ChainHop(
         service=service,
@@ -79,6 +82,7 @@ def chain_from_reply(service: str, status: int, body: Any, baggage_key: str,
         baggage_lane=get_member([baggage], baggage_key) if isinstance(baggage, str) else None,
         forward=str(body.get("forward", "tag")),
         calls=tuple(calls),
+        code=code,
     )
 
 

@@ -13,7 +13,7 @@ import gc
 import importlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Final
@@ -42,17 +42,17 @@ EXTERNAL: Final[dict[str, tuple[str, str]]] = {
 EXTRAS: Final[dict[str, str]] = {"kubernetes": "k8s", "urllib3": "k8s", "jsonschema": "validate"}
 
 
-def optional_module(module: str, what: str) -> Any:
+def optional_module(module: str, what: str, extras: Mapping[str, str] = EXTRAS) -> Any:
     """Import *module*; a third-party package it needs that is not installed (the extras are
     optional: the image has no `mesh` extra) is a `LaneError` with the pip command, not a traceback."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         missing = (exc.name or "").split(".")[0]
-        if missing not in EXTRAS:
+        if missing not in extras:
             raise
         raise LaneError(f"{what} needs the {missing!r} package, which is not installed: "
-                        f"pip install 'lane[{EXTRAS[missing]}]'") from None
+                        f"pip install 'lane[{extras[missing]}]'") from None
 
 
 def _external(module: str) -> Any:
@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--from-cluster", action="store_true",
                         help="route only to the lanes that have ready pods in the cluster right now")
     render.add_argument("--check-endpoints", action="store_true",
-                        help="exit 1 if a route names a subset with no ready endpoints in the cluster "
+                        help="exit 1 if a route names a subset with no ready endpoints in the cluster, or a "
+                             "Kubernetes Service port tells Istio another protocol than the config's "
                              "(services without a selector cannot be checked: a warning only)")
     add_connection_arguments(render)  # used only with --from-cluster / --check-endpoints
 
@@ -164,6 +165,10 @@ def _render(args: argparse.Namespace, out: IO[str]) -> int:
         objects = render_objects(config, lanes=lanes, namespace=args.namespace)
     problems = _cluster().check_endpoints(objects, config, namespace, kube=kube) if args.check_endpoints else []
     warnings = _cluster().unchecked_services(objects, config) if args.check_endpoints else []
+    if args.check_endpoints:  # the Services' ports: what Istio reads a service's protocol from
+        port_problems, port_warnings = optional_module("mesh_config.ports", "--check-endpoints").check_ports(
+            config, namespace, kube)
+        problems, warnings = problems + port_problems, warnings + port_warnings
     if args.output == "json":  # kubectl get -o json's shape for several objects
         out.write(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n")
     elif not output_dir:
@@ -221,8 +226,9 @@ def _verify(args: argparse.Namespace) -> int:
 
     from .calls import parse_calls
     from .vectors import load_vectors
-    from .verify import format_result, verify
 
+    checked = optional_module("mesh_config.verify", "lane mesh verify", {"grpc": "mesh"})  # grpcio: gRPC stubs
+    format_result, verify = checked.format_result, checked.verify
     config = _load(args)
     if getattr(args, "kill", None):
         from .failover import format_failover, kill_and_return, parse_kill

@@ -15,7 +15,10 @@ listener (a sidecar's outbound side) by a few concurrent clients, in four phases
   (`RETURN_STREAK` in a row), or after ``return_within`` seconds, which is reported as not returned.
 
 Every answer that is not a 200 from an instance allowed to serve is a failed request; the report
-counts them per phase (0 expected) and says whether traffic returned to LANE. All loops are
+counts them per phase (0 expected) and says whether traffic returned to LANE. For a ``protocol:
+grpc`` service the stubs are grpcio servers (a stopped one cancels the calls it is serving, as a
+gRPC server shutting down does) and each client one grpcio channel making unary calls with the
+lane in metadata (`mesh_config.grpc_wire`); a failed request is any status but OK. All loops are
 bounded by request counts and deadlines; the stub, the clients and Envoy are stopped at the end.
 """
 
@@ -29,10 +32,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
+from grpc import aio
 
 from lane.core.config import LaneConfig
 from lane.core.errors import LaneError
 
+from . import grpc_wire
 from .backends import PROBE_HEADER, run_backends
 from .bootstrap import MESH_LISTENER, envoy_bootstrap
 from .envoy import run_envoy
@@ -90,8 +95,8 @@ def parse_kill(config: LaneConfig, text: str) -> tuple[str, str]:
 class _Traffic:
     """Clients sending LANE-tagged requests to the service until stopped or the bound is reached."""
 
-    def __init__(self, port: int, host: str, tag: tuple[str, str], service: str) -> None:
-        self.port, self.host, self.tag, self.service = port, host, tag, service
+    def __init__(self, port: int, host: str, tag: tuple[str, str], service: str, grpc: bool) -> None:
+        self.port, self.host, self.tag, self.service, self.grpc = port, host, tag, service, grpc
         self.phase = PHASES[0]
         self.records: dict[str, list[tuple[int, str | None, str]]] = {p: [] for p in PHASES}
         self.stopped = asyncio.Event()
@@ -108,11 +113,25 @@ class _Traffic:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return 0, None, f"{type(exc).__name__}: {exc}"
+        return self._served(status, body)
+
+    def _served(self, status: int, body: Any) -> tuple[int, str | None, str]:
         if isinstance(body, dict) and body.get("service") == self.service:
             return status, str(body.get("lane")), ""
         return status, None, str(body)[:120].strip()
 
+    async def _one_grpc(self, chan: aio.Channel) -> tuple[int, str | None, str]:
+        answer = await grpc_wire.call(chan, ((self.tag[0], self.tag[1]), (PROBE_HEADER, "1")), timeout=10)
+        status, lane, text = self._served(answer.status, answer.body)
+        return status, lane, text if answer.code == "OK" else f"{answer.code}: {text}"
+
     async def client(self) -> None:
+        if self.grpc:
+            async with grpc_wire.channel(self.port, self.host) as chan:  # one HTTP/2 connection, as an app's
+                while not self.stopped.is_set() and self.sent < _MAX_REQUESTS:
+                    phase = self.phase
+                    self.records[phase].append(await self._one_grpc(chan))
+            return
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while not self.stopped.is_set() and self.sent < _MAX_REQUESTS:
@@ -171,10 +190,11 @@ async def kill_and_return(
     allowed = {"before": up, "dying": up | down, "gone": down, "back": up | down}
     subsets = [(svc, ln) for svc in sorted(present) for ln in sorted(present[svc])]
     loop = asyncio.get_running_loop()
-    async with run_backends(subsets, config.tag.header) as backends:
+    grpc = frozenset(name for name, svc in config.services.items() if svc.grpc)
+    async with run_backends(subsets, config.tag.header, grpc=grpc) as backends:
         async with run_envoy(envoy_bootstrap(config, objects, backends), binary=envoy) as running:
             traffic = _Traffic(running.listeners[MESH_LISTENER], config.services[service].host,
-                               (config.tag.header, lane), service)
+                               (config.tag.header, lane), service, service in grpc)
             clients = [asyncio.ensure_future(traffic.client()) for _ in range(_CLIENTS)]
             try:
                 await traffic.until(requests_per_phase, loop.time() + 60)

@@ -67,7 +67,9 @@ __all__ = [
     "traffic_policy",
 ]
 
-RETRY_ON: Final = "connect-failure,refused-stream,unavailable,gateway-error,reset"
+# `cancelled` (a gRPC status, like `unavailable`; in Istio's own default retryOn too): a gRPC server
+# stopping cancels the calls it is serving, so a lane whose gRPC pods die would fail those calls.
+RETRY_ON: Final = "connect-failure,refused-stream,unavailable,cancelled,gateway-error,reset"
 AGGREGATE_TYPE: Final = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
 PREVIOUS_PRIORITIES: Final = "envoy.retry_priorities.previous_priorities"
 _PRIORITIES_TYPE: Final = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"

@@ -1,4 +1,9 @@
-"""The Gateway the entry service is exposed on (plain HTTP on the configured port and hosts)."""
+"""The Gateway the entry service is exposed on (plain HTTP on the configured port and hosts).
+
+``HTTP`` at a gateway serves HTTP/1.1 and h2c alike (Istio's protocol selection; its gateway
+listeners detect the codec per connection), so gRPC clients reach a ``protocol: grpc`` entry
+through the same server: the port's protocol stays ``HTTP``.
+"""
 
 from __future__ import annotations
 

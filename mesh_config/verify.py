@@ -19,6 +19,11 @@ The chain only reaches what the call graph reaches, and stops at a refusal; so e
 gateway sets is also *probed* at every service directly through ``mesh`` (with the tag header,
 and with only a baggage member when the sidecar filter is rendered). Probes catch a wrong route
 that no call in the graph uses, e.g. to the entry service from inside the mesh.
+
+A ``protocol: grpc`` service is played by a grpcio server and called by grpcio clients, the lane
+in metadata (`mesh_config.grpc_wire`), over HTTP/2 clusters as istiod builds them for a ``grpc``
+port: its hops and probes are real gRPC calls through Envoy, and a gRPC entry gets each vector as
+a gRPC client can send it (`mesh_config.grpc_vectors`), judged by Python as sent.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from grpc import aio
+
 from lane.core.config import LaneConfig
 
-from .backends import PROBE_HEADER, run_backends
+from . import grpc_wire
+from .backends import PROBE_HEADER, Backends, run_backends
 from .bootstrap import GATEWAY_LISTENER, MESH_LISTENER, VerifyError, envoy_bootstrap, sidecar_filter_rendered
 from .calls import (
     FORWARD_HEADER,
@@ -45,6 +53,7 @@ from .calls import (
 )
 from .chain import ChainHop, chain_from_reply, chain_paths, chain_problems
 from .envoy import run_envoy
+from .grpc_vectors import UserAgent, as_grpc, learn_user_agent
 from .lanes import Presence, present_lanes
 from .render import render_objects
 from .vectors import Vector, python_lanes, vectors_for
@@ -82,6 +91,7 @@ class VectorResult:
     path: ChainHop  # the entry hop; its calls are the rest of the path
     probes: tuple[Probe, ...] = ()
     problems: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()  # a gRPC entry: what of the vector a gRPC client cannot send
 
     @property
     def ok(self) -> bool:
@@ -130,6 +140,24 @@ class _Runner:
         self.config, self.present, self.ports, self.sidecar = config, present, ports, sidecar
         self.gateway_host = next((h for h in config.mesh.gateway.hosts if h != "*"), GATEWAY_HOST)
         self.probed: dict[str, asyncio.Task[tuple[Probe, ...]]] = {}
+        self.channels: dict[tuple[int, str, str | None], aio.Channel] = {}  # (listener, authority, user-agent)
+        self.agent = UserAgent("")
+
+    async def close(self) -> None:
+        for chan in self.channels.values():
+            await chan.close()
+
+    async def send(self, grpc: bool, port: int, host: str, target: str, headers: Iterable[tuple[str, str]],
+                   user_agent: str | None = None) -> tuple[int, Any, str | None]:
+        """One request as HTTP/1.1 (`_send`) or as a gRPC call on a channel kept for reuse: (status,
+        JSON reply of a 200, else text, the gRPC status name of a gRPC call)."""
+        if not grpc:
+            return (*await _send(port, host, target, headers), None)
+        key = (port, host, user_agent)
+        if key not in self.channels:
+            self.channels[key] = grpc_wire.channel(port, host, user_agent)
+        answer = await grpc_wire.call(self.channels[key], [(k.lower(), v) for k, v in headers])
+        return answer.status, answer.body, answer.code
 
     def expected(self, service: str, lane: str) -> str | None:
         return self.config.lane_for(service, lane, lambda s, candidate: candidate in self.present.get(s, frozenset()))
@@ -140,7 +168,8 @@ class _Runner:
             lane_header = (self.config.tag.header, lane)
         else:
             lane_header = ("baggage", f"other=1,{self.config.tag.baggage_key}={lane}")
-        status, body = await _send(self.ports[MESH_LISTENER], svc.host, "/", [lane_header, (PROBE_HEADER, "1")])
+        status, body, _ = await self.send(svc.grpc, self.ports[MESH_LISTENER], svc.host, "/",
+                                          [lane_header, (PROBE_HEADER, "1")])
         answered = isinstance(body, dict) and body.get("service") == service
         got, tag = (body.get("lane"), body.get("tag")) if answered else (None, None)
         return Probe(service, lane, via, self.expected(service, lane), got, status, tag)
@@ -157,9 +186,15 @@ class _Runner:
 
     async def run(self, vector: Vector, forward: Mapping[str, Forward]) -> VectorResult:
         config = self.config
-        python = python_lanes(config.rules, vector.view(self.gateway_host), config.default_lane)
-        headers = (*vector.headers, (FORWARD_HEADER, encode_forward(forward)))
-        status, body = await _send(self.ports[GATEWAY_LISTENER], self.gateway_host, vector.target, headers)
+        grpc, judged, headers, agent = config.service(config.entry).grpc, vector, vector.headers, None
+        notes: tuple[str, ...] = ()
+        if grpc:
+            sent = as_grpc(vector, self.agent)
+            judged, headers, agent, notes = sent.judged, sent.metadata, sent.user_agent, sent.notes
+        python = python_lanes(config.rules, judged.view(self.gateway_host), config.default_lane)
+        headers = (*headers, (FORWARD_HEADER, encode_forward(forward)))
+        status, body, code = await self.send(grpc, self.ports[GATEWAY_LISTENER], self.gateway_host, vector.target,
+                                             headers, agent)
         problems: list[str] = []
         tag = body.get("tag") if isinstance(body, dict) else None
         if isinstance(body, str) and (refused := _REFUSED.fullmatch(body)) and refused["service"] == config.entry:
@@ -168,13 +203,20 @@ class _Runner:
         if status == 200 and tag not in python:
             problems.append(f"gateway set lane {tag!r}; the Python engine gives {', '.join(sorted(python))}")
         path = chain_from_reply(config.entry, status, body, config.tag.baggage_key,
-                                lambda service: self.expected(service, lane))
+                                lambda service: self.expected(service, lane), code)
         problems += chain_problems(path, tag)
         probes = await self.probes(lane)
         problems += [f"probe {p.service} via {p.via}: expected {p.expected or '503'}, got {p.got or p.status}"
                      + (f" with tag header {p.tag!r}" if p.got == p.expected and p.tag != lane else "")
                      for p in probes if not p.ok]
-        return VectorResult(vector, python, tag, path, probes, tuple(problems))
+        return VectorResult(vector, python, tag, path, probes, tuple(problems), notes)
+
+    async def learn(self, backends: Backends) -> None:
+        """grpcio's own user-agent, from a stub of a gRPC entry (Python must color what it sends)."""
+        entry = self.config.service(self.config.entry)
+        stub = next((b for b in backends.values() if b.service == entry.name), None)
+        if entry.grpc and stub is not None:
+            self.agent = await learn_user_agent(stub.port, entry.host, (PROBE_HEADER, "1"))
 
 
 async def verify(
@@ -200,8 +242,10 @@ async def verify(
     forwards = [parse_forward(config, [*defaults, *vector.forward]) for vector in vectors]
     subsets = [(svc, lane) for svc in sorted(present) for lane in sorted(present[svc])]
     hosts = {name: svc.host for name, svc in config.services.items()}
+    grpc = frozenset(name for name, svc in config.services.items() if svc.grpc)
     egress: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    async with run_backends(subsets, config.tag.header, calls=graph, hosts=hosts, egress=egress) as backends:
+    async with run_backends(subsets, config.tag.header, calls=graph, hosts=hosts, grpc=grpc,
+                            egress=egress) as backends:
         bootstrap = envoy_bootstrap(config, objects, backends)
         async with run_envoy(bootstrap, binary=envoy) as running:
             egress.set_result(running.listeners[MESH_LISTENER])
@@ -212,7 +256,11 @@ async def verify(
                 async with gate:
                     return await runner.run(vector, modes)
 
-            return list(await asyncio.gather(*(one(v, f) for v, f in zip(vectors, forwards))))
+            try:
+                await runner.learn(backends)
+                return list(await asyncio.gather(*(one(v, f) for v, f in zip(vectors, forwards))))
+            finally:
+                await runner.close()
 
 
 def format_result(result: VectorResult) -> str:
@@ -223,4 +271,6 @@ def format_result(result: VectorResult) -> str:
     baggage_only = sorted({h.service for h in result.hops if h.calls and h.forward == Forward.BAGGAGE.value})
     if baggage_only:
         line += f" | baggage only from {', '.join(baggage_only)}"
+    if result.notes:
+        line += f" | as gRPC: {'; '.join(result.notes)}"
     return line if result.ok else line + "\n       " + "\n       ".join(result.problems)

@@ -2,6 +2,8 @@
 -- config's rules exactly as lane/core/rules.py does, drops any lane the client tried to set itself
 -- (tag header and the lane's baggage member), then sets the tag header and puts the lane first
 -- in baggage. The VirtualServices then route on the tag header, so the route is recomputed.
+-- gRPC calls are colored alike (HTTP/2, metadata is headers): the filter reads and writes headers
+-- only, never the body (nothing is buffered), and answers nothing itself.
 local coloring = LANE_MODULES.coloring
 local request = LANE_MODULES.request
 local baggage = LANE_MODULES.baggage

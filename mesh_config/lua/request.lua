@@ -3,8 +3,9 @@
 --   header: every value of the name joined with "," (headers:get does exactly that);
 --   cookie: every Cookie header, split on ";", each part stripped (Python str.strip), split at
 --           its first "=", value stripped; the first cookie of a name wins;
---   query:  the raw query of :path, split on "&", each piece split at its first "=" (a piece
---           without one is a name with an empty value), "+" -> space, %XX decoded, invalid UTF-8
+--   query:  the raw query of :path (a gRPC call's :path is its method: no query), split on "&",
+--           each piece split at its first "=" (a piece without one is a name with an empty
+--           value), "+" -> space, %XX decoded, invalid UTF-8
 --           replaced by U+FFFD; the first parameter of a name wins (urllib.parse.parse_qsl with
 --           keep_blank_values=True).
 -- Everything is read lazily and once, before the filter changes any header.

@@ -1,7 +1,8 @@
 -- Sidecar outbound filter for apps that forward W3C baggage but not the tag header: when the
 -- request carries no valid lane in the tag header, copy the lane from its baggage member into
 -- the tag header so the VirtualServices route it down its lane. A valid tag header always wins
--- (the same precedence as the lane sidecar); an invalid lane anywhere is ignored.
+-- (the same precedence as the lane sidecar); an invalid lane anywhere is ignored. Headers only:
+-- a gRPC call's metadata is its headers, and its body is never touched.
 local baggage = LANE_MODULES.baggage
 local text = LANE_MODULES.text
 local CONFIG = LANE_CONFIG

@@ -151,7 +151,7 @@ def test_aggregate_clusters_list_istiods_subset_clusters_down_the_chain_and_skip
     vs = {o["metadata"]["name"]: o for o in of_kind(objects, "VirtualService")}
     retries = {h["name"]: h.get("retries") for h in vs["web"]["spec"]["http"]}
     assert retries["lane-dev-x"] == {"attempts": 3, "retryOn": "connect-failure,refused-stream,unavailable,"
-                                                                "gateway-error,reset"}
+                                                                "cancelled,gateway-error,reset"}
     assert retries["lane-frozen"] is None and retries["default"] is None
 
 

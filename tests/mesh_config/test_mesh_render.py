@@ -231,6 +231,7 @@ def test_cluster_flags_are_wired_to_the_cluster_module(monkeypatch: pytest.Monke
     ("kubernetes", ["mesh", "render", "--from-cluster"], "k8s"),
     ("kubernetes", ["mesh", "render", "--check-endpoints"], "k8s"),
     ("jsonschema", ["mesh", "validate", "--crds", "examples/demo.yaml"], "validate"),  # a readable file, not CRDs
+    ("grpc", ["mesh", "verify"], "mesh"),  # grpcio plays verify's gRPC services
 ])
 def test_a_missing_optional_package_names_the_extra_to_install(missing: str, argv: list[str], extra: str) -> None:
     """The extras are optional (the image has no `mesh` extra): simulate an absent one in a subprocess."""

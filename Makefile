@@ -12,9 +12,9 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# `make demo` installs only what the demo runs (lane[proxy]); `make test` everything the suite uses.
+# `make demo` installs only what the demo runs (lane[proxy], and grpc for its gRPC call); `make test` everything the suite uses.
 $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(BIN)/python -m pip install --quiet -e '.[proxy]'
+	$(BIN)/python -m pip install --quiet -e '.[proxy,grpc]'
 	touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python

@@ -31,6 +31,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "sidecar": ("lane.sidecar.main", "run a lane sidecar beside one service instance"),
     "demo": ("lane.demo.main", "run the a -> b -> c demo topology on 127.0.0.1"),
     "demo-app": ("lane.demo.app", "run one demo application (used by the demo and the images)"),
+    "demo-grpc": ("lane.demo.grpc_call", "make one gRPC call through the demo's gateway and show its lane path"),
     "graph": ("lane.graph.cli", "draw the live lane topology of running proxies (SVG, DOT or JSON)"),
     "inject": ("mesh_config.inject", "add the lane sidecar container to Kubernetes Deployments"),
     "mesh": ("mesh_config.cli", "render, validate, verify and apply Istio lane config"),
@@ -42,7 +43,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
 # The extra each command needs beyond the library (`pip install lane` is the propagator alone).
 EXTRAS: Final[dict[str, str]] = {
     "check": "config", "schema": "config", "inject": "config", "gateway": "proxy", "sidecar": "proxy",
-    "demo": "proxy", "demo-app": "proxy", "graph": "proxy", "rollout": "proxy", "mesh": "mesh",
+    "demo": "proxy", "demo-app": "proxy", "demo-grpc": "proxy,grpc", "graph": "proxy", "rollout": "proxy", "mesh": "mesh",
     "loadtest": "loadtest",
 }
 _OWN_PACKAGES: Final = frozenset({"lane", "mesh_config", "loadtest", "rollout"})

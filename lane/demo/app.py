@@ -10,6 +10,9 @@ headers (the demo's ``d``), which is what trace-id recovery in the sidecar is fo
 Also: ``POST /echo`` streams the request body back; ``GET /ws`` is a WebSocket echo;
 ``GET /healthz``.
 
+``--grpc`` also serves ``/lane.demo.Demo/Call`` on the same port, the same call graph over gRPC
+(`lane.demo.grpc_app`; needs grpcio, ``pip install 'lane[grpc]'``).
+
 ``--fault error=0.2,latency=200ms`` makes ``GET /`` misbehave, for showing a rollback (`lane demo
 --fault c@gray:...`, `lane rollout`): each answer is delayed by the latency, and the given fraction
 of them is a 500 of the app's own (before it calls anyone). Health checks stay healthy: the fault is
@@ -189,6 +192,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault", type=fault, default=Fault(), metavar="error=F,latency=D",
                         help="misbehave on GET /: answer 500 to a fraction F of requests and/or delay each by D "
                         "(e.g. error=0.2,latency=200ms), to show a rollout's rollback")
+    parser.add_argument("--grpc", action="store_true",
+                        help="also serve the demo's gRPC method on the same port (needs grpcio: pip install 'lane[grpc]')")
     add_server_arguments(parser)
 
 
@@ -196,10 +201,16 @@ def run(args: argparse.Namespace) -> int:
     spec = DemoApp(args.service, args.lane, tuple(args.calls), tuple(args.forward_only or DEFAULT_FORWARD),
                    fault=args.fault)
 
-    async def build() -> tuple[list[Listener], None]:
-        return [Listener("app", args.listen, build_demo_app(spec), reuse_port=False)], None
-
     def ready(bound: dict[str, Endpoint]) -> None:
         announce("demo-app", bound, args.ready_file)
+
+    if args.grpc:
+        from lane.demo.grpc_app import GrpcSpec, serve_grpc_app
+
+        grpc_spec = GrpcSpec(spec.service, spec.lane, spec.calls, spec.forward, intercepted=args.forward_only is None)
+        return run_loop(serve_grpc_app(grpc_spec, build_demo_app(spec), args.listen, args.drain_seconds, ready))
+
+    async def build() -> tuple[list[Listener], None]:
+        return [Listener("app", args.listen, build_demo_app(spec), reuse_port=False)], None
 
     return run_loop(serve(build, drain_seconds=args.drain_seconds, on_ready=ready, access_log=args.access_log))

@@ -18,6 +18,10 @@ and chaos on ``--admin-port``:
 ``--fault c@gray:error=0.2`` (or ``latency=200ms``, or both) starts that instance's app faulty
 (`lane.demo.app.fault`), so a `lane rollout` of the lane can be shown rolling back.
 
+With grpcio installed every demo app also serves the same call graph over gRPC on its one port
+(`lane.demo.grpc_app`), and the banner prints the one-line ``lane demo-grpc`` call; without it the
+demo runs HTTP only and says how to get gRPC.
+
 Ctrl-C or SIGTERM stops every child; children also die with the demo if it is killed.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import tempfile
 from pathlib import Path
@@ -51,11 +56,22 @@ __all__ = ["Demo", "add_arguments", "run"]
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+GRPC_MISSING = "gRPC: not shown, grpcio is not installed (pip install 'lane[grpc]', then restart the demo)"
+
+
+def grpc_installed() -> bool:
+    """Whether grpcio imports here (the apps' children share this interpreter and its packages)."""
+    try:
+        importlib.import_module("grpc")
+    except ImportError:
+        return False
+    return True
 
 
 class Demo:
     def __init__(self, config_text: str, source: str, workdir: Path, port: int, log_level: str,
-                 faults: dict[tuple[str, str], Fault] | None = None) -> None:
+                 faults: dict[tuple[str, str], Fault] | None = None, *, grpc: bool = False) -> None:
+        self.grpc = grpc  # the apps serve gRPC too
         self.original = parse_config(config_text, source)
         self.plan: Plan = plan(self.original)
         self.faults = dict(faults or {})  # (service, lane) -> how its apps misbehave
@@ -88,6 +104,8 @@ class Demo:
             app_args += ["--calls", ",".join(inst.calls)]
         if inst.forward_only:
             app_args += ["--forward-only", ",".join(inst.forward_only)]
+        if self.grpc:
+            app_args.append("--grpc")
         if (inst.service, inst.lane) in self.faults:
             app_args += ["--fault", str(self.faults[inst.service, inst.lane])]
         app = self._child(f"app-{inst.key}", app_args)
@@ -255,6 +273,9 @@ def _banner(demo: Demo) -> str:
                          for inst in demo.plan.instances)
     gateway_admin = f"http://127.0.0.1:{demo.plan.gateway_admin_port}"
     every = "/lane/graph, /demo/topology, /lane/instances and /lane/carriers of every proxy"
+    gateway = demo.gateway_url.removeprefix("http://")
+    grpc = ([f"  lane demo-grpc --gateway {gateway} -A xiaoming   # the same call over gRPC, the same path"]
+            if demo.grpc else [GRPC_MISSING])
     return "\n".join([
         f"lane demo is up: gateway {url}  (logs in {demo.workdir})",
         f"  gateway admin  {gateway_admin}  (/metrics, /lane/instances, /lane/coloring)",
@@ -263,6 +284,7 @@ def _banner(demo: Demo) -> str:
         "try:",
         f"  curl -s -A xiaoming {url}    # colored gray: a@gray -> b@base (fallback) -> c@gray, d@base -> c@gray",
         f"  curl -s {url}                # everyone else stays on base",
+        *grpc,
         "Ctrl-C stops everything.",
     ])
 
@@ -286,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
         text, source = demo_config_text(), DEMO_SOURCE
     with tempfile.TemporaryDirectory(prefix="lane-demo-") as tmp:
         try:
-            demo = Demo(text, source, Path(tmp), args.port, args.child_log_level, dict(args.fault))
+            demo = Demo(text, source, Path(tmp), args.port, args.child_log_level, dict(args.fault),
+                        grpc=grpc_installed())
         except ConfigError as exc:
             log.error("%s", exc)
             return 2

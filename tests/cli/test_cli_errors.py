@@ -114,6 +114,8 @@ def cases(f: Files) -> list[tuple[list[str], str]]:
         (["demo-app"], "the following arguments are required: --service, --lane"),
         (["demo-app", *app, "--listen", "x"], "argument --listen: expected HOST:PORT"),
         (["demo-app", *app, "--listen", f.busy], "address already in use"),
+        (["demo-grpc", "--gateway", "x"], "argument --gateway: expected host:port"),
+        (["demo-grpc", "--timeout", "soon"], "argument --timeout: invalid float value"),
         (["graph"], "required"),  # which of its options are is the graph command's to say
         (["graph", "--admin", "http://127.0.0.1:1", "--format", "png"], "argument --format: invalid choice"),
         (["rollout"], "the following arguments are required: "),

@@ -42,9 +42,11 @@ def test_demo_example_describes_the_classic_topology() -> None:
     assert {name: svc.lanes for name, svc in config.services.items()} == {
         "a": ("base", "gray"), "b": ("base",), "c": ("base", "gray"), "d": ("base",),
     }
-    (rule,) = config.rules
+    rule, grpc_rule = config.rules  # curl -A xiaoming; xiaoming's gRPC client (grpc appends its own agent)
     assert (rule.lane, rule.conditions[0].source, rule.conditions[0].name) == ("gray", Source.HEADER, "user-agent")
-    assert rule.conditions[0].match.value == "xiaoming"
+    assert (rule.conditions[0].match.kind, rule.conditions[0].match.value) == ("exact", "xiaoming")
+    assert (grpc_rule.name, grpc_rule.lane, grpc_rule.conditions[0].name) == ("xiaoming-grpc", "gray", "user-agent")
+    assert (grpc_rule.conditions[0].match.kind, grpc_rule.conditions[0].match.value) == ("prefix", "xiaoming grpc-")
 
 
 def test_embedded_default_is_the_documented_example() -> None:

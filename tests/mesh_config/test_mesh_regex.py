@@ -101,9 +101,14 @@ def test_samples_meet_their_conditions() -> None:
 def test_derived_vectors_cover_each_rule_from_both_sides() -> None:
     config = load_config(ROOT / "examples" / "demo.yaml")
     vectors = {v.name: v for v in vectors_for(config)}
-    assert set(vectors) == {"no-lane-hints", "client-sets-gray", "rule0-xiaoming", "rule0-xiaoming-without0"}
+    assert set(vectors) == {"no-lane-hints", "client-sets-gray", "rule0-xiaoming", "rule0-xiaoming-without0",
+                            "rule1-xiaoming-grpc", "rule1-xiaoming-grpc-without0"}
     assert python_lanes(config.rules, vectors["rule0-xiaoming"].view(), "base") == {"gray"}
     assert python_lanes(config.rules, vectors["rule0-xiaoming-without0"].view(), "base") == {"base"}
+    # the demo's gRPC rule (grpcio appends its own name to the user agent): a prefix, gray from both sides
+    assert vectors["rule1-xiaoming-grpc"].headers == (("user-agent", "xiaoming grpc-x"),)
+    assert python_lanes(config.rules, vectors["rule1-xiaoming-grpc"].view(), "base") == {"gray"}
+    assert python_lanes(config.rules, vectors["rule1-xiaoming-grpc-without0"].view(), "base") == {"base"}
     assert python_lanes(config.rules, vectors["client-sets-gray"].view(), "base") == {"base"}
 
     conformance = conformance_config()

@@ -141,14 +141,15 @@ class DemoRun:
 
 
 @contextlib.contextmanager
-def lane_demo(tmp_path: Path, *extra: str, ready_timeout: float = 90.0) -> Iterator[DemoRun]:
-    """``lane demo`` on free ports, stopped (SIGTERM) at the end of the block."""
+def lane_demo(tmp_path: Path, *extra: str, ready_timeout: float = 90.0,
+              env: dict[str, str] | None = None) -> Iterator[DemoRun]:
+    """``lane demo`` on free ports (in *env*, default this one), stopped (SIGTERM) at the end of the block."""
     ready = tmp_path / "demo.ready.json"
     log = tmp_path / "demo.log"
     argv = [sys.executable, "-m", "lane", "demo", "--port", str(free_port()), "--admin-port", str(free_port()),
             "--ready-file", str(ready), *extra]
     with log.open("wb") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         try:
             yield DemoRun(popen, _wait_file(ready, popen, ready_timeout, log), log)
         finally:

@@ -34,6 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from lane.core.endpoint import Endpoint
+from lane.core.errors import LaneError
 from lane.process.options import add_server_arguments, host_port
 from lane.process.readiness import announce
 from lane.process.server import Listener, run_loop, serve
@@ -205,7 +206,13 @@ def run(args: argparse.Namespace) -> int:
         announce("demo-app", bound, args.ready_file)
 
     if args.grpc:
-        from lane.demo.grpc_app import GrpcSpec, serve_grpc_app
+        try:
+            from lane.demo.grpc_app import GrpcSpec, serve_grpc_app
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != "grpc":
+                raise
+            raise LaneError("'lane demo-app --grpc' needs the Python package 'grpc', which is not installed: "
+                            "pip install 'lane[proxy,grpc]'") from None
 
         grpc_spec = GrpcSpec(spec.service, spec.lane, spec.calls, spec.forward, intercepted=args.forward_only is None)
         return run_loop(serve_grpc_app(grpc_spec, build_demo_app(spec), args.listen, args.drain_seconds, ready))

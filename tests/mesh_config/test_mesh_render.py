@@ -232,6 +232,8 @@ def test_cluster_flags_are_wired_to_the_cluster_module(monkeypatch: pytest.Monke
     ("kubernetes", ["mesh", "render", "--check-endpoints"], "k8s"),
     ("jsonschema", ["mesh", "validate", "--crds", "examples/demo.yaml"], "validate"),  # a readable file, not CRDs
     ("grpc", ["mesh", "verify"], "mesh"),  # grpcio plays verify's gRPC services
+    ("grpc", ["demo-app", "--service", "a", "--lane", "base", "--grpc"], "proxy,grpc"),
+    ("grpc", ["demo-grpc"], "proxy,grpc"),
 ])
 def test_a_missing_optional_package_names_the_extra_to_install(missing: str, argv: list[str], extra: str) -> None:
     """The extras are optional (the image has no `mesh` extra): simulate an absent one in a subprocess."""

@@ -18,10 +18,13 @@ from lane.core.config_load import load_config_or_demo
 from lane.core.errors import ConfigError
 from lane.process.options import port, positive_number, seconds
 
+from .grpc_client import grpc_available
+from .personas import DEMO_GRPC_METHOD
 from .runner import RunSpec, run_locust
 
 __all__ = ["add_arguments", "parse_timespan", "run", "spec_from_args", "web_ui_note"]
 
+_GRPC_METHOD = re.compile(r"/[\w.]+/\w+")
 _TIMESPAN = re.compile(r"(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?")
 
 
@@ -78,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pace", type=seconds, default=0.02, help="seconds each user waits between requests (default 0.02)")
     parser.add_argument("--grace", type=seconds, help="seconds around a request in which an unhealthy sighting justifies a fallback")
     parser.add_argument("--no-forged", action="store_true", help="do not send requests that forge the lane tag or baggage")
+    parser.add_argument("--grpc", nargs="?", const=DEMO_GRPC_METHOD, default=None, metavar="METHOD",
+                        help="also send every persona gRPC can carry as a unary gRPC call to METHOD on --host "
+                             f"(h2c; default {DEMO_GRPC_METHOD}, lane demo's); its lane from the response "
+                             "metadata x-lane-path. Needs grpcio")
     dist = parser.add_argument_group("distributed (passed through to locust)")
     role = dist.add_mutually_exclusive_group()
     role.add_argument("--master", action="store_true", help="run as locust master")
@@ -120,6 +127,11 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         from .chaos import parse_target
 
         parse_target(args.chaos, config)
+    if args.grpc is not None:
+        if not _GRPC_METHOD.fullmatch(args.grpc):
+            raise ValueError(f"--grpc takes a full method name such as {DEMO_GRPC_METHOD}, got {args.grpc!r}")
+        if not grpc_available():
+            raise ValueError("--grpc needs the Python package 'grpc', which is not installed: pip install 'lane[grpc]'")
     extra = [a for a in args.locust_args if a != "--"] if args.locust_args else []
     return RunSpec(
         host=args.host, config=args.config, users=args.users,
@@ -127,6 +139,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         run_time=args.run_time, headless=args.headless, json_path=args.json_path, html_path=args.html_path,
         admins=tuple(args.admin), max_error_rate=args.max_error_rate, pace=args.pace, grace=args.grace,
         chaos=args.chaos, chaos_after=args.chaos_after, chaos_down=args.chaos_down, forged=not args.no_forged,
+        grpc_method=args.grpc,
         master=args.master, worker=args.worker, expect_workers=args.expect_workers,
         master_host=args.master_host, master_port=args.master_port, master_bind_host=args.master_bind_host,
         master_bind_port=args.master_bind_port, web_host=args.web_host, web_port=args.web_port, extra=tuple(extra),

@@ -27,7 +27,7 @@ from lane.core.rules import Condition, RequestView, Rule, Source, color
 
 from .regex_examples import example_of, is_safe_value, near_miss_of
 
-__all__ = ["USER_AGENT", "Persona", "PersonaKind", "build_personas", "outcomes"]
+__all__ = ["DEMO_GRPC_METHOD", "USER_AGENT", "Persona", "PersonaKind", "build_personas", "grpc_twins", "outcomes"]
 
 PersonaKind = Literal["match", "near-miss", "no-match", "forged", "sticky", "share"]
 
@@ -38,6 +38,10 @@ USER_AGENT: Final = "lane-loadtest/0.1"
 _BASE_HEADERS: Final = (("user-agent", USER_AGENT), ("accept", "*/*"), ("accept-encoding", "identity"))
 _KEYS_PER_SIDE: Final = 2  # sticky keys inside and outside each keyed share
 _KEY_POOL: Final = 1000
+DEMO_GRPC_METHOD: Final = "/lane.demo.Demo/Call"  # `lane demo`'s unary method (lane.demo.grpc_app.CALL_METHOD)
+# Headers an HTTP persona sends that a gRPC call does not: HTTP/2 and gRPC own them (or grpcio sets them).
+_NOT_METADATA: Final = frozenset({"accept", "accept-encoding", "user-agent", "host", "te", "content-type",
+                                  "connection", "transfer-encoding", "content-length"})
 
 # (source, name) -> value; None means "do not send it"
 _Draft = dict[tuple[Source, str], str | None]
@@ -54,6 +58,16 @@ class Persona:
     outcomes: tuple[tuple[str, float], ...]  # lane -> probability, most likely first
     rule: str | None = None  # the rule it was derived from
     sticky_key: str | None = None  # requests with the same key must always get the same lane
+    grpc_method: str | None = None  # sent as a unary gRPC call to this method (None: an HTTP GET)
+
+    @property
+    def user_agent(self) -> str:
+        return next((v for k, v in self.headers if k == "user-agent"), USER_AGENT)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """A gRPC persona's metadata: its headers but the user agent (a channel option) and HTTP's own."""
+        return tuple((k, v) for k, v in self.headers if k not in _NOT_METADATA)
 
     @property
     def lane(self) -> str | None:
@@ -253,3 +267,26 @@ def build_personas(config: LaneConfig, *, forged: bool = True) -> tuple[Persona,
         seen.add(unique)
         personas.append(Persona(unique, kind, headers, query, dist, rule_name, sticky))
     return tuple(personas)
+
+
+def grpc_twins(config: LaneConfig, personas: Iterable[Persona], method: str, agent_suffix: str) -> tuple[Persona, ...]:
+    """The gRPC twin of every persona a gRPC call can carry, its lane judged on what the gateway sees.
+
+    A gRPC call has no query string and no user agent of its own alone: grpcio appends its own after
+    the one the client names (*agent_suffix*, e.g. ``grpc-python/1.85.3 grpc-c/...``), so the expected
+    lane is recomputed by the reference engine on that user agent, never copied from the HTTP persona
+    (the demo's ``xiaoming`` is gray over HTTP by its exact rule, gray over gRPC by ``xiaoming-grpc``).
+    """
+    twins: list[Persona] = []
+    for p in personas:
+        if p.query or p.grpc_method is not None or any(k.startswith(("grpc-", ":")) for k, _ in p.headers):
+            continue
+        headers = (("user-agent", f"{p.user_agent} {agent_suffix}"), *p.metadata)
+        view = RequestView.from_parts(headers, "")
+        dist = outcomes(config.rules, view, config.default_lane)
+        if len(dist) == 1:
+            dist = ((color(config.rules, view, config.default_lane).lane, 1.0),)
+        sticky = f"grpc {p.sticky_key}" if p.sticky_key is not None else None
+        twins.append(Persona(f"grpc {p.name}", p.kind, (("user-agent", p.user_agent), *p.metadata), "", dist,
+                             p.rule, sticky, method))
+    return tuple(twins)

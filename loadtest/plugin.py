@@ -30,6 +30,7 @@ from lane.core.config import LaneConfig
 from lane.core.config_load import load_config_or_demo
 
 from .chaos import choose_target, parse_target, run_chaos
+from .grpc_client import agent_suffix
 from .propagation import Propagation, gather
 from .report import Phase, build_json, dumps, render_text, render_verdict
 from .report_html import inject_html, render_html_section
@@ -87,6 +88,8 @@ def add_options(parser: Any, **_: Any) -> None:
                        **opt, help="do not send personas that forge the lane tag or baggage")
     group.add_argument("--lane-pace", type=float, default=0.02, env_var="LANE_LOADTEST_PACE", **opt,
                        help="seconds each user waits between requests (default 0.02)")
+    group.add_argument("--lane-grpc", default="", env_var="LANE_LOADTEST_GRPC", **opt,
+                       help="also send every persona gRPC can carry as a unary call to this method (needs grpcio)")
 
 
 def options_from(parsed: Any) -> tuple[LaneConfig, LaneOptions]:
@@ -104,6 +107,8 @@ def options_from(parsed: Any) -> tuple[LaneConfig, LaneOptions]:
         chaos_down=parsed.lane_chaos_down if parsed.lane_chaos_down >= 0 else None,
         forged=not parsed.lane_no_forged,
         pace=parsed.lane_pace,
+        grpc_method=getattr(parsed, "lane_grpc", "") or None,
+        grpc_agent=agent_suffix() if getattr(parsed, "lane_grpc", "") else "",
     )
     return config, options
 

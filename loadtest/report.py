@@ -76,6 +76,7 @@ def persona_rows(stats: LaneStats, personas: Sequence[Persona], config: LaneConf
         top = max(paths.items(), key=lambda kv: (kv[1], kv[0]))[0] if paths else ""
         rows.append({
             "name": p.name, "kind": p.kind, "rule": p.rule, "expected": dict(p.outcomes),
+            "protocol": "grpc" if p.grpc_method else "http",
             "requests": counts.requests if counts else 0, "failures": counts.failures if counts else 0,
             "http_failures": counts.http_failures if counts else 0,
             "lanes": dict(counts.lanes) if counts else {}, "paths": paths, "path": top,

@@ -42,6 +42,7 @@ class RunSpec:
     chaos_after: float | None = None
     chaos_down: float | None = None
     forged: bool = True
+    grpc_method: str | None = None
     master: bool = False
     worker: bool = False
     expect_workers: int = 1
@@ -88,6 +89,8 @@ def locust_argv(spec: RunSpec, python: str = sys.executable) -> list[str]:
             argv += ["--lane-chaos-down", str(spec.chaos_down)]
     if not spec.forged:
         argv += ["--lane-no-forged"]
+    if spec.grpc_method:
+        argv += ["--lane-grpc", spec.grpc_method]
     return argv + list(spec.extra)
 
 

@@ -18,7 +18,7 @@ from lane.core.hops import Hop
 
 from .expected import RequestVerdict, verify
 from .health import HealthHistory
-from .personas import Persona, build_personas
+from .personas import Persona, build_personas, grpc_twins
 from .stats import LaneStats
 from .summary import ChaosRun, Summary, Thresholds, summarize
 
@@ -37,13 +37,19 @@ class LaneOptions:
     chaos_down: float | None = None
     forged: bool = True
     pace: float = 0.02  # seconds each user waits between requests
+    grpc_method: str | None = None  # also send every persona gRPC can carry as a unary call to this method
+    grpc_agent: str = ""  # what grpcio appends to a client's user agent (`loadtest.grpc_client.agent_suffix`)
 
 
 class LaneSession:
     def __init__(self, config: LaneConfig, options: LaneOptions, personas: Sequence[Persona] | None = None) -> None:
         self.config = config
         self.options = options
-        self.personas = tuple(personas) if personas is not None else build_personas(config, forged=options.forged)
+        if personas is None:
+            personas = build_personas(config, forged=options.forged)
+            if options.grpc_method:
+                personas = (*personas, *grpc_twins(config, personas, options.grpc_method, options.grpc_agent))
+        self.personas = tuple(personas)
         if not self.personas:
             raise ValueError(f"{config.source}: no traffic personas could be derived from the config")
         self.health = HealthHistory()

@@ -130,6 +130,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     if args.grpc is not None:
         if not _GRPC_METHOD.fullmatch(args.grpc):
             raise ValueError(f"--grpc takes a full method name such as {DEMO_GRPC_METHOD}, got {args.grpc!r}")
+        if args.host and urlsplit(args.host).scheme != "http":
+            raise ValueError(f"--grpc calls in plaintext h2c (no TLS): --host must be an http:// URL, got {args.host!r}")
         if not grpc_available():
             raise ValueError("--grpc needs the Python package 'grpc', which is not installed: pip install 'lane[grpc]'")
     extra = [a for a in args.locust_args if a != "--"] if args.locust_args else []

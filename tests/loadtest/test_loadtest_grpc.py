@@ -46,12 +46,16 @@ def test_grpc_twins_expect_the_lane_of_the_user_agent_grpcio_sends() -> None:
         "grpc xiaoming"].lane == "base"
 
 
-def test_bad_grpc_method_is_one_line_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "lane", "loadtest", "--host", "http://127.0.0.1:9", "--grpc", "Call"],
+@pytest.mark.parametrize(("host", "method", "error"), [
+    ("http://127.0.0.1:9", "Call", f"--grpc takes a full method name such as {DEMO_GRPC_METHOD}, got 'Call'"),
+    ("https://127.0.0.1:9", DEMO_GRPC_METHOD,
+     "--grpc calls in plaintext h2c (no TLS): --host must be an http:// URL, got 'https://127.0.0.1:9'"),
+])
+def test_bad_grpc_arguments_are_one_line_exit_2(host: str, method: str, error: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lane", "loadtest", "--host", host, "--grpc", method],
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"lane loadtest: error: --grpc takes a full method name such as {DEMO_GRPC_METHOD}, got 'Call'"]
+    assert proc.stderr.strip().splitlines() == [f"lane loadtest: error: {error}"]
 
 
 def test_grpc_personas_against_the_demo_take_their_lanes_and_pass(demo: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
@@ -110,3 +114,12 @@ def test_grpc_error_statuses_are_failures_named_after_their_status(demo: dict[st
     assert "gRPC UNIMPLEMENTED" in out
     assert rows["grpc xiaoming"]["path"] == "a@gray"  # the hop record, read from the trailers-only answer
     assert all(p["http_failures"] == 0 for p in doc["personas"] if p["protocol"] == "http")
+
+
+def test_grpc_without_grpcio_is_one_line_naming_the_extra() -> None:
+    code = ("import sys; sys.modules['grpc'] = None; from lane.cli.main import main; "
+            "sys.exit(main(['loadtest', '--host', 'http://127.0.0.1:9', '--grpc']))")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "lane loadtest: error: --grpc needs the Python package 'grpc', which is not installed: pip install 'lane[grpc]'"]

@@ -11,8 +11,10 @@ The classic call graph is ``a -> b -> c`` and ``a -> d -> c`` where ``d`` forwar
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import yaml
@@ -25,11 +27,42 @@ DEMO_CALLS: Final = {"a": ("b", "d"), "b": ("c",), "d": ("c",)}
 DEMO_FORWARD_ONLY: Final = {"d": ("x-request-id",)}
 
 
+_handed: set[int] = set()  # ports this process handed out already: one plan never gets a port twice
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux: ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1 (released again, so a child can bind it)."""
+    """A port on 127.0.0.1 nothing listens on now, for a child process to bind a moment later.
+
+    Picked below the kernel's ephemeral range: a port from bind(0) lies in that range, and until the
+    child binds it any outgoing connection on the machine may take it as its local port (the demo's
+    sidecar then fails with "address already in use"). Falls back to bind(0) when no such port is free.
+    """
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(200):
+            port = random.randrange(10000, low)
+            if port in _handed:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _handed.add(port)
+    return port
 
 
 @dataclass(frozen=True, slots=True)

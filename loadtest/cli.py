@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from lane.core.config import LaneConfig
 from lane.core.config_load import load_config_or_demo
 from lane.core.errors import ConfigError
-from lane.process.options import port, positive_number, seconds
+from lane.process.options import port, positive_int, positive_number, seconds
 
 from .grpc_client import grpc_available
 from .personas import DEMO_GRPC_METHOD
@@ -39,16 +39,6 @@ def parse_timespan(text: str) -> int:
     return int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60 + int(m["s"] or 0)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -62,7 +52,7 @@ def _rate(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", help="lane config YAML (default: the embedded demo config)")
     parser.add_argument("--host", help="base URL of the lane gateway, e.g. http://127.0.0.1:8080")
-    parser.add_argument("--users", "-u", type=_positive_int, default=5, help="concurrent users (default 5)")
+    parser.add_argument("--users", "-u", type=positive_int, default=5, help="concurrent users (default 5)")
     parser.add_argument("--spawn-rate", "-r", type=positive_number, default=None, help="users started per second (default: all at once)")
     parser.add_argument("--run-time", "-t", type=parse_timespan, default=30, help="stop after this long (default 30s)")
     parser.add_argument("--headless", action="store_true", help="no web UI: run, print the lane matrix, exit with the verdict")
@@ -89,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     role = dist.add_mutually_exclusive_group()
     role.add_argument("--master", action="store_true", help="run as locust master")
     role.add_argument("--worker", action="store_true", help="run as locust worker")
-    dist.add_argument("--expect-workers", type=_positive_int, default=1, help="master: workers to wait for")
+    dist.add_argument("--expect-workers", type=positive_int, default=1, help="master: workers to wait for")
     dist.add_argument("--master-host", default="127.0.0.1", help="worker: master address (default 127.0.0.1)")
     dist.add_argument("--master-port", type=port, default=5557, help="worker: master port (default 5557)")
     dist.add_argument("--master-bind-host", default="127.0.0.1", help="master: bind address (default 127.0.0.1)")

@@ -1,8 +1,9 @@
 """Shared test helpers: free ports, real ``lane`` processes and in-process servers on 127.0.0.1.
 
 Every process or server started here is stopped by the context manager that started it, even
-when the test fails. A port for a process to bind later is one nothing listens on, picked outside the
-kernel's ephemeral range (`free_port`); in-process servers bind port 0 themselves.
+when the test fails. A port for a process to bind later comes from `lane.demo.topology.free_port` (nothing
+listens on it, outside the kernel's ephemeral range, as `lane demo` picks its own); in-process servers bind
+port 0 themselves.
 """
 
 from __future__ import annotations
@@ -10,45 +11,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from aiohttp import web
 
 from lane.core.endpoint import Endpoint
+from lane.demo.topology import free_port  # below the ephemeral range, never the same port twice
 from lane.engine.listen import FastPath
 from lane.process.server import Listener, start_listener
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-# Ports handed to processes a test starts are picked below the kernel's ephemeral range: a port
-# from bind(0) is in that range, and until the process binds it any outgoing connection of the
-# test run may take it as its local port ("address already in use" at start-up).
-_PORTS: Final = range(20000, 32000)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now, outside the ephemeral range."""
-    for _ in range(200):
-        port = random.choice(_PORTS)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -7,10 +7,14 @@ One command starts, on 127.0.0.1 only, the cheapest stub backends (one nginx wor
 ``gateway-aiohttp`` (when ``lane gateway`` has ``--core``), ``chain`` (gateway -> sidecar -> app
 -> sidecar -> sidecar -> app), ``direct-chain`` (the same apps, no proxies), and the sidecar hop
 pair ``sidecar-hop`` (outbound + inbound sidecar) against ``envoy-hop`` (an Envoy pair with the
-rendered mesh routes), loaded with fresh trace headers per request. wrk drives each with the
-same interleaved gray + plain traffic, subjects alternating A B A B over the rounds, at 32
-connections (2 threads) and at 1 (1 thread), for a bounded time after a short warm-up. Every run
-must route every request right (`bench/runs.py`): no free speed from misrouting.
+rendered mesh routes), loaded with fresh trace headers per request, and ``grpc-gateway`` (``lane
+gateway --workers 2`` routing gRPC unary calls over h2c) against ``grpc-envoy`` (the same Envoy,
+HTTP/2 upstream clusters). wrk drives each with the same interleaved gray + plain traffic
+(h2load with real gRPC unary calls for the gRPC pair, `bench/h2load.py`), subjects alternating
+A B A B over the rounds, at 32 connections (2 threads) and at 1 (1 thread), for a bounded time
+after a short warm-up. Every run must route every request right (`bench/runs.py`): no free speed
+from misrouting; a gRPC subject must first answer real grpcio calls OK (`bench/grpc_check.py`).
+Where h2load cannot be had (or the stubs are Envoy's), the gRPC subjects are skipped with a note.
 
 It prints one table (medians and min-max over the rounds; ratios against each subject's Envoy
 peer and against direct from this run), the issue's goals as met / not met, a note when other
@@ -42,16 +46,28 @@ import aiohttp
 import uvloop
 from busy import BusySnapshot, busy_note, machine_load, other_cores, sample_other_cores
 from envoy_proc import envoy_version
+from grpc_check import GrpcCheckError, check_grpc
+from h2load import H2loadError, ensure_h2load, h2load_version, run_h2load
 from latest import latest_markdown, ratio_sentence, update_readme
 from measure import ProcessTree
 from runs import Run, check_routing
 from sections import SECTIONS, machine_info, run_section
-from subjects import ALL_SUBJECTS, QUICK_SUBJECTS, STUB_KINDS, Lab, Target, has_core_option
+from subjects import (
+    A_BASE_GRPC,
+    A_GRAY_GRPC,
+    ALL_SUBJECTS,
+    GRPC_SUBJECTS,
+    QUICK_SUBJECTS,
+    STUB_KINDS,
+    Lab,
+    Target,
+    has_core_option,
+)
 from summary import HIGH, LOW, peer_ratios, ratios, summarize
 from svg_chart import Bar, render_svg
 from table import format_table, format_targets
 from targets import targets
-from wrk import ensure_wrk, run_wrk, wrk_version
+from wrk import WrkResult, ensure_wrk, run_wrk, wrk_version
 
 __all__ = ["main"]
 
@@ -114,6 +130,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+async def _load(target: Target, exe: str, h2load: str | None, workdir: Path, connections: int,
+                seconds: int) -> WrkResult:
+    """One bounded run of *target*'s load generator (wrk, or h2load for the gRPC subjects)."""
+    if target.load == "h2load":
+        assert h2load is not None  # the gRPC subjects are skipped without it
+        return await run_h2load(h2load, target.url, connections=connections, seconds=seconds,
+                                requests=target.requests, workdir=workdir)
+    return await run_wrk(exe, target.url, connections=connections, seconds=seconds, requests=target.requests,
+                         trace=target.trace)
+
+
 def _on_signal(task: asyncio.Task[Any], signum: int) -> None:
     if not INTERRUPTED:
         say(f"{signal.Signals(signum).name}: stopping every benchmark process ...")
@@ -121,9 +148,10 @@ def _on_signal(task: asyncio.Task[Any], signum: int) -> None:
     task.cancel()
 
 
-async def measure(args: argparse.Namespace, exe: str, subjects: list[str]
-                  ) -> tuple[dict[str, Target], list[Run], dict[str, dict[str, int]], str]:
+async def measure(args: argparse.Namespace, exe: str, h2load: str | None, subjects: list[str]
+                  ) -> tuple[dict[str, Target], list[Run], dict[str, dict[str, int]], str, dict[str, str]]:
     """Start everything, run the rounds, read peak memory, stop everything (whatever happens).
+    Also returns the subjects the stubs could not serve (name -> why).
 
     SIGINT (Ctrl-C) and SIGTERM cancel this task, so the ``finally`` of every block below stops
     what it started, wrk included."""
@@ -141,18 +169,20 @@ async def measure(args: argparse.Namespace, exe: str, subjects: list[str]
             stub_kind = stubs.kind + (f" ({lab.stub_note})" if lab.stub_note else "")
             trees = {name: ProcessTree(t.processes) for name, t in found.items()}
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                for name, target in found.items():
+                    if target.load == "h2load":
+                        say(f"checking {name} with real grpcio calls ...")
+                        await check_grpc(target, stubs, session, {"gray": ("xiaoming", A_GRAY_GRPC),
+                                                                  "plain": ("", A_BASE_GRPC)})
                 for rnd in range(1, args.rounds + 1):
                     for conns in (HIGH, LOW):
-                        for name in subjects:
-                            target = found[name]
+                        for name, target in found.items():
                             say(f"round {rnd}/{args.rounds}: {name}, {conns} conn{'s' * (conns > 1)} ...")
                             if args.warmup:
-                                await run_wrk(exe, target.url, connections=conns, seconds=args.warmup,
-                                              requests=target.requests, trace=target.trace)
+                                await _load(target, exe, h2load, Path(tmp), conns, args.warmup)
                             before = await stubs.counts(session)
                             cpu_before, busy_before = trees[name].cpu(), BusySnapshot.take()
-                            result = await run_wrk(exe, target.url, connections=conns, seconds=args.duration,
-                                                   requests=target.requests, trace=target.trace)
+                            result = await _load(target, exe, h2load, Path(tmp), conns, args.duration)
                             cpu, others = cpu_before.until(trees[name].cpu()), other_cores(busy_before,
                                                                                          BusySnapshot.take())
                             after = await stubs.counts(session)
@@ -164,8 +194,9 @@ async def measure(args: argparse.Namespace, exe: str, subjects: list[str]
                                 f"others {others or 0:.2f} cores, routing "
                                 + ("ok" if run.routing.ok else "FAILED: " + "; ".join(run.routing.problems)))
             rss = {name: tree.peak_rss() for name, tree in trees.items()}
+            skipped = dict(lab.skipped)
         say("every benchmark process stopped")
-    return found, runs, rss, stub_kind
+    return found, runs, rss, stub_kind, skipped
 
 
 def _default_json_path() -> Path:
@@ -187,8 +218,9 @@ def _svg(path: Path, document: dict[str, Any]) -> None:
         envoy_us = document["subjects"].get("envoy", {}).get("added_latency_us_per_hop_c1")
         notes.insert(2, f"p50 added latency per hop at {LOW} conn vs Envoy's "
                      f"{'-' if envoy_us is None else f'{envoy_us:.0f}'} us: " + ", ".join(latency))
+    grpc = "h2load" in document["settings"]["load_by_subject"].values()
     title = (f"lane vs Envoy on 127.0.0.1, {HIGH} connections, median of {document['settings']['rounds']} "
-             f"x {document['settings']['duration_s']} s (wrk)")
+             f"x {document['settings']['duration_s']} s (wrk{'; gRPC: h2load' if grpc else ''})")
     path.write_text(render_svg(title, bars, notes), encoding="utf-8")
 
 
@@ -198,12 +230,31 @@ def _section_status(result: dict[str, Any]) -> str:
     return str(result.get("skipped") or result.get("failed"))
 
 
+def _h2load(subjects: list[str]) -> tuple[str | None, dict[str, str]]:
+    """h2load when a gRPC subject is chosen (installed when missing), else None and those subjects skipped."""
+    chosen = [s for s in subjects if s in GRPC_SUBJECTS]
+    if not chosen:
+        return None, {}
+    try:
+        return ensure_h2load(), {}
+    except H2loadError as exc:
+        why = f"skipped: h2load (Debian's nghttp2-client) unavailable: {str(exc).splitlines()[0]}"
+        say(f"{', '.join(chosen)} {why}")
+        return None, dict.fromkeys(chosen, why)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exe = ensure_wrk()
     core_option = has_core_option()
     subjects = _subjects(args.subjects, args.quick, core_option)
+    h2load, skipped = _h2load(subjects)
+    subjects = [s for s in subjects if s not in skipped]
+    if not subjects:
+        say("error: no subject left to measure: " + "; ".join(f"{k} {v}" for k, v in skipped.items()))
+        return 2
     info = machine_info(envoy_version(), wrk_version(exe))
+    info["h2load"] = h2load_version(h2load) if h2load else None
     others_at_start = sample_other_cores()
     info["other_cores_at_start"] = None if others_at_start is None else round(others_at_start, 3)
     started = time.time()
@@ -211,12 +262,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{LOW} connection(s), {args.warmup} s warm-up each; {info['cores']} cores, Envoy {info['envoy']}")
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            found, runs, rss, stub_kind = runner.run(measure(args, exe, subjects))
+            found, runs, rss, stub_kind, lab_skipped = runner.run(measure(args, exe, h2load, subjects))
+    except GrpcCheckError as exc:
+        say(f"error: {exc} (every benchmark process was stopped; no results written)")
+        return 1
     except BaseException:
         if INTERRUPTED:  # whatever broke while stopping (a child that got the signal too) is expected
             say("interrupted: every benchmark process was stopped; no results written")
             return 128 + INTERRUPTED[0]
         raise
+    skipped |= lab_skipped
+    if not found:  # every chosen subject was a gRPC one, and the stubs could not serve gRPC
+        say("error: no subject left to measure: " + "; ".join(f"{k} {v}" for k, v in skipped.items()))
+        return 2
     summaries = summarize(found, runs, rss)
     vs_envoy, vs_direct, vs_peer = ratios(summaries, "envoy"), ratios(summaries, "direct"), peer_ratios(summaries, runs)
     checks = targets(summaries, vs_peer)
@@ -239,10 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
                      "connections": [HIGH, LOW], "threads": {str(HIGH): 2, str(LOW): 1}, "quick": args.quick,
-                     "subjects": subjects, "gateway_core_option": core_option,
+                     "subjects": list(found), "skipped_subjects": skipped, "gateway_core_option": core_option,
                      "lane_core_env": os.environ.get("LANE_CORE"), "stubs": stub_kind,
                      "hop_trace_headers": next((list(t.trace) for t in found.values() if t.trace), []),
-                     "trace_headers_by_subject": {name: list(t.trace) for name, t in found.items()}},
+                     "trace_headers_by_subject": {name: list(t.trace) for name, t in found.items()},
+                     "load_by_subject": {name: t.load for name, t in found.items()}},
         "routing_ok": routing_ok,
         "subjects": {name: s.to_json() for name, s in summaries.items()},
         "ratios": {"vs_envoy": vs_envoy, "vs_direct": vs_direct, "vs_peer": vs_peer},
@@ -256,8 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     notes = [f"{name}: {t.description}" + "".join(f"; {note}" for note in t.notes) for name, t in found.items()]
+    notes += [f"{name}: {why}" for name, why in skipped.items()]
+    grpc = any(t.load == "h2load" for t in found.values())
     print(f"lane vs Envoy vs direct on 127.0.0.1 -- median of {args.rounds} round(s) x {args.duration} s, wrk "
-          f"-t2 -c{HIGH} / -t1 -c{LOW}; {info['cores']} cores shared with wrk; req/s, ms, CPU s per 10k requests "
+          f"-t2 -c{HIGH} / -t1 -c{LOW}" + (f" (gRPC: h2load, gray and plain {HIGH // 2} clients each side by side / "
+                                           f"{LOW} after another)" if grpc else "")
+          + f"; {info['cores']} cores shared with the load generator; req/s, ms, CPU s per 10k requests "
           f"at {HIGH} conns, peak RSS (VmHWM) of the subject's processes")
     print(table)
     print("\ntargets (ratios from this run; reported, not enforced):")

@@ -36,9 +36,10 @@ def _rounds(entry: Mapping[str, Any], key: str) -> str:
 
 
 def ratio_sentence(summaries: Mapping[str, SubjectSummary], peer: Mapping[str, Mapping[str, Any]]) -> str:
-    """One sentence of the run's headline ratios (gateway vs Envoy, sidecar hop pair vs Envoy pair)."""
+    """One sentence of the run's headline ratios (gateway vs Envoy, sidecar hop pair vs Envoy pair, gRPC
+    gateway vs Envoy)."""
     parts = []
-    gw, hop = peer.get("gateway"), peer.get("sidecar-hop")
+    gw, hop, grpc = peer.get("gateway"), peer.get("sidecar-hop"), peer.get("grpc-gateway")
     rps, cpu = f"rps_c{HIGH}", f"cpu_per_request_c{HIGH}"
     if gw:
         mine, ref = summaries["gateway"].added_us_per_hop, summaries[gw["peer"]].added_us_per_hop
@@ -49,6 +50,9 @@ def ratio_sentence(summaries: Mapping[str, SubjectSummary], peer: Mapping[str, M
         parts.append(f"a sidecar hop pair with trace headers costs {_x(hop[cpu])} the Envoy pair's CPU per request"
                      f"{_rounds(hop, cpu)}, adds {_x(hop[f'added_p50_per_hop_c{LOW}'])} its p50 per hop and "
                      f"reaches {_x(hop[rps])} its req/s")
+    if grpc:
+        parts.append(f"gRPC unary calls through the gateway reach {_x(grpc[rps])} Envoy's req/s{_rounds(grpc, rps)} "
+                     f"at {_x(grpc[cpu])} its CPU per request{_rounds(grpc, cpu)}")
     if not parts:
         return "This run measured neither the gateway nor the sidecar hop against Envoy."
     return "Against Envoy in the same run, " + "; ".join(parts) + "."
@@ -65,6 +69,11 @@ def latest_markdown(document: Mapping[str, Any], sentence: str, checks: Sequence
         f", other processes {start:.2f} cores just before" if start is not None else "") + (
         f", other processes at most {max(others):.2f} cores during the measured runs" if others else "")
     marks = {True: "met", False: "**not met**", None: "n/a"}
+    h2load = f", {m['h2load']} (gRPC calls)" if m.get("h2load") else ""
+    grpc_subjects = [name for name, load in (st.get("load_by_subject") or {}).items() if load == "h2load"]
+    grpc = f"; {', '.join(f'`{s}`' for s in grpc_subjects)} loaded with gRPC unary calls by h2load" if grpc_subjects else ""
+    skipped = "".join(f"\n- **Skipped:** `{name}`: {why.removeprefix('skipped: ')}"
+                      for name, why in (st.get("skipped_subjects") or {}).items())
     goals = "\n".join(f"| {c.name} | {c.measured} | {marks[c.met]} |" for c in checks)
     return f"""# Latest `make bench` results
 
@@ -73,20 +82,20 @@ Do not edit by hand.
 
 - **When:** {document['started_utc']} (UTC), {document['seconds']:.0f} s
 - **Where:** {m['cpu_model']}, {m['cores']} cores shared by wrk, the stubs and the subject; {m['platform']};
-  Python {m['python']}, Envoy {m['envoy']}, {str(m['wrk']).split(' Copyright')[0]}
+  Python {m['python']}, Envoy {m['envoy']}, {str(m['wrk']).split(' Copyright')[0]}{h2load}
 - **Code:** lane commit `{m['lane_commit']}`
 - **Stub backends:** {st.get('stubs', '?')}
 - **Settings:** {st['rounds']} round(s) × {st['duration_s']} s per subject at {HIGH} and {LOW} connection(s),
   subjects alternating every run; the hop pairs, `chain` and `direct-chain` loaded with fresh trace headers
-  per request ({', '.join(st.get('hop_trace_headers') or []) or 'none'})
+  per request ({', '.join(st.get('hop_trace_headers') or []) or 'none'}){grpc}
 - **Machine load:** {busy.removeprefix('note: ') if busy else 'quiet: ' + quiet}
 - **Routing:** {'every run routed every request right' if document['routing_ok'] else '**FAILED** (see the JSON)'}
-- **Full results:** `{json_name}` (not committed; its `runs` hold every wrk run)
+- **Full results:** `{json_name}` (not committed; its `runs` hold every wrk and h2load run){skipped}
 
 {sentence}
 
 Medians over the rounds, min-max beside them; `/envoy` is the ratio against the subject's Envoy peer
-(`envoy`; `envoy-hop` for `sidecar-hop`) from the same run; CPU seconds per 10k requests; peak RSS.
+(`envoy`; `envoy-hop` for `sidecar-hop`; `grpc-envoy` for `grpc-gateway`) from the same run; CPU seconds per 10k requests; peak RSS.
 
 ```
 {document['table']}

@@ -15,9 +15,19 @@ observable under load like the Envoy stubs do:
   sizes / 2, read with one ``stat`` each. The logs are buffered (64 KiB, flushed every 50 ms), so
   a count waits out one flush interval first: everything answered before the call is counted.
 
+A gRPC instance (``Instance.grpc``) listens for h2c with prior knowledge (``listen ... http2``
+without TLS: what gRPC clients and the proxies' HTTP/2 upstreams speak) and answers a right-lane
+call as a gRPC server answers a unary call: HTTP 200, ``content-type: application/grpc``, one
+length-prefixed message (an empty protobuf message: the 5 zero bytes of `GRPC_EMPTY_REPLY`, a
+file nginx serves) and the trailer ``grpc-status: 0``; a wrong-lane call gets the same 421, which
+every gRPC client rejects (grpcio: UNKNOWN "Received http2 header with status: 421"). nginx's
+static module refuses a POST with 405, so ``error_page 405 =200`` serves the file on the internal
+redirect nginx makes for it: one answer and one access-log line per call.
+
 nginx runs in the foreground (``daemon off``) from the run's temporary directory: its own prefix,
 pid file, error log and temp paths (never ``/etc/nginx`` or ``/var/log/nginx``), one worker
-process, keep-alive without a request limit (nginx's default closes a connection after 1,000
+process running as the user who runs the benchmark (as root, nginx would switch it to
+``nobody``, who may not read the run's private directory and so the gRPC reply file), keep-alive without a request limit (nginx's default closes a connection after 1,000
 requests, which would make every proxy reconnect), and it is stopped when the block ends.
 Its ports are chosen free just before it starts (nginx cannot report a port 0); a port taken in
 between makes nginx exit, and it is started again on fresh ports.
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -43,11 +54,14 @@ from stub_backend import Instance, InstanceCounts
 from lane.demo.topology import free_port
 from lane.process.supervisor import die_with_parent
 
-__all__ = ["NginxError", "NginxStubs", "ensure_nginx", "nginx_config", "nginx_version", "start_nginx_stubs"]
+__all__ = ["GRPC_EMPTY_REPLY", "NginxError", "NginxStubs", "ensure_nginx", "nginx_config", "nginx_version",
+           "start_nginx_stubs"]
 
 FLUSH_MS: Final = 50
 LINE_BYTES: Final = 2  # "1\n": the log format "1" plus nginx's line feed
 _START_ATTEMPTS: Final = 3
+GRPC_EMPTY_REPLY: Final = b"\x00\x00\x00\x00\x00"  # uncompressed, length 0: an empty protobuf message
+_GRPC_REPLY_FILE: Final = "grpc-empty-reply"
 
 
 class NginxError(RuntimeError):
@@ -74,7 +88,32 @@ def _variable(text: str) -> str:
 
 
 def _log(workdir: Path, instance: Instance, verdict: str) -> Path:
-    return workdir / f"stub-{instance.service}-{instance.lane}.{verdict}"
+    return workdir / f"stub-{instance.listener}.{verdict}"
+
+
+def _grpc_answer(workdir: Path) -> str:
+    """A gRPC unary answer: the empty message from a file, then the ``grpc-status: 0`` trailer."""
+    return (f"      root {workdir};\n"
+            "      default_type application/grpc;\n"
+            "      etag off;\n"
+            "      add_trailer grpc-status 0;\n"
+            f"      error_page 405 =200 /{_GRPC_REPLY_FILE};\n"
+            f"      try_files /{_GRPC_REPLY_FILE} =500;\n")
+
+
+def _server(workdir: Path, i: Instance, port: int, buffered: str) -> str:
+    right = _grpc_answer(workdir) if i.grpc else f'      return 200 "{i}\\n";\n'
+    return (
+        f"  server {{\n"
+        f"    listen 127.0.0.1:{port}{' http2' * i.grpc};\n"
+        f"    access_log {_log(workdir, i, 'ok')} tick {buffered} if=$lane_{_variable(i.lane)}_right;\n"
+        f"    access_log {_log(workdir, i, 'refused')} tick {buffered} if=$lane_{_variable(i.lane)}_wrong;\n"
+        f"    location / {{\n"
+        f'      if ($lane_{_variable(i.lane)}_wrong) {{ return 421 "misrouted: this is {i}\\n"; }}\n'
+        f"{right}"
+        "    }\n"
+        "  }\n"
+    )
 
 
 def nginx_config(workdir: Path, ports: Mapping[Instance, int], tag_header: str) -> str:
@@ -86,21 +125,14 @@ def nginx_config(workdir: Path, ports: Mapping[Instance, int], tag_header: str) 
         f'  map {header} $lane_{_variable(lane)}_wrong {{ "~^{re.escape(lane)}$" 0; default 1; }}\n'
         for lane in lanes)
     buffered = f"buffer=64k flush={FLUSH_MS}ms"
-    servers = "".join(
-        f"  server {{\n"
-        f"    listen 127.0.0.1:{port};\n"
-        f"    access_log {_log(workdir, i, 'ok')} tick {buffered} if=$lane_{_variable(i.lane)}_right;\n"
-        f"    access_log {_log(workdir, i, 'refused')} tick {buffered} if=$lane_{_variable(i.lane)}_wrong;\n"
-        f"    location / {{\n"
-        f'      if ($lane_{_variable(i.lane)}_wrong) {{ return 421 "misrouted: this is {i}\\n"; }}\n'
-        f'      return 200 "{i}\\n";\n'
-        f"    }}\n"
-        f"  }}\n"
-        for i, port in sorted(ports.items()))
+    servers = "".join(_server(workdir, i, port, buffered) for i, port in sorted(ports.items()))
     temp = "".join(f"  {kind}_temp_path {workdir / ('nginx-' + kind)};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    grpc = any(i.grpc for i in ports)  # the gRPC reply file stays open: no open() per call
+    cache = "  open_file_cache max=16 inactive=3600s;\n  open_file_cache_valid 3600s;\n" if grpc else ""
+    user = "user root;\n" if os.geteuid() == 0 else ""  # else nginx cannot switch users anyway
     return (
-        "worker_processes 1;\n"
+        f"{user}worker_processes 1;\n"
         f"pid {workdir / 'nginx.pid'};\n"
         f"error_log {workdir / 'nginx-error.log'} warn;\n"
         "events { worker_connections 4096; }\n"
@@ -112,7 +144,7 @@ def nginx_config(workdir: Path, ports: Mapping[Instance, int], tag_header: str) 
         "  keepalive_timeout 300s;\n"
         f"{temp}"
         '  log_format tick "1";\n'
-        f"{maps}{servers}"
+        f"{cache}{maps}{servers}"
         "}\n"
     )
 
@@ -192,6 +224,7 @@ async def start_nginx_stubs(exe: str, instances: Iterable[Instance], tag_header:
     chosen = tuple(sorted(set(instances)))
     version = nginx_version(exe)
     conf, error_log = workdir / "nginx.conf", workdir / "nginx-error.log"
+    (workdir / _GRPC_REPLY_FILE).write_bytes(GRPC_EMPTY_REPLY)
     for attempt in range(1, _START_ATTEMPTS + 1):
         ports = {i: free_port() for i in chosen}
         conf.write_text(nginx_config(workdir, ports, tag_header), encoding="utf-8")

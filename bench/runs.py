@@ -1,14 +1,17 @@
-"""One measured wrk run of one subject, and the check that it routed every request right.
+"""One measured load run of one subject (wrk, or h2load for gRPC), and the check that it routed every request right.
 
 A benchmark that does not check routing rewards a proxy for sending everything to one place. So
 each run is held to its target's expectations (`subjects.Target.expect`), from two independent
 counts taken around the run:
 
-* wrk's: no socket errors and no status errors (a misrouted or mis-tagged request is a 421);
+* the load generator's (wrk's, or h2load's for the gRPC subjects, in wrk's shape): no socket
+  errors and no status errors (a misrouted or mis-tagged request is a 421);
 * the stub backends': every instance answered only right-lane requests (4xx delta 0), the
   instances that must get traffic got about their share of it (gray and plain interleave, so
   about half each; +/- 5 points), no other instance got any, and together they answered at
-  least every request wrk counted (the few still in flight when wrk stopped may be extra).
+  least every request wrk counted (the few still in flight when wrk stopped may be extra). For
+  gRPC this also catches the proxy's own answers: a gRPC error is HTTP 200 (trailers-only with a
+  ``grpc-status``), which h2load counts as an answer, but no stub gave it.
 """
 
 from __future__ import annotations
@@ -40,25 +43,27 @@ class Routing:
 
 def check_routing(target: Target, wrk: WrkResult, connections: int, before: Mapping[Instance, InstanceCounts],
                   after: Mapping[Instance, InstanceCounts]) -> Routing:
-    """Whether the run behind *wrk* landed where *target* says (see the module docstring)."""
+    """Whether the run behind *wrk* (wrk's or h2load's counts, `Target.load`) landed where *target* says
+    (see the module docstring)."""
     delta = {i: after[i] - before[i] for i in after}
     problems: list[str] = []
+    tool = target.load
     if wrk.socket_errors:
-        problems.append(f"wrk saw {wrk.socket_errors} socket errors (connect {wrk.connect_errors}, read "
+        problems.append(f"{tool} saw {wrk.socket_errors} socket errors (connect {wrk.connect_errors}, read "
                         f"{wrk.read_errors}, write {wrk.write_errors}, timeout {wrk.timeouts})")
     if wrk.status_errors:
-        problems.append(f"wrk saw {wrk.status_errors} answers with status >= 400 (421 = wrong lane or tag)")
+        problems.append(f"{tool} saw {wrk.status_errors} answers with status >= 400 (421 = wrong lane or tag)")
     refused = {str(i): d.refused for i, d in delta.items() if d.refused}
     if refused:
         problems.append("stub instances refused wrong-lane requests: "
                         + ", ".join(f"{name} {count}" for name, count in sorted(refused.items())))
     total = sum(d.ok for d in delta.values())
     if wrk.requests == 0:
-        problems.append("wrk completed no request")
+        problems.append(f"{tool} completed no request")
     elif total < wrk.requests:
-        problems.append(f"the stubs answered {total} requests, fewer than the {wrk.requests} wrk counted")
+        problems.append(f"the stubs answered {total} requests, fewer than the {wrk.requests} {tool} counted")
     elif total > wrk.requests + connections * 4 + 100:
-        problems.append(f"the stubs answered {total} requests, far more than the {wrk.requests} wrk counted")
+        problems.append(f"the stubs answered {total} requests, far more than the {wrk.requests} {tool} counted")
     for instance, d in sorted(delta.items()):
         share = target.expect.get(instance, 0.0)
         if share == 0.0 and d.ok:
@@ -73,7 +78,7 @@ class Run:
     round: int
     subject: str
     connections: int
-    wrk: WrkResult
+    wrk: WrkResult  # the load generator's counts (h2load's too, in wrk's shape)
     cpu_seconds: float  # user + system of the subject's processes during the run
     routing: Routing
     other_cores: float | None = None  # cores other processes used meanwhile (`bench/busy.py`)

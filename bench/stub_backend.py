@@ -37,19 +37,22 @@ _ROUTER: Final = {"name": "envoy.filters.http.router",
 
 @dataclass(frozen=True, slots=True, order=True)
 class Instance:
+    """One ``service@lane`` stub; ``grpc``: it answers gRPC unary calls over h2c (nginx stubs only)."""
+
     service: str
     lane: str
+    grpc: bool = False
 
     @property
     def listener(self) -> str:
-        return f"{self.service}-{self.lane}"
+        return f"{self.service}-{self.lane}" + "-grpc" * self.grpc
 
     @property
     def stat_prefix(self) -> str:
-        return f"stub_{self.service}_{self.lane}"
+        return f"stub_{self.service}_{self.lane}" + "_grpc" * self.grpc
 
     def __str__(self) -> str:
-        return f"{self.service}@{self.lane}"
+        return f"{self.service}@{self.lane}" + "/grpc" * self.grpc
 
 
 @dataclass(frozen=True, slots=True)

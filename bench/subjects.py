@@ -17,7 +17,13 @@ CPU and memory are its cost:
 * ``sidecar-hop``   wrk (as app a, tag header forwarded) -> sidecar a@base (outbound) -> sidecar
                     b@L (inbound) -> stub b@L: one call between two apps, both sidecar hops;
 * ``envoy-hop``     the same call through an Envoy pair (`bench/hop_envoy.py`): the rendered mesh
-                    routes in a's outbound Envoy -> b@L's inbound Envoy -> stub b@L.
+                    routes in a's outbound Envoy -> b@L's inbound Envoy -> stub b@L;
+* ``grpc-gateway``  h2load (gRPC unary calls over h2c, `bench/h2load.py`) -> ``lane gateway
+                    --workers 2`` -> HTTP/2 -> gRPC stub a@gray / a@base (service a is
+                    ``protocol: grpc`` in the config);
+* ``grpc-envoy``    the same calls through Envoy (``--concurrency 2``) with the same rendered gateway
+                    Lua and routes, a's subset clusters HTTP/2 as istiod makes them for a gRPC port
+                    (`mesh_config.bootstrap`).
 
 The load of every subject with sidecars behind it (the hop pairs, ``chain`` and its baseline
 ``direct-chain``, whose app forwards them) carries fresh trace headers on every request
@@ -34,6 +40,17 @@ interleave request by request in one wrk run, so each run must split about 50/50
 gray and base instances, and a request that lands on the wrong instance or with the wrong tag
 is a 421. The ``chain`` apps check their own lane too (``--expect-tag``), so a gateway that sends
 gray to a@base is caught even though a@base's sidecar would still send it on to b@gray.
+
+The gRPC subjects' gray calls carry the user agent grpcio sends for xiaoming (``xiaoming
+grpc-python/...``: the demo's ``xiaoming-grpc`` rule), their plain calls grpcio's own. h2load
+sends one header set per process, so gray and plain are two h2load processes rather than one
+interleaved stream (side by side at 32 connections, one after the other with as many calls at 1:
+`bench/h2load.py`); the demo's rules color on headers only, and a gRPC call has no query to
+color on, so a rule both the gateway and Envoy could apply per request of one process would
+have to be a bench-only rule -- two processes keep the demo's rules as they are. The gRPC stubs
+are nginx's (`bench/nginx_stub.py`): Envoy's ``direct_response`` cannot answer a gRPC call with
+OK (it turns every local reply to a gRPC request into a trailers-only error, ``grpc-status: 2``
+for a 200), so with the Envoy stubs the gRPC subjects are skipped, the reason in `Lab.skipped`.
 
 `Lab` owns every process: lane processes are `lane.process.supervisor.Child` (SIGTERM then SIGKILL, and
 they die with this process); Envoys are ``async with`` blocks. Leaving ``async with Lab(...)``
@@ -54,6 +71,7 @@ from typing import Any, Final, Self
 
 import yaml
 from envoy_proc import envoy_version, start_envoy
+from h2load import GRPC_PATH
 from hop_envoy import ENVOY_HOP_CONCURRENCY, INBOUND_LISTENER, inbound_bootstrap
 from nginx_stub import NginxError, ensure_nginx, start_nginx_stubs
 from stub_backend import EnvoyStubs, Instance, Stubs, stub_bootstrap
@@ -66,7 +84,8 @@ from mesh_config.backends import Backend
 from mesh_config.bootstrap import GATEWAY_LISTENER, MESH_LISTENER, envoy_bootstrap
 from mesh_config.render import render_objects
 
-__all__ = ["ALL_SUBJECTS", "GRAY", "PLAIN", "QUICK_SUBJECTS", "STUB_KINDS", "Lab", "Target", "has_core_option"]
+__all__ = ["ALL_SUBJECTS", "GRAY", "GRPC_GRAY", "GRPC_PLAIN", "GRPC_SUBJECTS", "PLAIN", "QUICK_SUBJECTS", "STUB_KINDS",
+           "Lab", "Target", "has_core_option"]
 
 HERE: Final = Path(__file__).resolve().parent
 TAG: Final = "x-mse-tag"
@@ -77,15 +96,22 @@ DIRECT_BASE: Final[Headers] = (*PLAIN, (TAG, "base"))  # what a proxy would have
 # What app a sends to its sidecar's outbound side when calling service b: the lane it forwards.
 HOP_GRAY: Final[Headers] = (("Host", "b"), (TAG, "gray"))
 HOP_BASE: Final[Headers] = (("Host", "b"), (TAG, "base"))
+# gRPC calls: the user agent grpcio sends with grpc.primary_user_agent=xiaoming (the demo's xiaoming-grpc rule)
+GRPC_GRAY: Final[Headers] = (("user-agent", "xiaoming grpc-python/1.85.3 grpc-c/51.0.0 (linux; chttp2)"),)
+GRPC_PLAIN: Final[Headers] = (("user-agent", "grpc-python/1.85.3 grpc-c/51.0.0 (linux; chttp2)"),)
 
+GRPC_SUBJECTS: Final = ("grpc-envoy", "grpc-gateway")  # loaded by h2load, served by the nginx gRPC stubs
 ALL_SUBJECTS: Final = ("direct", "envoy", "gateway", "gateway-1w", "gateway-aiohttp", "chain", "direct-chain",
-                        "envoy-hop", "sidecar-hop")
-QUICK_SUBJECTS: Final = ("direct", "envoy", "gateway", "chain", "direct-chain", "envoy-hop", "sidecar-hop")
+                        "envoy-hop", "sidecar-hop", *GRPC_SUBJECTS)
+QUICK_SUBJECTS: Final = ("direct", "envoy", "gateway", "chain", "direct-chain", "envoy-hop", "sidecar-hop",
+                         *GRPC_SUBJECTS)
 STUB_KINDS: Final = ("auto", "nginx", "envoy")  # auto: nginx, else Envoy
 
 A_BASE, A_GRAY = Instance("a", "base"), Instance("a", "gray")
 B_BASE, B_GRAY = Instance("b", "base"), Instance("b", "gray")
+A_BASE_GRPC, A_GRAY_GRPC = Instance("a", "base", grpc=True), Instance("a", "gray", grpc=True)
 STUBS: Final = (A_BASE, A_GRAY, B_BASE, B_GRAY)
+GRPC_STUBS: Final = (A_BASE_GRPC, A_GRAY_GRPC)  # started only for the gRPC subjects
 LANES: Final = ("base", "gray")
 
 
@@ -104,6 +130,7 @@ class Target:
     notes: tuple[str, ...] = field(default=())
     trace: tuple[str, ...] = ()  # trace headers made fresh per request (`wrk.TRACE_HEADERS` names)
     peer: str | None = None  # the Envoy subject doing the same job: ratios are taken against it
+    load: str = "wrk"  # the load generator: wrk (HTTP/1.1) or h2load (gRPC unary calls, `bench/h2load.py`)
 
 
 def has_core_option() -> bool:
@@ -120,11 +147,13 @@ def trace_load() -> tuple[str, ...]:
     return tuple(t for t in TRACE_HEADERS if t in wanted)
 
 
-def _config_text(services: Mapping[str, Mapping[str, str]]) -> str:
-    """The demo config (tag, lanes, coloring rules) with *services* (name -> lane -> address), entry a."""
+def _config_text(services: Mapping[str, Mapping[str, str]], grpc: bool = False) -> str:
+    """The demo config (tag, lanes, coloring rules) with *services* (name -> lane -> address), entry a;
+    with *grpc*, every service is ``protocol: grpc``."""
     data: dict[str, Any] = yaml.safe_load(demo_config_text())
     data["entry"] = "a"
-    data["services"] = {name: {"instances": {lane: [address] for lane, address in lanes.items()}}
+    data["services"] = {name: {**({"protocol": "grpc"} if grpc else {}),
+                               "instances": {lane: [address] for lane, address in lanes.items()}}
                         for name, lanes in services.items()}
     text: str = yaml.safe_dump(data, sort_keys=False)
     parse_config(text, "<bench config>")  # fail here, with the config's own error, not in a child
@@ -145,6 +174,8 @@ class Lab:
         self.targets: dict[str, Target] = {}
         self.stubs: Stubs | None = None
         self.stub_note: str | None = None  # why the Envoy stubs were used under "auto"
+        self.skipped: dict[str, str] = {}  # subject -> why it was not started
+        self.instances = STUBS + (GRPC_STUBS if any(s in GRPC_SUBJECTS for s in self.subjects) else ())
         self._app_cache: dict[str, tuple[int, str]] | None = None
         self._outbound: dict[str, int] | None = None
 
@@ -176,7 +207,7 @@ class Lab:
                 self.stub_note = f"nginx unavailable, Envoy stubs used instead: {str(exc).splitlines()[0]}"
             else:
                 return await self.stack.enter_async_context(
-                    start_nginx_stubs(exe, STUBS, TAG, self.workdir / "nginx-stubs"))
+                    start_nginx_stubs(exe, self.instances, TAG, self.workdir / "nginx-stubs"))
         envoy = await self.stack.enter_async_context(
             start_envoy("stubs", stub_bootstrap(STUBS, TAG), self.workdir, concurrency=2))
         return EnvoyStubs(envoy, STUBS, envoy_version())
@@ -192,9 +223,9 @@ class Lab:
         return child.pid, dict(document["listeners"])
 
     async def _gateway(self, name: str, services: Mapping[str, Mapping[str, str]], workers: int,
-                       core: str | None = None) -> tuple[int, str]:
+                       core: str | None = None, grpc: bool = False) -> tuple[int, str]:
         config = self.workdir / f"{name}.yaml"
-        config.write_text(_config_text(services), encoding="utf-8")
+        config.write_text(_config_text(services, grpc), encoding="utf-8")
         listen = f"127.0.0.1:{free_port()}"  # --workers N > 1 shares one fixed port (SO_REUSEPORT)
         argv = lane_argv("gateway", "--config", str(config), "--listen", listen, "--admin", "127.0.0.1:0",
                          "--workers", str(workers), "--drain-seconds", "1", "--otlp-endpoint", "none")
@@ -204,15 +235,24 @@ class Lab:
         return pid, listeners["gateway"]
 
     async def start(self, say: Callable[[str], None]) -> dict[str, Target]:
-        """Start the stubs and every selected subject; returns the targets by subject name."""
-        say(f"starting stub backends ({self.stub_kind}: {', '.join(map(str, STUBS))}) ...")
+        """Start the stubs and every selected subject; returns the targets by subject name (without
+        the subjects that cannot run on these stubs: `skipped`)."""
+        say(f"starting stub backends ({self.stub_kind}: {', '.join(map(str, self.instances))}) ...")
         (self.workdir / "nginx-stubs").mkdir(exist_ok=True)
         stubs = self.stubs = await self._start_stubs()
         say(f"stub backends: {stubs.kind}" + (f" ({self.stub_note})" if self.stub_note else ""))
+        if isinstance(stubs, EnvoyStubs):
+            for name in self.subjects:
+                if name in GRPC_SUBJECTS:
+                    self.skipped[name] = ("skipped: the gRPC stubs need nginx (Envoy's direct_response answers a "
+                                          "gRPC call only with an error status)")
+                    say(f"{name} {self.skipped[name]}")
         gateway_services = {"a": {lane: self.stub_address(Instance("a", lane)) for lane in LANES}}
         both_a = {A_GRAY: 0.5, A_BASE: 0.5}
         core = None  # the default core of `lane gateway`; gateway-aiohttp names the old one
         for name in self.subjects:
+            if name in self.skipped:
+                continue
             say(f"starting {name} ...")
             if name == "direct":
                 self.targets[name] = Target(
@@ -236,6 +276,15 @@ class Lab:
                 self.targets[name] = await self._sidecar_hop()
             elif name == "envoy-hop":
                 self.targets[name] = await self._envoy_hop()
+            elif name == "grpc-envoy":
+                self.targets[name] = await self._grpc_envoy()
+            elif name == "grpc-gateway":
+                pid, address = await self._gateway(name, self._grpc_services(), 2, core, grpc=True)
+                self.targets[name] = Target(
+                    name, f"http://{address}{GRPC_PATH}", (GRPC_GRAY, GRPC_PLAIN),
+                    {A_GRAY_GRPC: 0.5, A_BASE_GRPC: 0.5}, {name: pid}, 1, None,
+                    "h2load (gRPC unary, h2c) -> lane gateway --workers 2 -> HTTP/2 -> gRPC stub a@gray|a@base",
+                    peer="grpc-envoy", load="h2load")
             elif name == "direct-chain":
                 apps = await self._apps()
                 self.targets[name] = Target(
@@ -258,6 +307,23 @@ class Lab:
                       {A_GRAY: 0.5, A_BASE: 0.5}, {"envoy": envoy.pid}, 1, "direct",
                       "wrk -> Envoy --concurrency 2 + rendered gateway Lua and routes -> stub a@gray|a@base",
                       peer="envoy")
+
+    def _grpc_services(self) -> dict[str, dict[str, str]]:
+        return {"a": {lane: self.stub_address(Instance("a", lane, grpc=True)) for lane in LANES}}
+
+    async def _grpc_envoy(self) -> Target:
+        """Envoy as ``envoy``, for gRPC: service a is ``protocol: grpc``, so its subset clusters speak HTTP/2;
+        the gateway listener takes h2c per connection (codec AUTO, as istiod configures a gateway)."""
+        services = self._grpc_services()
+        config = parse_config(_config_text(services, grpc=True), "<bench config>")
+        backends = {("a", lane): Backend("a", lane, int(address.rpartition(":")[2]))
+                    for lane, address in services["a"].items()}
+        bootstrap = envoy_bootstrap(config, render_objects(config), backends)
+        envoy = await self.stack.enter_async_context(start_envoy("grpc-envoy", bootstrap, self.workdir, concurrency=2))
+        return Target("grpc-envoy", f"http://127.0.0.1:{envoy.listeners[GATEWAY_LISTENER]}{GRPC_PATH}",
+                      (GRPC_GRAY, GRPC_PLAIN), {A_GRAY_GRPC: 0.5, A_BASE_GRPC: 0.5}, {"envoy": envoy.pid}, 1, None,
+                      "h2load (gRPC unary, h2c) -> Envoy --concurrency 2 + rendered gateway Lua and routes -> "
+                      "HTTP/2 -> gRPC stub a@gray|a@base", peer="grpc-envoy", load="h2load")
 
     async def _apps(self) -> dict[str, tuple[int, str]]:
         """app a@base and app a@gray (pid, address); their sidecars' outbound ports are chosen now."""

@@ -82,10 +82,11 @@ def _panel(x0: float, title: str, unit: str, series: Sequence[tuple[str, Sequenc
 def render_svg(title: str, bars: Sequence[Bar], notes: Sequence[str]) -> str:
     """The whole chart as an SVG document; *notes* are printed below the panels, one per line."""
     labels = [b.label for b in bars]
+    height = max(HEIGHT, TOP + PANEL_H + 50 + 18 * len(notes))  # room for every note
     parts = [
-        (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif">'),
-        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+        (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">'),
+        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
         _text(WIDTH / 2, 22, title, size=15, anchor="middle", weight="bold"),
         *_panel(70, "Throughput (higher is better)", "requests/s", [("req/s", [b.rps for b in bars])], labels),
         *_panel(540, "Latency (lower is better)", "ms",

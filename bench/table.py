@@ -1,8 +1,8 @@
 """The benchmark's one plain-text table (and the targets under it), aligned for a terminal.
 
 One row per subject; columns: req/s at 32 connections (median, min-max over the rounds) and at
-1 connection, with the ratios against the subject's Envoy peer (``envoy``, or ``envoy-hop`` for
-the hop subjects: the ``/envoy`` columns) and against direct from the same run, p50/p99 at both,
+1 connection, with the ratios against the subject's Envoy peer (``envoy``, ``envoy-hop`` for
+the hop subjects, ``grpc-envoy`` for the gRPC ones: the ``/envoy`` columns) and against direct from the same run, p50/p99 at both,
 the added p50 per hop at 1 connection, CPU seconds per 10k requests at 32 connections (median,
 min-max, ratio to the peer's), peak RSS summed over the subject's processes and of its largest
 process, and whether every run routed right. A ratio column shows ``-`` where the reference

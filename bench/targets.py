@@ -2,9 +2,10 @@
 
 Every goal compares a lane subject with the Envoy doing the same job in the same run (its
 ``peer``): the gateway with ``envoy`` (same worker count, 2), the sidecar hop pair with the
-``envoy-hop`` pair, both loaded with the same traffic. Each check says the ratio of the medians
-and, where there was more than one round, the spread of the round-by-round ratios, so a goal
-"met" by one lucky round is visible as such. A goal whose subjects were not part of the run is
+``envoy-hop`` pair, the gRPC gateway (``grpc-gateway``) with ``grpc-envoy``, each pair loaded
+with the same traffic. Each check says the ratio of the medians and, where there was more than
+one round, the spread of the round-by-round ratios, so a goal "met" by one lucky round is
+visible as such. A goal whose subjects were not part of the run is
 ``n/a`` (``met`` None).
 """
 
@@ -16,11 +17,12 @@ from typing import Any, Final
 
 from summary import HIGH, LOW, MIB, SubjectSummary
 
-__all__ = ["GATEWAY_CPU_GOAL", "GATEWAY_RPS_GOAL", "SIDECAR_RSS_LIMIT_MIB", "TargetCheck", "targets"]
+__all__ = ["GATEWAY_CPU_GOAL", "GATEWAY_RPS_GOAL", "GRPC_RPS_GOAL", "SIDECAR_RSS_LIMIT_MIB", "TargetCheck", "targets"]
 
 GATEWAY_RPS_GOAL: Final = 1.3  # >= this many times Envoy's req/s at 32 connections
 GATEWAY_CPU_GOAL: Final = 0.8  # <= this many times Envoy's CPU per request
 SIDECAR_RSS_LIMIT_MIB: Final = 42.0
+GRPC_RPS_GOAL: Final = 1.0  # gRPC unary through the gateway: >= this many times Envoy's req/s at 32 connections
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ def targets(summaries: Mapping[str, SubjectSummary], peer: Mapping[str, Mapping[
     *peer* is `summary.peer_ratios` of the same run (for the round-by-round spreads)."""
     gw, envoy, chain = summaries.get("gateway"), summaries.get("envoy"), summaries.get("chain")
     hop, envoy_hop = summaries.get("sidecar-hop"), summaries.get("envoy-hop")
+    grpc_gw, grpc_envoy = summaries.get("grpc-gateway"), summaries.get("grpc-envoy")
     rps, cpu = f"rps_c{HIGH}", f"cpu_per_request_c{HIGH}"
     out = [
         _ratio_check(f"gateway req/s at {HIGH} conns >= {GATEWAY_RPS_GOAL}x Envoy's", gw, envoy,
@@ -88,6 +91,12 @@ def targets(summaries: Mapping[str, SubjectSummary], peer: Mapping[str, Mapping[
         _ratio_check(f"sidecar hop pair req/s at {HIGH} conns >= the Envoy pair's (reported)", hop, envoy_hop,
                      lambda s: s.rps.get(HIGH), "req/s", _rounds(peer, "sidecar-hop", rps), lambda r: r >= 1.0),
         _added_check(f"chain p50 added latency per hop at {LOW} conn <= Envoy's", chain, envoy),
+        _ratio_check(f"gRPC unary through the gateway req/s at {HIGH} conns >= {GRPC_RPS_GOAL}x Envoy's", grpc_gw,
+                     grpc_envoy, lambda s: s.rps.get(HIGH), "req/s", _rounds(peer, "grpc-gateway", rps),
+                     lambda r: r >= GRPC_RPS_GOAL),
+        _ratio_check("gRPC unary through the gateway CPU per request <= Envoy's (reported)", grpc_gw, grpc_envoy,
+                     lambda s: s.cpu_per_10k.get(HIGH), f"CPU s per 10k requests at {HIGH} conns",
+                     _rounds(peer, "grpc-gateway", cpu), lambda r: r <= 1.0),
     ]
     name = f"sidecar peak RSS <= {SIDECAR_RSS_LIMIT_MIB:.0f} MiB"
     sidecars = {(s.name, k): v for s in (chain, hop) if s for k, v in s.rss_by_process.items()

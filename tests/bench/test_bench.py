@@ -178,15 +178,17 @@ def test_ratios_and_targets_come_from_this_runs_numbers(smallest_run: tuple[Any,
 
 
 def test_envoy_stubs_remain_the_fallback(tmp_path: Path) -> None:
-    """Where nginx is missing the benchmark uses the Envoy stubs; forced here, they check routing too."""
+    """Where nginx is missing the benchmark uses the Envoy stubs; forced here, they check routing too.
+    They cannot answer a gRPC call with OK, so the gRPC subjects are skipped with a note."""
     out = tmp_path / "envoy-stubs.json"
     done = subprocess.run(
-        [sys.executable, str(COMPARE), "--subjects", "direct", "--rounds", "1", "--duration", "1",
+        [sys.executable, str(COMPARE), "--subjects", "direct,grpc-envoy", "--rounds", "1", "--duration", "1",
          "--warmup", "0", "--no-with-soak", "--no-svg", "--stubs", "envoy", "--json", str(out)],
         cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["settings"]["stubs"].startswith("Envoy 1.") and doc["routing_ok"] is True
+    assert doc["settings"]["subjects"] == ["direct"] and "grpc-envoy: skipped: the gRPC stubs need nginx" in done.stdout
     for run in doc["runs"]:
         assert run["routing"]["ok"] and sum(run["routing"]["answered"].values()) >= run["requests"] > 0, run
     assert not (tmp_path / "latest.md").exists()

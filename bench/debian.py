@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 
-__all__ = ["InstallError", "ensure_tool"]
+__all__ = ["InstallError", "ensure_tool", "version_line"]
 
 
 class InstallError(RuntimeError):
@@ -42,3 +42,10 @@ def ensure_tool(binary: str, package: str) -> str:
     if not found:
         raise InstallError(f"apt-get install {package} succeeded but {binary} is still not on PATH")
     return found
+
+
+def version_line(exe: str, flag: str) -> str:
+    """The first line *exe* prints for *flag* (stdout or stderr; exit status ignored: wrk exits 1 on ``-v``)."""
+    done = subprocess.run([exe, flag], capture_output=True, text=True, timeout=10, check=False)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else f"{os.path.basename(exe)} (unknown version)"

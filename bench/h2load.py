@@ -36,13 +36,12 @@ import asyncio
 import contextlib
 import os
 import re
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from debian import InstallError, ensure_tool
+from debian import InstallError, ensure_tool, version_line
 from wrk import WrkResult
 
 __all__ = ["GRPC_HEADERS", "GRPC_PATH", "REQUEST_MESSAGE", "H2loadError", "H2loadProcess", "combine",
@@ -82,9 +81,7 @@ def ensure_h2load() -> str:
 
 def h2load_version(exe: str) -> str:
     """``h2load nghttp2/1.52.0``, from ``--version``."""
-    done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10, check=False)
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return lines[0] if lines else "h2load (unknown version)"
+    return version_line(exe, "--version")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from debian import InstallError, ensure_tool
+from debian import InstallError, ensure_tool, version_line
 
 __all__ = ["TRACE_HEADERS", "WrkError", "WrkResult", "ensure_wrk", "run_wrk", "wrk_version"]
 
@@ -81,9 +80,7 @@ def ensure_wrk() -> str:
 
 def wrk_version(exe: str) -> str:
     """wrk's first line of ``-v`` output (it exits 1 with its usage, which is expected)."""
-    done = subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=10, check=False)
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return lines[0] if lines else "wrk (unknown version)"
+    return version_line(exe, "-v")
 
 
 def parse_summary(output: str) -> WrkResult:

@@ -240,6 +240,50 @@ def test_trace_cache_is_bounded_in_size_and_time() -> None:
     assert cache.recall([("x-request-id", "1"), ("x-request-id", "3")]) is None
 
 
+def test_trace_cache_keys_expire_at_most_one_tick_early_never_late() -> None:
+    now = [100.0]
+    cache = TraceCache(100, 10.0, clock=lambda: now[0])
+    cache.remember([("request", "a")], "gray")
+    now[0] = 100.01  # the same tick (1/64 s): shares a's value, so a's expiry
+    cache.remember([("request", "b")], "gray")
+    cache.remember([("request", "c")], "base")  # another lane: its own value
+    now[0] = 100.02  # the next tick: a fresh value
+    cache.remember([("request", "d")], "gray")
+    now[0] = 109.999
+    assert [cache.recall([("request", k)]) for k in "abcd"] == ["gray", "gray", "base", "gray"]
+    now[0] = 110.0  # b goes 0.01 s early (one tick at most); c and d live their full TTL
+    assert [cache.recall([("request", k)]) for k in "abcd"] == [None, None, "base", "gray"]
+    now[0] = 110.02
+    assert [cache.recall([("request", k)]) for k in "cd"] == [None, None]
+
+
+def test_a_full_trace_cache_shares_its_values_and_stays_small() -> None:
+    """What a sidecar grows by under load (issue 17's RSS goal): 10,000 keys cost the table, not a value each."""
+    import tracemalloc
+
+    keys = [("trace", f"{i:032x}") for i in range(10_000)]
+    now = [0.0]
+    cache = TraceCache(10_000, 60.0, clock=lambda: now[0])
+    tracemalloc.start()
+    try:
+        for i, key in enumerate(keys):
+            now[0] = i / 3000  # 3,000 requests a second, two lanes
+            cache.put(key, "gray" if i % 2 else "base")
+        used = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == 10_000
+    assert used / 10_000 < 110, f"{used / 10_000:.0f} bytes a key"  # ~75; a value of its own per key: ~155
+
+
+def test_the_trace_cache_keeps_its_shared_values_bounded_whatever_lanes_callers_name() -> None:
+    cache = TraceCache(100, 10.0, clock=lambda: 0.0)
+    for i in range(1000):
+        cache.put(("request", str(i)), f"lane-{i}")
+    assert len(cache._stamps) <= 64 and len(cache) == 100
+    assert cache.recall([("request", "999")]) == "lane-999"
+
+
 def _ambiguous_count(store: str) -> float:
     return AMBIGUOUS_TRACE_IDS.labels(store=store)._value.get()
 

@@ -11,6 +11,7 @@
   listener that is only an aiohttp app (the demo's own pages) is served by aiohttp;
 * no access log unless ``--access-log`` (`lane.telemetry.access_log`): a formatted line per request is a cost
   every hop would pay;
+* once every listener is up, the cyclic garbage collector is settled (`lane.process.collector`);
 * SIGHUP: reload the config (`Runtime.reload`); a broken file is logged and ignored;
 * data listeners of a proxy (not admin) get the overload limits of the config's
   ``proxy:`` (`lane.process.overload`), re-tuned when the config is reloaded.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from lane.core.endpoint import Endpoint
 from lane.dataplane.runtime import Runtime
+from lane.process import collector
 from lane.process.options import DEFAULT_DRAIN_SECONDS
 
 if TYPE_CHECKING:
@@ -189,6 +191,7 @@ async def serve(
         if runtime is not None:
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)
             runtime.on_swap(lambda config: _retune(started, config.proxy))
+        collector.settle()
         if on_ready is not None:
             on_ready(bound)
         await stop.wait()

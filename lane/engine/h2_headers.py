@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from hpack import NeverIndexedHeaderTuple
 from multidict import CIMultiDict
 
 __all__ = ["PREFACE", "RequestHead", "request_block", "request_head", "response_block", "response_head",
@@ -22,6 +23,7 @@ __all__ = ["PREFACE", "RequestHead", "request_block", "request_head", "response_
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what an h2c client with prior knowledge sends first
 _NOT_SENT: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
                               b"host", b"te", b"http2-settings"})
+_SECRET: Final = frozenset({b"authorization", b"proxy-authorization"})
 Block = list[tuple[bytes, bytes]]
 
 
@@ -30,11 +32,20 @@ def _text(value: bytes) -> str:
 
 
 def _fields(headers: CIMultiDict[str], block: Block) -> Block:
+    """*headers* appended to *block* as HTTP/2 sends them: names lowercase, values without surrounding whitespace,
+    connection-specific fields and pseudo-headers dropped, credentials marked never to be indexed (RFC 7541 §7.1.3).
+
+    This is all of the normalising h2 would otherwise do per header (``normalize_outbound_headers``, off in
+    `lane.engine.h2_peer`), done here once."""
     for name, value in headers.items():
         key = name.lower().encode("latin-1")
         if key in _NOT_SENT or key.startswith(b":"):  # pseudo-headers are the codec's, never from a header dict
             continue
-        block.append((key, value.encode("utf-8", "surrogateescape")))
+        data = value.encode("utf-8", "surrogateescape").strip()
+        if key in _SECRET or (key == b"cookie" and len(data) < 20):  # as h2's _secure_headers
+            block.append(NeverIndexedHeaderTuple(key, data))
+        else:
+            block.append((key, data))
     return block
 
 
@@ -80,7 +91,7 @@ def request_block(method: str, authority: str, target: str, headers: CIMultiDict
         (b":method", method.encode("ascii")),
         (b":scheme", b"http"),
         (b":authority", (host if host else authority).encode("utf-8", "surrogateescape")),
-        (b":path", target.encode("utf-8", "surrogateescape")),
+        (b":path", (target or "/").encode("utf-8", "surrogateescape")),
         (b"te", b"trailers"),
     ]
     return _fields(headers, block)

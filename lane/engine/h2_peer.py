@@ -73,7 +73,11 @@ class H2Peer(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, *, client_side: bool, window: int,
                  max_streams: int) -> None:
         self.loop = loop
-        self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None))
+        # Every head lane sends is built by `lane.engine.h2_headers` (lowercase names, pseudo-headers first and
+        # complete, no connection-specific field, values trimmed), so h2's outbound normalising and checking would
+        # only repeat that per header; what arrives is still validated (`validate_inbound_headers`).
+        self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None,
+                                               validate_outbound_headers=False, normalize_outbound_headers=False))
         self.h2.state_machine._transitions = _DRAINING_TRANSITIONS  # h2 issue 1181, see above
         self.h2.local_settings = Settings(client=client_side, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,

@@ -33,6 +33,8 @@ from h2.events import Event, RemoteSettingsChanged, WindowUpdated
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 
+from lane.engine.h2_hpack import PlainEncoder
+
 __all__ = ["CONNECTION_WINDOWS", "MAX_HEADER_LIST", "SEND_HIGH", "H2Peer", "Outgoing"]
 
 SEND_HIGH: Final = 64 * 1024  # bytes queued on one stream above which its writer waits
@@ -78,6 +80,7 @@ class H2Peer(asyncio.Protocol):
         # only repeat that per header; what arrives is still validated (`validate_inbound_headers`).
         self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None,
                                                validate_outbound_headers=False, normalize_outbound_headers=False))
+        self.h2.encoder = PlainEncoder()
         self.h2.state_machine._transitions = _DRAINING_TRANSITIONS  # h2 issue 1181, see above
         self.h2.local_settings = Settings(client=client_side, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,

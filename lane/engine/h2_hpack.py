@@ -1,0 +1,102 @@
+"""The HPACK encoder of lane's HTTP/2 connections: the static table and plain literals, never the dynamic table.
+
+``hpack.Encoder`` (what ``h2`` uses by default) Huffman-codes every literal and searches its dynamic table
+linearly for every field it sends, in pure Python: at gRPC rates that was the largest single cost of the
+gateway's HTTP/2 path (issue 17). `PlainEncoder` emits what RFC 7541 also allows and every decoder must
+take: a field that is in the static table whole is its index (§6.1); any other is a literal *without
+indexing* (§6.2.2), named by its static index when there is one, with its name and value as plain
+(not Huffman-coded) strings (§5.2); credentials (``hpack.NeverIndexedHeaderTuple``, which
+`lane.engine.h2_headers` marks) are literals *never indexed* (§6.2.3). Nothing is ever added to the
+dynamic table, so a field's encoding does not depend on what was sent before: the encodings of recent
+fields are kept in a bounded dictionary and a repeated field costs one lookup.
+
+The price is bytes on the wire: a repeated field is sent as its literal each time instead of one index,
+and a literal is up to about a fifth longer than its Huffman code. On a loopback or pod-local hop, and
+for the small heads of gRPC calls, that is cheaper than the CPU it saves.
+
+Changes of the peer's ``SETTINGS_HEADER_TABLE_SIZE`` are still signalled at the start of the next block
+(§4.2, §6.3), by the base class's bookkeeping (``header_table_size``), which ``h2`` drives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from hpack import Encoder, HeaderTuple
+from hpack.table import HeaderTable
+
+__all__ = ["PlainEncoder", "integer"]
+
+_CACHED: Final = 1024  # field encodings kept; a full cache is emptied (fields with ever-new values, ids)
+
+
+def integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """*value* as an HPACK integer with a *prefix_bits* prefix (RFC 7541 §5.1), *first* or-ed into its first byte."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(data: bytes) -> bytes:
+    """*data* as a plain string literal (§5.2, H bit 0)."""
+    return integer(len(data), 7) + data
+
+
+def _static() -> tuple[dict[tuple[bytes, bytes], bytes], dict[bytes, int]]:
+    """The static table (RFC 7541 Appendix A, as hpack has it) as: a whole entry -> its representation, a name ->
+    its first index."""
+    indexed: dict[tuple[bytes, bytes], bytes] = {}
+    named: dict[bytes, int] = {}
+    for index, (name, value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+        named.setdefault(name, index)
+        indexed.setdefault((name, value), integer(index, 7, 0x80))
+    return indexed, named
+
+
+_INDEXED, _NAMED = _static()
+
+
+def _literal(name: bytes, value: bytes, never: bool) -> bytes:
+    """A literal field without indexing (0x00) or never indexed (0x10), its name by static index when it has one."""
+    kind = 0x10 if never else 0x00
+    index = _NAMED.get(name)
+    head = integer(index, 4, kind) if index is not None else bytes((kind,)) + _string(name)
+    return head + _string(value)
+
+
+class PlainEncoder(Encoder):
+    """An ``hpack.Encoder`` that uses only the static table and plain literals (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fields: dict[tuple[bytes, bytes], bytes] = {}
+
+    def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:  # type: ignore[override]
+        """The block of *headers* (``(name, value)`` bytes, pseudo-headers first, as ``h2`` hands them over)."""
+        parts: list[bytes] = []
+        if self.table_size_changes:  # the peer changed SETTINGS_HEADER_TABLE_SIZE: say so first (§4.2)
+            parts.extend(integer(size, 5, 0x20) for size in self.table_size_changes)
+            self.table_size_changes = []
+            self.header_table.resized = False
+        cache = self._fields
+        for field in headers:
+            if isinstance(field, HeaderTuple) and not field.indexable:  # a credential: never kept, never indexed
+                parts.append(_literal(field[0], field[1], True))
+                continue
+            encoded = cache.get(field)
+            if encoded is None:
+                name, value = field[0], field[1]
+                encoded = _INDEXED.get((name, value)) or _literal(name, value, False)
+                if len(cache) >= _CACHED:
+                    cache.clear()
+                cache[(name, value)] = encoded
+            parts.append(encoded)
+        return b"".join(parts)

@@ -1,0 +1,213 @@
+"""What lane's HTTP/2 codec puts on the wire and what it refuses from it, byte for byte, on 127.0.0.1.
+
+Heads leave through `lane.engine.h2_hpack.PlainEncoder` (static table and plain literals, no Huffman
+code, no dynamic table) and with ``h2``'s own outbound normalising off (`lane.engine.h2_headers` does
+it); what arrives is still validated by ``h2``, on both sides. The peers here are the real ``h2``/``hpack``
+state machines on raw sockets, so they can send what grpcio never would (an uppercase name, a CR in a
+value); the gRPC round trips through a real grpcio client and server are `tests/engine/test_h2.py`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import hpack
+import pytest
+from multidict import CIMultiDict
+
+from lane.core.config import ProxySpec
+from lane.core.endpoint import Endpoint
+from lane.engine.exchange import Exchange, Handler, Sender
+from lane.engine.failures import UpstreamBroken
+from lane.engine.h2_headers import request_block, response_block
+from lane.engine.h2_hpack import PlainEncoder, integer
+from lane.engine.h2_upstream import H2Upstreams
+from lane.engine.listen import FastPath
+from tests.support.processes import serve_handler
+
+pytestmark = pytest.mark.timeout(30)
+
+SPEC = ProxySpec(connect_timeout=1.0, request_timeout=5.0)
+Block = list[tuple[bytes, bytes]]
+GOOD: Block = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x.test"), (b":path", b"/version")]
+
+
+# --- the encoder against hpack's decoder (the one h2 uses; grpcio's is exercised by test_h2.py) ---
+
+def test_a_block_decodes_to_what_was_encoded_every_time_and_never_fills_the_peers_table() -> None:
+    encoder, decoder = PlainEncoder(), hpack.Decoder()
+    block = [*response_block(200, CIMultiDict({"content-type": "application/grpc", "x-id": "ü" * 200,
+                                               "Authorization": "Bearer secret", "x-empty": ""})),
+             (b"x-" + b"n" * 300, b"v")]
+    for _ in range(3):  # the second and third come from the encoder's cache: same bytes, same meaning
+        wire = encoder.encode(block)
+        assert [tuple(field) for field in decoder.decode(wire, raw=True)] == [tuple(field) for field in block]
+    assert len(decoder.header_table.dynamic_entries) == 0
+    assert b"application/grpc" in wire and b"Bearer secret" in wire, "values are plain literals, not Huffman code"
+    assert wire[:1] == b"\x88", ":status 200 is static entry 8, sent as its index"
+
+
+def test_credentials_are_literals_the_next_hop_must_never_index() -> None:
+    decoder = hpack.Decoder()
+    block = request_block("GET", "a:80", "/", CIMultiDict({"authorization": "Basic eA==", "cookie": "s=1",
+                                                           "x-plain": "1"}))
+    fields = decoder.decode(PlainEncoder().encode(block), raw=True)
+    never = {bytes(f[0]) for f in fields if isinstance(f, hpack.NeverIndexedHeaderTuple)}
+    assert never == {b"authorization", b"cookie"}
+
+
+def test_a_smaller_header_table_of_the_peer_is_signalled_at_the_start_of_the_next_block() -> None:
+    encoder, decoder = PlainEncoder(), hpack.Decoder()
+    encoder.header_table_size = 256  # as h2 does on the peer's SETTINGS_HEADER_TABLE_SIZE
+    wire = encoder.encode(GOOD)
+    assert wire.startswith(integer(256, 5, 0x20))
+    assert decoder.decode(wire, raw=True) == GOOD and decoder.header_table.maxsize == 256
+    assert not encoder.encode(GOOD).startswith(integer(256, 5, 0x20)), "signalled once"
+
+
+@pytest.mark.parametrize(("value", "bits"), [(0, 7), (126, 7), (127, 7), (128, 7), (1337, 5), (2**20, 4)])
+def test_integers_are_rfc7541_integers(value: int, bits: int) -> None:
+    assert integer(value, bits) == bytes(hpack.hpack.encode_integer(value, bits))
+
+
+# --- a client speaking to lane's listener ---
+
+def counting(seen: list[str]) -> FastPath:
+    def with_pools(sender: Sender) -> Handler:
+        async def handle(exchange: Exchange) -> None:
+            seen.append(exchange.path)
+            exchange.respond(200, CIMultiDict({"content-type": "application/json", "x-echo": exchange.headers.get(
+                "x-echo", "")}), json.dumps({"host": exchange.headers.get("Host")}).encode())
+        return handle
+    return with_pools
+
+
+def _raw_client() -> h2.connection.H2Connection:
+    """A client that sends any head as given (h2's own outbound checks off)."""
+    return h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False))
+
+
+async def _talk(port: int, block: Block) -> tuple[list[h2.events.Event], bytes]:
+    """Send *block* as a request on stream 1; the events until the stream or the connection ended, and the
+    raw bytes received."""
+    conn = _raw_client()
+    conn.initiate_connection()
+    conn.send_headers(1, block, end_stream=True)
+
+    def run() -> tuple[list[h2.events.Event], bytes]:
+        events: list[h2.events.Event] = []
+        raw = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(conn.data_to_send())
+            while not any(isinstance(e, h2.events.StreamEnded | h2.events.ConnectionTerminated) for e in events):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+                events.extend(conn.receive_data(chunk))
+                try:
+                    sock.sendall(conn.data_to_send())
+                except ConnectionResetError:  # the server closed after its GOAWAY, read above
+                    break
+        return events, raw
+
+    return await asyncio.to_thread(run)
+
+
+async def test_an_answer_head_is_plain_literals_a_client_decodes() -> None:
+    seen: list[str] = []
+    async with serve_handler(counting(seen)) as port:
+        events, raw = await _talk(port, [*GOOD, (b"x-echo", b"a value sent back")])
+    heads = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert heads and dict(heads[0].headers)[b"x-echo"] == b"a value sent back"
+    assert b"a value sent back" in raw and b"application/json" in raw, "the head's values travel as plain literals"
+    assert json.loads(b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))) == {"host": "x.test"}
+
+
+MALFORMED = {
+    "uppercase name": [*GOOD, (b"X-Upper", b"1")],
+    "CR LF in a value": [*GOOD, (b"x-split", b"a\r\nx-injected: 1")],
+    "NUL in a value": [*GOOD, (b"x-nul", b"a\x00b")],
+    "space around a value": [*GOOD, (b"x-space", b" padded ")],
+    "empty name": [*GOOD, (b"", b"v")],
+    "colon inside a name": [*GOOD, (b"x:y", b"v")],
+    "connection-specific field": [*GOOD, (b"connection", b"close")],
+    "te other than trailers": [*GOOD, (b"te", b"gzip")],
+    "pseudo-header after a field": [*GOOD[:3], (b"x-a", b"1"), GOOD[3]],
+    "pseudo-header twice": [*GOOD, (b":path", b"/other")],
+    "unknown pseudo-header": [*GOOD, (b":protocol-x", b"1")],
+    "response pseudo-header in a request": [*GOOD, (b":status", b"200")],
+    "no :method": GOOD[1:],
+    "empty :path": [*GOOD[:3], (b":path", b"")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_a_malformed_request_head_ends_the_connection_with_protocol_error_and_reaches_no_handler(
+        case: str) -> None:
+    seen: list[str] = []
+    async with serve_handler(counting(seen)) as port:
+        events, _ = await _talk(port, MALFORMED[case])
+        ended = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert ended and ended[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR, events
+        assert not any(isinstance(e, h2.events.ResponseReceived) for e in events)
+        assert seen == []
+        events, _ = await _talk(port, GOOD)  # the listener serves on
+        assert any(isinstance(e, h2.events.ResponseReceived) for e in events) and seen == ["/version"]
+
+
+# --- lane's client speaking to an upstream ---
+
+@contextlib.asynccontextmanager
+async def answering(head: Block) -> AsyncIterator[Endpoint]:
+    """An h2c server answering every request with *head* (ending the stream), sent as given."""
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+                client_side=False, header_encoding=None, validate_outbound_headers=False,
+                normalize_outbound_headers=False))
+            self.conn.initiate_connection()
+            transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    self.conn.send_headers(event.stream_id, head, end_stream=True)
+            self.transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+
+    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", 0)
+    try:
+        yield Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_well_formed_upstream_answer_is_read() -> None:
+    async with answering([(b":status", b"204"), (b"x-ok", b"yes")]) as at, H2Upstreams() as client:
+        answer = await client.send("GET", at, "/", CIMultiDict({"x-plain": "1"}), None, SPEC)
+        assert answer.status == 204 and answer.headers["x-ok"] == "yes"
+        answer.close()
+
+
+@pytest.mark.parametrize("head", [
+    [(b":status", b"200"), (b"X-Upper", b"1")],
+    [(b":status", b"200"), (b"x-split", b"a\r\nset-cookie: evil=1")],
+    [(b"x-no-status", b"1")],
+    [(b":status", b"200"), (b":path", b"/")],
+], ids=["uppercase name", "CR LF in a value", "no :status", "request pseudo-header"])
+async def test_a_malformed_upstream_answer_head_fails_the_call_as_upstream_broken(head: Block) -> None:
+    async with answering(head) as at, H2Upstreams() as client:
+        with pytest.raises(UpstreamBroken):
+            await client.send("GET", at, "/", CIMultiDict(), None, SPEC)

@@ -23,10 +23,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from hpack import Encoder, HeaderTuple
+from hpack import (
+    Decoder,
+    Encoder,
+    HeaderTuple,
+    HPACKDecodingError,
+    InvalidTableSizeError,
+    NeverIndexedHeaderTuple,
+    OversizedHeaderListError,
+)
+from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-__all__ = ["PlainEncoder", "integer"]
+__all__ = ["CachingDecoder", "PlainEncoder", "integer"]
 
 _CACHED: Final = 1024  # field encodings kept; a full cache is emptied (fields with ever-new values, ids)
 
@@ -100,3 +109,98 @@ class PlainEncoder(Encoder):
                 cache[(name, value)] = encoded
             parts.append(encoded)
         return b"".join(parts)
+
+
+def _read_integer(data: bytes, at: int, prefix_bits: int) -> tuple[int, int]:
+    """The HPACK integer at *at* (§5.1) and the offset after it."""
+    limit = (1 << prefix_bits) - 1
+    try:
+        value = data[at] & limit
+        at += 1
+        if value == limit:
+            shift = 0
+            while True:
+                byte = data[at]
+                at += 1
+                value += (byte & 0x7F) << shift
+                if byte < 0x80:
+                    break
+                shift += 7
+    except IndexError:
+        raise HPACKDecodingError("Unable to decode HPACK integer representation") from None
+    return value, at
+
+
+class CachingDecoder(Decoder):
+    """An ``hpack.Decoder`` that decodes each distinct Huffman-coded string once (while cached).
+
+    Peers that do not index what they send (nginx answers every gRPC call with the same few
+    Huffman-coded literals) made ``hpack.Decoder`` Huffman-decode, bit by bit in Python, the same
+    strings on every call, and copy the rest of the block for every literal. `decode` is
+    ``hpack.Decoder.decode`` for ``raw=True`` (what ``h2`` asks for) with the same table, limits and
+    errors, reading the block in place and keeping the last 1024 decoded strings.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._plain: dict[bytes, bytes] = {}
+
+    def _string(self, data: bytes, at: int) -> tuple[bytes, int]:
+        """The string literal at *at* (§5.2) and the offset after it."""
+        huffman = data[at] & 0x80 if at < len(data) else 0
+        length, at = _read_integer(data, at, 7)
+        end = at + length
+        if end > len(data):
+            raise HPACKDecodingError("Truncated header block")
+        text = data[at:end]
+        if huffman:
+            plain = self._plain.get(text)
+            if plain is None:
+                plain = decode_huffman(text)
+                if len(self._plain) >= _CACHED:
+                    self._plain.clear()
+                self._plain[text] = plain
+            text = plain
+        return text, end
+
+    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
+        if not raw:
+            return list(super().decode(data, raw))
+        data = bytes(data)
+        table = self.header_table
+        headers: list[HeaderTuple] = []
+        inflated = 0
+        at, end = 0, len(data)
+        while at < end:
+            first = data[at]
+            header: HeaderTuple
+            if first & 0x80:  # indexed (§6.1)
+                index, at = _read_integer(data, at, 7)
+                header = HeaderTuple(*table.get_by_index(index))
+            elif first & 0x40 or not first & 0x20:  # a literal (§6.2): incremental indexing, without, never
+                indexing = bool(first & 0x40)
+                index, at = _read_integer(data, at, 6 if indexing else 4)
+                if index:
+                    name = table.get_by_index(index)[0]
+                else:
+                    name, at = self._string(data, at)
+                value, at = self._string(data, at)
+                header = NeverIndexedHeaderTuple(name, value) if first & 0xF0 == 0x10 else HeaderTuple(name, value)
+                if indexing:
+                    table.add(name, value)
+            else:  # a dynamic table size update (§6.3): only before the first field
+                if headers:
+                    raise HPACKDecodingError("Table size update not at the start of the block")
+                size, at = _read_integer(data, at, 5)
+                if size > self.max_allowed_table_size:
+                    raise InvalidTableSizeError("Encoder exceeded max allowable table size")
+                self.header_table_size = size
+                continue
+            headers.append(header)
+            inflated += 32 + len(header[0]) + len(header[1])
+            if inflated > self.max_header_list_size:
+                raise OversizedHeaderListError(
+                    f"A header list larger than {self.max_header_list_size} has been received")
+        if self.header_table_size > self.max_allowed_table_size:
+            raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
+        return headers

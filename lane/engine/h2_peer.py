@@ -33,7 +33,7 @@ from h2.events import Event, RemoteSettingsChanged, WindowUpdated
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 
-from lane.engine.h2_hpack import PlainEncoder
+from lane.engine.h2_hpack import CachingDecoder, PlainEncoder
 
 __all__ = ["CONNECTION_WINDOWS", "MAX_HEADER_LIST", "SEND_HIGH", "H2Peer", "Outgoing"]
 
@@ -81,6 +81,10 @@ class H2Peer(asyncio.Protocol):
         self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None,
                                                validate_outbound_headers=False, normalize_outbound_headers=False))
         self.h2.encoder = PlainEncoder()
+        decoder = CachingDecoder()
+        decoder.max_header_list_size = self.h2.decoder.max_header_list_size  # what h2 set up, until SETTINGS
+        decoder.max_allowed_table_size = self.h2.decoder.max_allowed_table_size
+        self.h2.decoder = decoder
         self.h2.state_machine._transitions = _DRAINING_TRANSITIONS  # h2 issue 1181, see above
         self.h2.local_settings = Settings(client=client_side, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,

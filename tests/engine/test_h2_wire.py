@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
 from collections.abc import AsyncIterator
 
@@ -28,7 +29,7 @@ from lane.core.endpoint import Endpoint
 from lane.engine.exchange import Exchange, Handler, Sender
 from lane.engine.failures import UpstreamBroken
 from lane.engine.h2_headers import request_block, response_block
-from lane.engine.h2_hpack import PlainEncoder, integer
+from lane.engine.h2_hpack import CachingDecoder, PlainEncoder, integer
 from lane.engine.h2_upstream import H2Upstreams
 from lane.engine.listen import FastPath
 from tests.support.processes import serve_handler
@@ -76,6 +77,55 @@ def test_a_smaller_header_table_of_the_peer_is_signalled_at_the_start_of_the_nex
 @pytest.mark.parametrize(("value", "bits"), [(0, 7), (126, 7), (127, 7), (128, 7), (1337, 5), (2**20, 4)])
 def test_integers_are_rfc7541_integers(value: int, bits: int) -> None:
     assert integer(value, bits) == bytes(hpack.hpack.encode_integer(value, bits))
+
+
+def _outcome(decoder: hpack.Decoder, block: bytes) -> tuple[object, ...]:
+    try:
+        fields = [(type(f).__name__, bytes(f[0]), bytes(f[1])) for f in decoder.decode(block, raw=True)]
+    except (hpack.HPACKError, IndexError) as exc:
+        return ("error", type(exc).__name__)
+    return ("ok", fields, list(decoder.header_table.dynamic_entries), decoder.header_table.maxsize)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_caching_decoder_decodes_every_block_as_hpacks_decoder_does(seed: int) -> None:
+    """Same fields (and never-indexed marks), same dynamic table, same errors, over sequences of blocks from
+    hpack's own encoder (Huffman or not, indexing, table size changes), cut short, with a byte changed, or noise."""
+    rnd = random.Random(seed)
+    names = [b":status", b"content-type", b"date", b"server", b"grpc-status", b"x-" + b"q" * 100, b"cookie", b""]
+
+    def value() -> bytes:
+        if rnd.random() < 0.3:
+            return rnd.choice([b"200", b"application/grpc", b"nginx", b"0", b""])
+        return bytes(rnd.randrange(32, 127) for _ in range(rnd.randrange(0, 200 if rnd.random() < 0.1 else 20)))
+
+    blocks = 0
+    for _ in range(100):
+        encoder, theirs, ours = hpack.Encoder(), hpack.Decoder(), CachingDecoder()
+        theirs.max_header_list_size = ours.max_header_list_size = rnd.choice([64 * 1024, 300])
+        theirs.max_allowed_table_size = ours.max_allowed_table_size = rnd.choice([4096, 256])
+        for _ in range(30):
+            if rnd.random() < 0.1:
+                encoder.header_table_size = rnd.choice([0, 100, 256, 4096, 8192])
+            fields: list[tuple[bytes, bytes]] = []
+            for _ in range(rnd.randrange(10)):
+                name, val = rnd.choice(names), value()
+                fields.append(hpack.NeverIndexedHeaderTuple(name, val) if rnd.random() < 0.1 else (name, val))
+            block = encoder.encode(fields, huffman=rnd.random() < 0.7)
+            spoil = rnd.random()
+            if spoil < 0.1 and block:
+                block = block[:rnd.randrange(len(block))]
+            elif spoil < 0.2 and block:
+                at = rnd.randrange(len(block))
+                block = block[:at] + bytes([rnd.randrange(256)]) + block[at + 1:]
+            elif spoil < 0.23:
+                block = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 30)))
+            expected = _outcome(theirs, block)
+            assert _outcome(ours, block) == expected, block
+            blocks += 1
+            if expected[0] == "error":  # the connection would be over
+                break
+    assert blocks > 200
 
 
 # --- a client speaking to lane's listener ---

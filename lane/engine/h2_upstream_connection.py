@@ -206,7 +206,7 @@ class H2ClientConnection(H2Peer):
             self._idle_timer = None
         if body is not None:
             stream.pump = self.loop.create_task(self._pump(stream, body))
-        self.flush()
+        self.kick()  # after the pump's first step: the head and a body already here leave in one write
         return stream
 
     async def _pump(self, stream: ClientStream, body: BodySource) -> None:

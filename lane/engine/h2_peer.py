@@ -23,16 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 from typing import Final, cast
 
 from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
-from h2.events import Event, RemoteSettingsChanged, WindowUpdated
+from h2.events import (
+    Event,
+    InformationalResponseReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    ResponseReceived,
+    TrailersReceived,
+    WindowUpdated,
+)
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 
+from lane.engine.h2_checks import Kind, malformed
 from lane.engine.h2_hpack import CachingDecoder, PlainEncoder
 
 __all__ = ["CONNECTION_WINDOWS", "MAX_HEADER_LIST", "SEND_HIGH", "H2Peer", "Outgoing"]
@@ -46,6 +56,12 @@ _DRAINING_TRANSITIONS: Final = {
     **{(state, goaway): (None, state)
        for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
        for goaway in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)},
+}
+
+_Head = RequestReceived | ResponseReceived | InformationalResponseReceived | TrailersReceived
+_HEADS: Final[dict[type[Event], Kind]] = {
+    RequestReceived: "request", ResponseReceived: "response", InformationalResponseReceived: "response",
+    TrailersReceived: "trailers",
 }
 
 
@@ -77,9 +93,11 @@ class H2Peer(asyncio.Protocol):
         self.loop = loop
         # Every head lane sends is built by `lane.engine.h2_headers` (lowercase names, pseudo-headers first and
         # complete, no connection-specific field, values trimmed), so h2's outbound normalising and checking would
-        # only repeat that per header; what arrives is still validated (`validate_inbound_headers`).
+        # only repeat that per header; every head that arrives is checked by `lane.engine.h2_checks` (the same
+        # rules as h2's inbound validation, faster) in `data_received`.
         self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None,
-                                               validate_outbound_headers=False, normalize_outbound_headers=False))
+                                               validate_outbound_headers=False, normalize_outbound_headers=False,
+                                               validate_inbound_headers=False))
         self.h2.encoder = PlainEncoder()
         decoder = CachingDecoder()
         decoder.max_header_list_size = self.h2.decoder.max_header_list_size  # what h2 set up, until SETTINGS
@@ -131,11 +149,17 @@ class H2Peer(asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except H2Error as exc:  # the peer broke the protocol: h2 queued the GOAWAY
-            self.broken(f"HTTP/2 protocol error: {exc}"[:200])
-            self.flush()
-            self.close()
+            self._protocol_error(f"HTTP/2 protocol error: {exc}")
             return
         for event in events:
+            kind = _HEADS.get(type(event))
+            if kind is not None:
+                why = malformed(cast(_Head, event).headers or (), kind)
+                if why is not None:  # what h2's own check did: the connection ends (RFC 9113 §8.1.1)
+                    with contextlib.suppress(H2Error):
+                        self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+                    self._protocol_error(f"HTTP/2 protocol error: malformed head: {why}")
+                    return
             if isinstance(event, WindowUpdated):
                 self._window_updated(event.stream_id)
             elif isinstance(event, RemoteSettingsChanged):
@@ -144,6 +168,12 @@ class H2Peer(asyncio.Protocol):
             else:
                 self.on_event(event)
         self.flush()
+
+    def _protocol_error(self, why: str) -> None:
+        """The peer broke the protocol and a GOAWAY is queued: fail what is in flight, send it, close."""
+        self.broken(why[:200])
+        self.flush()
+        self.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -103,6 +103,29 @@ class H2Body:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def whole(self) -> list[bytes] | None:
+        """What `chunks` would yield, at once, when all of the body arrived without error (a unary gRPC call's
+        body usually has by the time it is sent on); None otherwise, then it is read through `chunks`."""
+        if not self._done or self._error is not None or (self._handed and self.started):
+            return None
+        out = list(self._kept or ())
+        while self._chunks:
+            out.extend(self._take())
+        return out
+
+    def _take(self) -> list[bytes]:
+        """Hand out the first piece that arrived (giving its window back and keeping it while it can be sent again)."""
+        data, flow = self._chunks.popleft()
+        self._conn.ack(self.stream_id, flow)
+        self._handed = True
+        if self._kept is not None:
+            self._kept_bytes += len(data)
+            if self._kept_bytes > REPLAY_BYTES:
+                self._kept = None
+            elif data:
+                self._kept.append(data)
+        return [data] if data else []
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body from its start: what was already handed out (when kept), then the rest as it arrives."""
         if self._handed and self.started:
@@ -111,16 +134,7 @@ class H2Body:
             yield data
         while True:
             if self._chunks:
-                data, flow = self._chunks.popleft()
-                self._conn.ack(self.stream_id, flow)
-                self._handed = True
-                if self._kept is not None:
-                    self._kept_bytes += len(data)
-                    if self._kept_bytes > REPLAY_BYTES:
-                        self._kept = None
-                    elif data:
-                        self._kept.append(data)
-                if data:
+                for data in self._take():
                     yield data
                 continue
             if self._done:

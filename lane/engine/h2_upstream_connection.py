@@ -34,6 +34,7 @@ from lane.engine.exchange import BodySource
 from lane.engine.failures import Address, ConnectFailed, UpstreamBroken, UpstreamFailure, UpstreamTimeout
 from lane.engine.h2_headers import request_block, response_head, trailers_of
 from lane.engine.h2_peer import H2Peer
+from lane.engine.h2_stream import H2Body
 from lane.engine.head import reason_phrase
 
 __all__ = ["ClientStream", "H2ClientConnection", "Owner"]
@@ -205,8 +206,12 @@ class H2ClientConnection(H2Peer):
             self._idle_timer.cancel()
             self._idle_timer = None
         if body is not None:
-            stream.pump = self.loop.create_task(self._pump(stream, body))
-        self.kick()  # after the pump's first step: the head and a body already here leave in one write
+            whole = body.whole() if isinstance(body, H2Body) else None
+            if whole is None:
+                stream.pump = self.loop.create_task(self._pump(stream, body))
+            else:  # all of the body is here (a unary call): queued now, sent as the window allows, no pump task
+                self.send(sid, whole[0] if len(whole) == 1 else b"".join(whole), True)
+        self.kick()  # at the end of this loop iteration: the head and the body (or its start) in one write
         return stream
 
     async def _pump(self, stream: ClientStream, body: BodySource) -> None:

@@ -353,6 +353,38 @@ async def test_a_stream_refused_upstream_is_sent_elsewhere_whole_while_its_body_
         server.close()
 
 
+async def test_a_unary_call_refused_upstream_is_sent_elsewhere_whole() -> None:
+    # A unary call's body has all arrived when it is sent on: it leaves with its head (no pump task), and the
+    # copy kept for a second try is what the next instance gets.
+    refusers: list[Refuser] = []
+    server = await asyncio.get_running_loop().create_server(lambda: refusers.append(Refuser()) or refusers[-1],
+                                                            "127.0.0.1", 0)
+    refusing = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+
+    def two_tries(to: Endpoint) -> FastPath:
+        def with_pools(sender: Sender) -> Handler:
+            async def handle(exchange: Exchange) -> None:
+                headers = CIMultiDict(exchange.headers)
+                try:
+                    answer = await sender.send(exchange.method, refusing, exchange.target, headers, exchange.body, SPEC)
+                except ConnectFailed:
+                    assert not exchange.body.started
+                    answer = await sender.send(exchange.method, to, exchange.target, headers, exchange.body, SPEC)
+                await relay(exchange, answer, answer.headers.copy())
+
+            return handle
+
+        return with_pools
+
+    try:
+        async with grpc_upstream() as (_, at), serve_handler(two_tries(at)) as port, _channel(f"127.0.0.1:{port}") as ch:
+            message = b"unary " * 5000  # 30 kB: more than one DATA frame
+            assert await ch.unary_unary(SERVICE + "Unary")(message, timeout=10) == message[::-1]
+            assert sum(r.refused for r in refusers) == 1
+    finally:
+        server.close()
+
+
 async def test_http11_and_h2c_are_served_on_the_same_port() -> None:
     async with proxied() as (_, target, _senders), _channel(target) as ch:
         def http11() -> dict[str, Any]:

@@ -38,6 +38,9 @@ from hpack.table import HeaderTable
 __all__ = ["CachingDecoder", "PlainEncoder", "integer"]
 
 _CACHED: Final = 1024  # field encodings kept; a full cache is emptied (fields with ever-new values, ids)
+_BLOCKS: Final = 256  # whole blocks kept by the decoder, each of at most _BLOCK_BYTES
+_BLOCK_BYTES: Final = 1024
+_STATIC: Final = len(HeaderTable.STATIC_TABLE)
 
 
 def integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
@@ -138,12 +141,16 @@ class CachingDecoder(Decoder):
     Huffman-coded literals) made ``hpack.Decoder`` Huffman-decode, bit by bit in Python, the same
     strings on every call, and copy the rest of the block for every literal. `decode` is
     ``hpack.Decoder.decode`` for ``raw=True`` (what ``h2`` asks for) with the same table, limits and
-    errors, reading the block in place and keeping the last 1024 decoded strings.
+    errors, reading the block in place and keeping the last 1024 decoded strings. A block that
+    neither reads nor changes the dynamic table (static indexes and literals without indexing only:
+    all of nginx's) decodes to the same fields whatever came before, so the last 256 such blocks are
+    kept whole: the same answer head or trailers again cost one lookup.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._plain: dict[bytes, bytes] = {}
+        self._blocks: dict[bytes, tuple[tuple[HeaderTuple, ...], int]] = {}  # a block -> its fields, their size
 
     def _string(self, data: bytes, at: int) -> tuple[bytes, int]:
         """The string literal at *at* (§5.2) and the offset after it."""
@@ -167,9 +174,15 @@ class CachingDecoder(Decoder):
         if not raw:
             return list(super().decode(data, raw))
         data = bytes(data)
+        kept = self._blocks.get(data)
+        if kept is not None:
+            fields, size = kept
+            self._check(size)
+            return list(fields)
         table = self.header_table
         headers: list[HeaderTuple] = []
         inflated = 0
+        alone = True  # the block neither reads nor changes the dynamic table
         at, end = 0, len(data)
         while at < end:
             first = data[at]
@@ -177,6 +190,7 @@ class CachingDecoder(Decoder):
             if first & 0x80:  # indexed (§6.1)
                 index, at = _read_integer(data, at, 7)
                 header = HeaderTuple(*table.get_by_index(index))
+                alone = alone and index <= _STATIC
             elif first & 0x40 or not first & 0x20:  # a literal (§6.2): incremental indexing, without, never
                 indexing = bool(first & 0x40)
                 index, at = _read_integer(data, at, 6 if indexing else 4)
@@ -188,6 +202,7 @@ class CachingDecoder(Decoder):
                 header = NeverIndexedHeaderTuple(name, value) if first & 0xF0 == 0x10 else HeaderTuple(name, value)
                 if indexing:
                     table.add(name, value)
+                alone = alone and not indexing and index <= _STATIC
             else:  # a dynamic table size update (§6.3): only before the first field
                 if headers:
                     raise HPACKDecodingError("Table size update not at the start of the block")
@@ -195,12 +210,23 @@ class CachingDecoder(Decoder):
                 if size > self.max_allowed_table_size:
                     raise InvalidTableSizeError("Encoder exceeded max allowable table size")
                 self.header_table_size = size
+                alone = False
                 continue
             headers.append(header)
             inflated += 32 + len(header[0]) + len(header[1])
             if inflated > self.max_header_list_size:
                 raise OversizedHeaderListError(
                     f"A header list larger than {self.max_header_list_size} has been received")
+        self._check(0)
+        if alone and end <= _BLOCK_BYTES:
+            if len(self._blocks) >= _BLOCKS:
+                self._blocks.clear()
+            self._blocks[data] = (tuple(headers), inflated)
+        return headers
+
+    def _check(self, size: int) -> None:
+        """The limits at the end of a block, *size* its fields' (a kept block's: checked again, limits change)."""
+        if size > self.max_header_list_size:
+            raise OversizedHeaderListError(f"A header list larger than {self.max_header_list_size} has been received")
         if self.header_table_size > self.max_allowed_table_size:
             raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
-        return headers

@@ -142,15 +142,17 @@ class CachingDecoder(Decoder):
     strings on every call, and copy the rest of the block for every literal. `decode` is
     ``hpack.Decoder.decode`` for ``raw=True`` (what ``h2`` asks for) with the same table, limits and
     errors, reading the block in place and keeping the last 1024 decoded strings. A block that
-    neither reads nor changes the dynamic table (static indexes and literals without indexing only:
-    all of nginx's) decodes to the same fields whatever came before, so the last 256 such blocks are
-    kept whole: the same answer head or trailers again cost one lookup.
+    neither reads nor changes the dynamic table (static indexes and literals only, the ones "with
+    indexing" only while the table's size is 0: all of nginx's, which sets it to 0) decodes to the
+    same fields whatever came before, so the last 256 such blocks are kept whole: the same answer
+    head or trailers again cost one lookup.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._plain: dict[bytes, bytes] = {}
-        self._blocks: dict[bytes, tuple[tuple[HeaderTuple, ...], int]] = {}  # a block -> its fields, their size
+        # a block -> its fields, their size, whether it holds literals "with indexing" (kept only for a 0-size table)
+        self._blocks: dict[bytes, tuple[tuple[HeaderTuple, ...], int, bool]] = {}
 
     def _string(self, data: bytes, at: int) -> tuple[bytes, int]:
         """The string literal at *at* (§5.2) and the offset after it."""
@@ -174,15 +176,16 @@ class CachingDecoder(Decoder):
         if not raw:
             return list(super().decode(data, raw))
         data = bytes(data)
+        table = self.header_table
         kept = self._blocks.get(data)
-        if kept is not None:
-            fields, size = kept
+        if kept is not None and (not kept[2] or table.maxsize == 0):
+            fields, size, _ = kept
             self._check(size)
             return list(fields)
-        table = self.header_table
         headers: list[HeaderTuple] = []
         inflated = 0
         alone = True  # the block neither reads nor changes the dynamic table
+        indexes = False  # it has literals "with indexing" (which change nothing while the table's size is 0)
         at, end = 0, len(data)
         while at < end:
             first = data[at]
@@ -202,7 +205,8 @@ class CachingDecoder(Decoder):
                 header = NeverIndexedHeaderTuple(name, value) if first & 0xF0 == 0x10 else HeaderTuple(name, value)
                 if indexing:
                     table.add(name, value)
-                alone = alone and not indexing and index <= _STATIC
+                indexes = indexes or indexing
+                alone = alone and index <= _STATIC and (not indexing or table.maxsize == 0)
             else:  # a dynamic table size update (§6.3): only before the first field
                 if headers:
                     raise HPACKDecodingError("Table size update not at the start of the block")
@@ -221,7 +225,7 @@ class CachingDecoder(Decoder):
         if alone and end <= _BLOCK_BYTES:
             if len(self._blocks) >= _BLOCKS:
                 self._blocks.clear()
-            self._blocks[data] = (tuple(headers), inflated)
+            self._blocks[data] = (tuple(headers), inflated, indexes)
         return headers
 
     def _check(self, size: int) -> None:

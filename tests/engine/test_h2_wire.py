@@ -91,8 +91,8 @@ def _outcome(decoder: hpack.Decoder, block: bytes) -> tuple[object, ...]:
 def test_the_caching_decoder_decodes_every_block_as_hpacks_decoder_does(seed: int) -> None:
     """Same fields (and never-indexed marks), same dynamic table, same errors, over sequences of blocks from
     hpack's own encoder (Huffman or not, indexing, table size changes) mixed with blocks that leave the table
-    alone (PlainEncoder's, as nginx sends them: kept whole by the decoder, so often seen again, also under a
-    lowered header list limit), cut short, with a byte changed, or noise."""
+    alone (PlainEncoder's, or any while the table's size is 0, as nginx's: kept whole by the decoder, so often
+    seen again, also under a lowered header list limit), cut short, with a byte changed, or noise."""
     rnd = random.Random(seed)
     alone = PlainEncoder()
     seen: list[list[tuple[bytes, bytes]]] = []
@@ -108,8 +108,9 @@ def test_the_caching_decoder_decodes_every_block_as_hpacks_decoder_does(seed: in
         encoder, theirs, ours = hpack.Encoder(), hpack.Decoder(), CachingDecoder()
         theirs.max_header_list_size = ours.max_header_list_size = rnd.choice([64 * 1024, 64 * 1024, 300])
         theirs.max_allowed_table_size = ours.max_allowed_table_size = rnd.choice([4096, 4096, 256])
-        if rnd.random() < 0.8:  # mostly an encoder that follows the limit (its first block says so)
-            encoder.header_table_size = min(4096, theirs.max_allowed_table_size)
+        if rnd.random() < 0.8:  # mostly an encoder that follows the limit (its first block says so); or, as
+            # nginx does, one that sets the table's size to 0 and then indexes fields that never enter it
+            encoder.header_table_size = rnd.choice([min(4096, theirs.max_allowed_table_size), 0])
         for blocks_here in range(30):
             if rnd.random() < 0.1:
                 encoder.header_table_size = rnd.choice([0, 100, 256, 4096, 8192][:4 if rnd.random() < 0.8 else 5])
@@ -117,10 +118,10 @@ def test_the_caching_decoder_decodes_every_block_as_hpacks_decoder_does(seed: in
             for _ in range(rnd.randrange(10)):
                 name, val = rnd.choice(names), value()
                 fields.append(hpack.NeverIndexedHeaderTuple(name, val) if rnd.random() < 0.1 else (name, val))
-            if blocks_here and rnd.random() < 0.4:  # a block that leaves the table alone, often one seen before
-                if seen and rnd.random() < 0.6:
-                    fields = rnd.choice(seen)
-                seen.append(fields)
+            if seen and rnd.random() < 0.3:
+                fields = rnd.choice(seen)  # a head seen before
+            seen.append(fields)
+            if blocks_here and rnd.random() < 0.4:  # a block that leaves the table alone
                 block = alone.encode(fields)
             else:
                 block = encoder.encode(fields, huffman=rnd.random() < 0.7)
@@ -140,6 +141,26 @@ def test_the_caching_decoder_decodes_every_block_as_hpacks_decoder_does(seed: in
             if expected[0] == "error":  # the connection would be over
                 break
     assert blocks > 400, blocks
+
+
+# nginx 1.22.1's answer to a gRPC call (bench/nginx_stub.py), as captured: its first head sets the table's
+# size to 0, then every head indexes its fields "with indexing" into that empty table; trailers are plain.
+NGINX_FIRST = bytes.fromhex(
+    "2088 7684aa6355e7 6196df3dbf4a01952f948a08027140b5702fdc682a62d1bf 5f8b1d75d0620d263d4c4d65645c"
+    "01356c96df3dbf4a01952f948a08027140b5702fdc680a62d1bf 0089 19085ad2b583aa62a3 84 8fd24a8f")
+NGINX_TRAILERS = bytes.fromhex("0088 9acac8b21234da8f 0130")
+
+
+def test_nginx_heads_decode_as_hpack_decodes_them_also_when_kept_and_after_the_table_grows() -> None:
+    theirs, ours = hpack.Decoder(), CachingDecoder()
+    blocks = [NGINX_FIRST, NGINX_TRAILERS] + [NGINX_FIRST[1:], NGINX_TRAILERS] * 3  # the later heads: no size update
+    blocks += [b"\x3f\xe1\x1f" + NGINX_FIRST[1:]] * 2  # the table grows to 4096: now the fields do enter it
+    for block in blocks:
+        assert _outcome(ours, block) == _outcome(theirs, block)
+    assert ours.header_table.dynamic_entries and list(ours.header_table.dynamic_entries) == list(
+        theirs.header_table.dynamic_entries)
+    for block in (NGINX_FIRST[1:], NGINX_TRAILERS):  # once the table holds fields, a kept head is not reused
+        assert _outcome(ours, block) == _outcome(theirs, block)
 
 
 # --- a client speaking to lane's listener ---

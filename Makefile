@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lane-installed
 DEMO_STAMP := $(VENV)/.lane-demo-installed
 
-.PHONY: demo test lint bench bench-dataplane clean
+.PHONY: demo test lint bench bench-dataplane compiled pure clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ bench: $(STAMP)
 # upload memory check (256 MiB streamed through the gateway, peak RSS growth vs the body size).
 bench-dataplane: $(STAMP)
 	$(BIN)/python bench/dataplane.py $(BENCH_ARGS)
+
+# Optional: the hot path (setup.py's COMPILED) built with mypyc into extension modules beside the
+# sources; the editable install then imports those (an extension module wins over its .py). Needs gcc
+# and the Python headers. `lane --version` says "compiled: yes, N modules"; `make pure` goes back.
+compiled: $(DEMO_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[compiled]'
+	LANE_COMPILE=1 $(BIN)/python setup.py build_ext --inplace
+
+pure:
+	find lane -name '*.so' -delete
+	rm -f lane__mypyc.*.so
+	rm -rf build
 
 lint: $(STAMP)
 	$(BIN)/ruff check lane mesh_config loadtest tests

@@ -71,6 +71,17 @@ def _import_command(module: str) -> ModuleType:
         raise refusal from None
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the line is worked out only when asked for (it looks for compiled modules)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from lane.cli.build_info import version_line
+
+        sys.stdout.write(version_line() + "\n")
+        parser.exit()
+
+
 class _LaneParser(LazyParser):
     """Every parser of the ``lane`` tree takes ``--log-level``, so it works before or after a command."""
 
@@ -83,11 +94,10 @@ class _LaneParser(LazyParser):
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``lane`` parser; each command's module is imported only when that command is parsed
     (*argv* is accepted for callers of the older signature and not needed)."""
-    from lane import __version__
-
     parser = _LaneParser(prog="lane", description="Full-link gray release (traffic lanes) from one YAML file.")
     parser.set_defaults(log_level="INFO")
-    parser.add_argument("--version", action="version", version=f"lane {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="print the version and whether the hot path is compiled (make compiled), then exit")
     add_lazy_commands(add_subcommands(parser, "command", "COMMAND"), COMMANDS, importer=_import_command)
     return parser
 

@@ -181,13 +181,17 @@ class RequestView:
     __slots__ = ("_cookies", "_flat", "_query", "_query_string", "_received")
 
     def __init__(self, headers: Mapping[str, str] | None = None, cookies: Mapping[str, str] | None = None,
-                 query: Mapping[str, str] | None = None) -> None:
-        """A view of already normalised parts (header names lower-case)."""
-        self._received: _ReceivedHeaders | None = None
-        self._query_string = ""
-        self._flat: dict[str, str] | None = dict(headers or {})
-        self._cookies: dict[str, str] | None = dict(cookies or {})
-        self._query: dict[str, str] | None = dict(query or {})
+                 query: Mapping[str, str] | None = None, *, _received: _ReceivedHeaders | None = None,
+                 _query_string: str = "") -> None:
+        """A view of already normalised parts (header names lower-case); ``_received`` is `of_request`'s
+        way in (a plain constructor call rather than ``cls.__new__``, which mypyc cannot compile)."""
+        self._received = _received
+        self._query_string = _query_string
+        self._flat: dict[str, str] | None = None
+        self._cookies: dict[str, str] | None = None
+        self._query: dict[str, str] | None = None
+        if _received is None:
+            self._flat, self._cookies, self._query = dict(headers or {}), dict(cookies or {}), dict(query or {})
 
     @classmethod
     def from_parts(cls, headers: Iterable[tuple[str, str]], query_string: str = "") -> RequestView:
@@ -197,10 +201,7 @@ class RequestView:
     @classmethod
     def of_request(cls, headers: _ReceivedHeaders, query_string: str = "") -> RequestView:
         """The view of a request's case-insensitive header multidict (not copied) and raw query string."""
-        view = cls.__new__(cls)
-        view._received, view._query_string = headers, query_string
-        view._flat = view._cookies = view._query = None
-        return view
+        return cls(_received=headers, _query_string=query_string)
 
     @property
     def headers(self) -> Mapping[str, str]:

@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 from multidict import CIMultiDict
@@ -77,12 +76,24 @@ T = TypeVar("T")
 Opener = Callable[[Endpoint, CIMultiDict[str], float], Awaitable[T]]
 
 
-@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs a setattr call per field
 class Dispatched(Generic[T]):
-    route: Route
-    endpoint: Endpoint
-    response: T
-    hop: Hop  # the hop this proxy contributes for the service it routed to
+    """Where a request went and what answered it: made per request, so slotted and not frozen.
+
+    A plain class rather than ``@dataclass``: mypyc (`make compiled`) cannot compile a generic
+    dataclass (its module fails at import), and nothing compares or hashes these.
+    """
+
+    __slots__ = ("endpoint", "hop", "response", "route")
+
+    def __init__(self, route: Route, endpoint: Endpoint, response: T, hop: Hop) -> None:
+        self.route = route
+        self.endpoint = endpoint
+        self.response = response
+        self.hop = hop  # the hop this proxy contributes for the service it routed to
+
+    def __repr__(self) -> str:
+        return (f"Dispatched(route={self.route!r}, endpoint={self.endpoint!r}, response={self.response!r}, "
+                f"hop={self.hop!r})")
 
 
 async def dispatch(

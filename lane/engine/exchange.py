@@ -13,7 +13,7 @@ Trailers (fields after the body: gRPC's ``grpc-status``) are `Answer.trailers` a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from multidict import CIMultiDict
 
@@ -22,6 +22,20 @@ from lane.engine.failures import Address
 __all__ = ["Answer", "BodySource", "ClientGone", "Exchange", "Handler", "NoBody", "Sender", "Timeouts"]
 
 
+_C = TypeVar("_C")
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # the pure-Python install: the decorator only tells mypyc something (`make compiled`)
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Callable[[_C], _C]:
+        def keep(cls: _C) -> _C:
+            return cls
+        return keep
+
+
+# Not a mypyc native class: those cannot derive from ConnectionError (OSError's layout); the rest of
+# this module compiles, and `except ClientGone` / `except ConnectionError` behave the same either way.
+@mypyc_attr(native_class=False)
 class ClientGone(ConnectionError):
     """The client closed the connection (mid-body, or before the answer could be written)."""
 

@@ -88,14 +88,16 @@ def stop_process(popen: subprocess.Popen[bytes], sig: int = signal.SIGTERM, time
 @contextlib.contextmanager
 def lane_process(
     tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 30.0,
-    log_level: str = "INFO",
+    log_level: str = "INFO", cwd: Path = REPO,
 ) -> Iterator[LaneProcess]:
-    """Run ``lane <args> --ready-file F`` until the block ends (SIGTERM, then SIGKILL)."""
+    """Run ``lane <args> --ready-file F`` until the block ends (SIGTERM, then SIGKILL).
+
+    ``python -m`` imports from *cwd* first: another tree's `lane` (a compiled copy) runs with cwd set to it."""
     ready = tmp_path / f"{name}.ready.json"
     log = tmp_path / f"{name}.log"
     argv = [sys.executable, "-m", "lane", f"--log-level={log_level}", *args, "--ready-file", str(ready)]
     with log.open("wb") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                  env={**os.environ, **(env or {})})
         try:
             info = _wait_file(ready, popen, ready_timeout, log)

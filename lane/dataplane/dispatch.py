@@ -138,11 +138,11 @@ async def dispatch(
                 raise DeadlineSpent(endpoint, "the request's time budget was spent before it could be sent")
             stamp(attempt_headers, wait, spec.deadline_margin)
             response = await opener(endpoint, attempt_headers, wait)
-        except ConnectFailed as exc:
-            note_hop(exc, Hop(service, route.lane, route.requested, reason, str(endpoint), str(exc.status)))
-            _failed(registry, endpoint, exc)
+        except ConnectFailed as refused:  # a name per clause: compiled (mypyc), a name has one type
+            note_hop(refused, Hop(service, route.lane, route.requested, reason, str(endpoint), str(refused.status)))
+            _failed(registry, endpoint, refused)
             failed.add(endpoint)
-            last = exc
+            last = refused
             continue
         except UpstreamFailure as exc:
             if isinstance(exc, UpstreamTimeout) and exc.counts and grpc_bound(headers, spec.request_timeout):

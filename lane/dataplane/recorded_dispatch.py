@@ -58,10 +58,10 @@ async def dispatch_recorded(
     try:
         sent = await dispatch(registry, config, service=service, lane=lane, headers=headers, opener=opener,
                               may_retry=may_retry)
-    except UpstreamUnavailable as exc:
+    except UpstreamUnavailable as unavailable:  # a name per clause: compiled (mypyc), a name has one type
         observe_request(config, proxy, service, lane, None, _strict(config, lane), 503, started=started, source=source)
-        span.answered(503, type(exc).__name__)
-        return unavailable_answer(exc, service, lane)
+        span.answered(503, type(unavailable).__name__)
+        return unavailable_answer(unavailable, service, lane)
     except UpstreamFailure as exc:
         observe_request(config, proxy, service, lane, None, None, exc.status, started=started, source=source)
         span.answered(exc.status, type(exc).__name__)

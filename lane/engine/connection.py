@@ -158,15 +158,15 @@ class H1Connection(asyncio.Protocol):
             offset = exc.args[0]
             self._begin_upgrade(data[offset:])
             return
-        except _HeadTooLarge as exc:
-            self._refuse(exc.status, exc.what)
+        except _HeadTooLarge as too_large:  # a name per clause: compiled (mypyc), a name has one type
+            self._refuse(too_large.status, too_large.what)
             return
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
+        except httptools.HttpParserError as malformed:
+            cause = malformed.__context__
             if isinstance(cause, _HeadTooLarge):
                 self._refuse(cause.status, cause.what)
             else:
-                self._refuse(400, f"malformed request: {exc}")
+                self._refuse(400, f"malformed request: {malformed}")
             return
         if self.in_head and self._head_bytes > MAX_HEAD:
             self._refuse(431, f"request head larger than {MAX_HEAD} bytes")

@@ -350,11 +350,11 @@ class UpstreamConnection(asyncio.Protocol):
             rest = data[exc.args[0]:]
             if rest:
                 self._feed(rest)
-        except HttpParserError as exc:
+        except HttpParserError as malformed:  # a name per clause: compiled (mypyc), a name has one type
             if self.complete:
                 self.dirty = True  # bytes after a complete answer: the connection cannot be reused
             else:
-                cause = exc.__context__ or exc
+                cause = malformed.__context__ or malformed
                 self.fail(UpstreamBroken(self.pool.endpoint, f"{type(cause).__name__}: {cause}"[:200]))
 
     # --- httptools callbacks ---

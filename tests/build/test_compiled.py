@@ -1,10 +1,10 @@
-"""The compiled build (`make compiled`, ``LANE_COMPILE=1``): mypyc builds the hot modules, and real proxies run them.
+"""The compiled build (`make compiled`, ``LANE_COMPILE=1``): mypyc builds the hot path, real proxies run it.
 
 The build writes extension modules beside the sources (in place), so it runs on a copy of the tree in a
 temporary directory, never on the checkout the rest of the suite imports. Then a real gateway and real
 sidecars are started from that copy (cwd and PYTHONPATH on it) and carry gray and base requests over
 loopback; each process's memory map must show the copy's compiled handler and mypyc's shared library,
-so a silent fall-back to the ``.py`` files fails here. The compile is the cost (about 80 s of gcc on two cores).
+so a silent fall-back to the ``.py`` files fails here. The compile is the cost (60-80 s of gcc on two cores).
 
 A missing compiler, missing Python headers or a missing mypyc is a one-line failure, not a skip: the
 compiled build is part of what `make test` checks (gcc is on the CI image; ``pip install 'lane[compiled]'``).
@@ -32,7 +32,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support.processes import REPO, LaneProcess, free_port, lane_process, serve_app
+from tests.support.processes import REPO, LaneProcess, free_port, lane_process, serve_app, stop_process
 
 pytestmark = pytest.mark.timeout(900)  # the compile alone is ~80 s on two idle cores
 
@@ -68,8 +68,8 @@ class Built:
 
 
 def _lane(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lane", *args], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-                          check=False, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "lane", *args], cwd=tree, check=False, capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(tree)}, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +81,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         shutil.copy2(REPO / name, tree / name)
     before = _lane(tree, "--version").stdout.strip()
     started = time.monotonic()
-    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree,
-                           env={**os.environ, "LANE_COMPILE": "1"}, check=False, capture_output=True, text=True,
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, check=False,
+                           env={**os.environ, "LANE_COMPILE": "1"}, capture_output=True, text=True,
                            timeout=840)
     if build.returncode != 0:
         errors = [line for line in (build.stdout + build.stderr).splitlines() if "error" in line.lower()]
-        pytest.fail(f"LANE_COMPILE=1 setup.py build_ext failed: {(errors or ['(no error line)'])[0]}", pytrace=False)
+        first = (errors or ["(no error line)"])[0]
+        pytest.fail(f"LANE_COMPILE=1 setup.py build_ext failed: {first}", pytrace=False)
     return Built(tree, time.monotonic() - started, before)
 
 
@@ -94,9 +95,9 @@ def test_every_listed_module_is_imported_from_its_extension_and_version_says_so(
     modules = _listed_modules()
     probe = ("import importlib, json, sys; "
              "print(json.dumps({m: importlib.import_module(m).__file__ for m in sys.argv[1:]}))")
-    result = subprocess.run([sys.executable, "-c", probe, *modules], cwd=built.tree,
-                            env={**os.environ, "PYTHONPATH": str(built.tree)}, check=False, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", probe, *modules], cwd=built.tree, check=False,
+                            env={**os.environ, "PYTHONPATH": str(built.tree)}, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     files = json.loads(result.stdout)
     assert {m: f for m, f in files.items() if not f.endswith(EXTENSION)} == {}
@@ -120,13 +121,14 @@ NAME = web.AppKey("name", str)
 
 
 async def _app_a(request: web.Request) -> web.Response:
-    """Sends its request body on to b through its sidecar's outbound listener, forwarding only x-request-id."""
+    """Sends its request body on to b through its sidecar's outbound listener, with only x-request-id."""
     body = await request.read()
     async with aiohttp.ClientSession() as session:
         async with session.post("http://b/echo", data=body, proxy=request.app[OUTBOUND],
                                 headers={"x-request-id": request.headers["x-request-id"]}) as resp:
+            b = await resp.json() if resp.status == 200 else await resp.text()
             return web.json_response({"a_tag": request.headers.get("x-mse-tag"), "b_status": resp.status,
-                                      "b": await resp.json(), "b_path": resp.headers.get("x-lane-path")})
+                                      "b": b, "b_path": resp.headers.get("x-lane-path")})
 
 
 async def _app_b(request: web.Request) -> web.Response:
@@ -147,7 +149,7 @@ def processes() -> Iterator[ExitStack]:
         yield stack
 
 
-async def test_compiled_gateway_and_sidecar_hop_pair_keep_gray_and_base_apart(
+async def test_compiled_gateway_and_sidecars_keep_gray_and_base_apart_and_fail_over(
     built: Built, tmp_path: Path, processes: ExitStack
 ) -> None:
     tree = built.tree
@@ -180,27 +182,46 @@ async def test_compiled_gateway_and_sidecar_hop_pair_keep_gray_and_base_apart(
             tmp_path, "gateway", "gateway", "--config", str(config), "--listen", "127.0.0.1:0",
             "--admin", "127.0.0.1:0", env=env, cwd=tree))
         body = os.urandom(200_000)  # larger than one read: streamed through four compiled relays
+        digest = hashlib.sha256(body).hexdigest()
+        order = gateway.url("gateway") + "/order"
         async with aiohttp.ClientSession() as client:
             for i in range(10):  # keep-alive connections and the sidecar's trace cache reused
                 for lane, agent in (("gray", "xiaoming"), ("base", "curl/8")):
                     headers = {"User-Agent": agent, "x-request-id": f"compiled-{lane}-{i}"}
-                    async with client.post(gateway.url("gateway") + "/order", data=body, headers=headers) as resp:
+                    async with client.post(order, data=body, headers=headers) as resp:
                         assert resp.status == 200, await resp.text()
                         answer = await resp.json()
                         path = resp.headers["x-lane-path"]
                     assert answer["a_tag"] == lane and answer["b_status"] == 200
-                    assert answer["b"] == {"instance": f"b-{lane}", "tag": lane,
-                                           "sha256": hashlib.sha256(body).hexdigest()}
+                    assert answer["b"] == {"instance": f"b-{lane}", "tag": lane, "sha256": digest}
                     if lane == "gray":  # a has no gray instance: base serves it, the lane goes on to b
                         assert path.startswith("a@base;requested=gray;fallback=no-instance"), path
                         assert answer["b_path"].startswith("b@gray;requested=gray"), answer["b_path"]
                     else:
                         assert path.startswith("a@base;requested=base"), path
                         assert answer["b_path"].startswith("b@base;requested=base"), answer["b_path"]
-        # The handler is imported from uncompiled code (main.py), so through its extension module; what it
-        # imports from the list is initialised inside mypyc's one shared library, which every process maps.
-        for process, handler in ((gateway, "gateway"), *((p, "sidecar") for p in started)):
-            mapped = _mapped(process)
-            assert str(tree / "lane" / handler / f"handler{EXTENSION}") in mapped, process.name
-            assert str(tree / f"lane__mypyc{EXTENSION}") in mapped, process.name
-            assert not any(path.startswith(str(REPO)) and path.endswith(".so") for path in mapped), process.name
+
+            # After traffic (some modules load on the first request): the handler is imported from uncompiled
+            # code (main.py), so through its extension module; what it imports from the list is initialised
+            # inside mypyc's one shared library, which every process maps.
+            for process, handler in ((gateway, "gateway"), *((p, "sidecar") for p in started)):
+                mapped = _mapped(process)
+                assert str(tree / "lane" / handler / f"handler{EXTENSION}") in mapped, process.name
+                assert str(tree / f"lane__mypyc{EXTENSION}") in mapped, process.name
+                assert not [path for path in mapped if path.startswith(str(REPO)) and path.endswith(".so")]
+
+            # The failure paths (exceptions raised and caught across compiled modules): b's gray instance
+            # down means base serves, and the lane goes on; both down is the caller's 502, not a 500.
+            headers = {"User-Agent": "xiaoming", "x-request-id": "compiled-gray-down"}
+            assert stop_process(started[2].popen) == 0
+            async with client.post(order, data=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                answer = await resp.json()
+            assert answer["b"] == {"instance": "b-base", "tag": "gray", "sha256": digest}
+            assert answer["b_path"].startswith("b@base;requested=gray;fallback=connect-failed"), answer
+            assert stop_process(started[1].popen) == 0
+            headers["x-request-id"] = "compiled-all-down"
+            async with client.post(order, data=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()  # app a answers; its call to b failed
+                answer = await resp.json()
+            assert answer["b_status"] == 502, answer

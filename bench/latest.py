@@ -83,7 +83,7 @@ Do not edit by hand.
 - **When:** {document['started_utc']} (UTC), {document['seconds']:.0f} s
 - **Where:** {m['cpu_model']}, {m['cores']} cores shared by wrk, the stubs and the subject; {m['platform']};
   Python {m['python']}, Envoy {m['envoy']}, {str(m['wrk']).split(' Copyright')[0]}{h2load}
-- **Code:** lane commit `{m['lane_commit']}`
+- **Code:** lane commit `{m['lane_commit']}`, `{m.get('lane_build', 'lane (build not recorded)')}`
 - **Stub backends:** {st.get('stubs', '?')}
 - **Settings:** {st['rounds']} round(s) × {st['duration_s']} s per subject at {HIGH} and {LOW} connection(s),
   subjects alternating every run; the hop pairs, `chain` and `direct-chain` loaded with fresh trace headers

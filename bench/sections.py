@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from lane.cli.build_info import version_line
+
 __all__ = ["SECTIONS", "machine_info", "run_section"]
 
 HERE: Final = Path(__file__).resolve().parent
@@ -84,5 +86,6 @@ def machine_info(envoy_version: str, wrk_version: str) -> dict[str, Any]:
     return {
         "cores": os.cpu_count(), "cpu_model": _cpu_model(), "platform": platform.platform(),
         "python": platform.python_version(), "envoy": envoy_version, "wrk": wrk_version,
-        "lane_commit": _git_commit(), "load_average_at_start": list(load) if load else None,
+        "lane_commit": _git_commit(), "lane_build": version_line(),
+        "load_average_at_start": list(load) if load else None,
     }

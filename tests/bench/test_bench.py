@@ -26,6 +26,8 @@ from typing import Any
 import psutil
 import pytest
 
+from lane.cli.build_info import version_line
+
 REPO = Path(__file__).resolve().parents[2]
 COMPARE = REPO / "bench" / "compare.py"
 SUBJECTS = ("direct", "envoy", "gateway", "envoy-hop", "sidecar-hop")
@@ -75,6 +77,7 @@ def test_smallest_run_writes_the_documented_json(smallest_run: tuple[Any, dict[s
     assert doc["machine"]["cores"] == os.cpu_count()
     assert doc["machine"]["envoy"].startswith("1.")
     assert doc["machine"]["lane_commit"] != "unknown"
+    assert doc["machine"]["lane_build"] == version_line()  # pure or compiled (`make compiled`): what ran
     assert doc["settings"]["subjects"] == list(SUBJECTS)
     assert (doc["settings"]["rounds"], doc["settings"]["duration_s"]) == (1, 1)
     assert list(doc["subjects"]) == list(SUBJECTS)
@@ -108,6 +111,7 @@ def test_markdown_summary_says_when_where_and_what(smallest_run: tuple[Any, dict
     _, doc, path = smallest_run
     text = path.with_name("latest.md").read_text()
     assert doc["started_utc"] in text and doc["machine"]["lane_commit"] in text
+    assert doc["machine"]["lane_build"] in text
     assert doc["machine"]["cpu_model"] in text and f"{doc['machine']['cores']} cores" in text
     assert doc["settings"]["stubs"] in text and "traceparent, x-request-id, b3" in text
     assert doc["table"] in text and "`make bench`" in text

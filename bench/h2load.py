@@ -126,7 +126,8 @@ def combine(processes: Sequence[H2loadProcess], side_by_side: bool) -> WrkResult
         connect_errors=0, read_errors=sum(p.errored for p in processes), write_errors=0,
         status_errors=sum(1 for s in statuses if s > 399), timeouts=sum(p.timeouts for p in processes),
         p50_us=_percentile(latencies, 0.50), p90_us=_percentile(latencies, 0.90), p99_us=_percentile(latencies, 0.99),
-        mean_us=sum(latencies) / len(latencies) if latencies else 0.0)
+        mean_us=sum(latencies) / len(latencies) if latencies else 0.0,
+        shares=tuple(len(p.statuses) / len(statuses) for p in processes) if side_by_side and statuses else ())
 
 
 def h2load_argv(exe: str, url: str, clients: int, headers: Sequence[tuple[str, str]], body: Path, log: Path, *,

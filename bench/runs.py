@@ -8,7 +8,8 @@ counts taken around the run:
   errors and no status errors (a misrouted or mis-tagged request is a 421);
 * the stub backends': every instance answered only right-lane requests (4xx delta 0), the
   instances that must get traffic got about their share of it (gray and plain interleave, so
-  about half each; +/- 5 points), no other instance got any, and together they answered at
+  about half each; +/- 5 points; for h2load's side-by-side processes, which finish different numbers
+  of calls, each instance's share is one process's, matched by rank), no other instance got any, and together they answered at
   least every request wrk counted (the few still in flight when wrk stopped may be extra). For
   gRPC this also catches the proxy's own answers: a gRPC error is HTTP 200 (trailers-only with a
   ``grpc-status``), which h2load counts as an answer, but no stub gave it.
@@ -64,8 +65,13 @@ def check_routing(target: Target, wrk: WrkResult, connections: int, before: Mapp
         problems.append(f"the stubs answered {total} requests, fewer than the {wrk.requests} {tool} counted")
     elif total > wrk.requests + connections * 4 + 100:
         problems.append(f"the stubs answered {total} requests, far more than the {wrk.requests} {tool} counted")
+    expect = dict(target.expect)
+    served = sorted((i for i, share in expect.items() if share), key=lambda i: delta[i].ok if i in delta else 0)
+    if wrk.shares and len(wrk.shares) == len(served):
+        # side by side (h2load): the instance that answered most should have the busiest process's share, etc.
+        expect.update(zip(served, sorted(wrk.shares), strict=True))
     for instance, d in sorted(delta.items()):
-        share = target.expect.get(instance, 0.0)
+        share = expect.get(instance, 0.0)
         if share == 0.0 and d.ok:
             problems.append(f"{instance} answered {d.ok} requests but should get none")
         elif share and total and abs(d.ok / total - share) > SHARE_TOLERANCE:

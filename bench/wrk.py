@@ -52,6 +52,10 @@ class WrkResult:
     p90_us: int
     p99_us: int
     mean_us: float
+    # Load processes that ran side by side (h2load, one per header set), each one's fraction of the
+    # answered requests: they finish different numbers of calls, so each lane's share is its process's.
+    # Empty for wrk, whose one script interleaves the header sets request by request.
+    shares: tuple[float, ...] = ()
 
     @property
     def seconds(self) -> float:

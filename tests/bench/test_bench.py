@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,13 @@ def test_routing_check_rejects_misrouted_and_lopsided_runs(monkeypatch: pytest.M
     assert not mistagged.ok and mistagged.refused == {"a@base": 100}
     unseen = check_routing(target, wrk(1000), 32, zero, counts(a_gray=300, a_base=300))
     assert any("fewer than the 1000 wrk counted" in p for p in unseen.problems)
+    # h2load's two side-by-side processes finished 400 and 600 calls: each lane's share is its process's
+    lopsided = counts(a_gray=600, a_base=400)
+    assert not check_routing(target, wrk(1000), 32, zero, lopsided).ok  # interleaved (wrk): 60 % is wrong
+    side_by_side = replace(wrk(1000), shares=(0.6, 0.4))
+    assert check_routing(target, side_by_side, 32, zero, lopsided).ok
+    assert check_routing(target, side_by_side, 32, zero, counts(a_gray=400, a_base=600)).ok
+    one_sided = check_routing(target, side_by_side, 32, zero, counts(a_base=1000))
+    assert not one_sided.ok and any("a@gray answered 0.0% of the requests, expected 40%" in p
+                                    for p in one_sided.problems)
+    assert not check_routing(target, replace(wrk(1000), shares=(0.5, 0.5)), 32, zero, lopsided).ok

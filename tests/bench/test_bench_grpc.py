@@ -89,6 +89,7 @@ async def test_h2load_grpc_calls_are_counted_by_the_grpc_stubs_and_misrouting_fa
             assert side_by_side.errors == 0 and after[gray].refused == before[gray].refused
             assert 0 < side_by_side.p50_us <= side_by_side.p90_us <= side_by_side.p99_us
             assert 0.9e6 <= side_by_side.duration_us <= 1.5e6  # the two processes ran at the same time
+            assert len(side_by_side.shares) == 2 and abs(sum(side_by_side.shares) - 1) < 1e-9
 
             before = await stubs.counts(session)
             one = await run_h2load(exe, url, connections=1, seconds=2, requests=[tag["gray"], tag["base"]],
@@ -98,6 +99,7 @@ async def test_h2load_grpc_calls_are_counted_by_the_grpc_stubs_and_misrouting_fa
             assert abs(right - wrong) <= 1 and one.status_errors == wrong > 0  # one after the other, as many each
             assert right + wrong - 1 <= one.requests <= right + wrong
             assert 1.0e6 <= one.duration_us <= 3.0e6  # 1 s for the first, as many calls for the second
+            assert one.shares == ()  # one after the other, as many calls each: half and half
 
             target = Target("grpc-test", url, (tag["gray"], tag["base"]), {gray: 1.0}, {}, 0, None, "test",
                             load="h2load")

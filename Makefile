@@ -42,8 +42,10 @@ bench-dataplane: $(STAMP)
 # Optional: the hot path (setup.py's COMPILED) built with mypyc into extension modules beside the
 # sources; the editable install then imports those (an extension module wins over its .py). Needs gcc
 # and the Python headers. `lane --version` says "compiled: yes, N modules"; `make pure` goes back.
+# The editable install in compat mode (the checkout on sys.path): mypyc's shared library
+# (lane__mypyc*.so) sits at the top of the checkout, beside lane/, and must import from any directory.
 compiled: $(DEMO_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[compiled]'
+	$(BIN)/python -m pip install --quiet -e '.[compiled]' --config-settings editable_mode=compat
 	LANE_COMPILE=1 $(BIN)/python setup.py build_ext --inplace
 
 pure:

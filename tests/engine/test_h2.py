@@ -317,9 +317,9 @@ class Refuser(asyncio.Protocol):
         self.transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
 
 
-async def test_a_stream_refused_upstream_is_sent_elsewhere_whole_while_its_body_still_arrives() -> None:
-    # Like Envoy's retry buffer: what was taken from the client is kept (small bodies), so a request
-    # nobody processed can go to the next instance from its start, even before the client finished it.
+@contextlib.asynccontextmanager
+async def refused_first() -> AsyncIterator[tuple[list[Refuser], grpc.aio.Channel]]:
+    """A gRPC channel to a proxy that tries an upstream refusing every stream first, then the real one."""
     refusers: list[Refuser] = []
     server = await asyncio.get_running_loop().create_server(lambda: refusers.append(Refuser()) or refusers[-1],
                                                             "127.0.0.1", 0)
@@ -342,47 +342,31 @@ async def test_a_stream_refused_upstream_is_sent_elsewhere_whole_while_its_body_
 
     try:
         async with grpc_upstream() as (_, at), serve_handler(two_tries(at)) as port, _channel(f"127.0.0.1:{port}") as ch:
-            async def slowly() -> AsyncIterator[bytes]:
-                for size in (10, 20, 30):
-                    yield b"s" * size
-                    await asyncio.sleep(0.2)  # the refusal comes while the rest is still to be sent
-
-            assert json.loads(await ch.stream_unary(SERVICE + "ClientStream")(slowly(), timeout=10)) == [10, 20, 30]
-            assert sum(r.refused for r in refusers) == 1
+            yield refusers, ch
     finally:
         server.close()
+
+
+async def test_a_stream_refused_upstream_is_sent_elsewhere_whole_while_its_body_still_arrives() -> None:
+    # Like Envoy's retry buffer: what was taken from the client is kept (small bodies), so a request
+    # nobody processed can go to the next instance from its start, even before the client finished it.
+    async with refused_first() as (refusers, ch):
+        async def slowly() -> AsyncIterator[bytes]:
+            for size in (10, 20, 30):
+                yield b"s" * size
+                await asyncio.sleep(0.2)  # the refusal comes while the rest is still to be sent
+
+        assert json.loads(await ch.stream_unary(SERVICE + "ClientStream")(slowly(), timeout=10)) == [10, 20, 30]
+        assert sum(r.refused for r in refusers) == 1
 
 
 async def test_a_unary_call_refused_upstream_is_sent_elsewhere_whole() -> None:
     # A unary call's body has all arrived when it is sent on: it leaves with its head (no pump task), and the
     # copy kept for a second try is what the next instance gets.
-    refusers: list[Refuser] = []
-    server = await asyncio.get_running_loop().create_server(lambda: refusers.append(Refuser()) or refusers[-1],
-                                                            "127.0.0.1", 0)
-    refusing = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
-
-    def two_tries(to: Endpoint) -> FastPath:
-        def with_pools(sender: Sender) -> Handler:
-            async def handle(exchange: Exchange) -> None:
-                headers = CIMultiDict(exchange.headers)
-                try:
-                    answer = await sender.send(exchange.method, refusing, exchange.target, headers, exchange.body, SPEC)
-                except ConnectFailed:
-                    assert not exchange.body.started
-                    answer = await sender.send(exchange.method, to, exchange.target, headers, exchange.body, SPEC)
-                await relay(exchange, answer, answer.headers.copy())
-
-            return handle
-
-        return with_pools
-
-    try:
-        async with grpc_upstream() as (_, at), serve_handler(two_tries(at)) as port, _channel(f"127.0.0.1:{port}") as ch:
-            message = b"unary " * 5000  # 30 kB: more than one DATA frame
-            assert await ch.unary_unary(SERVICE + "Unary")(message, timeout=10) == message[::-1]
-            assert sum(r.refused for r in refusers) == 1
-    finally:
-        server.close()
+    async with refused_first() as (refusers, ch):
+        message = b"unary " * 5000  # 30 kB: more than one DATA frame
+        assert await ch.unary_unary(SERVICE + "Unary")(message, timeout=10) == message[::-1]
+        assert sum(r.refused for r in refusers) == 1
 
 
 async def test_http11_and_h2c_are_served_on_the_same_port() -> None:

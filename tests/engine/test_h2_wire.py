@@ -191,18 +191,23 @@ async def _talk(port: int, block: Block) -> tuple[list[h2.events.Event], bytes]:
     def run() -> tuple[list[h2.events.Event], bytes]:
         events: list[h2.events.Event] = []
         raw = b""
+        peer_closed = False
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(conn.data_to_send())
             while not any(isinstance(e, h2.events.StreamEnded | h2.events.ConnectionTerminated) for e in events):
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:  # the server closed after its GOAWAY: what came before is read
+                    break
                 if not chunk:
                     break
                 raw += chunk
                 events.extend(conn.receive_data(chunk))
-                try:
-                    sock.sendall(conn.data_to_send())
-                except ConnectionResetError:  # the server closed after its GOAWAY, read above
-                    break
+                if not peer_closed:
+                    try:
+                        sock.sendall(conn.data_to_send())  # our SETTINGS ack, ...
+                    except (BrokenPipeError, ConnectionResetError):  # the server closed after its GOAWAY,
+                        peer_closed = True  # which may still be on its way: keep reading
         return events, raw
 
     return await asyncio.to_thread(run)

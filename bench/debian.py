@@ -1,4 +1,4 @@
-"""A tool the benchmark needs, found on PATH or installed from Debian's package (root only).
+"""A tool the benchmark needs, found on PATH or installed from Debian's package (root only), and run bounded.
 
 wrk (the load generator) and nginx (the cheapest stub backend) both come from Debian's archive;
 the benchmark installs the one it lacks the same way, once, with ``apt-get`` as root and no
@@ -10,11 +10,13 @@ nginx service; the benchmark never uses that service anyway (it runs its own ngi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 
-__all__ = ["InstallError", "ensure_tool", "version_line"]
+__all__ = ["InstallError", "ensure_tool", "run_bounded", "version_line"]
 
 
 class InstallError(RuntimeError):
@@ -49,3 +51,21 @@ def version_line(exe: str, flag: str) -> str:
     done = subprocess.run([exe, flag], capture_output=True, text=True, timeout=10, check=False)
     lines = (done.stdout + done.stderr).strip().splitlines()
     return lines[0] if lines else f"{os.path.basename(exe)} (unknown version)"
+
+
+async def run_bounded(argv: list[str], seconds: float) -> tuple[int, str]:
+    """Run a load generator (*argv*) to its end, at most *seconds* + 30 s: its exit status and output.
+
+    Timed out or cancelled (Ctrl-C), it is killed and waited for: never left running.
+    """
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    status = await proc.wait()  # already ended: its exit status
+    return status, out.decode("utf-8", "replace")

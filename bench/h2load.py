@@ -33,7 +33,6 @@ run (Ctrl-C) kills it too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from debian import InstallError, ensure_tool, version_line
+from debian import InstallError, ensure_tool, run_bounded, version_line
 from wrk import WrkResult
 
 __all__ = ["GRPC_HEADERS", "GRPC_PATH", "REQUEST_MESSAGE", "H2loadError", "H2loadProcess", "combine",
@@ -144,18 +143,9 @@ def h2load_argv(exe: str, url: str, clients: int, headers: Sequence[tuple[str, s
 
 async def _one(argv: list[str], log: Path, seconds: float) -> H2loadProcess:
     log.unlink(missing_ok=True)
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
-    finally:
-        if proc.returncode is None:  # timed out or cancelled (Ctrl-C): never leave h2load running
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    text = out.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise H2loadError(f"h2load exited with {proc.returncode}:\n{text[-2000:]}")
+    status, text = await run_bounded(argv, seconds)
+    if status != 0:
+        raise H2loadError(f"h2load exited with {status}:\n{text[-2000:]}")
     try:
         return parse_h2load(text, log.read_text(encoding="ascii", errors="replace") if log.exists() else "")
     finally:

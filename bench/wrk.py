@@ -14,15 +14,13 @@ it is killed; a cancelled run (Ctrl-C) kills wrk too.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from debian import InstallError, ensure_tool, version_line
+from debian import InstallError, ensure_tool, run_bounded, version_line
 
 __all__ = ["TRACE_HEADERS", "WrkError", "WrkResult", "ensure_wrk", "run_wrk", "wrk_version"]
 
@@ -121,18 +119,7 @@ async def run_wrk(exe: str, url: str, *, connections: int, seconds: int,
     with fresh *trace* headers on every request."""
     if connections < 1 or seconds < 1:
         raise ValueError("wrk needs at least 1 connection and 1 second")
-    proc = await asyncio.create_subprocess_exec(
-        *wrk_argv(exe, url, connections, seconds, requests, trace),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
-    finally:
-        if proc.returncode is None:  # timed out or cancelled (Ctrl-C): never leave wrk running
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    text = out.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise WrkError(f"wrk exited with {proc.returncode}:\n{text[-2000:]}")
+    status, text = await run_bounded(wrk_argv(exe, url, connections, seconds, requests, trace), seconds)
+    if status != 0:
+        raise WrkError(f"wrk exited with {status}:\n{text[-2000:]}")
     return parse_summary(text)

@@ -64,6 +64,15 @@ class _HeadTooLarge(Exception):
         self.what = what
 
 
+def _too_large(size: int, count: int) -> _HeadTooLarge:
+    """Which head limit a header field broke (`H1Connection.on_header`)."""
+    if size > MAX_FIELD:
+        return _HeadTooLarge(431, f"a header field longer than {MAX_FIELD} bytes")
+    if count >= MAX_FIELDS:
+        return _HeadTooLarge(431, f"more than {MAX_FIELDS} header fields")
+    return _HeadTooLarge(431, f"request head larger than {MAX_HEAD} bytes")
+
+
 class H1Connection(asyncio.Protocol):
     """One client connection: parse, queue, answer in order."""
 
@@ -219,16 +228,13 @@ class H1Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
-        if size > MAX_FIELD:
-            raise _HeadTooLarge(431, f"a header field longer than {MAX_FIELD} bytes")
-        if len(self._fields) >= MAX_FIELDS:
-            raise _HeadTooLarge(431, f"more than {MAX_FIELDS} header fields")
+        fields = self._fields
         # The whole head, also when it arrived in one read (the byte count in `data_received`
         # only sees a head that is still incomplete): ": " and CRLF count as the client sent them.
         self._head_size += size + 4
-        if self._head_size > MAX_HEAD:
-            raise _HeadTooLarge(431, f"request head larger than {MAX_HEAD} bytes")
-        self._fields.append((name, value))
+        if size > MAX_FIELD or len(fields) >= MAX_FIELDS or self._head_size > MAX_HEAD:  # one test per field
+            raise _too_large(size, len(fields))
+        fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False

@@ -194,18 +194,26 @@ class Completed:
 
 
 def complete_trace_headers(headers: CIMultiDict[str], names: Iterable[str], *, service: str = "",
-                           fallback: TraceIdentity | None = None, request_id: str | None = None) -> Completed:
+                           fallback: TraceIdentity | None = None, request_id: str | None = None,
+                           known: dict[str, TraceKey] | None = None) -> Completed:
     """Make *headers* carry every writable format in *names*, one value each.
 
     Formats already present once are kept as they are. The identity is the one *headers* carry,
     else *fallback* (the identity of the request this call serves), else a new one; a missing
     ``x-request-id`` becomes *request_id* when given, else a new one. A format sent with conflicting
     values is replaced. The keys are those `lane.dataplane.trace_cache.trace_keys` would read back, in *names* order.
+    *known* maps header names to the key `lane.dataplane.trace_cache.trace_key_sources` already read from
+    *headers* (the outbound side has it), so a header present and usable is not parsed twice.
     """
     identity: TraceIdentity | None = None
     keys: list[TraceKey] = []
     getall = headers.getall
     for name in names:
+        if known is not None and name in known and name != "x-b3-traceid":  # B3 also needs its span id
+            recalled = known[name]
+            if recalled not in keys:
+                keys.append(recalled)
+            continue
         values = getall(name, None)
         value = None if values is None else values[0] if len(values) == 1 else single_value(headers, name)
         if name == "x-b3-traceid" and value is not None and single_value(headers, "x-b3-spanid") is None:

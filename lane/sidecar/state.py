@@ -60,7 +60,14 @@ class Departure:
 
     def answered(self, answer: CIMultiDict[str]) -> tuple[Hop, ...]:
         """The hops of the call's answer headers, the callee's own hop marked ``recovered=`` when the
-        lane was recalled by a trace id (rewritten in *answer* too, so the app sees what the record says)."""
+        lane was recalled by a trace id (rewritten in *answer* too, so the app sees what the record says).
+
+        Empty, and nothing parsed, when no collection waits for them and nothing is to be marked: a
+        call that serves no inbound request of this sidecar (the record is only read by a collection)
+        costs no parse of the record its answer carries.
+        """
+        if self.collection is None and self.via is None:
+            return ()
         hops = parse_path(answer.get(PATH_HEADER))
         if self.via is None or not hops or hops[0].recovered:
             return hops
@@ -176,12 +183,13 @@ class Sidecar:
             else:
                 lane, source = config.default_lane, LaneSource.LOST
         collection = self.hops.find(keys)
+        known = {name: k for k, name in sources if name != BAGGAGE_HEADER}
         if collection is not None:
             tighten(headers, collection.deadline, monotonic(), config.proxy.deadline_margin)
             complete_trace_headers(headers, names, service=self.service, fallback=collection.identity,
-                                   request_id=collection.request_id)
+                                   request_id=collection.request_id, known=known)
         else:
-            complete_trace_headers(headers, names, service=self.service)
+            complete_trace_headers(headers, names, service=self.service, known=known)
         set_lane(headers, config.tag, lane, key or (collection.request_key if collection is not None else None))
         self.carriers.record(present, source, via)
         count_lane_source(self.service, source.value, via or "")

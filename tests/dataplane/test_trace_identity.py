@@ -129,3 +129,39 @@ def test_what_lane_writes_extracts_to_the_same_trace_in_opentelemetry() -> None:
         assert f"{ctx.trace_id:032x}" == TRACE
     ctx = trace.get_current_span(JaegerPropagator().extract(carrier)).get_span_context()
     assert f"{ctx.trace_id:032x}" == TRACE
+
+
+def test_keys_the_outbound_side_already_read_change_nothing_that_is_written() -> None:
+    """A sidecar's outbound side hands `complete_trace_headers` the keys it read (*known*) so present
+    headers are not parsed twice: on every mix of valid, garbage, repeated and conflicting headers the
+    headers written and the keys reported are exactly those of a run that parses everything itself."""
+    import random
+
+    from lane.dataplane.trace_cache import trace_key_sources
+
+    names = (*ALL, "x-my-trace")
+    choices: dict[str, list[str]] = {
+        "traceparent": [f"00-{TRACE}-{SPAN}-01", f" 00-{TRACE.upper()}-{SPAN}-00 ", "00-bad", f"ff-{TRACE}-{SPAN}-01"],
+        "x-request-id": ["r1", "r 2", "", "x" * 300],
+        "x-b3-traceid": [TRACE, TRACE[16:], "zz"],
+        "x-b3-spanid": [SPAN, "nope"],
+        "b3": [f"{TRACE}-{SPAN}-1", "0", f"{TRACE[16:]}-{SPAN}"],
+        "uber-trace-id": [f"{TRACE}:{SPAN}:0:1", "a:b"],
+        "sw8": ["1-" + base64.b64encode(TRACE.encode()).decode() + "-x-0-a-b-c-d", "1-2-3"],
+        "x-my-trace": ["abc", "ab c"],
+    }
+    rng = random.Random(7)
+    for case in range(3000):
+        pairs = []
+        for name, values in choices.items():
+            for _ in range(rng.choice((0, 0, 1, 1, 2))):  # absent, once, or twice (equal or conflicting)
+                pairs.append((name, rng.choice(values)))
+        rng.shuffle(pairs)
+        plain, given = CIMultiDict(pairs), CIMultiDict(pairs)
+        known = {name: key for key, name in trace_key_sources(given, names)}
+        random.seed(case)  # minted ids come from `random`: both runs mint the same ones
+        expected = complete_trace_headers(plain, names, service="s")
+        random.seed(case)
+        got = complete_trace_headers(given, names, service="s", known=known)
+        assert list(got.keys) == list(expected.keys) and got.identity == expected.identity, pairs
+        assert list(given.items()) == list(plain.items()), pairs

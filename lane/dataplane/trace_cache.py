@@ -130,26 +130,31 @@ def trace_keys(headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str] | CIMu
 def trace_key_sources(headers: Iterable[tuple[str, str]] | CIMultiDictProxy[str] | CIMultiDict[str],
                       names: Iterable[str]) -> list[tuple[TraceKey, str]]:
     """Every (key, header it was read from) in *headers*: `trace_keys` before deduplication."""
-    values: dict[str, str | None] = {}  # lower-case name -> its one value; None when values conflict
-    if isinstance(headers, (CIMultiDictProxy, CIMultiDict)):
-        for lname in map(str.lower, names):
-            if lname in values:
-                continue
-            found = headers.getall(lname, None)
-            if found is not None:
-                first = found[0].strip()
-                values[lname] = first if all(v.strip() == first for v in found[1:]) else None
-    else:
-        wanted = {n.lower() for n in names}
-        for name, value in headers:
-            lname = name.lower()
-            if lname in wanted:
-                value = value.strip()
-                if lname not in values:
-                    values[lname] = value
-                elif values[lname] != value:
-                    values[lname] = None
     out: list[tuple[TraceKey, str]] = []
+    if isinstance(headers, (CIMultiDictProxy, CIMultiDict)):  # a request's headers: one lookup per name
+        getall = headers.getall
+        for name in names:
+            found = getall(name, None)
+            if found is None:
+                continue
+            first = found[0].strip()
+            if len(found) > 1 and any(v.strip() != first for v in found[1:]):
+                continue  # conflicting values: no key
+            lname = name.lower()
+            key = trace_key_of(lname, first)
+            if key is not None:
+                out.append((key, lname))
+        return out
+    values: dict[str, str | None] = {}  # (name, value) pairs: lower-case name -> its one value, None if conflicting
+    wanted = {n.lower() for n in names}
+    for name, value in headers:
+        lname = name.lower()
+        if lname in wanted:
+            value = value.strip()
+            if lname not in values:
+                values[lname] = value
+            elif values[lname] != value:
+                values[lname] = None
     for name in names:
         lname = name.lower()
         one = values.get(lname)

@@ -228,6 +228,25 @@ def test_trace_keys_read_a_request_multidict_like_its_header_pairs() -> None:
     assert trace_keys(CIMultiDictProxy(CIMultiDict(pairs)), names) == expected
 
 
+def test_trace_key_sources_of_a_multidict_and_of_its_pairs_agree_on_generated_heads() -> None:
+    """The sidecar reads a request's multidict (one lookup per configured name); the pair form is the
+    reference: on 3,000 generated mixes (case, whitespace, repeats, conflicts, garbage) both give the same."""
+    import random
+
+    from lane.dataplane.trace_cache import trace_key_sources
+
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    pool = [("traceparent", tp), ("TraceParent", f" {tp} "), ("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"),
+            ("traceparent", "junk"), ("x-request-id", "r1"), ("X-Request-ID", "r1 "), ("x-request-id", "r2"),
+            ("x-request-id", ""), ("b3", "0af7651916cd43dd-b7ad6b7169203331"), ("B3", "0"),
+            ("x-b3-traceid", "0af7651916cd43dd8448eb211c80319c"), ("x-my-id", "abc"), ("host", "a")]
+    names = ["traceparent", "x-request-id", "b3", "x-b3-traceid", "X-My-Id", "traceparent"]
+    rng = random.Random(11)
+    for _ in range(3000):
+        pairs = rng.sample(pool, rng.randint(0, 6))
+        assert trace_key_sources(CIMultiDict(pairs), names) == trace_key_sources(pairs, names), pairs
+
+
 def test_trace_cache_is_bounded_in_size_and_time() -> None:
     now = [0.0]
     cache = TraceCache(2, 10.0, clock=lambda: now[0])

@@ -48,6 +48,7 @@ MAX_MEMBERS: Final = 1024
 _OWS: Final = " \t"
 # An RFC 9110 token: a header name, a baggage key. The one pattern lane checks both with.
 TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9._~-]*")  # what `quote(value, safe="")` leaves as it is
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,13 @@ def decode_value(raw: str) -> str:
 
 
 def encode_value(value: str) -> str:
-    """Percent-encode *value* so only unreserved characters stay literal (``+`` becomes ``%2B``)."""
+    """Percent-encode *value* so only unreserved characters stay literal (``+`` becomes ``%2B``).
+
+    A value with nothing to encode (a lane name, a UUID ``x-request-id``) is returned as it is
+    without going through `quote`: one such value is encoded per request.
+    """
+    if _UNRESERVED.fullmatch(value):
+        return value
     return quote(value, safe="", errors="replace")
 
 

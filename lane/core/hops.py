@@ -118,12 +118,31 @@ def encode_path(hops: Iterable[Hop]) -> str:
     return ", ".join(out)
 
 
+_PARSED: dict[str, tuple[Hop, ...]] = {}  # x-lane-path value -> its hops (`parse_path`), bounded
+_MAX_PARSED: Final = 512
+_MAX_PARSED_CHARS: Final = 1024  # longer records are parsed every time: the cache stays under ~0.5 MiB
+
+
 def parse_path(values: str | Iterable[str] | None) -> tuple[Hop, ...]:
-    """The hops in one or several ``x-lane-path`` values; malformed entries are skipped."""
+    """The hops in one or several ``x-lane-path`` values; malformed entries are skipped.
+
+    One value's hops are remembered (hops are immutable; at most `_MAX_PARSED` values, then forgotten
+    at once): an upstream instance answers the same record for every request of a lane, so a proxy
+    parses each record it relays once rather than once per request.
+    """
     if values is None:
         return ()
-    if isinstance(values, str):
-        values = [values]
+    if isinstance(values, str) and len(values) <= _MAX_PARSED_CHARS:
+        known = _PARSED.get(values)
+        if known is None:
+            if len(_PARSED) >= _MAX_PARSED:
+                _PARSED.clear()
+            known = _PARSED[values] = _parse_values((values,))
+        return known
+    return _parse_values((values,) if isinstance(values, str) else values)
+
+
+def _parse_values(values: Iterable[str]) -> tuple[Hop, ...]:
     hops: list[Hop] = []
     for value in values:
         for entry in value[:MAX_PATH_BYTES].split(","):

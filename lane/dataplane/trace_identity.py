@@ -184,13 +184,27 @@ def identity_of(headers: CIMultiDict[str]) -> TraceIdentity | None:
 
 
 class Completed:
-    """What `complete_trace_headers` did: the identity used and the trace keys of every format now present."""
+    """What `complete_trace_headers` did: the identity used and the trace keys of every format now present.
 
-    __slots__ = ("identity", "keys")
+    When nothing had to be written, the identity is read from the headers only if asked for (the
+    outbound side never asks): read it before the headers change again.
+    """
 
-    def __init__(self, identity: TraceIdentity, keys: list[TraceKey]) -> None:
-        self.identity = identity
+    __slots__ = ("_fallback", "_headers", "_identity", "keys")
+
+    def __init__(self, identity: TraceIdentity | None, keys: list[TraceKey], headers: CIMultiDict[str],
+                 fallback: TraceIdentity | None) -> None:
+        self._identity = identity
         self.keys = keys
+        self._headers = headers
+        self._fallback = fallback
+
+    @property
+    def identity(self) -> TraceIdentity:
+        identity = self._identity
+        if identity is None:
+            identity = self._identity = identity_of(self._headers) or self._fallback or TraceIdentity.new()
+        return identity
 
 
 def complete_trace_headers(headers: CIMultiDict[str], names: Iterable[str], *, service: str = "",
@@ -246,6 +260,4 @@ def complete_trace_headers(headers: CIMultiDict[str], names: Iterable[str], *, s
         key = identity.key(name)
         if key is not None and key not in keys:
             keys.append(key)
-    if identity is None:
-        identity = identity_of(headers) or fallback or TraceIdentity.new()
-    return Completed(identity, keys)
+    return Completed(identity, keys, headers, fallback)

@@ -6,7 +6,7 @@ import time
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from opentelemetry import baggage as otel_baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -255,3 +255,20 @@ def test_arbitrary_text_never_raises(headers: list[str], key: str) -> None:
 @pytest.mark.parametrize("value", ["\ud800", "a\udcff"])
 def test_lone_surrogates_do_not_raise(value: str) -> None:
     assert get_member([set_member([value], KEY, value)], KEY) is not None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=40))
+@example("a+b")  # a plus is not unreserved
+@example("gray lane")
+@example("grün")
+@example("")
+def test_a_value_is_percent_encoded_exactly_as_quote_does_with_or_without_the_fast_path(value: str) -> None:
+    """Values with nothing to encode skip `quote` (one per request): the result is still `quote`'s."""
+    from urllib.parse import quote
+
+    from lane.core.baggage import encode_value
+
+    assert encode_value(value) == quote(value, safe="", errors="replace")
+    uuid_like = "3e2f3a8c-9b1d-4c1e-8f7a-" + "".join(c for c in value if c.isascii() and c.isalnum())
+    assert encode_value(uuid_like) == uuid_like == quote(uuid_like, safe="")

@@ -47,3 +47,21 @@ def test_record_is_bounded_and_marks_truncation() -> None:
     hops = parse_path(value)
     assert len(hops) <= MAX_HOPS and hops[-1] == TRUNCATED
     assert len(parse_path(", ".join(["a@base"] * 5000))) == MAX_HOPS
+
+
+def test_a_record_relayed_again_parses_to_the_same_hops_and_the_memory_of_records_is_bounded() -> None:
+    """A proxy remembers the records it parsed (an instance answers the same one for every request of
+    a lane): the second parse gives the same hops as the first and as a list of values; malformed
+    entries are still skipped; at most 512 records (of ≤ 1024 characters) are remembered."""
+    from lane.core import hops as hops_module
+
+    value = "b@base;requested=gray;fallback=no-instance;instance=127.0.0.1:2, junk, c@gray;requested=gray"
+    first = parse_path(value)
+    assert parse_path(value) == first == parse_path([value])
+    assert [h.label() for h in first] == ["b@base", "c@gray"]
+    for i in range(2000):
+        record = f"s{i}@base;requested=base;instance=127.0.0.1:{i}"
+        assert parse_path(record) == (Hop(f"s{i}", "base", "base", instance=f"127.0.0.1:{i}"),)
+        assert len(hops_module._PARSED) <= 512
+    long = ", ".join(f"s{i}@base;requested=base;instance=10.0.0.{i % 250}:8080" for i in range(40))
+    assert len(long) > 1024 and len(parse_path(long)) == 40 and long not in hops_module._PARSED

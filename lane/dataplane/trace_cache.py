@@ -180,6 +180,7 @@ class TraceCache:
             raise ValueError("max_size must be >= 1 and ttl > 0")
         self.max_size = max_size
         self.ttl = ttl
+        self._tick = min(ttl / 64, 1 / 64)  # how long one shared (lane, expiry) value is handed out
         self._clock = clock
         self._data: OrderedDict[TraceKey, tuple[str, float]] = OrderedDict()
         self._stamps: dict[str, tuple[float, tuple[str, float]]] = {}  # lane -> (made at, shared value)
@@ -189,6 +190,7 @@ class TraceCache:
 
     def configure(self, max_size: int, ttl: float) -> None:
         self.max_size, self.ttl = max_size, ttl
+        self._tick = min(ttl / 64, 1 / 64)
         self._stamps.clear()
         while len(self._data) > self.max_size:
             self._data.popitem(last=False)
@@ -202,7 +204,7 @@ class TraceCache:
                 _AMBIGUOUS_IN_CACHE.inc()
             lane = _AMBIGUOUS
         stamp = self._stamps.get(lane)
-        if stamp is None or not 0 <= now - stamp[0] < min(self.ttl / 64, 1 / 64):
+        if stamp is None or not 0 <= now - stamp[0] < self._tick:
             if len(self._stamps) >= _MAX_STAMPS:  # lanes named by callers: keep this bounded too
                 self._stamps.clear()
             stamp = self._stamps[lane] = (now, (lane, now + self.ttl))

@@ -143,6 +143,9 @@ def remove_member(headers: Iterable[str], key: str) -> str | None:
     return ",".join(kept) if kept else None
 
 
+_CACHED_VALUE: Final = 24  # longer values (request ids, unique per request) are not worth caching
+
+
 @lru_cache(maxsize=256)
 def _encoded_member(key: str, value: str) -> str:
     """``key=value`` percent-encoded; cached because a proxy writes the same few lanes all day."""
@@ -157,9 +160,21 @@ def set_member(headers: Iterable[str], key: str, value: str) -> str:
 
 
 def set_members(headers: Iterable[str], pairs: Iterable[tuple[str, str]]) -> str:
-    """One header value with ``key=<value>`` for each of *pairs* first, in order, and every other member kept."""
-    pairs = list(pairs)
-    firsts = [_encoded_member(key, value) for key, value in pairs]
-    keys = [key for key, _ in pairs]
-    rest = [m for m in members(headers) if not any(_names(m, key) for key in keys)]
-    return ",".join([*firsts, *rest])
+    """One header value with ``key=<value>`` for each of *pairs* first, in order, and every other member kept.
+
+    Runs twice per sidecar hop, so written flat: members are matched against a set of the keys
+    (percent-decoded only when a key has an escape, as `_names` does), and a value seen once per
+    request (a request id) is encoded without going through the cache meant for the few lanes.
+    """
+    firsts: list[str] = []
+    keys: set[str] = set()
+    for key, value in pairs:
+        firsts.append(_encoded_member(key, value) if len(value) <= _CACHED_VALUE else
+                      f"{_encode_key(key)}={encode_value(value)}")
+        keys.add(key)
+    for member in members(headers):
+        raw = _member_key(member)
+        if raw is not None and (raw in keys or ("%" in raw and decode_value(raw) in keys)):
+            continue
+        firsts.append(member)
+    return ",".join(firsts)

@@ -21,7 +21,9 @@ from lane.core.baggage import (
     members,
     remove_member,
     set_member,
+    set_members,
 )
+from lane.core.wire import REQUEST_MEMBER
 
 KEY = "x-mse-tag"
 
@@ -272,3 +274,22 @@ def test_a_value_is_percent_encoded_exactly_as_quote_does_with_or_without_the_fa
     assert encode_value(value) == quote(value, safe="", errors="replace")
     uuid_like = "3e2f3a8c-9b1d-4c1e-8f7a-" + "".join(c for c in value if c.isascii() and c.isalnum())
     assert encode_value(uuid_like) == uuid_like == quote(uuid_like, safe="")
+
+
+_MEMBER = st.sampled_from(["x-mse-tag=gray", "lane-request-id=r1", "x%2Dmse%2Dtag=base", "user=alice;p=1", "a=b",
+                           " region = eu ", "broken", "", "x-mse-tag", "k=" + "v" * 30])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_MEMBER, max_size=5).map(",".join), max_size=3),
+       st.sampled_from(["gray", "base", "grün", "a" * 30]), st.one_of(st.none(), st.text(min_size=1, max_size=40)))
+def test_set_members_puts_the_pairs_first_and_keeps_every_other_member(
+        headers: list[str], lane: str, request_id: str | None) -> None:
+    """The reference is the member-by-member definition: the pairs, encoded, then what `remove_member`
+    leaves of the headers once every pair's key is removed (escaped keys match their decoded name)."""
+    pairs = [(KEY, lane)] if request_id is None else [(KEY, lane), (REQUEST_MEMBER, request_id)]
+    rest: str | None = ",".join(headers)
+    for key, _ in pairs:
+        rest = remove_member([rest], key) if rest is not None else None
+    expected = ",".join([f"{key}={encode_value(value)}" for key, value in pairs] + ([rest] if rest else []))
+    assert set_members(headers, pairs) == expected

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lane-installed
 DEMO_STAMP := $(VENV)/.lane-demo-installed
 
-.PHONY: demo test lint bench bench-dataplane compiled pure clean
+.PHONY: demo test lint bench bench-logic bench-dataplane compiled pure clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP)
 # make bench BENCH_ARGS="--quick" or BENCH_ARGS="--subjects direct,envoy,gateway --rounds 5".
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+
+# lane's own per-request work without sockets (the real gateway and sidecar handlers, in-memory exchanges):
+# CPU microseconds per request, and with BENCH_ARGS="--profile" where it goes.
+bench-logic: $(STAMP)
+	$(BIN)/python bench/request_logic.py $(BENCH_ARGS)
 
 # The older data-plane run: an aiohttp client against direct / gateway / gateway + sidecar, and the
 # upload memory check (256 MiB streamed through the gateway, peak RSS growth vs the body size).

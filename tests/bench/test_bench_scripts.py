@@ -91,3 +91,37 @@ def test_soak_runs_a_sidecar_samples_its_rss_and_draws_it(tmp_path: Path) -> Non
     assert json.loads((tmp_path / "soak.json").read_text()) == report
     svg = ElementTree.parse(tmp_path / "soak-rss.svg").getroot()  # well-formed XML
     assert svg.tag.endswith("svg") and any(e.tag.endswith("polyline") for e in svg.iter())
+
+
+def test_request_logic_drives_the_real_handlers_and_checks_every_answer() -> None:
+    """The gateway and the sidecar pair answer 200 from the right lane on every request (the script
+    exits on the first wrong answer), and one figure per subject is printed."""
+    done = subprocess.run([sys.executable, str(BENCH / "request_logic.py"), "--pairs", "300", "--rounds", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["gateway", "sidecar pair (outbound + inbound)"]
+    for line in lines:
+        figure = float(line.split(": ")[1].split(" us")[0])
+        assert 0 < figure < 100_000 and "2 rounds x 300" in line
+    refused = subprocess.run([sys.executable, str(BENCH / "request_logic.py"), "--pairs", "0"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "--pairs and --rounds must be at least 1" in refused.stderr
+
+
+def test_request_logic_refuses_to_report_a_wrong_answer() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import request_logic
+    finally:
+        sys.path.remove(str(BENCH))
+    from multidict import CIMultiDict
+
+    wrong = request_logic._Exchange(CIMultiDict())
+    wrong.respond(503, CIMultiDict({"x-lane-served": "none"}))
+    try:
+        request_logic._check(wrong, "gray")
+    except SystemExit as exit_:
+        assert "not 200 from gray" in str(exit_)
+    else:
+        raise AssertionError("a 503 was taken for an answer")

@@ -28,7 +28,7 @@ import socket
 from typing import Final, cast
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
+from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
 from h2.events import (
     Event,
@@ -44,6 +44,7 @@ from h2.settings import SettingCodes, Settings
 
 from lane.engine.h2_checks import Kind, malformed
 from lane.engine.h2_hpack import CachingDecoder, PlainEncoder
+from lane.engine.h2_lean import LeanH2Connection
 
 __all__ = ["CONNECTION_WINDOWS", "MAX_HEADER_LIST", "SEND_HIGH", "H2Peer", "Outgoing"]
 
@@ -95,7 +96,7 @@ class H2Peer(asyncio.Protocol):
         # complete, no connection-specific field, values trimmed), so h2's outbound normalising and checking would
         # only repeat that per header; every head that arrives is checked by `lane.engine.h2_checks` (the same
         # rules as h2's inbound validation, faster) in `data_received`.
-        self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None,
+        self.h2 = LeanH2Connection(H2Configuration(client_side=client_side, header_encoding=None,
                                                validate_outbound_headers=False, normalize_outbound_headers=False,
                                                validate_inbound_headers=False))
         self.h2.encoder = PlainEncoder()

@@ -1,0 +1,114 @@
+"""`LeanH2Connection` answers every frame as ``h2``'s own connection does: same events, same bytes, same errors.
+
+Each case feeds the same client bytes to an ``H2Connection`` and a `LeanH2Connection` (server side, lane's
+configuration) and compares what they hand back: the ordinary call, and the frames on closed streams that
+take the copied error paths (a stream this end reset, one that ended both ways, one skipped over).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from lane.engine.h2_lean import LeanH2Connection
+
+REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/p.S/M"),
+           (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+ANSWER = [(b":status", b"200")]
+
+
+def _client() -> H2Connection:
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    return client
+
+
+def _server(kind: type[H2Connection]) -> H2Connection:
+    server = kind(H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False))
+    server.initiate_connection()
+    return server
+
+
+def _outcome(server: H2Connection, data: bytes) -> tuple[str, bytes]:
+    """What the server made of *data*: its events (or error) and what it would send back."""
+    try:
+        events = server.receive_data(data)
+    except H2Error as exc:
+        what = f"raised {type(exc).__name__}"
+    else:
+        what = repr([(type(e).__name__, getattr(e, "stream_id", None), getattr(e, "error_code", None))
+                     for e in events])
+    return what, server.data_to_send()
+
+
+def _same(script: Callable[[H2Connection, H2Connection], bytes]) -> tuple[str, bytes]:
+    """Run *script* (client, server -> the bytes to feed last) against both kinds; assert equal outcomes."""
+    outcomes = []
+    for kind in (H2Connection, LeanH2Connection):
+        client, server = _client(), _server(kind)
+        server.receive_data(client.data_to_send())
+        server.data_to_send()
+        outcomes.append(_outcome(server, script(client, server)))
+    assert outcomes[0] == outcomes[1]
+    return outcomes[1]
+
+
+def test_an_ordinary_call_gives_the_same_events() -> None:
+    def call(client: H2Connection, server: H2Connection) -> bytes:
+        client.send_headers(1, REQUEST)
+        client.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)
+        return client.data_to_send()
+
+    events, _ = _same(call)
+    assert "RequestReceived" in events and "StreamEnded" in events
+
+
+def test_data_on_a_stream_this_end_reset_is_answered_with_rst_stream() -> None:
+    def after_reset(client: H2Connection, server: H2Connection) -> bytes:
+        client.send_headers(1, REQUEST)
+        server.receive_data(client.data_to_send())
+        server.reset_stream(1, ErrorCodes.CANCEL)
+        server.data_to_send()
+        client.send_data(1, b"late")  # in flight before the client saw the reset
+        return client.data_to_send()
+
+    events, sent = _same(after_reset)
+    assert not events.startswith("raised")
+    assert sent[3] == 0x3  # an RST_STREAM frame, the connection goes on
+
+
+def test_data_on_a_stream_that_ended_both_ways_is_a_stream_error() -> None:
+    def after_end(client: H2Connection, server: H2Connection) -> bytes:
+        client.send_headers(1, REQUEST, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(1, ANSWER, end_stream=True)
+        server.data_to_send()
+        return _frame(0x0, 1, b"late")  # DATA on stream 1, past the client's own checks
+
+    events, sent = _same(after_end)
+    assert events == "[]" and sent[3] == 0x3  # a stream error (RST_STREAM): the connection goes on
+
+
+@pytest.mark.parametrize(("frame_type", "sent_type"), [(0x0, 0x3), (0x1, 0x7)])
+def test_a_frame_on_a_stream_skipped_over(frame_type: int, sent_type: int) -> None:
+    """DATA there is a stream error (RST_STREAM); HEADERS tries to open a stream below the highest one: the
+    connection ends (GOAWAY)."""
+    def skipped(client: H2Connection, server: H2Connection) -> bytes:
+        client.send_headers(3, REQUEST, end_stream=True)  # stream 1 is now closed without ever being used
+        server.receive_data(client.data_to_send())
+        server.data_to_send()
+        payload = b"late" if frame_type == 0 else client.encoder.encode(REQUEST)
+        return _frame(frame_type, 1, payload, flags=0x4 if frame_type == 1 else 0)  # END_HEADERS
+
+    events, sent = _same(skipped)
+    assert events.startswith("raised") == (sent_type == 0x7)
+    assert sent[3] == sent_type
+
+
+def _frame(frame_type: int, stream_id: int, payload: bytes, flags: int = 0) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((frame_type, flags)) + stream_id.to_bytes(4, "big") + payload

@@ -25,6 +25,9 @@ _NOT_SENT: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                               b"host", b"te", b"http2-settings"})
 _SECRET: Final = frozenset({b"authorization", b"proxy-authorization"})
 Block = list[tuple[bytes, bytes]]
+_REMEMBERED: Final = 1024  # fields whose HTTP/2 form is kept (`_fields`)
+_SKIPPED: Final = (b"", b"")  # what `_field` makes of a field HTTP/2 does not send
+_SENT: Final[dict[tuple[str, str], tuple[bytes, bytes]]] = {}
 
 
 def _text(value: bytes) -> str:
@@ -36,17 +39,32 @@ def _fields(headers: CIMultiDict[str], block: Block) -> Block:
     connection-specific fields and pseudo-headers dropped, credentials marked never to be indexed (RFC 7541 §7.1.3).
 
     This is all of the normalising h2 would otherwise do per header (``normalize_outbound_headers``, off in
-    `lane.engine.h2_peer`), done here once."""
-    for name, value in headers.items():
-        key = name.lower().encode("latin-1")
-        if key in _NOT_SENT or key.startswith(b":"):  # pseudo-headers are the codec's, never from a header dict
-            continue
-        data = value.encode("utf-8", "surrogateescape").strip()
-        if key in _SECRET or (key == b"cookie" and len(data) < 20):  # as h2's _secure_headers
-            block.append(NeverIndexedHeaderTuple(key, data))
-        else:
-            block.append((key, data))
+    `lane.engine.h2_peer`), done here once. Most fields repeat call after call (a gRPC content type, a user
+    agent, the answer's status fields), so what a field becomes is remembered (a bounded dictionary, emptied
+    when full, credentials and cookies never kept): a repeated field costs one lookup."""
+    known = _SENT
+    for field in headers.items():
+        sent = known.get(field)
+        if sent is None:
+            sent = _field(*field)
+            if not isinstance(sent, NeverIndexedHeaderTuple) and sent[0] != b"cookie":
+                if len(known) >= _REMEMBERED:
+                    known.clear()
+                known[field] = sent
+        if sent is not _SKIPPED:
+            block.append(sent)
     return block
+
+
+def _field(name: str, value: str) -> tuple[bytes, bytes]:
+    """One field as HTTP/2 sends it (see `_fields`), `_SKIPPED` when it is not sent."""
+    key = name.lower().encode("latin-1")
+    if key in _NOT_SENT or key.startswith(b":"):  # pseudo-headers are the codec's, never from a header dict
+        return _SKIPPED
+    data = value.encode("utf-8", "surrogateescape").strip()
+    if key in _SECRET or (key == b"cookie" and len(data) < 20):  # as h2's _secure_headers
+        return NeverIndexedHeaderTuple(key, data)
+    return (key, data)
 
 
 class RequestHead:

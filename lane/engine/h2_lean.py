@@ -1,22 +1,53 @@
 """`LeanH2Connection`: ``h2``'s connection without the per-frame work lane never uses.
 
-``h2.connection.H2Connection._receive_frame`` formats every received frame for its trace log
-(``repr(frame)``: the frame, its flags and a hex dump of its payload), and does it before calling
-the logger, so also when the logger is h2's no-op default, as it is in lane: at gRPC rates that was
-3-4 % of the gateway's time (issue 17), for a line nobody reads. `LeanH2Connection._receive_frame` is
-h2's own method (h2 4.x: the same dispatch and the same handling of frames on closed streams) without
-that line; everything else is ``H2Connection`` unchanged.
+A unary gRPC call through a lane proxy is ten frames, each through ``h2`` (issue 17), and part of
+what ``h2`` does per frame is for options lane turned off or for a log nobody reads:
+
+* ``_receive_frame`` formats every received frame for its trace log (``repr(frame)``: the frame, its
+  flags and a hex dump of its payload) before calling the logger, so also with h2's no-op default;
+* ``send_headers`` re-encodes every field to bytes (lane's blocks are bytes already,
+  `lane.engine.h2_headers`), works out validation flags for the outbound normalising and checks lane
+  turned off, and builds frame objects only to serialise them at once; ``send_data`` and
+  ``end_stream`` build a frame object each for nine bytes of frame header.
+
+`LeanH2Connection` overrides those four with h2's own steps in h2's order (h2 4.x: the same state
+machine inputs, the same limits and errors, the same flow-control bookkeeping) and writes the frame
+headers itself (RFC 9113 §4.1), so the bytes sent are the same (``tests/engine/test_h2_lean.py``
+compares them with ``H2Connection``'s). What lane never does (priority, padding) goes to ``h2``.
 """
 
 from __future__ import annotations
 
-from h2.connection import H2Connection
+from collections.abc import Iterable
+from typing import Any, Final
+
+from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import Event
-from h2.exceptions import StreamClosedError, StreamIDTooLowError
+from h2.exceptions import (
+    FlowControlError,
+    FrameTooLargeError,
+    ProtocolError,
+    StreamClosedError,
+    StreamIDTooLowError,
+    TooManyStreamsError,
+)
+from h2.stream import StreamInputs
+from h2.utilities import authority_from_headers, extract_method_header, is_informational_response
 from hyperframe.frame import Frame, RstStreamFrame
 
 __all__ = ["LeanH2Connection"]
+
+_DATA: Final = 0x0
+_HEADERS: Final = 0x1
+_CONTINUATION: Final = 0x9
+_END_STREAM: Final = 0x1
+_END_HEADERS: Final = 0x4
+
+
+def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
+    """The 9-byte frame header (RFC 9113 §4.1): length, type, flags, stream identifier."""
+    return (length << 48 | kind << 40 | flags << 32 | stream_id).to_bytes(9, "big")
 
 
 class LeanH2Connection(H2Connection):
@@ -49,3 +80,73 @@ class LeanH2Connection(H2Connection):
         else:
             self._prepare_for_sending(frames)
         return events
+
+    def send_headers(self, stream_id: int, headers: Iterable[Any], end_stream: bool = False,
+                     priority_weight: int | None = None, priority_depends_on: int | None = None,
+                     priority_exclusive: bool | None = None) -> None:
+        """``H2Connection.send_headers`` for a block of bytes fields, without priority (lane never sends it)."""
+        if priority_weight is not None or priority_depends_on is not None or priority_exclusive is not None:
+            super().send_headers(stream_id, headers, end_stream, priority_weight, priority_depends_on,
+                                 priority_exclusive)
+            return
+        if stream_id not in self.streams:
+            limit = self.remote_settings.max_concurrent_streams
+            count = self.open_outbound_streams
+            if count + 1 > limit:
+                raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
+        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(self.config.client_side))
+        machine = stream.state_machine
+        block = headers if isinstance(headers, list) else list(headers)
+        informational = not machine.client and is_informational_response(block)
+        if informational and end_stream:
+            raise ProtocolError("Cannot set END_STREAM on informational responses.")
+        machine.process_input(StreamInputs.SEND_INFORMATIONAL_HEADERS if informational else StreamInputs.SEND_HEADERS)
+        encoded = self.encoder.encode(block)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        if machine.trailers_sent and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set.")
+        if machine.client and stream._authority is None:
+            stream._authority = authority_from_headers(block)
+        stream.request_method = extract_method_header(block)
+        size = self.max_outbound_frame_size
+        out = self._data_to_send
+        first = encoded[:size]
+        flags = (_END_STREAM if end_stream else 0) | (_END_HEADERS if len(encoded) <= size else 0)
+        out += _frame_head(len(first), _HEADERS, flags, stream_id)
+        out += first
+        for at in range(size, len(encoded), size):  # the rest of a block larger than a frame (§6.10)
+            piece = encoded[at:at + size]
+            out += _frame_head(len(piece), _CONTINUATION, _END_HEADERS if at + size >= len(encoded) else 0,
+                               stream_id)
+            out += piece
+
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False,
+                  pad_length: Any = None) -> None:
+        """``H2Connection.send_data`` without padding (lane never pads)."""
+        if pad_length is not None:
+            super().send_data(stream_id, data, end_stream, pad_length)
+            return
+        size = len(data)
+        if size > 0 and size > self.local_flow_control_window(stream_id):
+            raise FlowControlError(f"Cannot send {size} bytes, flow control window is "
+                                   f"{self.local_flow_control_window(stream_id)}")
+        if size > self.max_outbound_frame_size:
+            raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is {self.max_outbound_frame_size}")
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream = self.streams[stream_id]
+        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        if end_stream:
+            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        stream.outbound_flow_control_window -= size
+        out = self._data_to_send
+        out += _frame_head(size, _DATA, _END_STREAM if end_stream else 0, stream_id)
+        out += data
+        self.outbound_flow_control_window -= size
+
+    def end_stream(self, stream_id: int) -> None:
+        """``H2Connection.end_stream``: an empty DATA frame with END_STREAM."""
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        self._get_stream_by_id(stream_id).state_machine.process_input(StreamInputs.SEND_END_STREAM)
+        self._data_to_send += _frame_head(0, _DATA, _END_STREAM, stream_id)

@@ -112,3 +112,91 @@ def test_a_frame_on_a_stream_skipped_over(frame_type: int, sent_type: int) -> No
 
 def _frame(frame_type: int, stream_id: int, payload: bytes, flags: int = 0) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((frame_type, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+# --- sending: the same bytes and the same errors as H2Connection, step by step ---
+
+Step = Callable[[H2Connection], object]
+
+
+def _sent_alike(client_side: bool, steps: list[Step]) -> list[tuple[str, bytes]]:
+    """Run *steps* on an ``H2Connection`` and on a `LeanH2Connection` (lane's configuration), each after the
+    connection's preface and the peer's SETTINGS; assert the same bytes and errors after every step."""
+    runs = []
+    for kind in (H2Connection, LeanH2Connection):
+        conn = kind(H2Configuration(client_side=client_side, header_encoding=None, validate_outbound_headers=False,
+                                    normalize_outbound_headers=False, validate_inbound_headers=False))
+        conn.initiate_connection()
+        peer = H2Connection(H2Configuration(client_side=not client_side))
+        peer.initiate_connection()
+        if not client_side:  # a request on stream 1, so the server has something to answer
+            peer.send_headers(1, REQUEST)
+        conn.receive_data(peer.data_to_send())
+        conn.data_to_send()
+        run = []
+        for step in steps:
+            try:
+                step(conn)
+            except H2Error as exc:
+                run.append((f"raised {type(exc).__name__}", conn.data_to_send()))
+            else:
+                run.append(("ok", conn.data_to_send()))
+        runs.append(run)
+    assert runs[0] == runs[1]
+    return runs[1]
+
+
+def test_a_unary_call_is_sent_byte_for_byte_as_h2_sends_it() -> None:
+    answer = _sent_alike(False, [
+        lambda c: c.send_headers(1, [(b":status", b"100")]),  # informational, then the answer
+        lambda c: c.send_headers(1, [*ANSWER, (b"content-type", b"application/grpc")]),
+        lambda c: c.send_data(1, memoryview(b"\x00\x00\x00\x00\x02hi")),
+        lambda c: c.send_headers(1, [(b"grpc-status", b"0")], end_stream=True),
+        lambda c: c.send_data(1, b"late"),  # the stream is closed
+    ])
+    assert [what for what, _ in answer] == ["ok"] * 4 + ["raised ProtocolError"]
+    request = _sent_alike(True, [
+        lambda c: c.send_headers(1, REQUEST),
+        lambda c: c.send_data(1, b"\x00\x00\x00\x00\x00"),
+        lambda c: c.end_stream(1),
+        lambda c: c.send_headers(3, REQUEST, end_stream=True),
+    ])
+    assert [what for what, _ in request] == ["ok"] * 4
+    assert request[2][1] == b"\x00\x00\x00\x00\x01\x00\x00\x00\x01"  # an empty DATA frame ending stream 1
+
+
+def test_a_head_larger_than_a_frame_continues_in_continuation_frames() -> None:
+    big = [*REQUEST, (b"x-big", b"v" * 40_000)]
+    (what, sent), = _sent_alike(True, [lambda c: c.send_headers(1, big, end_stream=True)])
+    assert what == "ok" and len(sent) > 16_384 + 9
+    assert sent[3:5] == b"\x01\x01"  # HEADERS with END_STREAM, without END_HEADERS: CONTINUATION follows
+    frames, at = [], 0
+    while at < len(sent):
+        length = int.from_bytes(sent[at:at + 3], "big")
+        frames.append((sent[at + 3], sent[at + 4]))
+        at += 9 + length
+    assert frames[0] == (0x1, 0x1) and frames[-1] == (0x9, 0x4) and all(f == (0x9, 0x0) for f in frames[1:-1])
+
+
+def test_what_h2_refuses_to_send_is_refused_alike() -> None:
+    answer = _sent_alike(False, [
+        lambda c: c.send_headers(1, [(b":status", b"103")], end_stream=True),  # informational cannot end
+        lambda c: c.send_headers(3, ANSWER),  # no such request
+    ])
+    assert [what for what, _ in answer] == ["raised ProtocolError", "raised ProtocolError"]
+    trailers = _sent_alike(False, [
+        lambda c: c.send_headers(1, ANSWER),
+        lambda c: c.send_headers(1, [(b"grpc-status", b"0")]),  # trailers must end the stream
+    ])
+    assert [what for what, _ in trailers] == ["ok", "raised ProtocolError"]
+    window = _sent_alike(True, [
+        lambda c: c.send_headers(1, REQUEST),
+        lambda c: c.receive_data(_frame(0x8, 0, (1 << 20).to_bytes(4, "big"))),  # the connection's window grows
+        lambda c: c.send_data(1, b"x" * 16_384),
+        lambda c: c.send_data(1, b"x" * 16_385),  # over the peer's largest frame
+        *[lambda c: c.send_data(1, b"x" * 16_384)] * 2,
+        lambda c: c.send_data(1, b"x" * 16_384),  # one byte over the stream's 65535-byte window
+        lambda c: c.send_data(1, b"x" * 16_383),
+    ])
+    assert [what for what, _ in window] == ["ok", "ok", "ok", "raised FrameTooLargeError", "ok", "ok",
+                                            "raised FlowControlError", "ok"]

@@ -145,7 +145,10 @@ class CachingDecoder(Decoder):
     neither reads nor changes the dynamic table (static indexes and literals only, the ones "with
     indexing" only while the table's size is 0: all of nginx's, which sets it to 0) decodes to the
     same fields whatever came before, so the last 256 such blocks are kept whole: the same answer
-    head or trailers again cost one lookup.
+    head or trailers again cost one lookup. A block that reads the dynamic table without changing it
+    (a client that indexed its fields, as grpcio and nghttp2 do, sends the same few index bytes on
+    every call) is kept too, with the table's `generation`, and reused only while the table has not
+    changed since (no field added, no size change).
     """
 
     def __init__(self) -> None:
@@ -153,6 +156,18 @@ class CachingDecoder(Decoder):
         self._plain: dict[bytes, bytes] = {}
         # a block -> its fields, their size, whether it holds literals "with indexing" (kept only for a 0-size table)
         self._blocks: dict[bytes, tuple[tuple[HeaderTuple, ...], int, bool]] = {}
+        # a block that reads the dynamic table -> the table's generation then, its fields, their size
+        self._reads: dict[bytes, tuple[int, tuple[HeaderTuple, ...], int]] = {}
+        self.generation = 0  # bumped whenever the dynamic table may have changed
+
+    @property
+    def header_table_size(self) -> int:
+        return int(self.header_table.maxsize)
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.generation += 1  # a smaller table evicts entries
+        self.header_table.maxsize = value
 
     def _string(self, data: bytes, at: int) -> tuple[bytes, int]:
         """The string literal at *at* (§5.2) and the offset after it."""
@@ -182,9 +197,14 @@ class CachingDecoder(Decoder):
             fields, size, _ = kept
             self._check(size)
             return list(fields)
+        read = self._reads.get(data)
+        if read is not None and read[0] == self.generation:
+            self._check(read[2])
+            return list(read[1])
         headers: list[HeaderTuple] = []
         inflated = 0
         alone = True  # the block neither reads nor changes the dynamic table
+        changes = False  # it changes the dynamic table
         indexes = False  # it has literals "with indexing" (which change nothing while the table's size is 0)
         at, end = 0, len(data)
         while at < end:
@@ -205,6 +225,8 @@ class CachingDecoder(Decoder):
                 header = NeverIndexedHeaderTuple(name, value) if first & 0xF0 == 0x10 else HeaderTuple(name, value)
                 if indexing:
                     table.add(name, value)
+                    self.generation += 1
+                    changes = True
                 indexes = indexes or indexing
                 alone = alone and index <= _STATIC and (not indexing or table.maxsize == 0)
             else:  # a dynamic table size update (§6.3): only before the first field
@@ -215,6 +237,7 @@ class CachingDecoder(Decoder):
                     raise InvalidTableSizeError("Encoder exceeded max allowable table size")
                 self.header_table_size = size
                 alone = False
+                changes = True
                 continue
             headers.append(header)
             inflated += 32 + len(header[0]) + len(header[1])
@@ -222,10 +245,15 @@ class CachingDecoder(Decoder):
                 raise OversizedHeaderListError(
                     f"A header list larger than {self.max_header_list_size} has been received")
         self._check(0)
-        if alone and end <= _BLOCK_BYTES:
-            if len(self._blocks) >= _BLOCKS:
-                self._blocks.clear()
-            self._blocks[data] = (tuple(headers), inflated, indexes)
+        if end <= _BLOCK_BYTES:
+            if alone:
+                if len(self._blocks) >= _BLOCKS:
+                    self._blocks.clear()
+                self._blocks[data] = (tuple(headers), inflated, indexes)
+            elif not changes:
+                if len(self._reads) >= _BLOCKS:
+                    self._reads.clear()
+                self._reads[data] = (self.generation, tuple(headers), inflated)
         return headers
 
     def _check(self, size: int) -> None:

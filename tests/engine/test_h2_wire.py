@@ -165,6 +165,20 @@ def test_nginx_heads_decode_as_hpack_decodes_them_also_when_kept_and_after_the_t
         assert _outcome(ours, block) == _outcome(theirs, block)
 
 
+def test_an_indexed_head_is_reused_only_while_the_table_it_reads_is_unchanged() -> None:
+    """A grpcio or nghttp2 client indexes its request fields and then sends the same few index bytes on every
+    call; the same bytes mean other fields once the table changed (an entry added, a smaller size)."""
+    encoder, theirs, ours = hpack.Encoder(), hpack.Decoder(), CachingDecoder()
+    request = [*GOOD, (b"content-type", b"application/grpc"), (b"user-agent", b"grpc-python/1.85")]
+    first = encoder.encode(request)  # literals with indexing: the table fills
+    again = encoder.encode(request)  # indexes only
+    assert again != first and len(again) < len(first)
+    added = encoder.encode([(b"x-new", b"1")])  # one more entry: every dynamic index above moves by one
+    resized = integer(40, 5, 0x20)  # a size update to 40 bytes: evicts all but the newest entry
+    for block in (first, again, again, added, again, again, resized, again, again):
+        assert _outcome(ours, block) == _outcome(theirs, block), block
+
+
 # --- a client speaking to lane's listener ---
 
 def counting(seen: list[str]) -> FastPath:

@@ -4,7 +4,8 @@
 by byte in Python: at gRPC rates a tenth of the gateway's time. `malformed` rejects exactly the heads
 ``h2.utilities.validate_headers`` rejects (the tests compare the two over generated heads), with two
 regular expressions per field, and remembers fields that passed (a bounded set): a client sends the
-same user agent and content type on every call. `lane.engine.h2_peer` turns ``h2``'s own check off
+same user agent, content type, path and authority on every call. Where a field may stand is checked
+every time. `lane.engine.h2_peer` turns ``h2``'s own check off
 (``validate_inbound_headers=False``) and calls this for every head ``h2`` hands over; a malformed one
 ends the connection with GOAWAY ``PROTOCOL_ERROR``, as ``h2`` did.
 """
@@ -24,7 +25,7 @@ _VALUE_BAD: Final = re.compile(rb"[\x00\n\r]|\A[ \t]|[ \t]\Z")  # §8.2.1
 _CONNECTION: Final = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"})
 _PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path", b":status", b":protocol"})
 _REQUEST_ONLY: Final = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
-_PASSED: Final[set[tuple[bytes, bytes]]] = set()  # regular fields already found well-formed
+_PASSED: Final[set[tuple[bytes, bytes]]] = set()  # fields (pseudo-headers too) already found well-formed
 _REMEMBERED: Final = 4096
 _NOT_REMEMBERED: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie"})  # no credentials kept
 
@@ -42,6 +43,12 @@ def _field(name: bytes, value: bytes) -> str | None:
     return None
 
 
+def _remember(name: bytes, value: bytes) -> None:
+    if len(_PASSED) >= _REMEMBERED:
+        _PASSED.clear()
+    _PASSED.add((name, value))
+
+
 def malformed(block: Iterable[tuple[bytes, bytes]], kind: Kind) -> str | None:
     """Why *block*, a received head of *kind*, is malformed; None when it is well-formed."""
     pseudo: dict[bytes, bytes] = {}
@@ -57,9 +64,12 @@ def malformed(block: Iterable[tuple[bytes, bytes]], kind: Kind) -> str | None:
             if name not in _PSEUDO:
                 return f"unknown pseudo-header {name[:40]!r}"
             pseudo[name] = value
+            if (name, value) in _PASSED:
+                continue
             why = _field(name, value)
             if why is not None:
                 return why
+            _remember(name, value)
             continue
         regular = True
         if name == b"host":
@@ -70,9 +80,7 @@ def malformed(block: Iterable[tuple[bytes, bytes]], kind: Kind) -> str | None:
         if why is not None:
             return why
         if name not in _NOT_REMEMBERED:
-            if len(_PASSED) >= _REMEMBERED:
-                _PASSED.clear()
-            _PASSED.add((name, value))
+            _remember(name, value)
     if kind == "trailers":
         return "pseudo-header in trailers" if pseudo else None
     if kind == "response":

@@ -76,3 +76,13 @@ def test_generated_heads_are_judged_as_h2_judges_them(seed: int) -> None:
 def test_heads_grpc_sends_are_well_formed_every_time(block: list[tuple[bytes, bytes]], kind: Kind) -> None:
     for _ in range(2):  # the second time from the remembered fields
         assert reference(block, kind) and malformed(block, kind) is None
+
+
+def test_a_remembered_pseudo_header_is_still_judged_by_where_it_stands() -> None:
+    request = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/p.S/M"), (b":authority", b"a")]
+    assert malformed(request, "request") is None  # every field now remembered as well-formed
+    assert malformed([(b"te", b"trailers"), *request], "request") == "pseudo-header b':method' after a field"
+    assert malformed([*request, (b":path", b"/p.S/M")], "request") == "pseudo-header b':path' twice"
+    assert malformed(request, "response") == "no :status"
+    assert malformed([(b":status", b"200"), *request[2:]], "response") == "request pseudo-header in an answer"
+    assert malformed([(b":path", b"/p\x00")] + request[:2], "request") == "malformed value of b':path'"

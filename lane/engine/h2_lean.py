@@ -5,25 +5,37 @@ what ``h2`` does per frame is for options lane turned off or for a log nobody re
 
 * ``_receive_frame`` formats every received frame for its trace log (``repr(frame)``: the frame, its
   flags and a hex dump of its payload) before calling the logger, so also with h2's no-op default;
+* ``_receive_headers_frame`` builds validation flags and runs a generator chain per head for inbound
+  checks lane turned off (`lane.engine.h2_checks` does them), only to copy the fields it decoded;
+* counting the open streams before each new one walks every stream h2 still holds;
 * ``send_headers`` re-encodes every field to bytes (lane's blocks are bytes already,
   `lane.engine.h2_headers`), works out validation flags for the outbound normalising and checks lane
   turned off, and builds frame objects only to serialise them at once; ``send_data`` and
   ``end_stream`` build a frame object each for nine bytes of frame header.
 
-`LeanH2Connection` overrides those four with h2's own steps in h2's order (h2 4.x: the same state
-machine inputs, the same limits and errors, the same flow-control bookkeeping) and writes the frame
-headers itself (RFC 9113 §4.1), so the bytes sent are the same (``tests/engine/test_h2_lean.py``
-compares them with ``H2Connection``'s). What lane never does (priority, padding) goes to ``h2``.
+`LeanH2Connection` overrides those with h2's own steps in h2's order (h2 4.x: the same state machine
+inputs, the same limits and errors, the same flow-control bookkeeping, cookie crumbs still joined),
+counts streams only when h2 holds enough of them to matter, and writes the frame headers itself
+(RFC 9113 §4.1), so the events and the bytes are the same (``tests/engine/test_h2_lean.py`` compares
+them with ``H2Connection``'s). What lane never does (priority, padding, h2's own inbound checks, text
+fields) goes to ``h2``. These are h2's private methods: the tests pin their behaviour for h2 4.x.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
-from h2.events import Event
+from h2.events import (
+    Event,
+    InformationalResponseReceived,
+    RequestReceived,
+    ResponseReceived,
+    StreamEnded,
+    TrailersReceived,
+)
 from h2.exceptions import (
     FlowControlError,
     FrameTooLargeError,
@@ -33,8 +45,13 @@ from h2.exceptions import (
     TooManyStreamsError,
 )
 from h2.stream import StreamInputs
-from h2.utilities import authority_from_headers, extract_method_header, is_informational_response
-from hyperframe.frame import Frame, RstStreamFrame
+from h2.utilities import (
+    authority_from_headers,
+    extract_method_header,
+    is_informational_response,
+    normalize_inbound_headers,
+)
+from hyperframe.frame import Frame, HeadersFrame, RstStreamFrame
 
 __all__ = ["LeanH2Connection"]
 
@@ -43,6 +60,7 @@ _HEADERS: Final = 0x1
 _CONTINUATION: Final = 0x9
 _END_STREAM: Final = 0x1
 _END_HEADERS: Final = 0x4
+_COUNT_BELOW: Final = 64  # streams h2 may hold before the open ones are counted (and the closed ones forgotten)
 
 
 def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
@@ -81,6 +99,58 @@ class LeanH2Connection(H2Connection):
             self._prepare_for_sending(frames)
         return events
 
+    def may_open_outbound(self) -> bool:
+        """Whether one more stream of this end stays within the peer's ``MAX_CONCURRENT_STREAMS``.
+
+        ``open_outbound_streams`` walks every stream h2 still holds (and forgets the closed ones); while h2
+        holds fewer streams than the limit (or than `_COUNT_BELOW`, so the closed ones are still forgotten
+        in time) the open ones cannot be at the limit, and nothing is walked."""
+        limit = self.remote_settings.max_concurrent_streams
+        if len(self.streams) < min(limit, _COUNT_BELOW):
+            return True
+        return bool(self.open_outbound_streams < limit)
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        """``H2Connection._receive_headers_frame`` and ``H2Stream.receive_headers`` as one, for lane's
+        configuration (inbound checks off, fields left as bytes): no validation flags built for checks that
+        do not run, no generator chain and copy of the decoded fields unless there are cookies to join.
+        Priority, h2's inbound checks or text fields go to h2."""
+        config = self.config
+        if "PRIORITY" in frame.flags or config.validate_inbound_headers or isinstance(config.header_encoding, str):
+            return super()._receive_headers_frame(frame)
+        stream_id = frame.stream_id
+        if stream_id not in self.streams:
+            limit, count = self.local_settings.max_concurrent_streams, self.open_inbound_streams
+            if count + 1 > limit:
+                raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
+        decoded = _decode_headers(self.decoder, frame.data)
+        headers = decoded if isinstance(decoded, list) else list(decoded)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(not config.client_side))
+        machine = stream.state_machine
+        end_stream = "END_STREAM" in frame.flags
+        if is_informational_response(headers):
+            if end_stream:
+                raise ProtocolError("Cannot set END_STREAM on informational responses")
+            stream_events = machine.process_input(StreamInputs.RECV_INFORMATIONAL_HEADERS)
+        else:
+            stream_events = machine.process_input(StreamInputs.RECV_HEADERS)
+        head = cast("RequestReceived | ResponseReceived | TrailersReceived | InformationalResponseReceived",
+                    stream_events[0])
+        if end_stream:  # never informational (above)
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            cast("RequestReceived | ResponseReceived | TrailersReceived", head).stream_ended = cast(
+                "StreamEnded", ended[0])
+            stream_events += ended
+        stream._initialize_content_length(headers)
+        if isinstance(head, TrailersReceived) and not end_stream:
+            raise ProtocolError("Trailers must have END_STREAM set")
+        if config.normalize_inbound_headers and any(field[0] == b"cookie" for field in headers):
+            # h2's one inbound normalising step: cookie crumbs joined into one field, last (RFC 9113 §8.2.3)
+            headers = list(normalize_inbound_headers(headers, stream._build_hdr_validation_flags(stream_events)))
+        head.headers = headers
+        return [], events + stream_events
+
     def send_headers(self, stream_id: int, headers: Iterable[Any], end_stream: bool = False,
                      priority_weight: int | None = None, priority_depends_on: int | None = None,
                      priority_exclusive: bool | None = None) -> None:
@@ -89,11 +159,9 @@ class LeanH2Connection(H2Connection):
             super().send_headers(stream_id, headers, end_stream, priority_weight, priority_depends_on,
                                  priority_exclusive)
             return
-        if stream_id not in self.streams:
-            limit = self.remote_settings.max_concurrent_streams
-            count = self.open_outbound_streams
-            if count + 1 > limit:
-                raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
+        if stream_id not in self.streams and not self.may_open_outbound():
+            limit, count = self.remote_settings.max_concurrent_streams, self.open_outbound_streams
+            raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(self.config.client_side))
         machine = stream.state_machine

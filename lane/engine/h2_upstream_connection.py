@@ -193,7 +193,7 @@ class H2ClientConnection(H2Peer):
     def usable(self) -> bool:
         if self.gone or self.draining or self.transport is None:
             return False
-        return bool(self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams)
+        return self.h2.may_open_outbound()
 
     def open(self, method: str, target: str, headers: CIMultiDict[str], body: BodySource | None,
              timeout: float) -> ClientStream:

@@ -14,6 +14,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
+from h2.settings import SettingCodes, Settings
 
 from lane.engine.h2_lean import LeanH2Connection
 
@@ -200,3 +201,116 @@ def test_what_h2_refuses_to_send_is_refused_alike() -> None:
     ])
     assert [what for what, _ in window] == ["ok", "ok", "ok", "raised FrameTooLargeError", "ok", "ok",
                                             "raised FlowControlError", "ok"]
+
+
+# --- receiving heads: the same events (fields included) and the same errors as H2Connection ---
+
+Peer = Callable[[H2Connection, H2Connection], bytes]
+
+
+def _event(event: object) -> tuple[object, ...]:
+    fields = getattr(event, "headers", None)
+    ended = getattr(event, "stream_ended", None)
+    return (type(event).__name__, getattr(event, "stream_id", None), getattr(event, "error_code", None),
+            None if fields is None else [(type(f).__name__, bytes(f[0]), bytes(f[1])) for f in fields],
+            None if ended is None else type(ended).__name__)
+
+
+def _received_alike(client_side: bool, script: Peer, max_streams: int = 100) -> list[tuple[object, ...]] | str:
+    """Feed what *script* (peer, conn -> bytes) makes the peer send to an ``H2Connection`` and to a
+    `LeanH2Connection` (lane's configuration); assert the same events, fields and errors, and the same reply."""
+    outcomes = []
+    for kind in (H2Connection, LeanH2Connection):
+        conn = kind(H2Configuration(client_side=client_side, header_encoding=None, validate_outbound_headers=False,
+                                    normalize_outbound_headers=False, validate_inbound_headers=False))
+        conn.local_settings.max_concurrent_streams = max_streams
+        conn.initiate_connection()
+        peer = H2Connection(H2Configuration(client_side=not client_side, header_encoding=None,
+                                            validate_outbound_headers=False, normalize_outbound_headers=False))
+        peer.initiate_connection()
+        peer.receive_data(conn.data_to_send())
+        conn.receive_data(peer.data_to_send())
+        conn.data_to_send()
+        try:
+            got: list[tuple[object, ...]] | str = [_event(e) for e in conn.receive_data(script(peer, conn))]
+        except H2Error as exc:
+            got = f"raised {type(exc).__name__}"
+        outcomes.append((got, conn.data_to_send()))
+    assert outcomes[0] == outcomes[1]
+    return outcomes[1][0]
+
+
+def test_a_request_and_its_answer_arrive_with_the_same_fields() -> None:
+    cookies = [(b"cookie", b"a=1"), (b"x-id", b"7"), (b"cookie", b"b=2")]  # crumbs: joined, last
+
+    def request(peer: H2Connection, conn: H2Connection) -> bytes:
+        peer.send_headers(1, [*REQUEST, *cookies, (b"content-length", b"5")])
+        peer.send_data(1, b"12345", end_stream=True)
+        peer.send_headers(3, REQUEST, end_stream=True)
+        return peer.data_to_send()
+
+    events = _received_alike(False, request)
+    assert isinstance(events, list) and [e[0] for e in events] == ["RequestReceived", "DataReceived", "StreamEnded",
+                                                                   "RequestReceived", "StreamEnded"]
+    assert events[0][3] is not None and events[0][3][-1] == ("NeverIndexedHeaderTuple", b"cookie", b"a=1; b=2")
+    assert events[3][4] == "StreamEnded"
+
+    def answer(peer: H2Connection, conn: H2Connection) -> bytes:
+        conn.send_headers(1, REQUEST, end_stream=True)
+        peer.receive_data(conn.data_to_send())
+        peer.send_headers(1, [(b":status", b"100")])
+        peer.send_headers(1, [*ANSWER, (b"content-type", b"application/grpc")])
+        peer.send_data(1, b"\x00\x00\x00\x00\x00")
+        peer.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+        return peer.data_to_send()
+
+    events = _received_alike(True, answer)
+    assert isinstance(events, list) and [e[0] for e in events] == [
+        "InformationalResponseReceived", "ResponseReceived", "DataReceived", "TrailersReceived", "StreamEnded"]
+
+
+@pytest.mark.parametrize("case", ["informational ends", "trailers do not end", "bad content-length", "too many"])
+def test_a_head_h2_refuses_is_refused_alike(case: str) -> None:
+    def send(peer: H2Connection, conn: H2Connection) -> bytes:
+        if case == "too many":
+            for sid in (1, 3):
+                peer.send_headers(sid, REQUEST)
+            return peer.data_to_send()
+        conn.send_headers(1, REQUEST)
+        peer.receive_data(conn.data_to_send())
+        peer.data_to_send()
+        if case == "informational ends":
+            block = peer.encoder.encode([(b":status", b"100")])
+            return _frame(0x1, 1, block, flags=0x5)  # HEADERS, END_STREAM | END_HEADERS
+        if case == "trailers do not end":
+            peer.send_headers(1, ANSWER)
+            return peer.data_to_send() + _frame(0x1, 1, peer.encoder.encode([(b"grpc-status", b"0")]), flags=0x4)
+        peer.send_headers(1, [*ANSWER, (b"content-length", b"x1")])
+        return peer.data_to_send()
+
+    outcome = _received_alike(case != "too many", send, max_streams=1)
+    assert outcome == "raised " + ("TooManyStreamsError" if case == "too many" else "ProtocolError")
+
+
+def test_the_peers_stream_limit_holds_and_closed_streams_are_still_forgotten() -> None:
+    conn = LeanH2Connection(H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    peer = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+    peer.local_settings = Settings(client=False, initial_values={SettingCodes.MAX_CONCURRENT_STREAMS: 2})
+    peer.initiate_connection()
+    conn.receive_data(peer.data_to_send())
+    conn.send_headers(1, REQUEST)
+    conn.send_headers(3, REQUEST)
+    assert not conn.may_open_outbound()
+    with pytest.raises(H2Error):
+        conn.send_headers(5, REQUEST)
+    conn.reset_stream(1)  # one open stream left: one more may open
+    assert conn.may_open_outbound()
+    conn.send_headers(5, REQUEST)
+
+    unlimited = LeanH2Connection(H2Configuration(client_side=True, header_encoding=None))
+    unlimited.initiate_connection()
+    for sid in range(1, 2 * 500, 2):  # 500 calls, each reset once sent: h2 must not keep them all
+        unlimited.send_headers(sid, REQUEST, end_stream=True)
+        unlimited.reset_stream(sid)
+    assert len(unlimited.streams) <= 64

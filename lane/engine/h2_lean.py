@@ -24,18 +24,12 @@ fields) goes to ``h2``. These are h2's private methods: the tests pin their beha
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final, cast
+from typing import Any, Final
 
+from h2.config import H2Configuration
 from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
-from h2.events import (
-    Event,
-    InformationalResponseReceived,
-    RequestReceived,
-    ResponseReceived,
-    StreamEnded,
-    TrailersReceived,
-)
+from h2.events import Event, TrailersReceived
 from h2.exceptions import (
     FlowControlError,
     FrameTooLargeError,
@@ -69,7 +63,16 @@ def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
 
 
 class LeanH2Connection(H2Connection):
-    """``H2Connection`` whose frame intake does not format each frame for a trace log nobody reads."""
+    """``H2Connection`` without the per-frame work lane never uses (see the module docstring).
+
+    The configuration is read once, here: lane never changes a connection's configuration afterwards."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config)
+        self._outbound_ids = AllowedStreamIDs(config.client_side)  # an enum lookup, once rather than per head
+        self._inbound_ids = AllowedStreamIDs(not config.client_side)
+        self._lean_heads = not config.validate_inbound_headers and not isinstance(config.header_encoding, str)
+        self._join_cookies = bool(config.normalize_inbound_headers)
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         """Handle one received frame (``H2Connection._receive_frame`` without its ``repr(frame)``)."""
@@ -115,8 +118,7 @@ class LeanH2Connection(H2Connection):
         configuration (inbound checks off, fields left as bytes): no validation flags built for checks that
         do not run, no generator chain and copy of the decoded fields unless there are cookies to join.
         Priority, h2's inbound checks or text fields go to h2."""
-        config = self.config
-        if "PRIORITY" in frame.flags or config.validate_inbound_headers or isinstance(config.header_encoding, str):
+        if not self._lean_heads or "PRIORITY" in frame.flags:
             return super()._receive_headers_frame(frame)
         stream_id = frame.stream_id
         if stream_id not in self.streams:
@@ -126,7 +128,7 @@ class LeanH2Connection(H2Connection):
         decoded = _decode_headers(self.decoder, frame.data)
         headers = decoded if isinstance(decoded, list) else list(decoded)
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
-        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(not config.client_side))
+        stream = self._get_or_create_stream(stream_id, self._inbound_ids)
         machine = stream.state_machine
         end_stream = "END_STREAM" in frame.flags
         if is_informational_response(headers):
@@ -135,19 +137,21 @@ class LeanH2Connection(H2Connection):
             stream_events = machine.process_input(StreamInputs.RECV_INFORMATIONAL_HEADERS)
         else:
             stream_events = machine.process_input(StreamInputs.RECV_HEADERS)
-        head = cast("RequestReceived | ResponseReceived | TrailersReceived | InformationalResponseReceived",
-                    stream_events[0])
+        head: Any = stream_events[0]  # RequestReceived, ResponseReceived, TrailersReceived or informational
         if end_stream:  # never informational (above)
             ended = machine.process_input(StreamInputs.RECV_END_STREAM)
-            cast("RequestReceived | ResponseReceived | TrailersReceived", head).stream_ended = cast(
-                "StreamEnded", ended[0])
+            head.stream_ended = ended[0]
             stream_events += ended
         stream._initialize_content_length(headers)
         if isinstance(head, TrailersReceived) and not end_stream:
             raise ProtocolError("Trailers must have END_STREAM set")
-        if config.normalize_inbound_headers and any(field[0] == b"cookie" for field in headers):
-            # h2's one inbound normalising step: cookie crumbs joined into one field, last (RFC 9113 §8.2.3)
-            headers = list(normalize_inbound_headers(headers, stream._build_hdr_validation_flags(stream_events)))
+        if self._join_cookies:
+            for field in headers:
+                if field[0] == b"cookie":
+                    # h2's one inbound normalising step: cookie crumbs joined into one field, last (RFC 9113 §8.2.3)
+                    flags = stream._build_hdr_validation_flags(stream_events)
+                    headers = list(normalize_inbound_headers(headers, flags))
+                    break
         head.headers = headers
         return [], events + stream_events
 
@@ -163,7 +167,7 @@ class LeanH2Connection(H2Connection):
             limit, count = self.remote_settings.max_concurrent_streams, self.open_outbound_streams
             raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs(self.config.client_side))
+        stream = self._get_or_create_stream(stream_id, self._outbound_ids)
         machine = stream.state_machine
         block = headers if isinstance(headers, list) else list(headers)
         informational = not machine.client and is_informational_response(block)

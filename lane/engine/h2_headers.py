@@ -28,6 +28,7 @@ Block = list[tuple[bytes, bytes]]
 _REMEMBERED: Final = 1024  # fields whose HTTP/2 form is kept (`_fields`)
 _SKIPPED: Final = (b"", b"")  # what `_field` makes of a field HTTP/2 does not send
 _SENT: Final[dict[tuple[str, str], tuple[bytes, bytes]]] = {}
+_TEXTS: Final[dict[tuple[bytes, bytes], tuple[str, str]]] = {}  # received fields as text (`_received`)
 
 
 def _text(value: bytes) -> str:
@@ -96,7 +97,7 @@ def request_head(block: Iterable[tuple[bytes, bytes]]) -> RequestHead:
                 scheme = value.decode("ascii", "replace")
             continue
         host_seen = host_seen or name == b"host"
-        fields.append((name.decode("latin-1"), _text(value)))
+        fields.append(_received(name, value))
     if authority and not host_seen:
         fields.insert(0, ("Host", authority))
     return RequestHead(method, scheme or "http", path or "/", CIMultiDict(fields))
@@ -131,9 +132,22 @@ def response_head(block: Iterable[tuple[bytes, bytes]]) -> tuple[int, CIMultiDic
         if name == b":status":
             status = int(value)
         elif name[:1] != b":":
-            fields.append((name.decode("latin-1"), _text(value)))
+            fields.append(_received(name, value))
     return status, CIMultiDict(fields)
 
 
 def trailers_of(block: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    return CIMultiDict([(name.decode("latin-1"), _text(value)) for name, value in block if name[:1] != b":"])
+    return CIMultiDict([_received(name, value) for name, value in block if name[:1] != b":"])
+
+
+def _received(name: bytes, value: bytes) -> tuple[str, str]:
+    """A received field as text; remembered like the fields sent (`_fields`), credentials and cookies never."""
+    known = _TEXTS
+    text = known.get((name, value))
+    if text is None:
+        text = (name.decode("latin-1"), _text(value))
+        if name not in _SECRET and name != b"cookie":
+            if len(known) >= _REMEMBERED:
+                known.clear()
+            known[(name, value)] = text
+    return text

@@ -26,9 +26,10 @@ from multidict import CIMultiDict
 
 from lane.core.config import ProxySpec
 from lane.core.endpoint import Endpoint
+from lane.engine import h2_headers
 from lane.engine.exchange import Exchange, Handler, Sender
 from lane.engine.failures import UpstreamBroken
-from lane.engine.h2_headers import request_block, response_block
+from lane.engine.h2_headers import request_block, response_block, response_head, trailers_of
 from lane.engine.h2_hpack import CachingDecoder, PlainEncoder, integer
 from lane.engine.h2_upstream import H2Upstreams
 from lane.engine.listen import FastPath
@@ -65,6 +66,19 @@ def test_credentials_are_literals_the_next_hop_must_never_index() -> None:
         never = {bytes(f[0]) for f in fields if isinstance(f, hpack.NeverIndexedHeaderTuple)}
         assert never == {b"authorization", b"cookie"}
         assert [f[0] for f in fields if not f[0].startswith(b":")] == [b"te", b"authorization", b"cookie", b"x-plain"]
+
+
+def test_received_fields_become_text_and_leave_as_the_bytes_that_came_every_time() -> None:
+    """Values are UTF-8 with surrogate escapes (bytes that are not UTF-8 survive); the second head comes from
+    what h2_headers remembered, credentials never do."""
+    raw = [(b":status", b"200"), (b"x-utf8", "ü".encode()), (b"x-raw", b"\xff\xfe"), (b"authorization", b"Basic eA=="),
+           (b"cookie", b"s=1")]
+    for _ in range(2):
+        status, fields = response_head(raw)
+        assert status == 200 and fields["x-utf8"] == "ü" and fields["Authorization"] == "Basic eA=="
+        assert [f[:2] for f in response_block(status, fields)] == raw
+        assert trailers_of([(b"grpc-message", b"\xffok")]) == CIMultiDict({"grpc-message": "\udcffok"})
+    assert not {name for name, _ in h2_headers._TEXTS} & {b"authorization", b"cookie"}
 
 
 def test_a_smaller_header_table_of_the_peer_is_signalled_at_the_start_of_the_next_block() -> None:

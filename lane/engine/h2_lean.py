@@ -3,6 +3,7 @@
 A unary gRPC call through a lane proxy is ten frames, each through ``h2`` (issue 17), and part of
 what ``h2`` does per frame is for options lane turned off or for a log nobody reads:
 
+* its frame buffer parses every frame through hyperframe's generic path (`LeanFrameBuffer`);
 * ``_receive_frame`` formats every received frame for its trace log (``repr(frame)``: the frame, its
   flags and a hex dump of its payload) before calling the logger, so also with h2's no-op default;
 * ``_receive_headers_frame`` builds validation flags and runs a generator chain per head for inbound
@@ -38,6 +39,7 @@ from h2.exceptions import (
     StreamIDTooLowError,
     TooManyStreamsError,
 )
+from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamInputs
 from h2.utilities import (
     authority_from_headers,
@@ -45,9 +47,9 @@ from h2.utilities import (
     is_informational_response,
     normalize_inbound_headers,
 )
-from hyperframe.frame import Frame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
 
-__all__ = ["LeanH2Connection"]
+__all__ = ["LeanFrameBuffer", "LeanH2Connection"]
 
 _DATA: Final = 0x0
 _HEADERS: Final = 0x1
@@ -62,6 +64,45 @@ def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
     return (length << 48 | kind << 40 | flags << 32 | stream_id).to_bytes(9, "big")
 
 
+_SIMPLE_FLAGS: Final = {  # (type, flag bits) of a frame built by LeanFrameBuffer -> its flags
+    (_DATA, 0): (), (_DATA, _END_STREAM): ("END_STREAM",),
+    (_HEADERS, _END_HEADERS): ("END_HEADERS",), (_HEADERS, _END_HEADERS | _END_STREAM): ("END_HEADERS", "END_STREAM"),
+}
+
+
+class LeanFrameBuffer(FrameBuffer):
+    """``h2.frame_buffer.FrameBuffer`` that builds the frames of a unary call itself.
+
+    h2 parses every frame through hyperframe's generic path (header, flags, padding, priority), a dozen
+    Python calls a frame. A whole DATA frame without padding, or a whole HEADERS frame without padding
+    or priority that holds the entire head, on a stream, is built here at once, with the same checks in
+    the same order (complete, not over the largest frame size); everything else, and anything while a
+    head continues in CONTINUATION frames, is h2's."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) < 9 or self._headers_buffer:
+            return super().__next__()
+        kind, bits = data[3], data[4]
+        if kind == _DATA and not bits & 0x08:  # not PADDED
+            make: type[DataFrame | HeadersFrame] = DataFrame
+            bits &= _END_STREAM
+        elif kind == _HEADERS and bits & 0x2C == _END_HEADERS:  # the whole head, no PADDED, no PRIORITY
+            make = HeadersFrame
+            bits &= _END_STREAM | _END_HEADERS
+        else:
+            return super().__next__()
+        length = int.from_bytes(data[:3], "big")
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        if not stream_id or len(data) < 9 + length:  # h2 refuses the first, waits for the rest of the second
+            return super().__next__()
+        self._validate_frame_length(length)
+        frame = make(stream_id, data=bytes(data[9:9 + length]), flags=_SIMPLE_FLAGS[kind, bits])
+        frame.body_len = length
+        del data[:9 + length]
+        return frame
+
+
 class LeanH2Connection(H2Connection):
     """``H2Connection`` without the per-frame work lane never uses (see the module docstring).
 
@@ -71,6 +112,7 @@ class LeanH2Connection(H2Connection):
         super().__init__(config)
         self._outbound_ids = AllowedStreamIDs(config.client_side)  # an enum lookup, once rather than per head
         self._inbound_ids = AllowedStreamIDs(not config.client_side)
+        self.incoming_buffer = LeanFrameBuffer(server=not config.client_side)  # nothing received yet
         self._lean_heads = not config.validate_inbound_headers and not isinstance(config.header_encoding, str)
         self._join_cookies = bool(config.normalize_inbound_headers)
 

@@ -7,16 +7,22 @@ take the copied error paths (a stream this end reset, one that ended both ways, 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from hyperframe.exceptions import HyperframeError
+from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, WindowUpdateFrame
 
-from lane.engine.h2_lean import LeanH2Connection
+from lane.engine.h2_headers import PREFACE
+from lane.engine.h2_lean import LeanFrameBuffer, LeanH2Connection
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/p.S/M"),
            (b"content-type", b"application/grpc"), (b"te", b"trailers")]
@@ -314,3 +320,65 @@ def test_the_peers_stream_limit_holds_and_closed_streams_are_still_forgotten() -
         unlimited.send_headers(sid, REQUEST, end_stream=True)
         unlimited.reset_stream(sid)
     assert len(unlimited.streams) <= 64
+
+
+# --- the frame buffer: the same frames and errors as h2's, however the bytes are cut ---
+
+def _frames_of(buffer: FrameBuffer, chunks: list[bytes], max_size: int) -> list[object]:
+    seen: list[object] = []
+    for chunk in chunks:
+        try:
+            buffer.add_data(chunk)
+            buffer.max_frame_size = max_size
+            for frame in buffer:
+                seen.append((type(frame).__name__, frame.stream_id, sorted(frame.flags), getattr(frame, "data", None),
+                             frame.body_len, getattr(frame, "pad_length", None), getattr(frame, "depends_on", None),
+                             getattr(frame, "flow_controlled_length", None)))
+        except (H2Error, HyperframeError) as exc:  # h2 turns the second kind (bad padding) into a protocol error
+            seen.append(f"raised {type(exc).__name__}")
+            break
+    return seen
+
+
+def _random_frame(rnd: random.Random) -> bytes:
+    stream_id = rnd.choice([0, 1, 3, 2**31 - 1])
+    kind = rnd.random()
+    if kind < 0.35:
+        frame: Frame = DataFrame(stream_id or 1, data=rnd.randbytes(rnd.randrange(40)))
+        if rnd.random() < 0.2:
+            frame.flags.add("PADDED")
+            cast(DataFrame, frame).pad_length = rnd.randrange(5)
+    elif kind < 0.7:
+        frame = HeadersFrame(stream_id or 1, data=rnd.randbytes(rnd.randrange(40)))
+        for flag in ("END_HEADERS", "END_HEADERS", "PRIORITY", "PADDED"):
+            if rnd.random() < 0.5:
+                frame.flags.add(flag)
+    elif kind < 0.8:
+        frame = ContinuationFrame(stream_id or 1, data=rnd.randbytes(rnd.randrange(20)))
+        if rnd.random() < 0.6:
+            frame.flags.add("END_HEADERS")
+    elif kind < 0.9:
+        frame = WindowUpdateFrame(0, window_increment=rnd.randrange(1, 1000))
+    else:  # a hand-made header: stream 0 for DATA or HEADERS, unknown flag bits, an unknown type, oversized
+        payload = rnd.randbytes(rnd.randrange(30))
+        return (len(payload) + rnd.choice([0, 0, 20_000])).to_bytes(3, "big") + bytes(
+            (rnd.choice([0x0, 0x1, 0x1, 0xA]), rnd.randrange(256))) + rnd.choice([0, 1, 5]).to_bytes(4, "big") + payload
+    if rnd.random() < 0.5:
+        frame.flags.add("END_STREAM") if not isinstance(frame, (ContinuationFrame, WindowUpdateFrame)) else None
+    return frame.serialize()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_frame_buffer_yields_what_h2s_yields_however_the_bytes_are_cut(seed: int) -> None:
+    rnd = random.Random(seed)
+    compared = 0
+    for _ in range(300):
+        server = rnd.random() < 0.3
+        stream = (PREFACE if server else b"") + b"".join(_random_frame(rnd) for _ in range(rnd.randrange(1, 8)))
+        cuts = sorted(rnd.sample(range(1, len(stream)), min(rnd.randrange(4), len(stream) - 1)))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        max_size = rnd.choice([16_384, 16_384, 20])
+        theirs = _frames_of(FrameBuffer(server=server), chunks, max_size)
+        assert _frames_of(LeanFrameBuffer(server=server), chunks, max_size) == theirs
+        compared += len(theirs)
+    assert compared > 500

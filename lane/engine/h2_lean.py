@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-from h2.config import H2Configuration
+from h2.config import DummyLogger, H2Configuration
 from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import Event, TrailersReceived
@@ -43,13 +43,11 @@ from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamInputs
 from h2.utilities import (
     authority_from_headers,
-    extract_method_header,
-    is_informational_response,
     normalize_inbound_headers,
 )
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
 
-__all__ = ["LeanFrameBuffer", "LeanH2Connection"]
+__all__ = ["LeanFrameBuffer", "LeanH2Connection", "QuietLogger"]
 
 _DATA: Final = 0x0
 _HEADERS: Final = 0x1
@@ -62,6 +60,25 @@ _COUNT_BELOW: Final = 64  # streams h2 may hold before the open ones are counted
 def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
     """The 9-byte frame header (RFC 9113 §4.1): length, type, flags, stream identifier."""
     return (length << 48 | kind << 40 | flags << 32 | stream_id).to_bytes(9, "big")
+
+
+def _informational(block: list[Any]) -> bool:
+    """h2's ``is_informational_response``: a ``:status`` of 1xx among the pseudo-headers that lead the block."""
+    for name, value in block:
+        if name[:1] != b":":
+            return False
+        if name == b":status":
+            return bool(value[:1] == b"1")
+    return False
+
+
+class QuietLogger(DummyLogger):
+    """The logger lane hands h2: h2 calls ``debug`` (and ``trace``) with a format and its arguments a dozen
+    times per unary call, and its ``DummyLogger`` makes each a Python call that does nothing.
+    ``"".format`` takes any arguments, ignores them and returns at once, in C."""
+
+    debug = "".format  # type: ignore[assignment]
+    trace = "".format  # type: ignore[assignment]
 
 
 _SIMPLE_FLAGS: Final = {  # (type, flag bits) of a frame built by LeanFrameBuffer -> its flags
@@ -173,7 +190,7 @@ class LeanH2Connection(H2Connection):
         stream = self._get_or_create_stream(stream_id, self._inbound_ids)
         machine = stream.state_machine
         end_stream = "END_STREAM" in frame.flags
-        if is_informational_response(headers):
+        if _informational(headers):
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses")
             stream_events = machine.process_input(StreamInputs.RECV_INFORMATIONAL_HEADERS)
@@ -212,7 +229,7 @@ class LeanH2Connection(H2Connection):
         stream = self._get_or_create_stream(stream_id, self._outbound_ids)
         machine = stream.state_machine
         block = headers if isinstance(headers, list) else list(headers)
-        informational = not machine.client and is_informational_response(block)
+        informational = not machine.client and _informational(block)
         if informational and end_stream:
             raise ProtocolError("Cannot set END_STREAM on informational responses.")
         machine.process_input(StreamInputs.SEND_INFORMATIONAL_HEADERS if informational else StreamInputs.SEND_HEADERS)
@@ -223,7 +240,12 @@ class LeanH2Connection(H2Connection):
             raise ProtocolError("Trailers must have END_STREAM set.")
         if machine.client and stream._authority is None:
             stream._authority = authority_from_headers(block)
-        stream.request_method = extract_method_header(block)
+        method = None  # h2's extract_method_header, inline: the first :method (lane's blocks are bytes)
+        for name, value in block:
+            if name == b":method":
+                method = value
+                break
+        stream.request_method = method
         size = self.max_outbound_frame_size
         out = self._data_to_send
         first = encoded[:size]

@@ -44,7 +44,7 @@ from h2.settings import SettingCodes, Settings
 
 from lane.engine.h2_checks import Kind, malformed
 from lane.engine.h2_hpack import CachingDecoder, PlainEncoder
-from lane.engine.h2_lean import LeanH2Connection
+from lane.engine.h2_lean import LeanH2Connection, QuietLogger
 
 __all__ = ["CONNECTION_WINDOWS", "MAX_HEADER_LIST", "SEND_HIGH", "H2Peer", "Outgoing"]
 
@@ -52,6 +52,7 @@ SEND_HIGH: Final = 64 * 1024  # bytes queued on one stream above which its write
 CONNECTION_WINDOWS: Final = 16  # the connection's receive window, in stream windows
 MAX_HEADER_LIST: Final = 64 * 1024  # as the HTTP/1.1 codec's head limit
 _MAX_WINDOW: Final = 2**31 - 1
+_QUIET: Final = QuietLogger()  # h2's debug lines, never written, at no cost
 _DRAINING_TRANSITIONS: Final = {
     **H2ConnectionStateMachine._transitions,
     **{(state, goaway): (None, state)
@@ -96,7 +97,7 @@ class H2Peer(asyncio.Protocol):
         # complete, no connection-specific field, values trimmed), so h2's outbound normalising and checking would
         # only repeat that per header; every head that arrives is checked by `lane.engine.h2_checks` (the same
         # rules as h2's inbound validation, faster) in `data_received`.
-        self.h2 = LeanH2Connection(H2Configuration(client_side=client_side, header_encoding=None,
+        self.h2 = LeanH2Connection(H2Configuration(client_side=client_side, header_encoding=None, logger=_QUIET,
                                                validate_outbound_headers=False, normalize_outbound_headers=False,
                                                validate_inbound_headers=False))
         self.h2.encoder = PlainEncoder()

@@ -22,7 +22,7 @@ from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, WindowUpdateFrame
 
 from lane.engine.h2_headers import PREFACE
-from lane.engine.h2_lean import LeanFrameBuffer, LeanH2Connection
+from lane.engine.h2_lean import LeanFrameBuffer, LeanH2Connection, QuietLogger
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/p.S/M"),
            (b"content-type", b"application/grpc"), (b"te", b"trailers")]
@@ -132,7 +132,8 @@ def _sent_alike(client_side: bool, steps: list[Step]) -> list[tuple[str, bytes]]
     runs = []
     for kind in (H2Connection, LeanH2Connection):
         conn = kind(H2Configuration(client_side=client_side, header_encoding=None, validate_outbound_headers=False,
-                                    normalize_outbound_headers=False, validate_inbound_headers=False))
+                                    normalize_outbound_headers=False, validate_inbound_headers=False,
+                                    logger=QuietLogger()))  # lane's logger: every debug line h2 writes goes there
         conn.initiate_connection()
         peer = H2Connection(H2Configuration(client_side=not client_side))
         peer.initiate_connection()
@@ -228,7 +229,8 @@ def _received_alike(client_side: bool, script: Peer, max_streams: int = 100) -> 
     outcomes = []
     for kind in (H2Connection, LeanH2Connection):
         conn = kind(H2Configuration(client_side=client_side, header_encoding=None, validate_outbound_headers=False,
-                                    normalize_outbound_headers=False, validate_inbound_headers=False))
+                                    normalize_outbound_headers=False, validate_inbound_headers=False,
+                                    logger=QuietLogger()))  # lane's logger: every debug line h2 writes goes there
         conn.local_settings.max_concurrent_streams = max_streams
         conn.initiate_connection()
         peer = H2Connection(H2Configuration(client_side=not client_side, header_encoding=None,
@@ -382,3 +384,10 @@ def test_the_frame_buffer_yields_what_h2s_yields_however_the_bytes_are_cut(seed:
         assert _frames_of(LeanFrameBuffer(server=server), chunks, max_size) == theirs
         compared += len(theirs)
     assert compared > 500
+
+
+def test_the_quiet_logger_takes_whatever_h2_logs() -> None:
+    quiet = QuietLogger()
+    quiet.debug("Send data on stream ID %d with len %d", 1, 5)
+    quiet.trace("Received frame: %s", object(), extra={"k": 1})
+    quiet.debug("{0} {missing}")  # a format with fields of its own is not formatted either

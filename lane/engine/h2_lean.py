@@ -12,7 +12,8 @@ what ``h2`` does per frame is for options lane turned off or for a log nobody re
 * ``send_headers`` re-encodes every field to bytes (lane's blocks are bytes already,
   `lane.engine.h2_headers`), works out validation flags for the outbound normalising and checks lane
   turned off, and builds frame objects only to serialise them at once; ``send_data`` and
-  ``end_stream`` build a frame object each for nine bytes of frame header.
+  ``end_stream`` build a frame object each for nine bytes of frame header;
+* its default logger's ``debug``, called a dozen times per call, is a Python no-op (`QuietLogger`).
 
 `LeanH2Connection` overrides those with h2's own steps in h2's order (h2 4.x: the same state machine
 inputs, the same limits and errors, the same flow-control bookkeeping, cookie crumbs still joined),

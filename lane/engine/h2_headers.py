@@ -25,7 +25,7 @@ _NOT_SENT: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                               b"host", b"te", b"http2-settings"})
 _SECRET: Final = frozenset({b"authorization", b"proxy-authorization"})
 Block = list[tuple[bytes, bytes]]
-_REMEMBERED: Final = 1024  # fields whose HTTP/2 form is kept (`_fields`)
+_REMEMBERED: Final = 256  # fields whose HTTP/2 (or text) form is kept: `_fields`, `_received`
 _SKIPPED: Final = (b"", b"")  # what `_field` makes of a field HTTP/2 does not send
 _SENT: Final[dict[tuple[str, str], tuple[bytes, bytes]]] = {}
 _TEXTS: Final[dict[tuple[bytes, bytes], tuple[str, str]]] = {}  # received fields as text (`_received`)
@@ -42,7 +42,8 @@ def _fields(headers: CIMultiDict[str], block: Block) -> Block:
     This is all of the normalising h2 would otherwise do per header (``normalize_outbound_headers``, off in
     `lane.engine.h2_peer`), done here once. Most fields repeat call after call (a gRPC content type, a user
     agent, the answer's status fields), so what a field becomes is remembered (a bounded dictionary, emptied
-    when full, credentials and cookies never kept): a repeated field costs one lookup."""
+    when full, credentials and cookies never kept): a repeated field costs one lookup. The bound is small:
+    fields with a new value every call (trace ids) pass through it, and a stable field is back after one miss."""
     known = _SENT
     for field in headers.items():
         sent = known.get(field)

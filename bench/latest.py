@@ -40,6 +40,7 @@ def ratio_sentence(summaries: Mapping[str, SubjectSummary], peer: Mapping[str, M
     gateway vs Envoy)."""
     parts = []
     gw, hop, grpc = peer.get("gateway"), peer.get("sidecar-hop"), peer.get("grpc-gateway")
+    engine = peer.get("engine-hop")
     rps, cpu = f"rps_c{HIGH}", f"cpu_per_request_c{HIGH}"
     if gw:
         mine, ref = summaries["gateway"].added_us_per_hop, summaries[gw["peer"]].added_us_per_hop
@@ -49,7 +50,9 @@ def ratio_sentence(summaries: Mapping[str, SubjectSummary], peer: Mapping[str, M
     if hop:
         parts.append(f"a sidecar hop pair with trace headers costs {_x(hop[cpu])} the Envoy pair's CPU per request"
                      f"{_rounds(hop, cpu)}, adds {_x(hop[f'added_p50_per_hop_c{LOW}'])} its p50 per hop and "
-                     f"reaches {_x(hop[rps])} its req/s")
+                     f"reaches {_x(hop[rps])} its req/s"
+                     + (f" (lane's engine alone, without the request logic: {_x(engine[cpu])} its CPU per request"
+                        f"{_rounds(engine, cpu)})" if engine else ""))
     if grpc:
         parts.append(f"gRPC unary calls through the gateway reach {_x(grpc[rps])} Envoy's req/s{_rounds(grpc, rps)} "
                      f"at {_x(grpc[cpu])} its CPU per request{_rounds(grpc, cpu)}")

@@ -18,6 +18,9 @@ CPU and memory are its cost:
                     b@L (inbound) -> stub b@L: one call between two apps, both sidecar hops;
 * ``envoy-hop``     the same call through an Envoy pair (`bench/hop_envoy.py`): the rendered mesh
                     routes in a's outbound Envoy -> b@L's inbound Envoy -> stub b@L;
+* ``engine-hop``    the same call through lane's engine with next to no request logic
+                    (`bench/engine_hop.py`: route by the tag as received, relay): what the engine
+                    costs, so ``sidecar-hop`` minus it is what lane's per-request logic costs;
 * ``grpc-gateway``  h2load (gRPC unary calls over h2c, `bench/h2load.py`) -> ``lane gateway
                     --workers 2`` -> HTTP/2 -> gRPC stub a@gray / a@base (service a is
                     ``protocol: grpc`` in the config);
@@ -102,7 +105,7 @@ GRPC_PLAIN: Final[Headers] = (("user-agent", "grpc-python/1.85.3 grpc-c/51.0.0 (
 
 GRPC_SUBJECTS: Final = ("grpc-envoy", "grpc-gateway")  # loaded by h2load, served by the nginx gRPC stubs
 ALL_SUBJECTS: Final = ("direct", "envoy", "gateway", "gateway-1w", "gateway-aiohttp", "chain", "direct-chain",
-                        "envoy-hop", "sidecar-hop", *GRPC_SUBJECTS)
+                        "envoy-hop", "sidecar-hop", "engine-hop", *GRPC_SUBJECTS)
 QUICK_SUBJECTS: Final = ("direct", "envoy", "gateway", "chain", "direct-chain", "envoy-hop", "sidecar-hop",
                          *GRPC_SUBJECTS)
 STUB_KINDS: Final = ("auto", "nginx", "envoy")  # auto: nginx, else Envoy
@@ -276,6 +279,8 @@ class Lab:
                 self.targets[name] = await self._sidecar_hop()
             elif name == "envoy-hop":
                 self.targets[name] = await self._envoy_hop()
+            elif name == "engine-hop":
+                self.targets[name] = await self._engine_hop()
             elif name == "grpc-envoy":
                 self.targets[name] = await self._grpc_envoy()
             elif name == "grpc-gateway":
@@ -392,6 +397,22 @@ class Lab:
                       {B_GRAY: 0.5, B_BASE: 0.5}, roles, 2, "direct",
                       "wrk (as app a) -> sidecar a@base (outbound) -> sidecar b@gray|b@base (inbound) -> stub b",
                       ("hops = 2 proxy traversals: a outbound, b inbound; CPU and RSS: all three sidecars",),
+                      trace=trace_load(), peer="envoy-hop")
+
+    async def _engine_hop(self) -> Target:
+        engine = [sys.executable, str(HERE / "engine_hop.py"), "--listen", "127.0.0.1:0"]
+        roles: dict[str, int] = {}
+        inbound: dict[str, str] = {}
+        for lane in LANES:
+            roles[f"engine-b-{lane}"], listeners = await self._child(
+                f"engine-hop-b-{lane}", [*engine, "--to", self.stub_address(Instance("b", lane))])
+            inbound[lane] = listeners["hop"]
+        roles["engine-a-out"], listeners = await self._child(
+            "engine-hop-a-out", [*engine, "--to", inbound["base"], *(f"--route={k}={v}" for k, v in inbound.items())])
+        return Target("engine-hop", f"http://{listeners['hop']}/", (HOP_GRAY, HOP_BASE),
+                      {B_GRAY: 0.5, B_BASE: 0.5}, roles, 2, "direct",
+                      "wrk (as app a) -> lane engine a (outbound: by tag) -> lane engine b@gray|b@base -> stub b",
+                      ("lane's engine without lane's request logic (bench/engine_hop.py); CPU and RSS: all three",),
                       trace=trace_load(), peer="envoy-hop")
 
     async def _envoy_hop(self) -> Target:

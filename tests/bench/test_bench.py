@@ -31,8 +31,8 @@ from lane.cli.build_info import version_line
 
 REPO = Path(__file__).resolve().parents[2]
 COMPARE = REPO / "bench" / "compare.py"
-SUBJECTS = ("direct", "envoy", "gateway", "envoy-hop", "sidecar-hop")
-HOPS = ("envoy-hop", "sidecar-hop")
+SUBJECTS = ("direct", "envoy", "gateway", "envoy-hop", "sidecar-hop", "engine-hop")
+HOPS = ("envoy-hop", "sidecar-hop", "engine-hop")
 
 
 def _alive(processes: list[psutil.Process]) -> list[str]:
@@ -100,6 +100,8 @@ def test_smallest_run_writes_the_documented_json(smallest_run: tuple[Any, dict[s
         "sidecar-a-base", "sidecar-b-base", "sidecar-b-gray"}
     assert set(doc["subjects"]["envoy-hop"]["peak_rss_mib"]["by_process"]) == {
         "envoy-a-out", "envoy-b-base", "envoy-b-gray"}
+    assert set(doc["subjects"]["engine-hop"]["peak_rss_mib"]["by_process"]) == {
+        "engine-a-out", "engine-b-base", "engine-b-gray"}
     assert doc["machine"]["other_cores_at_start"] >= 0
     for run in doc["runs"]:  # other processes' CPU was measured around every run
         assert run["other_cores"] is not None and run["other_cores"] >= 0
@@ -118,6 +120,8 @@ def test_markdown_summary_says_when_where_and_what(smallest_run: tuple[Any, dict
     assert doc["table"] in text and "`make bench`" in text
     hop = doc["ratios"]["vs_peer"]["sidecar-hop"]
     assert f"costs {hop['cpu_per_request_c32']:.2f}x the Envoy pair's CPU per request" in text
+    engine = doc["ratios"]["vs_peer"]["engine-hop"]
+    assert f"lane's engine alone, without the request logic: {engine['cpu_per_request_c32']:.2f}x" in text
     assert f"reaches {doc['ratios']['vs_peer']['gateway']['rps_c32']:.2f}x Envoy's req/s" in text
     assert ("the machine was busy" in text) is (doc["busy_note"] is not None)
 

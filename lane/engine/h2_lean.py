@@ -13,7 +13,8 @@ what ``h2`` does per frame is for options lane turned off or for a log nobody re
   `lane.engine.h2_headers`), works out validation flags for the outbound normalising and checks lane
   turned off, and builds frame objects only to serialise them at once; ``send_data`` and
   ``end_stream`` build a frame object each for nine bytes of frame header;
-* its default logger's ``debug``, called a dozen times per call, is a Python no-op (`QuietLogger`).
+* its default logger's ``debug``, called a dozen times per call, is a Python no-op (`QuietLogger`);
+* its state machines hash enum members in Python for every input (`lane.engine.h2_states`).
 
 `LeanH2Connection` overrides those with h2's own steps in h2's order (h2 4.x: the same state machine
 inputs, the same limits and errors, the same flow-control bookkeeping, cookie crumbs still joined),
@@ -41,12 +42,14 @@ from h2.exceptions import (
     TooManyStreamsError,
 )
 from h2.frame_buffer import FrameBuffer
-from h2.stream import StreamInputs
+from h2.stream import H2Stream, StreamInputs
 from h2.utilities import (
     authority_from_headers,
     normalize_inbound_headers,
 )
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
+
+from lane.engine.h2_states import LeanConnectionStateMachine, LeanStreamStateMachine
 
 __all__ = ["LeanFrameBuffer", "LeanH2Connection", "QuietLogger"]
 
@@ -126,13 +129,22 @@ class LeanH2Connection(H2Connection):
 
     The configuration is read once, here: lane never changes a connection's configuration afterwards."""
 
+    state_machine: LeanConnectionStateMachine
+
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config)
+        self.state_machine = LeanConnectionStateMachine()  # still IDLE: nothing sent or received yet
         self._outbound_ids = AllowedStreamIDs(config.client_side)  # an enum lookup, once rather than per head
         self._inbound_ids = AllowedStreamIDs(not config.client_side)
         self.incoming_buffer = LeanFrameBuffer(server=not config.client_side)  # nothing received yet
         self._lean_heads = not config.validate_inbound_headers and not isinstance(config.header_encoding, str)
         self._join_cookies = bool(config.normalize_inbound_headers)
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        """Open a stream as h2 does; its state machine, still IDLE, becomes a `LeanStreamStateMachine`."""
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.state_machine.__class__ = LeanStreamStateMachine
+        return stream
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         """Handle one received frame (``H2Connection._receive_frame`` without its ``repr(frame)``)."""

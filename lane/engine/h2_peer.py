@@ -105,7 +105,7 @@ class H2Peer(asyncio.Protocol):
         decoder.max_header_list_size = self.h2.decoder.max_header_list_size  # what h2 set up, until SETTINGS
         decoder.max_allowed_table_size = self.h2.decoder.max_allowed_table_size
         self.h2.decoder = decoder
-        self.h2.state_machine._transitions = _DRAINING_TRANSITIONS  # h2 issue 1181, see above
+        self.h2.state_machine.follow(_DRAINING_TRANSITIONS)  # h2 issue 1181, see above
         self.h2.local_settings = Settings(client=client_side, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: min(window, _MAX_WINDOW),

@@ -47,6 +47,7 @@ from h2.utilities import (
     authority_from_headers,
     normalize_inbound_headers,
 )
+from hyperframe.flags import Flags
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
 
 from lane.engine.h2_states import LeanConnectionStateMachine, LeanStreamStateMachine
@@ -85,9 +86,13 @@ class QuietLogger(DummyLogger):
     trace = "".format  # type: ignore[assignment]
 
 
-_SIMPLE_FLAGS: Final = {  # (type, flag bits) of a frame built by LeanFrameBuffer -> its flags
-    (_DATA, 0): (), (_DATA, _END_STREAM): ("END_STREAM",),
-    (_HEADERS, _END_HEADERS): ("END_HEADERS",), (_HEADERS, _END_HEADERS | _END_STREAM): ("END_HEADERS", "END_STREAM"),
+_DATA_FLAGS: Final = frozenset(flag.name for flag in DataFrame.defined_flags)
+_HEADERS_FLAGS: Final = frozenset(flag.name for flag in HeadersFrame.defined_flags)
+_SIMPLE: Final[dict[tuple[int, int], tuple[type[Frame], frozenset[str], tuple[str, ...]]]] = {
+    # (type, flag bits) of a frame built by LeanFrameBuffer -> its class, the flags it may carry, its flags
+    (_DATA, 0): (DataFrame, _DATA_FLAGS, ()), (_DATA, _END_STREAM): (DataFrame, _DATA_FLAGS, ("END_STREAM",)),
+    (_HEADERS, _END_HEADERS): (HeadersFrame, _HEADERS_FLAGS, ("END_HEADERS",)),
+    (_HEADERS, _END_HEADERS | _END_STREAM): (HeadersFrame, _HEADERS_FLAGS, ("END_HEADERS", "END_STREAM")),
 }
 
 
@@ -98,7 +103,12 @@ class LeanFrameBuffer(FrameBuffer):
     Python calls a frame. A whole DATA frame without padding, or a whole HEADERS frame without padding
     or priority that holds the entire head, on a stream, is built here at once, with the same checks in
     the same order (complete, not over the largest frame size); everything else, and anything while a
-    head continues in CONTINUATION frames, is h2's."""
+    head continues in CONTINUATION frames, is h2's.
+
+    The frames are not built through hyperframe's constructors either (five classes' ``__init__``, a set
+    comprehension and a validated ``add`` per flag, about six Python calls a frame): the frame and its
+    ``Flags`` get the attributes those constructors set, with the same values; the set of flags a kind
+    of frame may carry is one frozenset shared by its frames (``Flags`` only reads it)."""
 
     def __next__(self) -> Frame:
         data = self._data
@@ -106,10 +116,8 @@ class LeanFrameBuffer(FrameBuffer):
             return super().__next__()
         kind, bits = data[3], data[4]
         if kind == _DATA and not bits & 0x08:  # not PADDED
-            make: type[DataFrame | HeadersFrame] = DataFrame
             bits &= _END_STREAM
         elif kind == _HEADERS and bits & 0x2C == _END_HEADERS:  # the whole head, no PADDED, no PRIORITY
-            make = HeadersFrame
             bits &= _END_STREAM | _END_HEADERS
         else:
             return super().__next__()
@@ -118,10 +126,22 @@ class LeanFrameBuffer(FrameBuffer):
         if not stream_id or len(data) < 9 + length:  # h2 refuses the first, waits for the rest of the second
             return super().__next__()
         self._validate_frame_length(length)
-        frame = make(stream_id, data=bytes(data[9:9 + length]), flags=_SIMPLE_FLAGS[kind, bits])
+        make, valid, names = _SIMPLE[kind, bits]
+        flags: Any = object.__new__(Flags)  # Flags.__init__ and add, without the calls
+        flags._valid_flags = valid
+        flags._flags = set(names)
+        frame: Any = object.__new__(make)  # Frame, Padding (and Priority) and the class's own __init__
+        frame.stream_id = stream_id
+        frame.flags = flags
         frame.body_len = length
+        frame.pad_length = 0
+        if kind == _HEADERS:
+            frame.depends_on = 0
+            frame.stream_weight = 0
+            frame.exclusive = False
+        frame.data = bytes(data[9:9 + length])
         del data[:9 + length]
-        return frame
+        return frame  # type: ignore[no-any-return]
 
 
 class LeanH2Connection(H2Connection):

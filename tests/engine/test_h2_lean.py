@@ -19,6 +19,7 @@ from h2.exceptions import H2Error
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from hyperframe.exceptions import HyperframeError
+from hyperframe.flags import Flags
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, WindowUpdateFrame
 
 from lane.engine.h2_headers import PREFACE
@@ -326,6 +327,14 @@ def test_the_peers_stream_limit_holds_and_closed_streams_are_still_forgotten() -
 
 # --- the frame buffer: the same frames and errors as h2's, however the bytes are cut ---
 
+def _held(frame: Frame) -> dict[str, object]:
+    """Everything a frame holds, its flags as the names set and the names it may carry."""
+    held = dict(vars(frame))
+    flags = held.pop("flags")
+    assert type(flags) is Flags
+    return {**held, "flags": (sorted(flags), sorted(flags._valid_flags), sorted(vars(flags)))}
+
+
 def _frames_of(buffer: FrameBuffer, chunks: list[bytes], max_size: int) -> list[object]:
     seen: list[object] = []
     for chunk in chunks:
@@ -333,9 +342,8 @@ def _frames_of(buffer: FrameBuffer, chunks: list[bytes], max_size: int) -> list[
             buffer.add_data(chunk)
             buffer.max_frame_size = max_size
             for frame in buffer:
-                seen.append((type(frame).__name__, frame.stream_id, sorted(frame.flags), getattr(frame, "data", None),
-                             frame.body_len, getattr(frame, "pad_length", None), getattr(frame, "depends_on", None),
-                             getattr(frame, "flow_controlled_length", None)))
+                seen.append((type(frame).__name__, _held(frame), getattr(frame, "flow_controlled_length", None),
+                             "END_STREAM" in frame.flags, len(frame.flags), repr(frame)))
         except (H2Error, HyperframeError) as exc:  # h2 turns the second kind (bad padding) into a protocol error
             seen.append(f"raised {type(exc).__name__}")
             break

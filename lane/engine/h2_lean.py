@@ -210,7 +210,8 @@ class LeanH2Connection(H2Connection):
         configuration (inbound checks off, fields left as bytes): no validation flags built for checks that
         do not run, no generator chain and copy of the decoded fields unless there are cookies to join.
         Priority, h2's inbound checks or text fields go to h2."""
-        if not self._lean_heads or "PRIORITY" in frame.flags:
+        held = frame.flags._flags  # the names themselves: `in` on Flags is a Python call, on its set it is not
+        if not self._lean_heads or "PRIORITY" in held:
             return super()._receive_headers_frame(frame)
         stream_id = frame.stream_id
         if stream_id not in self.streams:
@@ -220,9 +221,11 @@ class LeanH2Connection(H2Connection):
         decoded = _decode_headers(self.decoder, frame.data)
         headers = decoded if isinstance(decoded, list) else list(decoded)
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
-        stream = self._get_or_create_stream(stream_id, self._inbound_ids)
+        stream = self.streams.get(stream_id)  # h2's _get_or_create_stream, inline
+        if stream is None:
+            stream = self._begin_new_stream(stream_id, self._inbound_ids)
         machine = stream.state_machine
-        end_stream = "END_STREAM" in frame.flags
+        end_stream = "END_STREAM" in held
         if _informational(headers):
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses")
@@ -259,7 +262,9 @@ class LeanH2Connection(H2Connection):
             limit, count = self.remote_settings.max_concurrent_streams, self.open_outbound_streams
             raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-        stream = self._get_or_create_stream(stream_id, self._outbound_ids)
+        stream = self.streams.get(stream_id)  # h2's _get_or_create_stream, inline
+        if stream is None:
+            stream = self._begin_new_stream(stream_id, self._outbound_ids)
         machine = stream.state_machine
         block = headers if isinstance(headers, list) else list(headers)
         informational = not machine.client and _informational(block)
@@ -283,7 +288,7 @@ class LeanH2Connection(H2Connection):
         out = self._data_to_send
         first = encoded[:size]
         flags = (_END_STREAM if end_stream else 0) | (_END_HEADERS if len(encoded) <= size else 0)
-        out += _frame_head(len(first), _HEADERS, flags, stream_id)
+        out += (len(first) << 48 | _HEADERS << 40 | flags << 32 | stream_id).to_bytes(9, "big")  # _frame_head
         out += first
         for at in range(size, len(encoded), size):  # the rest of a block larger than a frame (§6.10)
             piece = encoded[at:at + size]
@@ -293,24 +298,24 @@ class LeanH2Connection(H2Connection):
 
     def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False,
                   pad_length: Any = None) -> None:
-        """``H2Connection.send_data`` without padding (lane never pads)."""
-        if pad_length is not None:
+        """``H2Connection.send_data`` without padding (lane never pads), on a stream h2 holds."""
+        stream = self.streams.get(stream_id)
+        if pad_length is not None or stream is None:  # padding, or h2's errors for a stream it does not hold
             super().send_data(stream_id, data, end_stream, pad_length)
             return
         size = len(data)
-        if size > 0 and size > self.local_flow_control_window(stream_id):
-            raise FlowControlError(f"Cannot send {size} bytes, flow control window is "
-                                   f"{self.local_flow_control_window(stream_id)}")
+        window = min(self.outbound_flow_control_window, stream.outbound_flow_control_window)  # h2's, inline
+        if size > 0 and size > window:
+            raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
         if size > self.max_outbound_frame_size:
             raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is {self.max_outbound_frame_size}")
         self.state_machine.process_input(ConnectionInputs.SEND_DATA)
-        stream = self.streams[stream_id]
         stream.state_machine.process_input(StreamInputs.SEND_DATA)
         if end_stream:
             stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
         stream.outbound_flow_control_window -= size
         out = self._data_to_send
-        out += _frame_head(size, _DATA, _END_STREAM if end_stream else 0, stream_id)
+        out += (size << 48 | (_END_STREAM if end_stream else 0) << 32 | stream_id).to_bytes(9, "big")  # DATA
         out += data
         self.outbound_flow_control_window -= size
 

@@ -156,7 +156,8 @@ class H2Peer(asyncio.Protocol):
         for event in events:
             kind = _HEADS.get(type(event))
             if kind is not None:
-                why = malformed(cast(_Head, event).headers or (), kind)
+                head: _Head = event  # type: ignore[assignment]  # a head, by _HEADS (no cast call per event)
+                why = malformed(head.headers or (), kind)
                 if why is not None:  # what h2's own check did: the connection ends (RFC 9113 §8.1.1)
                     with contextlib.suppress(H2Error):
                         self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)

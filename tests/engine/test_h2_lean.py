@@ -129,7 +129,7 @@ Step = Callable[[H2Connection], object]
 
 def _sent_alike(client_side: bool, steps: list[Step]) -> list[tuple[str, bytes]]:
     """Run *steps* on an ``H2Connection`` and on a `LeanH2Connection` (lane's configuration), each after the
-    connection's preface and the peer's SETTINGS; assert the same bytes and errors after every step."""
+    connection's preface and the peer's SETTINGS; assert the same bytes and errors (and messages) after every step."""
     runs = []
     for kind in (H2Connection, LeanH2Connection):
         conn = kind(H2Configuration(client_side=client_side, header_encoding=None, validate_outbound_headers=False,
@@ -142,17 +142,19 @@ def _sent_alike(client_side: bool, steps: list[Step]) -> list[tuple[str, bytes]]
             peer.send_headers(1, REQUEST)
         conn.receive_data(peer.data_to_send())
         conn.data_to_send()
-        run = []
+        run: list[tuple[str, bytes]] = []
+        messages: list[str] = []
         for step in steps:
             try:
                 step(conn)
-            except H2Error as exc:
+            except (H2Error, KeyError) as exc:  # KeyError: h2's own, for nothing sent on a stream it never had
                 run.append((f"raised {type(exc).__name__}", conn.data_to_send()))
+                messages.append(str(exc))
             else:
                 run.append(("ok", conn.data_to_send()))
-        runs.append(run)
+        runs.append((run, messages))
     assert runs[0] == runs[1]
-    return runs[1]
+    return runs[1][0]
 
 
 def test_a_unary_call_is_sent_byte_for_byte_as_h2_sends_it() -> None:
@@ -206,9 +208,28 @@ def test_what_h2_refuses_to_send_is_refused_alike() -> None:
         *[lambda c: c.send_data(1, b"x" * 16_384)] * 2,
         lambda c: c.send_data(1, b"x" * 16_384),  # one byte over the stream's 65535-byte window
         lambda c: c.send_data(1, b"x" * 16_383),
+        lambda c: c.send_data(1, b"x", end_stream=True),  # over the stream's window by one, and it ends
+        lambda c: c.send_data(1, b"", end_stream=True),  # nothing to send: the window is not looked at
+        lambda c: c.send_data(1, b""),  # on a stream that ended this way
+        lambda c: c.send_data(3, b"x"),  # on a stream never opened
+        lambda c: c.send_headers(3, REQUEST),
+        lambda c: c.send_data(3, b"x" * 16_383),  # the connection's window is the stream's here
+        lambda c: c.send_data(3, b"x" * 100, end_stream=True),
+        lambda c: c.send_headers(2**31 - 1, REQUEST),  # the largest stream identifier, in every frame header
+        lambda c: c.send_data(2**31 - 1, b"x", end_stream=True),
     ])
     assert [what for what, _ in window] == ["ok", "ok", "ok", "raised FrameTooLargeError", "ok", "ok",
-                                            "raised FlowControlError", "ok"]
+                                            "raised FlowControlError", "ok", "raised FlowControlError", "ok",
+                                            "raised ProtocolError", "raised NoSuchStreamError", "ok", "ok", "ok", "ok",
+                                            "ok"]
+    shared = _sent_alike(True, [  # the connection's window (65535, never grown) runs out before stream 3's
+        lambda c: c.send_headers(1, REQUEST), lambda c: c.send_headers(3, REQUEST),
+        *[lambda c: c.send_data(1, b"x" * 16_384)] * 3, lambda c: c.send_data(1, b"x" * 16_383),
+        lambda c: c.send_data(3, b"x"),
+    ])
+    assert [what for what, _ in shared][-2:] == ["ok", "raised FlowControlError"]
+    never = _sent_alike(True, [lambda c: c.send_headers(1, REQUEST), lambda c: c.send_data(5, b"")])
+    assert never[1] == ("raised KeyError", b"")  # nothing, on a stream never opened: h2's own KeyError
 
 
 # --- receiving heads: the same events (fields included) and the same errors as H2Connection ---
@@ -219,9 +240,11 @@ Peer = Callable[[H2Connection, H2Connection], bytes]
 def _event(event: object) -> tuple[object, ...]:
     fields = getattr(event, "headers", None)
     ended = getattr(event, "stream_ended", None)
+    priority = getattr(event, "priority_updated", None)
     return (type(event).__name__, getattr(event, "stream_id", None), getattr(event, "error_code", None),
             None if fields is None else [(type(f).__name__, bytes(f[0]), bytes(f[1])) for f in fields],
-            None if ended is None else type(ended).__name__)
+            None if ended is None else type(ended).__name__,
+            None if priority is None else (priority.weight, priority.depends_on, priority.exclusive))
 
 
 def _received_alike(client_side: bool, script: Peer, max_streams: int = 100) -> list[tuple[object, ...]] | str:
@@ -247,6 +270,18 @@ def _received_alike(client_side: bool, script: Peer, max_streams: int = 100) -> 
         outcomes.append((got, conn.data_to_send()))
     assert outcomes[0] == outcomes[1]
     return outcomes[1][0]
+
+
+def test_a_head_with_priority_arrives_as_h2_hands_it() -> None:
+    def request(peer: H2Connection, conn: H2Connection) -> bytes:
+        peer.send_headers(1, REQUEST, priority_weight=42, priority_depends_on=0, priority_exclusive=True)
+        peer.send_headers(3, REQUEST, end_stream=True, priority_weight=7, priority_depends_on=1)
+        return peer.data_to_send()
+
+    events = _received_alike(False, request)
+    assert [e[0] for e in events] == ["RequestReceived", "PriorityUpdated", "RequestReceived", "StreamEnded",
+                                      "PriorityUpdated"]
+    assert events[0][-1] == (42, 0, True)
 
 
 def test_a_request_and_its_answer_arrive_with_the_same_fields() -> None:

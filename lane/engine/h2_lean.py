@@ -4,6 +4,8 @@ A unary gRPC call through a lane proxy is ten frames, each through ``h2`` (issue
 what ``h2`` does per frame is for options lane turned off or for a log nobody reads:
 
 * its frame buffer parses every frame through hyperframe's generic path (`LeanFrameBuffer`);
+* receiving DATA runs a dozen helper calls (flow-controlled length, flags, two window managers,
+  the stream lookup, the stream's ``receive_data``) for a few lines of arithmetic;
 * ``_receive_frame`` formats every received frame for its trace log (``repr(frame)``: the frame, its
   flags and a hex dump of its payload) before calling the logger, so also with h2's no-op default;
 * ``_receive_headers_frame`` builds validation flags and runs a generator chain per head for inbound
@@ -125,7 +127,8 @@ class LeanFrameBuffer(FrameBuffer):
         stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
         if not stream_id or len(data) < 9 + length:  # h2 refuses the first, waits for the rest of the second
             return super().__next__()
-        self._validate_frame_length(length)
+        if length > self.max_frame_size:  # h2's _validate_frame_length, inline
+            raise FrameTooLargeError(f"Received overlong frame: length {length}, max {self.max_frame_size}")
         make, valid, names = _SIMPLE[kind, bits]
         flags: Any = object.__new__(Flags)  # Flags.__init__ and add, without the calls
         flags._valid_flags = valid
@@ -191,8 +194,44 @@ class LeanH2Connection(H2Connection):
             else:
                 raise
         else:
-            self._prepare_for_sending(frames)
+            if frames:  # h2's _prepare_for_sending does nothing for none, the usual case
+                self._prepare_for_sending(frames)
         return events
+
+    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:
+        """``H2Connection._receive_data_frame`` and ``H2Stream.receive_data`` as one: the same state machine
+        inputs, window accounting (h2's ``WindowManager.window_consumed``, inline) and content-length check,
+        in h2's order, without their helper calls per frame."""
+        held = frame.flags._flags
+        data = frame.data
+        length = len(data) + (frame.pad_length + 1 if "PADDED" in held else 0)  # frame.flow_controlled_length
+        events = self.state_machine.process_input(ConnectionInputs.RECV_DATA)
+        window = self._inbound_flow_control_window_manager
+        window.current_window_size -= length
+        if window.current_window_size < 0:
+            raise FlowControlError("Flow control window shrunk below 0")
+        try:
+            stream = self.streams.get(frame.stream_id)
+            if stream is None:  # h2's errors for a stream it does not hold
+                stream = self._get_stream_by_id(frame.stream_id)
+            end_stream = "END_STREAM" in held
+            machine = stream.state_machine
+            stream_events = machine.process_input(StreamInputs.RECV_DATA)
+            received: Any = stream_events[0]  # DataReceived
+            window = stream._inbound_window_manager
+            window.current_window_size -= length
+            if window.current_window_size < 0:
+                raise FlowControlError("Flow control window shrunk below 0")
+            stream._track_content_length(len(data), end_stream)
+            if end_stream:
+                ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+                received.stream_ended = ended[0]
+                stream_events.extend(ended)
+            received.data = data
+            received.flow_controlled_length = length
+        except StreamClosedError as e:  # marked CLOSED, or already gone
+            return self._handle_data_on_closed_stream(events, e, frame)
+        return [], events + stream_events
 
     def may_open_outbound(self) -> bool:
         """Whether one more stream of this end stays within the peer's ``MAX_CONCURRENT_STREAMS``.

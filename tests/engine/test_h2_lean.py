@@ -244,7 +244,15 @@ def _event(event: object) -> tuple[object, ...]:
     return (type(event).__name__, getattr(event, "stream_id", None), getattr(event, "error_code", None),
             None if fields is None else [(type(f).__name__, bytes(f[0]), bytes(f[1])) for f in fields],
             None if ended is None else type(ended).__name__,
-            None if priority is None else (priority.weight, priority.depends_on, priority.exclusive))
+            None if priority is None else (priority.weight, priority.depends_on, priority.exclusive),
+            getattr(event, "data", None), getattr(event, "flow_controlled_length", None))
+
+
+def _windows(conn: H2Connection) -> list[object]:
+    """What the connection counted: its and every stream's receive window, and each stream's body so far."""
+    return [conn._inbound_flow_control_window_manager.current_window_size,
+            *[(sid, s._inbound_window_manager.current_window_size, s._actual_content_length,
+               s.state_machine.state) for sid, s in sorted(conn.streams.items())]]
 
 
 def _received_alike(client_side: bool, script: Peer, max_streams: int = 100) -> list[tuple[object, ...]] | str:
@@ -263,13 +271,56 @@ def _received_alike(client_side: bool, script: Peer, max_streams: int = 100) -> 
         peer.receive_data(conn.data_to_send())
         conn.receive_data(peer.data_to_send())
         conn.data_to_send()
+        message = ""
         try:
             got: list[tuple[object, ...]] | str = [_event(e) for e in conn.receive_data(script(peer, conn))]
         except H2Error as exc:
-            got = f"raised {type(exc).__name__}"
-        outcomes.append((got, conn.data_to_send()))
+            got, message = f"raised {type(exc).__name__}", str(exc)
+        outcomes.append((got, message, conn.data_to_send(), _windows(conn)))
     assert outcomes[0] == outcomes[1]
     return outcomes[1][0]
+
+
+def _data_script(case: str) -> Peer:
+    def script(peer: H2Connection, conn: H2Connection) -> bytes:
+        length = [(b"content-length", b"3")] if case.startswith("content-length") else []
+        peer.send_headers(1, [*REQUEST, *length], end_stream=case == "ended")
+        if case == "padded":
+            peer.send_data(1, b"abc", pad_length=5)
+            peer.send_data(1, b"", pad_length=0)
+            peer.send_data(1, b"de", end_stream=True)
+        elif case == "content-length over":
+            peer.send_data(1, b"abcd")
+        elif case == "content-length short":
+            peer.send_data(1, b"ab", end_stream=True)
+        elif case == "content-length exact":
+            peer.send_data(1, b"ab")
+            peer.send_data(1, b"c", end_stream=True)
+        sent = peer.data_to_send()
+        if case in ("connection window", "stream window"):
+            if case == "stream window":
+                conn.increment_flow_control_window(100_000)  # the connection's window is larger than the stream's
+                conn.data_to_send()
+            sent += b"".join(_frame(0x0, 1, b"x" * 16_384) for _ in range(4)) + _frame(0x0, 1, b"x" * 10)
+        elif case == "never opened":
+            sent += _frame(0x0, 5, b"x")
+        elif case == "ended":
+            sent += _frame(0x0, 1, b"late")
+        return sent
+    return script
+
+
+@pytest.mark.parametrize("case", ["padded", "content-length over", "content-length short", "content-length exact",
+                                  "connection window", "stream window", "never opened", "ended"])
+def test_data_arrives_as_h2_hands_it(case: str) -> None:
+    """Received DATA: the same events (data, flow-controlled length, end), windows, body counts and errors."""
+    got = _received_alike(False, _data_script(case))
+    if case == "padded":
+        assert [e[-1] for e in got if e[0] == "DataReceived"] == [9, 1, 2]  # padding counts against the window
+    elif case == "content-length exact":
+        assert got[-1][0] == "StreamEnded"
+    elif case in ("content-length over", "content-length short", "connection window", "stream window"):
+        assert isinstance(got, str) and got.startswith("raised")
 
 
 def test_a_head_with_priority_arrives_as_h2_hands_it() -> None:
@@ -281,7 +332,7 @@ def test_a_head_with_priority_arrives_as_h2_hands_it() -> None:
     events = _received_alike(False, request)
     assert [e[0] for e in events] == ["RequestReceived", "PriorityUpdated", "RequestReceived", "StreamEnded",
                                       "PriorityUpdated"]
-    assert events[0][-1] == (42, 0, True)
+    assert events[0][5] == (42, 0, True)
 
 
 def test_a_request_and_its_answer_arrive_with_the_same_fields() -> None:

@@ -44,6 +44,7 @@ from h2.exceptions import (
     TooManyStreamsError,
 )
 from h2.frame_buffer import FrameBuffer
+from h2.settings import SettingCodes
 from h2.stream import H2Stream, StreamInputs
 from h2.utilities import (
     authority_from_headers,
@@ -61,6 +62,7 @@ _HEADERS: Final = 0x1
 _CONTINUATION: Final = 0x9
 _END_STREAM: Final = 0x1
 _END_HEADERS: Final = 0x4
+_INITIAL_WINDOW: Final = SettingCodes.INITIAL_WINDOW_SIZE
 _COUNT_BELOW: Final = 64  # streams h2 may hold before the open ones are counted (and the closed ones forgotten)
 
 
@@ -164,9 +166,26 @@ class LeanH2Connection(H2Connection):
         self._join_cookies = bool(config.normalize_inbound_headers)
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
-        """Open a stream as h2 does; its state machine, still IDLE, becomes a `LeanStreamStateMachine`."""
-        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        """Open a stream: ``H2Connection._begin_new_stream``'s checks, windows and bookkeeping in its order,
+        with the two initial window sizes read from the settings' current values (their property and
+        ``__getitem__`` are two Python calls each) and the stream's direction from the configuration read
+        once. Its state machine, still IDLE, becomes a `LeanStreamStateMachine`."""
+        outbound = stream_id % 2 == self._outbound_ids  # h2's _stream_id_is_outbound
+        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
+        if stream_id <= highest:
+            raise StreamIDTooLowError(stream_id, highest)
+        if stream_id % 2 != int(allowed_ids):
+            raise ProtocolError("Invalid stream ID for peer.")
+        stream = H2Stream(stream_id, config=self.config,
+                          inbound_window_size=self.local_settings._settings[_INITIAL_WINDOW][0],
+                          outbound_window_size=self.remote_settings._settings[_INITIAL_WINDOW][0])
         stream.state_machine.__class__ = LeanStreamStateMachine
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        if outbound:
+            self.highest_outbound_stream_id = stream_id
+        else:
+            self.highest_inbound_stream_id = stream_id
         return stream
 
     def _receive_frame(self, frame: Frame) -> list[Event]:

@@ -250,8 +250,10 @@ def _event(event: object) -> tuple[object, ...]:
 
 def _windows(conn: H2Connection) -> list[object]:
     """What the connection counted: its and every stream's receive window, and each stream's body so far."""
-    return [conn._inbound_flow_control_window_manager.current_window_size,
-            *[(sid, s._inbound_window_manager.current_window_size, s._actual_content_length,
+    return [conn._inbound_flow_control_window_manager.current_window_size, conn.outbound_flow_control_window,
+            conn.highest_inbound_stream_id, conn.highest_outbound_stream_id,
+            *[(sid, s._inbound_window_manager.current_window_size, s._inbound_window_manager.max_window_size,
+               s.outbound_flow_control_window, s.max_outbound_frame_size, s._actual_content_length,
                s.state_machine.state) for sid, s in sorted(conn.streams.items())]]
 
 
@@ -321,6 +323,24 @@ def test_data_arrives_as_h2_hands_it(case: str) -> None:
         assert got[-1][0] == "StreamEnded"
     elif case in ("content-length over", "content-length short", "connection window", "stream window"):
         assert isinstance(got, str) and got.startswith("raised")
+
+
+@pytest.mark.parametrize("acked", [False, True])
+def test_new_streams_take_the_window_sizes_in_force(acked: bool) -> None:
+    """A stream opened after the peer's SETTINGS and, once acknowledged, after this end's own, starts with the
+    initial windows then in force, as h2's do; before the acknowledgement with the old receive window."""
+    def script(peer: H2Connection, conn: H2Connection) -> bytes:
+        conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 5_000, SettingCodes.MAX_FRAME_SIZE: 20_000})
+        if acked:
+            peer.receive_data(conn.data_to_send())  # the peer acknowledges this end's settings
+        peer.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1_000, SettingCodes.MAX_FRAME_SIZE: 17_000})
+        peer.send_headers(1, REQUEST)
+        peer.send_headers(3, REQUEST)
+        peer.send_data(3, b"x" * 10)
+        return peer.data_to_send()
+
+    got = _received_alike(False, script)
+    assert [e[0] for e in got][-3:] == ["RequestReceived", "RequestReceived", "DataReceived"]
 
 
 def test_a_head_with_priority_arrives_as_h2_hands_it() -> None:

@@ -5,7 +5,8 @@ what ``h2`` does per frame is for options lane turned off or for a log nobody re
 
 * its frame buffer parses every frame through hyperframe's generic path (`LeanFrameBuffer`);
 * receiving DATA runs a dozen helper calls (flow-controlled length, flags, two window managers,
-  the stream lookup, the stream's ``receive_data``) for a few lines of arithmetic;
+  the stream lookup, the stream's ``receive_data``) for a few lines of arithmetic, and acknowledging
+  it looks the stream up again;
 * ``_receive_frame`` formats every received frame for its trace log (``repr(frame)``: the frame, its
   flags and a hex dump of its payload) before calling the logger, so also with h2's no-op default;
 * ``_receive_headers_frame`` builds validation flags and runs a generator chain per head for inbound
@@ -45,13 +46,13 @@ from h2.exceptions import (
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
-from h2.stream import H2Stream, StreamInputs
+from h2.stream import STREAM_OPEN, H2Stream, StreamInputs
 from h2.utilities import (
     authority_from_headers,
     normalize_inbound_headers,
 )
 from hyperframe.flags import Flags
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 from lane.engine.h2_states import LeanConnectionStateMachine, LeanStreamStateMachine
 
@@ -251,6 +252,29 @@ class LeanH2Connection(H2Connection):
         except StreamClosedError as e:  # marked CLOSED, or already gone
             return self._handle_data_on_closed_stream(events, e, frame)
         return [], events + stream_events
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """``H2Connection.acknowledge_received_data`` (and ``H2Stream``'s) for a stream h2 holds: the stream
+        looked up and its ``open`` read inline, no call when there is no WINDOW_UPDATE to send. The window
+        arithmetic stays h2's (``WindowManager.process_bytes``); anything else, and any error, is h2's."""
+        stream = self.streams.get(stream_id)
+        if stream is None or acknowledged_size < 0:
+            super().acknowledge_received_data(acknowledged_size, stream_id)
+            return
+        frames: list[Frame] = []
+        increment = self._inbound_flow_control_window_manager.process_bytes(acknowledged_size)
+        if increment:
+            update = WindowUpdateFrame(0)
+            update.window_increment = increment
+            frames.append(update)
+        if STREAM_OPEN[stream.state_machine.state]:  # stream.open: no point in growing a closed stream's window
+            increment = stream._inbound_window_manager.process_bytes(acknowledged_size)
+            if increment:
+                update = WindowUpdateFrame(stream_id)
+                update.window_increment = increment
+                frames.append(update)
+        if frames:
+            self._prepare_for_sending(frames)
 
     def may_open_outbound(self) -> bool:
         """Whether one more stream of this end stays within the peer's ``MAX_CONCURRENT_STREAMS``.

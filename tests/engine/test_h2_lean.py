@@ -147,7 +147,8 @@ def _sent_alike(client_side: bool, steps: list[Step]) -> list[tuple[str, bytes]]
         for step in steps:
             try:
                 step(conn)
-            except (H2Error, KeyError) as exc:  # KeyError: h2's own, for nothing sent on a stream it never had
+            except (H2Error, KeyError, ValueError) as exc:  # KeyError: h2's own, for nothing sent on a stream it
+                # never had; ValueError: h2's refusal of a negative size or stream 0
                 run.append((f"raised {type(exc).__name__}", conn.data_to_send()))
                 messages.append(str(exc))
             else:
@@ -230,6 +231,27 @@ def test_what_h2_refuses_to_send_is_refused_alike() -> None:
     assert [what for what, _ in shared][-2:] == ["ok", "raised FlowControlError"]
     never = _sent_alike(True, [lambda c: c.send_headers(1, REQUEST), lambda c: c.send_data(5, b"")])
     assert never[1] == ("raised KeyError", b"")  # nothing, on a stream never opened: h2's own KeyError
+
+
+def test_received_data_is_acknowledged_as_h2_acknowledges_it() -> None:
+    """The WINDOW_UPDATE frames (the connection's, the stream's, none) and the refusals, step by step."""
+    acks = _sent_alike(False, [
+        *[lambda c: c.receive_data(_frame(0x0, 1, b"x" * 16_000))] * 4,  # both windows nearly used up
+        *[lambda c: c.acknowledge_received_data(9_000, 1)] * 5,  # the windows' own thresholds decide
+        lambda c: c.acknowledge_received_data(0, 1),
+        lambda c: c.acknowledge_received_data(-1, 1),
+        lambda c: c.acknowledge_received_data(10, 0),
+        lambda c: c.acknowledge_received_data(10, 3),  # a stream never opened
+        lambda c: c.send_headers(1, ANSWER, end_stream=True),  # stream 1 still open: the client has not ended
+        lambda c: c.acknowledge_received_data(40_000, 1),
+        lambda c: c.receive_data(_frame(0x0, 1, b"x" * 16_000)),
+        lambda c: c.reset_stream(1),
+        lambda c: c.acknowledge_received_data(40_000, 1),  # closed: the connection's window only
+    ])
+    sent = [what for what, _ in acks]
+    assert sent == ["ok"] * 10 + ["raised ValueError", "raised ValueError", "raised NoSuchStreamError"] + ["ok"] * 5
+    assert any(data for _, data in acks[4:9])
+    assert len(acks[-1][1]) == 13 and acks[-1][1][3] == 0x8 and acks[-1][1][5:9] == bytes(4)  # one, on stream 0
 
 
 # --- receiving heads: the same events (fields included) and the same errors as H2Connection ---

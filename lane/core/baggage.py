@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote
@@ -118,11 +118,12 @@ def _member_key(member: str) -> str | None:
     return key.strip(_OWS) if eq else None
 
 
-def _names(member: str, key: str) -> bool:
+def _names(member: str, keys: Container[str]) -> bool:
+    """Whether *member* is named by one of *keys* (a key sent percent-encoded counts by its decoded name)."""
     raw = _member_key(member)
     if raw is None:
         return False
-    return raw == key or ("%" in raw and decode_value(raw) == key)
+    return raw in keys or ("%" in raw and decode_value(raw) in keys)
 
 
 def get_member(headers: Iterable[str], key: str) -> str | None:
@@ -131,7 +132,7 @@ def get_member(headers: Iterable[str], key: str) -> str | None:
     Properties (after ``;``) are ignored; an empty value is returned as ``""``.
     """
     for member in members(headers):
-        if _names(member, key):
+        if _names(member, (key,)):
             raw = member.partition("=")[2].partition(";")[0].strip(_OWS)
             return decode_value(raw)
     return None
@@ -139,7 +140,7 @@ def get_member(headers: Iterable[str], key: str) -> str | None:
 
 def remove_member(headers: Iterable[str], key: str) -> str | None:
     """One header value with every member named *key* removed, or None when nothing is left."""
-    kept = [m for m in members(headers) if not _names(m, key)]
+    kept = [m for m in members(headers) if not _names(m, (key,))]
     return ",".join(kept) if kept else None
 
 
@@ -155,16 +156,15 @@ def _encoded_member(key: str, value: str) -> str:
 def set_member(headers: Iterable[str], key: str, value: str) -> str:
     """One header value with ``key=<value>`` as its first member and every other member kept."""
     first = _encoded_member(key, value)
-    rest = [m for m in members(headers) if not _names(m, key)]
+    rest = [m for m in members(headers) if not _names(m, (key,))]
     return ",".join([first, *rest]) if rest else first
 
 
 def set_members(headers: Iterable[str], pairs: Iterable[tuple[str, str]]) -> str:
     """One header value with ``key=<value>`` for each of *pairs* first, in order, and every other member kept.
 
-    Runs twice per sidecar hop, so written flat: members are matched against a set of the keys
-    (percent-decoded only when a key has an escape, as `_names` does), and a value seen once per
-    request (a request id) is encoded without going through the cache meant for the few lanes.
+    Runs twice per sidecar hop: members are matched against a set of the keys at once, and a value
+    seen once per request (a request id) is encoded without going through the cache meant for the few lanes.
     """
     firsts: list[str] = []
     keys: set[str] = set()
@@ -172,9 +172,5 @@ def set_members(headers: Iterable[str], pairs: Iterable[tuple[str, str]]) -> str
         firsts.append(_encoded_member(key, value) if len(value) <= _CACHED_VALUE else
                       f"{_encode_key(key)}={encode_value(value)}")
         keys.add(key)
-    for member in members(headers):
-        raw = _member_key(member)
-        if raw is not None and (raw in keys or ("%" in raw and decode_value(raw) in keys)):
-            continue
-        firsts.append(member)
+    firsts.extend(member for member in members(headers) if not _names(member, keys))
     return ",".join(firsts)

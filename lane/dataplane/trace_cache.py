@@ -178,19 +178,17 @@ class TraceCache:
     def __init__(self, max_size: int, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         if max_size < 1 or ttl <= 0:
             raise ValueError("max_size must be >= 1 and ttl > 0")
-        self.max_size = max_size
-        self.ttl = ttl
-        self._tick = min(ttl / 64, 1 / 64)  # how long one shared (lane, expiry) value is handed out
         self._clock = clock
         self._data: OrderedDict[TraceKey, tuple[str, float]] = OrderedDict()
         self._stamps: dict[str, tuple[float, tuple[str, float]]] = {}  # lane -> (made at, shared value)
+        self.configure(max_size, ttl)
 
     def __len__(self) -> int:
         return len(self._data)
 
     def configure(self, max_size: int, ttl: float) -> None:
         self.max_size, self.ttl = max_size, ttl
-        self._tick = min(ttl / 64, 1 / 64)
+        self._tick = min(ttl / 64, 1 / 64)  # how long one shared (lane, expiry) value is handed out
         self._stamps.clear()
         while len(self._data) > self.max_size:
             self._data.popitem(last=False)

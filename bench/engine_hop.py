@@ -25,7 +25,7 @@ import sys
 
 import uvloop
 
-from lane.core.endpoint import Endpoint
+from lane.core.endpoint import Endpoint, parse_endpoint
 from lane.core.headers import strip_hop_by_hop, upstream_headers
 from lane.core.tags import DEFAULT_TAG_HEADER
 from lane.dataplane.relay import relay
@@ -36,11 +36,6 @@ from lane.process.collector import settle
 from lane.process.readiness import announce
 
 _TIMEOUTS = argparse.Namespace(connect_timeout=2.0, request_timeout=30.0)
-
-
-def _endpoint(text: str) -> Endpoint:
-    host, _, port = text.rpartition(":")
-    return Endpoint(host, int(port))
 
 
 def forwarder(default: Endpoint, routes: dict[str, Endpoint]) -> FastPath:
@@ -58,16 +53,14 @@ def forwarder(default: Endpoint, routes: dict[str, Endpoint]) -> FastPath:
     return with_pools
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    routes = {lane: _endpoint(address) for lane, _, address in (r.partition("=") for r in args.route)}
-    host, _, port = args.listen.rpartition(":")
-    listener = await listen_http(forwarder(_endpoint(args.to), routes), host, int(port))
+async def _serve(listen: Endpoint, to: Endpoint, routes: dict[str, Endpoint], ready_file: str | None) -> None:
+    listener = await listen_http(forwarder(to, routes), listen.host, listen.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     settle()  # as a lane proxy does once ready (`lane.process.collector`)
-    announce("engine-hop", {"hop": Endpoint(*listener.address)}, args.ready_file)
+    announce("engine-hop", {"hop": Endpoint(*listener.address)}, ready_file)
     await stop.wait()
     await listener.close(1.0)
 
@@ -79,10 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--route", action="append", default=[], help="LANE=HOST:PORT: where that tag goes")
     parser.add_argument("--ready-file", help="write the bound address as JSON here once listening")
     args = parser.parse_args(argv)
-    for route in args.route:
-        if "=" not in route or ":" not in route:
-            parser.error(f"--route wants LANE=HOST:PORT, got {route!r}")
-    uvloop.run(_serve(args))
+    try:
+        listen = parse_endpoint(args.listen, any_host="127.0.0.1")
+        to = parse_endpoint(args.to)
+        routes = {}
+        for route in args.route:
+            lane, eq, address = route.partition("=")
+            if not eq or not lane:
+                raise ValueError(f"--route wants LANE=HOST:PORT, got {route!r}")
+            routes[lane] = parse_endpoint(address)
+    except ValueError as exc:
+        parser.error(str(exc))
+    uvloop.run(_serve(listen, to, routes, args.ready_file))
     return 0
 
 

@@ -195,22 +195,16 @@ class TraceCache:
 
     def put(self, key: TraceKey, lane: str) -> None:
         """Remember *key* in *lane*; a live key already in another lane becomes ambiguous instead."""
-        now = self._clock()
-        known = self._data.get(key)
-        if known is not None and known[1] > now and known[0] != lane:
-            if known[0] != _AMBIGUOUS:
-                _AMBIGUOUS_IN_CACHE.inc()
-            lane = _AMBIGUOUS
+        self.remember((key,), lane)
+
+    def _stamp(self, lane: str, now: float) -> tuple[str, float]:
+        """The shared ``(lane, expiry)`` value for a key remembered in *lane* at *now*."""
         stamp = self._stamps.get(lane)
         if stamp is None or not 0 <= now - stamp[0] < self._tick:
             if len(self._stamps) >= _MAX_STAMPS:  # lanes named by callers: keep this bounded too
                 self._stamps.clear()
             stamp = self._stamps[lane] = (now, (lane, now + self.ttl))
-        self._data[key] = stamp[1]
-        if known is not None:
-            self._data.move_to_end(key)
-        while len(self._data) > self.max_size:
-            self._data.popitem(last=False)
+        return stamp[1]
 
     def get(self, key: TraceKey) -> str | None:
         """The lane of *key*; None when unknown, expired or ambiguous."""
@@ -225,8 +219,24 @@ class TraceCache:
         return lane or None
 
     def remember(self, keys: Iterable[TraceKey], lane: str) -> None:
+        """`put` each of *keys* in *lane*: one clock read and one shared value for all (two keys a request)."""
+        now = self._clock()
+        data = self._data
+        value = None
         for key in keys:
-            self.put(key, lane)
+            known = data.get(key)
+            if known is not None and known[1] > now and known[0] != lane:
+                if known[0] != _AMBIGUOUS:
+                    _AMBIGUOUS_IN_CACHE.inc()
+                data[key] = self._stamp(_AMBIGUOUS, now)
+            else:
+                if value is None:
+                    value = self._stamp(lane, now)
+                data[key] = value
+            if known is not None:
+                data.move_to_end(key)
+        while len(data) > self.max_size:
+            data.popitem(last=False)
 
     def recall(self, keys: Iterable[TraceKey]) -> str | None:
         """The lane of the first key that is known (and not ambiguous), in order."""

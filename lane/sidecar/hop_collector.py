@@ -19,9 +19,9 @@ Bounded: at most `MAX_OPEN` collections and `MAX_HOPS` hops each.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from typing import Final
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Final, Self
 
 from opentelemetry.context import Context
 
@@ -36,9 +36,19 @@ _AMBIGUOUS_IN_COLLECTOR: Final = AMBIGUOUS_TRACE_IDS.labels(store="hop_collector
 
 
 class Collection:
-    """The hops of the calls made while serving one request, slot per call, in start order."""
+    """The hops of the calls made while serving one request, slot per call, in start order.
 
-    def __init__(self) -> None:
+    Also the block it is open for (`HopCollector.collect`): leaving the ``with`` unregisters it. A plain
+    object rather than a ``@contextmanager`` generator: one is opened per inbound request, and the
+    generator's frames cost more than the registration itself.
+    """
+
+    __slots__ = ("_collector", "_count", "_keys", "_slots", "deadline", "identity", "request_id", "request_key",
+                 "trace_context")
+
+    def __init__(self, collector: HopCollector | None = None, keys: list[TraceKey] | None = None) -> None:
+        self._collector = collector  # None: never registered (no keys, or the collector was full)
+        self._keys = keys
         self._slots: list[tuple[Hop, ...] | None] = []
         self._count = 0
         # The request's tracing span (`lane.telemetry.tracing`), so calls that carry only a trace id like
@@ -51,6 +61,15 @@ class Collection:
         self.request_key: str | None = None  # the id in baggage (`lane.core.wire.REQUEST_MEMBER`)
         # When the sidecar stops waiting for the app (`time.monotonic`): its calls are capped by it.
         self.deadline = math.inf
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        collector, self._collector = self._collector, None
+        if collector is not None and self._keys is not None:
+            collector._close(self, self._keys)
 
     def reserve(self) -> int:
         self._slots.append(None)
@@ -81,33 +100,38 @@ class HopCollector:
     def __len__(self) -> int:
         return self._open
 
-    @contextmanager
-    def collect(self, keys: Iterable[TraceKey]) -> Iterator[Collection]:
-        """A collection registered under *keys* for the duration of the block."""
-        collection = Collection()
+    def collect(self, keys: Iterable[TraceKey]) -> Collection:
+        """A collection registered under *keys* until the ``with`` block it is used in ends.
+
+        Registered at once: use it only as ``with collector.collect(keys) as collection``.
+        """
         keys = list(dict.fromkeys(keys))
         if not keys or self._open >= self._max_open:
-            yield collection  # unregistered: nothing can find it, it just stays empty
-            return
+            return Collection()  # unregistered: nothing can find it, it just stays empty
+        collection = Collection(self, keys)
         self._open += 1
+        by_key = self._by_key
         for key in keys:
-            claimed = self._by_key.setdefault(key, [])
+            claimed = by_key.get(key)
+            if claimed is None:
+                by_key[key] = [collection]
+                continue
             if claimed and key not in self._ambiguous:
                 self._ambiguous.add(key)
                 _AMBIGUOUS_IN_COLLECTOR.inc()
             claimed.append(collection)
-        try:
-            yield collection
-        finally:
-            self._open -= 1
-            for key in keys:
-                stack = self._by_key.get(key)
-                if stack is not None:
-                    if collection in stack:
-                        stack.remove(collection)
-                    if not stack:
-                        del self._by_key[key]
-                        self._ambiguous.discard(key)
+        return collection
+
+    def _close(self, collection: Collection, keys: list[TraceKey]) -> None:
+        self._open -= 1
+        for key in keys:
+            stack = self._by_key.get(key)
+            if stack is not None:
+                if collection in stack:
+                    stack.remove(collection)
+                if not stack:
+                    del self._by_key[key]
+                    self._ambiguous.discard(key)
 
     def find(self, keys: Iterable[TraceKey]) -> Collection | None:
         """The open collection under the first of *keys* that has exactly one (ambiguous keys are skipped)."""

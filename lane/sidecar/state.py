@@ -8,8 +8,6 @@ which is why a sidecar is one process (`lane.sidecar.main.WORKERS_REFUSED`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from time import monotonic
 
@@ -134,21 +132,21 @@ class Sidecar:
         return Arrival(requested, keys, reason, Hop(self.service, self.lane, requested, reason, instance),
                        identity, headers.get("x-request-id"), app_budget(received, headers, config.proxy), key)
 
-    @contextmanager
-    def collecting(self, arrival: Arrival, headers: CIMultiDict[str]) -> Iterator[Collection]:
-        """The hop collection of an inbound request while its app serves it, knowing its trace identity.
+    def collecting(self, arrival: Arrival, headers: CIMultiDict[str]) -> Collection:
+        """The hop collection of an inbound request while its app serves it, knowing its trace identity:
+        use it as ``with sidecar.collecting(arrival, headers) as collection`` (`HopCollector.collect`).
 
         *headers* are the ones leaving for the app, read after tracing injected the request's span:
         calls the app makes without a ``traceparent`` get theirs back as children of that span.
         """
-        with self.hops.collect(arrival.keys) as collection:
-            # with tracing on, the request leaves with this sidecar's span as its parent: read it back
-            collection.identity = (identity_of(headers) or arrival.identity) if self.tracing.enabled \
-                else arrival.identity
-            collection.request_id = arrival.request_id
-            collection.request_key = arrival.request_key
-            collection.deadline = monotonic() + arrival.wait  # the app's calls must be answered before
-            yield collection
+        collection = self.hops.collect(arrival.keys)
+        # with tracing on, the request leaves with this sidecar's span as its parent: read it back
+        collection.identity = (identity_of(headers) or arrival.identity) if self.tracing.enabled \
+            else arrival.identity
+        collection.request_id = arrival.request_id
+        collection.request_key = arrival.request_key
+        collection.deadline = monotonic() + arrival.wait  # the app's calls must be answered before
+        return collection
 
     def depart(self, headers: CIMultiDict[str]) -> Departure:
         """The lane of an outbound call of the app; *headers* (leaving) get every carrier of it back.

@@ -354,3 +354,58 @@ def test_hops_are_collected_in_call_start_order() -> None:
         found.fill(first, [Hop("b", "base", "gray"), Hop("c", "gray", "gray")])
         assert [h.label() for h in collection.hops()] == ["b@base", "c@gray", "d@base"]
     assert collector.find(keys) is None and len(collector) == 0
+
+
+def test_a_collection_is_unregistered_when_its_block_fails_and_a_full_collector_hands_out_loose_ones() -> None:
+    collector = HopCollector(max_open=1)
+    keys = [("request", "r1")]
+    with pytest.raises(RuntimeError), collector.collect(keys) as collection:
+        assert collector.find(keys) is collection and len(collector) == 1
+        raise RuntimeError("the app's answer failed")
+    assert collector.find(keys) is None and len(collector) == 0
+    with collector.collect(keys) as first, collector.collect([("request", "r2")]) as loose:
+        assert collector.find([("request", "r2")]) is None  # over max_open: not registered, still usable
+        loose.fill(loose.reserve(), [Hop("b", "base", "gray")])
+        assert [h.label() for h in loose.hops()] == ["b@base"] and collector.find(keys) is first
+    assert len(collector) == 0
+
+
+def test_the_trace_cache_keeps_the_model_of_lru_ttl_and_ambiguity_on_random_requests() -> None:
+    """`remember` stores a request's keys in one step (one clock read, one shared value); the reference is
+    the cache's definition, key by key: a live key claimed by another lane is ambiguous until it expires,
+    expired keys are gone, the least recently used go first once the request's keys are in."""
+    import random
+    from collections import OrderedDict
+
+    rng = random.Random(11)
+    now = [0.0]
+    cache = TraceCache(6, 5.0, clock=lambda: now[0])
+    model: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+    keys = [("trace", f"{i:032x}") for i in range(9)] + [("request", str(i)) for i in range(4)]
+    for _ in range(4000):
+        if rng.random() < 0.3:
+            now[0] += rng.choice((1.0, 1.0, 3.0, 6.0))  # whole seconds: every value is fresh (no shared tick)
+        request = rng.sample(keys, rng.choice((1, 2, 2, 3)))
+        if rng.random() < 0.5:
+            lane = rng.choice(("base", "gray", "blue"))
+            cache.remember(request, lane)
+            for key in request:
+                known = model.get(key)
+                claimed = known is not None and known[1] > now[0] and known[0] != lane
+                model[key] = ("" if claimed else lane, now[0] + 5.0)
+                model.move_to_end(key)
+            while len(model) > 6:
+                model.popitem(last=False)
+        else:
+            expected = None
+            for key in request:
+                item = model.get(key)
+                if item is not None and item[1] <= now[0]:
+                    del model[key]
+                elif item is not None:
+                    model.move_to_end(key)
+                    if item[0]:
+                        expected = item[0]
+                        break
+            assert cache.recall(request) == expected, (request, now[0])
+        assert list(cache._data) == list(model)

@@ -293,3 +293,24 @@ def test_set_members_puts_the_pairs_first_and_keeps_every_other_member(
         rest = remove_member([rest], key) if rest is not None else None
     expected = ",".join([f"{key}={encode_value(value)}" for key, value in pairs] + ([rest] if rest else []))
     assert set_members(headers, pairs) == expected
+
+
+_PIECES = st.sampled_from([",", " ", "\t", "k=v", "x-mse-tag=gray", "%78-mse-tag=base", ";p=1", "=", "a", "\u00e9"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=30).map("".join), st.integers(min_value=0, max_value=3))
+@example("a," * 1023 + "a", 0)  # 2047 characters: the fast path's longest, at MAX_MEMBERS exactly
+@example("a," * 1024 + "a", 0)  # 2049 characters and one member past the bound: the general reader
+@example("a," * 1024, 0)
+def test_the_split_fast_path_reads_the_same_members_as_the_bounded_reader(value: str, pad: int) -> None:
+    """`get_member`/`set_members` split one short value at C speed; the bounded generator is the reference."""
+    from lane.core.baggage import _member_list
+
+    value = value + "," * pad
+    for headers in ([value], (value,), [value, "k2=v2"]):
+        assert list(_member_list(headers)) == list(members(headers))
+    key = "x-mse-tag"
+    reference = next((decode_value(m.partition("=")[2].partition(";")[0].strip(" \t")) for m in members([value])
+                      if "=" in m and decode_value(m.partition("=")[0].strip(" \t")) == key), None)
+    assert get_member([value], key) == reference

@@ -151,13 +151,21 @@ def _hex(text: str, width: int) -> str | None:
     return None if text == "0" * width else text
 
 
+def _traceparent_identity(value: str) -> TraceIdentity | None:
+    """The identity of one (stripped) ``traceparent`` value, or None when it is not a usable one."""
+    m = _TRACEPARENT.fullmatch(value.lower())
+    if m and m.group(1) != "ff" and m.group(2) != _ZERO_TRACE and m.group(3) != _ZERO_SPAN:
+        return TraceIdentity(m.group(2), m.group(3), bool(int(m.group(4), 16) & 1))
+    return None
+
+
 def identity_of(headers: CIMultiDict[str]) -> TraceIdentity | None:
     """The trace identity *headers* carry (``traceparent``, then B3, then ``uber-trace-id``), or None."""
     value = single_value(headers, "traceparent")
     if value is not None:
-        m = _TRACEPARENT.fullmatch(value.lower())
-        if m and m.group(1) != "ff" and m.group(2) != _ZERO_TRACE and m.group(3) != _ZERO_SPAN:
-            return TraceIdentity(m.group(2), m.group(3), bool(int(m.group(4), 16) & 1))
+        found = _traceparent_identity(value)
+        if found is not None:
+            return found
     value = single_value(headers, "x-b3-traceid")
     if value is not None and len(value) in (16, 32):
         trace = _hex(value, 32)
@@ -220,6 +228,7 @@ def complete_trace_headers(headers: CIMultiDict[str], names: Iterable[str], *, s
     *headers* (the outbound side has it), so a header present and usable is not parsed twice.
     """
     identity: TraceIdentity | None = None
+    read: TraceIdentity | None = None  # a usable traceparent's: what `identity_of` would read first
     keys: list[TraceKey] = []
     getall = headers.getall
     for name in names:
@@ -230,10 +239,12 @@ def complete_trace_headers(headers: CIMultiDict[str], names: Iterable[str], *, s
             continue
         values = getall(name, None)
         value = None if values is None else values[0] if len(values) == 1 else single_value(headers, name)
-        if name == "x-b3-traceid" and value is not None and single_value(headers, "x-b3-spanid") is None:
-            value = None  # half a B3 context: written whole
+        if name == "x-b3-traceid" and value is not None and _hex(single_value(headers, "x-b3-spanid") or "", 16) is None:
+            value = None  # half a B3 context (no usable span id): written whole
         if value is not None:
-            found = trace_key_of(name, value)
+            if name == "traceparent" and read is None:  # the identity too, from the one parse
+                read = _traceparent_identity(value.strip())
+            found = (TRACE, read.trace_hex) if read is not None and name == "traceparent" else trace_key_of(name, value)
             if found is not None:
                 if found not in keys:
                     keys.append(found)
@@ -260,4 +271,4 @@ def complete_trace_headers(headers: CIMultiDict[str], names: Iterable[str], *, s
         key = identity.key(name)
         if key is not None and key not in keys:
             keys.append(key)
-    return Completed(identity, keys, headers, fallback)
+    return Completed(identity if identity is not None else read, keys, headers, fallback)

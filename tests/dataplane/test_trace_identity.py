@@ -8,6 +8,7 @@ as Envoy's and the OTel SDKs' headers do.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from urllib.parse import unquote
 
 import pytest
@@ -131,17 +132,13 @@ def test_what_lane_writes_extracts_to_the_same_trace_in_opentelemetry() -> None:
     assert f"{ctx.trace_id:032x}" == TRACE
 
 
-def test_keys_the_outbound_side_already_read_change_nothing_that_is_written() -> None:
-    """A sidecar's outbound side hands `complete_trace_headers` the keys it read (*known*) so present
-    headers are not parsed twice: on every mix of valid, garbage, repeated and conflicting headers the
-    headers written and the keys reported are exactly those of a run that parses everything itself."""
+def _mixes(count: int) -> Iterator[tuple[int, list[tuple[str, str]]]]:
+    """*count* reproducible mixes of valid, garbage, repeated and conflicting trace headers, every format."""
     import random
 
-    from lane.dataplane.trace_cache import trace_key_sources
-
-    names = (*ALL, "x-my-trace")
     choices: dict[str, list[str]] = {
-        "traceparent": [f"00-{TRACE}-{SPAN}-01", f" 00-{TRACE.upper()}-{SPAN}-00 ", "00-bad", f"ff-{TRACE}-{SPAN}-01"],
+        "traceparent": [f"00-{TRACE}-{SPAN}-01", f" 00-{TRACE.upper()}-{SPAN}-00 ", "00-bad", f"ff-{TRACE}-{SPAN}-01",
+                        f"00-{TRACE}-{'0' * 16}-01", f"01-{TRACE}-{SPAN}-01-extra"],
         "x-request-id": ["r1", "r 2", "", "x" * 300],
         "x-b3-traceid": [TRACE, TRACE[16:], "zz"],
         "x-b3-spanid": [SPAN, "nope"],
@@ -151,12 +148,37 @@ def test_keys_the_outbound_side_already_read_change_nothing_that_is_written() ->
         "x-my-trace": ["abc", "ab c"],
     }
     rng = random.Random(7)
-    for case in range(3000):
+    for case in range(count):
         pairs = []
         for name, values in choices.items():
             for _ in range(rng.choice((0, 0, 1, 1, 2))):  # absent, once, or twice (equal or conflicting)
                 pairs.append((name, rng.choice(values)))
         rng.shuffle(pairs)
+        yield case, pairs
+
+
+def test_the_identity_reported_is_the_one_the_completed_headers_carry() -> None:
+    """The inbound side takes the request's identity from `complete_trace_headers` (one parse of
+    ``traceparent`` for its key and its identity) instead of reading the headers again: on every mix it
+    is the identity `identity_of` reads from the completed headers, and the keys are the ones read back."""
+    names = (*ALL, "x-my-trace")
+    for _, pairs in _mixes(3000):
+        headers = CIMultiDict(pairs)
+        completed = complete_trace_headers(headers, names, service="s")
+        assert completed.identity == identity_of(headers), pairs
+        assert list(completed.keys) == trace_keys(headers, names), pairs
+
+
+def test_keys_the_outbound_side_already_read_change_nothing_that_is_written() -> None:
+    """A sidecar's outbound side hands `complete_trace_headers` the keys it read (*known*) so present
+    headers are not parsed twice: on every mix of valid, garbage, repeated and conflicting headers the
+    headers written and the keys reported are exactly those of a run that parses everything itself."""
+    import random
+
+    from lane.dataplane.trace_cache import trace_key_sources
+
+    names = (*ALL, "x-my-trace")
+    for case, pairs in _mixes(3000):
         plain, given = CIMultiDict(pairs), CIMultiDict(pairs)
         known = {name: key for key, name in trace_key_sources(given, names)}
         random.seed(case)  # minted ids come from `random`: both runs mint the same ones
@@ -166,3 +188,15 @@ def test_keys_the_outbound_side_already_read_change_nothing_that_is_written() ->
         got = complete_trace_headers(given, names, service="s", known=known)
         assert list(got.keys) == list(expected.keys) and got.identity == expected_identity, pairs
         assert list(given.items()) == list(plain.items()), pairs
+
+
+@pytest.mark.parametrize("span", [None, "nope", "0" * 16])
+def test_a_b3_trace_id_without_a_usable_span_id_is_written_whole(span: str | None) -> None:
+    """Half a B3 context (no span id, or one that is no id) is not handed on: the app would forward a span
+    id no tracer reads, and the identity the sidecar keeps would be a new random span on every read."""
+    headers = CIMultiDict({"x-b3-traceid": TRACE, **({"x-b3-spanid": span} if span is not None else {})})
+    completed = complete_trace_headers(headers, ALL, service="b")
+    identity = completed.identity
+    assert identity.trace_hex == TRACE and headers["x-b3-spanid"] == identity.span_hex != span
+    assert identity_of(headers) == identity == identity_of(headers)
+    assert headers["traceparent"] == f"00-{TRACE}-{identity.span_hex}-01"

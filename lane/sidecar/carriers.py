@@ -47,7 +47,7 @@ class CarrierStats:
         for name in present:
             if name in seen:
                 seen[name] += 1
-        self.sources[source.value] += 1
+        self.sources[source._value_] += 1  # `_value_`: `.value` is a property, two Python calls per outbound call
         if via is not None:
             self.recovered_from[via] = self.recovered_from.get(via, 0) + 1
 

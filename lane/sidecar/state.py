@@ -165,7 +165,7 @@ class Sidecar:
         key = request_key(headers)
         if key is not None:
             sources.append(((REQUEST, key), BAGGAGE_HEADER))
-        keys = list(dict.fromkeys(k for k, _ in sources))
+        keys = list(dict.fromkeys([k for k, _ in sources]))
         if carrier == "header":
             present.append(config.tag.header)
         if carrier is not None and get_member(headers.getall(BAGGAGE_HEADER, ()), config.tag.baggage_key):
@@ -190,6 +190,6 @@ class Sidecar:
             complete_trace_headers(headers, names, service=self.service, known=known)
         set_lane(headers, config.tag, lane, key or (collection.request_key if collection is not None else None))
         self.carriers.record(present, source, via)
-        count_lane_source(self.service, source.value, via or "")
+        count_lane_source(self.service, source._value_, via or "")  # `_value_`: see `CarrierStats.record`
         return Departure(lane, source, via, collection)
 

@@ -151,6 +151,19 @@ def _hex(text: str, width: int) -> str | None:
     return None if text == "0" * width else text
 
 
+def _carries(name: str, value: str, trace_hex: str) -> bool:
+    """Whether *value* of format *name* starts with exactly *trace_hex* as its trace id, so its key is that
+    id's without a parse (`lane.dataplane.trace_cache.trace_key_of` would read the same): the B3 and Jaeger
+    headers a lane sidecar wrote from the same identity as the ``traceparent`` beside them."""
+    if name == "b3":
+        return value.startswith(trace_hex) and value[32:33] == "-"
+    if name == "x-b3-traceid":
+        return value == trace_hex
+    if name == "uber-trace-id":
+        return value.startswith(trace_hex) and value[32:33] == ":"
+    return False
+
+
 def _traceparent_identity(value: str) -> TraceIdentity | None:
     """The identity of one (stripped) ``traceparent`` value, or None when it is not a usable one."""
     m = _TRACEPARENT.fullmatch(value.lower())
@@ -244,7 +257,10 @@ def complete_trace_headers(headers: CIMultiDict[str], names: Iterable[str], *, s
         if value is not None:
             if name == "traceparent" and read is None:  # the identity too, from the one parse
                 read = _traceparent_identity(value.strip())
-            found = (TRACE, read.trace_hex) if read is not None and name == "traceparent" else trace_key_of(name, value)
+            if read is not None and (name == "traceparent" or _carries(name, value, read.trace_hex)):
+                found: TraceKey | None = (TRACE, read.trace_hex)
+            else:
+                found = trace_key_of(name, value)
             if found is not None:
                 if found not in keys:
                     keys.append(found)

@@ -142,8 +142,8 @@ def _mixes(count: int) -> Iterator[tuple[int, list[tuple[str, str]]]]:
         "x-request-id": ["r1", "r 2", "", "x" * 300],
         "x-b3-traceid": [TRACE, TRACE[16:], "zz"],
         "x-b3-spanid": [SPAN, "nope"],
-        "b3": [f"{TRACE}-{SPAN}-1", "0", f"{TRACE[16:]}-{SPAN}"],
-        "uber-trace-id": [f"{TRACE}:{SPAN}:0:1", "a:b"],
+        "b3": [f"{TRACE}-{SPAN}-1", "0", f"{TRACE[16:]}-{SPAN}", f"{TRACE}0-{SPAN}-1", f"{TRACE.upper()}-{SPAN}-1"],
+        "uber-trace-id": [f"{TRACE}:{SPAN}:0:1", "a:b", f"{TRACE}f:{SPAN}:0:1", f"{TRACE}%3A{SPAN}%3A0%3A1"],
         "sw8": ["1-" + base64.b64encode(TRACE.encode()).decode() + "-x-0-a-b-c-d", "1-2-3"],
         "x-my-trace": ["abc", "ab c"],
     }

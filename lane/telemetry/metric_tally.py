@@ -59,7 +59,8 @@ def flush() -> None:
 
 def _add(child: _Incrementable, amount: float) -> None:
     _pending[child] = _pending.get(child, 0) + amount
-    _arm()
+    if _timer is None or _timer_loop is None or _timer_loop.is_closed():  # `_arm`'s test, inline: per request
+        _arm()
 
 
 def _arm() -> None:

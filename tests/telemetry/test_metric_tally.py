@@ -122,3 +122,27 @@ def test_a_tallied_histogram_refuses_bounds_that_do_not_match_the_histogram() ->
                           registry=CollectorRegistry())
     with pytest.raises(TypeError):
         TalliedHistogram(histogram, (0.1, 1.0))
+
+
+def test_a_request_is_counted_under_its_declared_lanes_and_undeclared_ones_under_one_label() -> None:
+    """A lane name a client made up must not become a label value of its own (unbounded series); a lane
+    no one served (an error answer) is the empty label."""
+    from time import perf_counter
+
+    from lane.core.config_load import parse_config
+    from lane.telemetry.metrics import observe_request
+
+    config = parse_config("""
+lanes: {gray: {fallback: base}}
+entry: a
+services:
+  a: {instances: {base: ["127.0.0.1:1"], gray: ["127.0.0.1:2"]}}
+""")
+    cases = [("gray", "base", "gray", "base"), ("made-up-7", "base", "undeclared", "base"),
+             ("gray", None, "gray", ""), (None, "nope", "", "undeclared")]
+    for requested, served, requested_label, served_label in cases:
+        labels = {"proxy": "tally-test", "source_service": "gateway", "source_lane": "", "destination_service": "a",
+                  "requested_lane": requested_label, "served_lane": served_label, "fallback": "", "response_code": "200"}
+        before = REGISTRY.get_sample_value("lane_requests_total", labels) or 0
+        observe_request(config, "tally-test", "a", requested, served, None, 200, started=perf_counter())
+        assert REGISTRY.get_sample_value("lane_requests_total", labels) == before + 1, (requested, served)

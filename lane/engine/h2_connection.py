@@ -160,34 +160,40 @@ class H2ServerConnection(H2Peer):
         if event.stream_ended:
             body.finish()
         self.streams[sid] = exchange
-        exchange.task = task = self.loop.create_task(self._serve(exchange))
-        task.add_done_callback(lambda _: self._retire(exchange))
+        exchange.task = self.loop.create_task(self._serve(exchange))
 
     async def _serve(self, exchange: H2Exchange) -> None:
+        """Run the handler of one stream, then retire the stream (here rather than in a done callback: a closure
+        and two calls less per stream). A task cancelled before its first step never gets here, but only `_gone`
+        cancels, and it already did what retiring does."""
         server = self._server
-        if server.active >= server.max_requests or server.over_memory:
-            self._shed(exchange)
-            return
-        server.active += 1
         try:
-            await self._handler(exchange)
-        except asyncio.CancelledError:  # the client reset the stream: the handler stopped where it was
-            return
-        except ClientGone:
-            exchange.abort()
-            return
-        except Exception:
-            log.exception("lane proxy: the handler of %s %s failed", exchange.method, exchange.path)
-            if not exchange.answered and not exchange.gone:
-                exchange.respond(500, CIMultiDict(), b"lane: internal error\n")
-            else:
+            if server.active >= server.max_requests or server.over_memory:
+                self._shed(exchange)
+                return
+            server.active += 1
+            try:
+                await self._handler(exchange)
+            except asyncio.CancelledError:  # the client reset the stream: the handler stopped where it was
+                return
+            except ClientGone:
                 exchange.abort()
-            return
+                return
+            except Exception:
+                log.exception("lane proxy: the handler of %s %s failed", exchange.method, exchange.path)
+                if not exchange.answered and not exchange.gone:
+                    exchange.respond(500, CIMultiDict(), b"lane: internal error\n")
+                else:
+                    exchange.abort()
+                return
+            finally:
+                server.active -= 1
+            if not exchange.answered:
+                log.error("lane proxy: the handler of %s %s did not answer", exchange.method, exchange.path)
+                exchange.respond(500, CIMultiDict(), b"lane: internal error\n")
         finally:
-            server.active -= 1
-        if not exchange.answered:
-            log.error("lane proxy: the handler of %s %s did not answer", exchange.method, exchange.path)
-            exchange.respond(500, CIMultiDict(), b"lane: internal error\n")
+            exchange.task = None  # the handler returned: `_retire` forgets the stream once its answer ended
+            self._retire(exchange)
 
     def _shed(self, exchange: H2Exchange) -> None:
         server = self._server
@@ -204,8 +210,7 @@ class H2ServerConnection(H2Peer):
 
     def _retire(self, exchange: H2Exchange) -> None:
         """Forget a stream once its answer ended and its handler returned; the rest of its body is dropped."""
-        task = exchange.task
-        if not exchange.ended or (task is not None and not task.done()):
+        if not exchange.ended or exchange.task is not None:
             return
         if self.streams.get(exchange.stream_id) is exchange:
             del self.streams[exchange.stream_id]

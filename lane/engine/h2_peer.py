@@ -170,7 +170,8 @@ class H2Peer(asyncio.Protocol):
                     self._window_updated(0)
             else:
                 self.on_event(event)
-        self.flush()
+        if not self._flush_soon:  # else a flush is due at the end of this loop iteration: one write, not two
+            self.flush()
 
     def _protocol_error(self, why: str) -> None:
         """The peer broke the protocol and a GOAWAY is queued: fail what is in flight, send it, close."""
@@ -194,20 +195,27 @@ class H2Peer(asyncio.Protocol):
         """The connection is unusable (protocol error): fail what is in flight."""
 
     def flush(self) -> None:
-        """Write what h2 has to send now."""
+        """Write what h2 has to send now (h2's buffer is read first: often there is nothing, and no call then)."""
         self._flush_soon = False
+        if not self.h2._data_to_send:
+            return
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
 
     def kick(self) -> None:
-        """Write what h2 has to send at the end of this loop iteration (frames of many streams in one write)."""
+        """Write what h2 has to send at the end of this loop iteration (frames of many streams in one write).
+
+        The per-frame callers test ``_flush_soon`` first, so only the first frame of an iteration makes the call."""
         if not self._flush_soon:
             self._flush_soon = True
             self.loop.call_soon(self.flush)
 
     def close(self) -> None:
+        """Close once what is queued is written (frames waiting for the end of this loop iteration too)."""
         if self.transport is not None and not self.transport.is_closing():
+            if self._flush_soon:
+                self.flush()
             self.transport.close()
 
     def abort(self) -> None:
@@ -232,7 +240,8 @@ class H2Peer(asyncio.Protocol):
                 self.h2.acknowledge_received_data(size, stream_id)
             except H2Error:
                 return
-            self.kick()
+            if not self._flush_soon:
+                self.kick()
 
     def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """End *stream_id* at once (RST_STREAM), dropping what it still had to send."""
@@ -254,7 +263,8 @@ class H2Peer(asyncio.Protocol):
         except H2Error:  # the stream is gone, or a field HTTP/2 cannot carry
             self.reset(stream_id, ErrorCodes.INTERNAL_ERROR)
             return
-        self.kick()
+        if not self._flush_soon:
+            self.kick()
 
     def send(self, stream_id: int, data: bytes, end: bool, trailers: list[tuple[bytes, bytes]] | None = None) -> Outgoing:
         """Queue *data* (then the end, with *trailers* if given) on *stream_id* and send what the window allows."""
@@ -268,7 +278,8 @@ class H2Peer(asyncio.Protocol):
             out.end = True
             out.trailers = trailers
         self._push(stream_id, out)
-        self.kick()
+        if not self._flush_soon:
+            self.kick()
         return out
 
     async def drained(self, out: Outgoing) -> None:

@@ -84,13 +84,15 @@ class H2Body:
             self._conn.ack(self.stream_id, flow)
             return
         self._chunks.append((data, flow))
-        self._wake()
+        if self._waiters:  # usually none: a unary call's body has all arrived before it is read
+            self._wake()
 
     def finish(self, error: BaseException | None = None) -> None:
         if not self._done:
             self._done = True
             self._error = error
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def discard(self) -> None:
         """Nobody will read the rest: give its window back now, and that of whatever still arrives."""

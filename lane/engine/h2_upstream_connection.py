@@ -211,7 +211,8 @@ class H2ClientConnection(H2Peer):
                 stream.pump = self.loop.create_task(self._pump(stream, body))
             else:  # all of the body is here (a unary call): queued now, sent as the window allows, no pump task
                 self.send(sid, whole[0] if len(whole) == 1 else b"".join(whole), True)
-        self.kick()  # at the end of this loop iteration: the head and the body (or its start) in one write
+        if not self._flush_soon:  # at the end of this loop iteration: the head and the body (or its start) in one write
+            self.kick()
         return stream
 
     async def _pump(self, stream: ClientStream, body: BodySource) -> None:

@@ -32,10 +32,11 @@ from lane.core.endpoint import Endpoint
 from lane.dataplane.relay import relay
 from lane.engine.exchange import Exchange, Handler, Sender
 from lane.engine.failures import ConnectFailed, UpstreamTimeout
+from lane.engine.h2_connection import H2ServerConnection
 from lane.engine.h2_headers import PREFACE
 from lane.engine.h2_upstream import H2Upstreams
 from lane.engine.limits import Limits
-from lane.engine.listen import FastPath
+from lane.engine.listen import FastPath, listen_http
 from lane.process.server import Listener, start_listener
 from tests.support.processes import serve_handler
 
@@ -459,6 +460,29 @@ async def test_a_call_in_flight_finishes_when_the_listener_stops() -> None:
             await asyncio.wait_for(closing, 5)
 
 
+async def test_answered_calls_leave_their_connection_idle_and_a_stop_does_not_wait_for_them() -> None:
+    # A stream is forgotten once its answer ended and its handler returned: the connection is idle again
+    # (what the listener's sweeper and its drain look at), so a stop right after the calls closes at once.
+    async with grpc_upstream() as (_, at):
+        running = await listen_http(forwarder(at, []), "127.0.0.1", 0)
+        try:
+            async with _channel(f"127.0.0.1:{running.address[1]}") as ch:
+                for _ in range(3):
+                    assert await ch.unary_unary(SERVICE + "Unary")(b"abc", timeout=5) == b"cba"
+                h2_conns = [c for c in running.protocol.connections if isinstance(c, H2ServerConnection)]
+                assert len(h2_conns) == 1
+                for _ in range(100):  # the answer may reach the client a step before its handler returns
+                    if h2_conns[0].idle:
+                        break
+                    await asyncio.sleep(0.01)
+                assert h2_conns[0].idle and not h2_conns[0].streams
+                begun = time.monotonic()
+                await running.close(5.0)
+                assert time.monotonic() - begun < 1.0
+        finally:
+            await running.close(0.1)
+
+
 async def test_streams_over_the_listeners_request_cap_are_shed_fast() -> None:
     # The listener's overload limits count HTTP/2 streams as HTTP/1.1 requests: over the cap, a fast 503
     # (a gRPC client reads UNAVAILABLE, and retries elsewhere) without reaching the handler.
@@ -549,6 +573,29 @@ async def test_a_preface_cut_into_pieces_is_still_http2() -> None:
         events = await _exchange_raw(port, trickle, _h2_request(conn, "x.test"), conn)
         data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
         assert json.loads(data) == {"version": "2", "host": "x.test"}
+
+
+async def test_a_request_ended_by_trailers_after_a_pause_reaches_the_upstream_whole() -> None:
+    # A client may end its request with trailers (a HEADERS frame) instead of a DATA frame; by then the proxy
+    # sent the message on and waits for more of the body, and must learn from the trailers that it ended.
+    async with proxied() as (_, target, _senders):
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "t"),
+                              (":path", SERVICE + "ClientStream"), ("content-type", "application/grpc"),
+                              ("te", "trailers")])
+        conn.send_data(1, b"\x00\x00\x00\x00\x03abc")
+
+        def then_trailers(sock: socket.socket, data: bytes) -> None:
+            sock.sendall(data)
+            time.sleep(0.3)  # the message went on upstream; the proxy waits for the rest of the body
+            conn.send_headers(1, [("x-end", "1")], end_stream=True)
+            sock.sendall(conn.data_to_send())
+
+        events = await _exchange_raw(int(target.rsplit(":", 1)[1]), then_trailers, conn.data_to_send(), conn)
+        message = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        trailers = [dict(e.headers) for e in events if isinstance(e, h2.events.TrailersReceived)]
+        assert json.loads(message[5:]) == [3] and trailers and trailers[0][b"grpc-status"] == b"0", events
 
 
 async def test_a_broken_preface_closes_the_connection_and_the_listener_serves_on() -> None:

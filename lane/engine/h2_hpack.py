@@ -260,5 +260,5 @@ class CachingDecoder(Decoder):
         """The limits at the end of a block, *size* its fields' (a kept block's: checked again, limits change)."""
         if size > self.max_header_list_size:
             raise OversizedHeaderListError(f"A header list larger than {self.max_header_list_size} has been received")
-        if self.header_table_size > self.max_allowed_table_size:
+        if self.header_table.maxsize > self.max_allowed_table_size:  # header_table_size, one property call less
             raise InvalidTableSizeError("Encoder did not shrink table size to within the max")

@@ -33,28 +33,31 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from h2.config import DummyLogger, H2Configuration
-from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection, _decode_headers
+from h2.connection import ConnectionInputs
 from h2.errors import ErrorCodes
 from h2.events import Event, TrailersReceived
 from h2.exceptions import (
+    DenialOfServiceError,
     FlowControlError,
     FrameTooLargeError,
+    InvalidBodyLengthError,
     ProtocolError,
     StreamClosedError,
     StreamIDTooLowError,
     TooManyStreamsError,
 )
 from h2.frame_buffer import FrameBuffer
-from h2.settings import SettingCodes
-from h2.stream import STREAM_OPEN, H2Stream, StreamInputs
+from h2.stream import STREAM_OPEN, StreamInputs
 from h2.utilities import (
     authority_from_headers,
     normalize_inbound_headers,
 )
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.flags import Flags
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
-from lane.engine.h2_states import LeanConnectionStateMachine, LeanStreamStateMachine
+from lane.engine.h2_lean_streams import LeanStreams, max_streams
+from lane.engine.h2_states import LeanConnectionStateMachine
 
 __all__ = ["LeanFrameBuffer", "LeanH2Connection", "QuietLogger"]
 
@@ -63,8 +66,6 @@ _HEADERS: Final = 0x1
 _CONTINUATION: Final = 0x9
 _END_STREAM: Final = 0x1
 _END_HEADERS: Final = 0x4
-_INITIAL_WINDOW: Final = SettingCodes.INITIAL_WINDOW_SIZE
-_COUNT_BELOW: Final = 64  # streams h2 may hold before the open ones are counted (and the closed ones forgotten)
 
 
 def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
@@ -150,7 +151,7 @@ class LeanFrameBuffer(FrameBuffer):
         return frame  # type: ignore[no-any-return]
 
 
-class LeanH2Connection(H2Connection):
+class LeanH2Connection(LeanStreams):
     """``H2Connection`` without the per-frame work lane never uses (see the module docstring).
 
     The configuration is read once, here: lane never changes a connection's configuration afterwards."""
@@ -160,34 +161,9 @@ class LeanH2Connection(H2Connection):
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config)
         self.state_machine = LeanConnectionStateMachine()  # still IDLE: nothing sent or received yet
-        self._outbound_ids = AllowedStreamIDs(config.client_side)  # an enum lookup, once rather than per head
-        self._inbound_ids = AllowedStreamIDs(not config.client_side)
         self.incoming_buffer = LeanFrameBuffer(server=not config.client_side)  # nothing received yet
         self._lean_heads = not config.validate_inbound_headers and not isinstance(config.header_encoding, str)
         self._join_cookies = bool(config.normalize_inbound_headers)
-
-    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
-        """Open a stream: ``H2Connection._begin_new_stream``'s checks, windows and bookkeeping in its order,
-        with the two initial window sizes read from the settings' current values (their property and
-        ``__getitem__`` are two Python calls each) and the stream's direction from the configuration read
-        once. Its state machine, still IDLE, becomes a `LeanStreamStateMachine`."""
-        outbound = stream_id % 2 == self._outbound_ids  # h2's _stream_id_is_outbound
-        highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
-        if stream_id <= highest:
-            raise StreamIDTooLowError(stream_id, highest)
-        if stream_id % 2 != int(allowed_ids):
-            raise ProtocolError("Invalid stream ID for peer.")
-        stream = H2Stream(stream_id, config=self.config,
-                          inbound_window_size=self.local_settings._settings[_INITIAL_WINDOW][0],
-                          outbound_window_size=self.remote_settings._settings[_INITIAL_WINDOW][0])
-        stream.state_machine.__class__ = LeanStreamStateMachine
-        stream.max_outbound_frame_size = self.max_outbound_frame_size
-        self.streams[stream_id] = stream
-        if outbound:
-            self.highest_outbound_stream_id = stream_id
-        else:
-            self.highest_inbound_stream_id = stream_id
-        return stream
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         """Handle one received frame (``H2Connection._receive_frame`` without its ``repr(frame)``)."""
@@ -242,7 +218,11 @@ class LeanH2Connection(H2Connection):
             window.current_window_size -= length
             if window.current_window_size < 0:
                 raise FlowControlError("Flow control window shrunk below 0")
-            stream._track_content_length(len(data), end_stream)
+            stream._actual_content_length += len(data)  # h2's _track_content_length, inline
+            expected = stream._expected_content_length
+            if expected is not None and (expected < stream._actual_content_length or (
+                    end_stream and expected != stream._actual_content_length)):
+                raise InvalidBodyLengthError(expected, stream._actual_content_length)
             if end_stream:
                 ended = machine.process_input(StreamInputs.RECV_END_STREAM)
                 received.stream_ended = ended[0]
@@ -276,17 +256,6 @@ class LeanH2Connection(H2Connection):
         if frames:
             self._prepare_for_sending(frames)
 
-    def may_open_outbound(self) -> bool:
-        """Whether one more stream of this end stays within the peer's ``MAX_CONCURRENT_STREAMS``.
-
-        ``open_outbound_streams`` walks every stream h2 still holds (and forgets the closed ones); while h2
-        holds fewer streams than the limit (or than `_COUNT_BELOW`, so the closed ones are still forgotten
-        in time) the open ones cannot be at the limit, and nothing is walked."""
-        limit = self.remote_settings.max_concurrent_streams
-        if len(self.streams) < min(limit, _COUNT_BELOW):
-            return True
-        return bool(self.open_outbound_streams < limit)
-
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
         """``H2Connection._receive_headers_frame`` and ``H2Stream.receive_headers`` as one, for lane's
         configuration (inbound checks off, fields left as bytes): no validation flags built for checks that
@@ -297,10 +266,15 @@ class LeanH2Connection(H2Connection):
             return super()._receive_headers_frame(frame)
         stream_id = frame.stream_id
         if stream_id not in self.streams:
-            limit, count = self.local_settings.max_concurrent_streams, self.open_inbound_streams
+            limit, count = max_streams(self.local_settings), self._open_streams(self._inbound_ids)
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
-        decoded = _decode_headers(self.decoder, frame.data)
+        try:  # h2's _decode_headers, inline
+            decoded = self.decoder.decode(frame.data, raw=True)
+        except OversizedHeaderListError as e:
+            raise DenialOfServiceError(f"Oversized header block: {e}") from e
+        except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:
+            raise ProtocolError(f"Error decoding header block: {e}") from e
         headers = decoded if isinstance(decoded, list) else list(decoded)
         events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
         stream = self.streams.get(stream_id)  # h2's _get_or_create_stream, inline
@@ -341,7 +315,7 @@ class LeanH2Connection(H2Connection):
                                  priority_exclusive)
             return
         if stream_id not in self.streams and not self.may_open_outbound():
-            limit, count = self.remote_settings.max_concurrent_streams, self.open_outbound_streams
+            limit, count = max_streams(self.remote_settings), self._open_streams(self._outbound_ids)
             raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         stream = self.streams.get(stream_id)  # h2's _get_or_create_stream, inline

@@ -20,7 +20,14 @@ from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
 from hyperframe.exceptions import HyperframeError
 from hyperframe.flags import Flags
-from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
 
 from lane.engine.h2_headers import PREFACE
 from lane.engine.h2_lean import LeanFrameBuffer, LeanH2Connection, QuietLogger
@@ -495,14 +502,17 @@ def _random_frame(rnd: random.Random) -> bytes:
         frame = ContinuationFrame(stream_id or 1, data=rnd.randbytes(rnd.randrange(20)))
         if rnd.random() < 0.6:
             frame.flags.add("END_HEADERS")
-    elif kind < 0.9:
+    elif kind < 0.85:
         frame = WindowUpdateFrame(0, window_increment=rnd.randrange(1, 1000))
-    else:  # a hand-made header: stream 0 for DATA or HEADERS, unknown flag bits, an unknown type, oversized
-        payload = rnd.randbytes(rnd.randrange(30))
+    elif kind < 0.9:
+        frame = RstStreamFrame(stream_id or 1, error_code=rnd.choice([0, 8, 2**32 - 1]))
+    else:  # a hand-made header: stream 0 for DATA, HEADERS or RST_STREAM, unknown flag bits, an unknown type,
+        # oversized, an RST_STREAM of another length than four
+        payload = rnd.randbytes(rnd.choice([rnd.randrange(30), 4]))
         return (len(payload) + rnd.choice([0, 0, 20_000])).to_bytes(3, "big") + bytes(
-            (rnd.choice([0x0, 0x1, 0x1, 0xA]), rnd.randrange(256))) + rnd.choice([0, 1, 5]).to_bytes(4, "big") + payload
+            (rnd.choice([0x0, 0x1, 0x1, 0x3, 0xA]), rnd.randrange(256))) + rnd.choice([0, 1, 5]).to_bytes(4, "big") + payload
     if rnd.random() < 0.5:
-        frame.flags.add("END_STREAM") if not isinstance(frame, (ContinuationFrame, WindowUpdateFrame)) else None
+        frame.flags.add("END_STREAM") if isinstance(frame, (DataFrame, HeadersFrame)) else None
     return frame.serialize()
 
 
@@ -515,7 +525,7 @@ def test_the_frame_buffer_yields_what_h2s_yields_however_the_bytes_are_cut(seed:
         stream = (PREFACE if server else b"") + b"".join(_random_frame(rnd) for _ in range(rnd.randrange(1, 8)))
         cuts = sorted(rnd.sample(range(1, len(stream)), min(rnd.randrange(4), len(stream) - 1)))
         chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-        max_size = rnd.choice([16_384, 16_384, 20])
+        max_size = rnd.choice([16_384, 16_384, 20, 3])  # 3: below even RST_STREAM's four bytes
         theirs = _frames_of(FrameBuffer(server=server), chunks, max_size)
         assert _frames_of(LeanFrameBuffer(server=server), chunks, max_size) == theirs
         compared += len(theirs)

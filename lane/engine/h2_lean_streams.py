@@ -7,6 +7,7 @@ stream it holds for its ``open``, ``closed`` and ``closed_by`` properties, recor
 in a ``SizeLimitDict`` (two calls a stream) as it forgets it: about fifteen Python calls a call of the
 ~360 a gateway worker runs (issue 17). `LeanStreams` does the same steps with the values read where
 the properties read them. A new stream and the window one may send on are ``h2``'s too, read inline.
+A new stream is built as ``H2Stream``'s constructors build it, without their three calls.
 `lane.engine.h2_lean.LeanH2Connection` builds on it; ``tests/engine/test_h2_lean_streams.py``
 compares the counts, the streams forgotten and the windows with ``H2Connection``'s.
 """
@@ -14,7 +15,7 @@ compares the counts, the streams forgotten and the windows with ``H2Connection``
 from __future__ import annotations
 
 import collections
-from typing import Final
+from typing import Any, Final
 
 from h2.config import H2Configuration
 from h2.connection import AllowedStreamIDs, H2Connection
@@ -22,6 +23,7 @@ from h2.exceptions import ProtocolError, StreamIDTooLowError
 from h2.settings import SettingCodes, Settings
 from h2.stream import STREAM_OPEN, H2Stream, StreamState
 from h2.utilities import SizeLimitDict
+from h2.windows import LARGEST_FLOW_CONTROL_WINDOW, WindowManager
 
 from lane.engine.h2_states import LeanStreamStateMachine
 
@@ -32,6 +34,7 @@ _MAX_STREAMS: Final = SettingCodes.MAX_CONCURRENT_STREAMS
 _UNLIMITED: Final = 2**32 + 1  # h2's value of MAX_CONCURRENT_STREAMS while no peer set it
 COUNT_BELOW: Final = 64  # streams h2 may hold before the open ones are counted (and the closed ones forgotten)
 _CLOSED: Final = StreamState.CLOSED
+_IDLE: Final = StreamState.IDLE
 _remember: Final = collections.OrderedDict.__setitem__  # what SizeLimitDict.__setitem__ calls first (in C)
 
 
@@ -57,17 +60,44 @@ class LeanStreams(H2Connection):
         """Open a stream: ``H2Connection._begin_new_stream``'s checks, windows and bookkeeping in its order,
         with the two initial window sizes read from the settings' current values (their property and
         ``__getitem__`` are two Python calls each) and the stream's direction from the configuration read
-        once. Its state machine, still IDLE, becomes a `LeanStreamStateMachine`."""
+        once. The stream is built without ``H2Stream``'s, ``H2StreamStateMachine``'s and ``WindowManager``'s
+        constructors (three Python calls a stream, two streams a call at a proxy): the attributes they set,
+        with the values they set, in their order, its machine a `LeanStreamStateMachine`
+        (``tests/engine/test_h2_lean_streams.py`` compares them with h2's)."""
         outbound = stream_id % 2 == self._outbound_ids  # h2's _stream_id_is_outbound
         highest = self.highest_outbound_stream_id if outbound else self.highest_inbound_stream_id
         if stream_id <= highest:
             raise StreamIDTooLowError(stream_id, highest)
         if stream_id % 2 != int(allowed_ids):
             raise ProtocolError("Invalid stream ID for peer.")
-        stream = H2Stream(stream_id, config=self.config,
-                          inbound_window_size=self.local_settings._settings[_INITIAL_WINDOW][0],
-                          outbound_window_size=self.remote_settings._settings[_INITIAL_WINDOW][0])
-        stream.state_machine.__class__ = LeanStreamStateMachine
+        inbound_window = self.local_settings._settings[_INITIAL_WINDOW][0]
+        outbound_window = self.remote_settings._settings[_INITIAL_WINDOW][0]
+        # H2Stream(stream_id, config, inbound_window, outbound_window) without its three constructors' calls
+        machine: Any = object.__new__(LeanStreamStateMachine)  # H2StreamStateMachine.__init__
+        machine.state = _IDLE
+        machine.stream_id = stream_id
+        machine.client = None
+        machine.headers_sent = None
+        machine.trailers_sent = None
+        machine.headers_received = None
+        machine.trailers_received = None
+        machine.stream_closed_by = None
+        stream = object.__new__(H2Stream)  # H2Stream.__init__
+        stream.state_machine = machine
+        stream.stream_id = stream_id
+        stream.max_outbound_frame_size = None
+        stream.request_method = None
+        stream.outbound_flow_control_window = outbound_window
+        assert inbound_window <= LARGEST_FLOW_CONTROL_WINDOW  # WindowManager.__init__'s own check
+        window: Any = object.__new__(WindowManager)  # WindowManager.__init__
+        window.max_window_size = inbound_window
+        window.current_window_size = inbound_window
+        window._bytes_processed = 0
+        stream._inbound_window_manager = window
+        stream._expected_content_length = None
+        stream._actual_content_length = 0
+        stream._authority = None
+        stream.config = self.config
         stream.max_outbound_frame_size = self.max_outbound_frame_size
         self.streams[stream_id] = stream
         if outbound:

@@ -12,10 +12,11 @@ import random
 
 import pytest
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import AllowedStreamIDs, H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
+from h2.stream import H2Stream, H2StreamStateMachine
 
 from lane.engine.h2_lean import LeanH2Connection
 from lane.engine.h2_lean_streams import max_streams
@@ -156,3 +157,42 @@ def test_a_head_that_cannot_be_decoded_is_refused_alike(case: str) -> None:
             outcomes.append((type(exc).__name__, str(exc), conn.data_to_send()))
     assert outcomes[0] == outcomes[1]
     assert outcomes[1][0] == ("DenialOfServiceError" if case == "oversized" else "ProtocolError")
+
+
+def _built(stream: H2Stream, conn: H2Connection) -> list[object]:
+    """Everything a new stream holds, in the order it was set: its own attributes, its machine's and its
+    window manager's (their classes aside: lane's machine is a `LeanStreamStateMachine`), the config shared."""
+    held = dict(vars(stream))
+    machine, window = held.pop("state_machine"), held.pop("_inbound_window_manager")
+    assert held.pop("config") is conn.config
+    return [list(vars(stream)), held, list(vars(machine).items()), type(window), list(vars(window).items()),
+            isinstance(machine, H2StreamStateMachine)]
+
+
+@pytest.mark.parametrize("client_side", [True, False])
+def test_new_streams_are_built_as_h2_builds_them(client_side: bool) -> None:
+    """A stream this end opens (client) or the peer opens (server), before and after each end changes its
+    initial window (to different sizes) and the frame size: built alike, attribute for attribute; also as
+    built, before any head (h2's ``_begin_new_stream`` called directly)."""
+    outcomes = []
+    for kind in (H2Connection, LeanH2Connection):
+        fresh, _ = _pair(kind, client_side)  # stream 1: the client's own, or the peer's to the server
+        seen: list[object] = [_built(fresh._begin_new_stream(1, AllowedStreamIDs.ODD), fresh)]
+        conn, peer = _pair(kind, client_side)
+        for sid, ours, theirs in ((1, {}, {}), (3, {SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1},
+                                                {SettingCodes.INITIAL_WINDOW_SIZE: 7}),
+                                  (5, {SettingCodes.INITIAL_WINDOW_SIZE: 0, SettingCodes.MAX_FRAME_SIZE: 20_000},
+                                   {SettingCodes.MAX_FRAME_SIZE: 30_000})):
+            conn.update_settings(ours)
+            peer.update_settings(theirs)
+            peer.receive_data(conn.data_to_send())
+            conn.receive_data(peer.data_to_send())
+            peer.receive_data(conn.data_to_send())
+            client, server = (conn, peer) if client_side else (peer, conn)
+            client.send_headers(sid, REQUEST)
+            server.receive_data(client.data_to_send())
+            seen.append(_built(conn.streams[sid], conn))
+        outcomes.append(seen)
+    assert outcomes[0] == outcomes[1]
+    windows = [(held[1]["outbound_flow_control_window"], held[4]) for held in outcomes[1] if isinstance(held, list)]
+    assert len({str(w) for w in windows[1:]}) == 3  # the three streams' windows differ

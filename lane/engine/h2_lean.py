@@ -19,7 +19,9 @@ what ``h2`` does per frame is for options lane turned off or for a log nobody re
   turned off, and builds frame objects only to serialise them at once; ``send_data`` and
   ``end_stream`` build a frame object each for nine bytes of frame header;
 * its default logger's ``debug``, called a dozen times per call, is a Python no-op (`QuietLogger`);
-* its state machines hash enum members in Python for every input (`lane.engine.h2_states`).
+* its state machines hash enum members in Python for every input (`lane.engine.h2_states`), and most
+  inputs of a call change nothing in an open connection or stream: those are not given at all (the
+  machines' ``stays``: no transition function, the same state; ``process_input`` would return no event).
 
 `LeanH2Connection` overrides those with h2's own steps in h2's order (h2 4.x: the same state machine
 inputs, the same limits and errors, the same flow-control bookkeeping, cookie crumbs still joined),
@@ -59,7 +61,7 @@ from hyperframe.flags import Flags
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 from lane.engine.h2_lean_streams import LeanStreams, max_streams
-from lane.engine.h2_states import LeanConnectionStateMachine
+from lane.engine.h2_states import STREAM_STAYS, LeanConnectionStateMachine
 
 __all__ = ["LeanFrameBuffer", "LeanH2Connection", "QuietLogger"]
 
@@ -69,6 +71,14 @@ _RST_STREAM: Final = 0x3
 _CONTINUATION: Final = 0x9
 _END_STREAM: Final = 0x1
 _END_HEADERS: Final = 0x4
+# inputs given inline when they change nothing (`lane.engine.h2_states`'s stays): their plain values
+_RECV_DATA: Final = ConnectionInputs.RECV_DATA._value_
+_RECV_HEADERS: Final = ConnectionInputs.RECV_HEADERS._value_
+_RECV_RST_STREAM: Final = ConnectionInputs.RECV_RST_STREAM._value_
+_SEND_DATA: Final = ConnectionInputs.SEND_DATA._value_
+_SEND_HEADERS: Final = ConnectionInputs.SEND_HEADERS._value_
+_STREAM_SEND_DATA: Final = StreamInputs.SEND_DATA._value_
+_STREAM_RECV_RST: Final = StreamInputs.RECV_RST_STREAM._value_
 
 
 def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
@@ -228,7 +238,9 @@ class LeanH2Connection(LeanStreams):
         held = frame.flags._flags
         data = frame.data
         length = len(data) + (frame.pad_length + 1 if "PADDED" in held else 0)  # frame.flow_controlled_length
-        events = self.state_machine.process_input(ConnectionInputs.RECV_DATA)
+        state = self.state_machine
+        events = [] if (state.state._value_, _RECV_DATA) in state.stays else state.process_input(
+            ConnectionInputs.RECV_DATA)
         window = self._inbound_flow_control_window_manager
         window.current_window_size -= length
         if window.current_window_size < 0:
@@ -264,11 +276,15 @@ class LeanH2Connection(LeanStreams):
         """``H2Connection._receive_rst_stream_frame`` and ``H2Stream.stream_reset`` as one: the stream looked
         up in place (h2 does nothing for a stream it does not hold, whether never opened or already
         forgotten), its machine told, the error code set on the `StreamReset` if the stream was not closed."""
-        events = self.state_machine.process_input(ConnectionInputs.RECV_RST_STREAM)
+        state = self.state_machine
+        events = [] if (state.state._value_, _RECV_RST_STREAM) in state.stays else state.process_input(
+            ConnectionInputs.RECV_RST_STREAM)
         stream = self.streams.get(frame.stream_id)
         if stream is None:
             return [], events
-        stream_events = stream.state_machine.process_input(StreamInputs.RECV_RST_STREAM)
+        machine = stream.state_machine
+        stream_events = [] if (machine.state, _STREAM_RECV_RST) in STREAM_STAYS else machine.process_input(
+            StreamInputs.RECV_RST_STREAM)
         if stream_events:  # none for a stream already closed
             stream_events[0].error_code = _error_code_from_int(frame.error_code)  # type: ignore[attr-defined]
         return [], events + stream_events
@@ -316,7 +332,9 @@ class LeanH2Connection(LeanStreams):
         except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:
             raise ProtocolError(f"Error decoding header block: {e}") from e
         headers = decoded if isinstance(decoded, list) else list(decoded)
-        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        state = self.state_machine
+        events = [] if (state.state._value_, _RECV_HEADERS) in state.stays else state.process_input(
+            ConnectionInputs.RECV_HEADERS)
         stream = self.streams.get(stream_id)  # h2's _get_or_create_stream, inline
         if stream is None:
             stream = self._begin_new_stream(stream_id, self._inbound_ids)
@@ -357,7 +375,9 @@ class LeanH2Connection(LeanStreams):
         if stream_id not in self.streams and not self.may_open_outbound():
             limit, count = max_streams(self.remote_settings), self._open_streams(self._outbound_ids)
             raise TooManyStreamsError(f"Max outbound streams is {limit}, {count} open")
-        self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+        state = self.state_machine
+        if (state.state._value_, _SEND_HEADERS) not in state.stays:
+            state.process_input(ConnectionInputs.SEND_HEADERS)
         stream = self.streams.get(stream_id)  # h2's _get_or_create_stream, inline
         if stream is None:
             stream = self._begin_new_stream(stream_id, self._outbound_ids)
@@ -405,10 +425,14 @@ class LeanH2Connection(LeanStreams):
             raise FlowControlError(f"Cannot send {size} bytes, flow control window is {window}")
         if size > self.max_outbound_frame_size:
             raise FrameTooLargeError(f"Cannot send frame size {size}, max frame size is {self.max_outbound_frame_size}")
-        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
-        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        state = self.state_machine
+        if (state.state._value_, _SEND_DATA) not in state.stays:
+            state.process_input(ConnectionInputs.SEND_DATA)
+        machine = stream.state_machine
+        if (machine.state, _STREAM_SEND_DATA) not in STREAM_STAYS:
+            machine.process_input(StreamInputs.SEND_DATA)
         if end_stream:
-            stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+            machine.process_input(StreamInputs.SEND_END_STREAM)
         stream.outbound_flow_control_window -= size
         out = self._data_to_send
         out += (size << 48 | (_END_STREAM if end_stream else 0) << 32 | stream_id).to_bytes(9, "big")  # DATA

@@ -18,7 +18,7 @@ from h2.events import Event
 from h2.exceptions import ProtocolError
 from h2.stream import H2StreamStateMachine, StreamInputs, StreamState, _transitions
 
-__all__ = ["LeanConnectionStateMachine", "LeanStreamStateMachine"]
+__all__ = ["STREAM_STAYS", "LeanConnectionStateMachine", "LeanStreamStateMachine"]
 
 
 
@@ -26,10 +26,23 @@ def _by_value(transitions: dict[tuple[Any, Any], Any]) -> dict[tuple[Any, Any], 
     return {(state._value_, input_._value_): step for (state, input_), step in transitions.items()}
 
 
+def _staying(table: dict[tuple[Any, Any], Any]) -> frozenset[tuple[Any, Any]]:
+    """The keys of *table* whose input changes nothing: no transition function, the same state after it
+    (``process_input`` only sets the state it had and returns no event). The lean connection skips the
+    call for them (`lane.engine.h2_lean`): most of a call's inputs, in an open connection."""
+    return frozenset(key for key, (step, target) in table.items()
+                     if step is None and getattr(target, "_value_", target) == getattr(key[0], "_value_", key[0]))
+
+
 _CONNECTION: Final = _by_value(H2ConnectionStateMachine._transitions)
+_CONNECTION_STAYS: Final = _staying(_CONNECTION)
+# tables given to `LeanConnectionStateMachine.follow`, by id (each held here, so no id is reused): the table,
+# keyed by values, and its stays
+_FOLLOWED: Final[dict[int, tuple[Any, dict[tuple[Any, Any], Any], frozenset[tuple[Any, Any]]]]] = {}
 # StreamState is an IntEnum (hashed as its int, in C): only the input needs its plain value.
 _STREAM: Final[dict[tuple[Any, Any], Any]] = {
     (state, input_._value_): step for (state, input_), step in _transitions.items()}
+STREAM_STAYS: Final = _staying(_STREAM)  # (state, input value) pairs a stream takes without a change
 
 
 class LeanConnectionStateMachine(H2ConnectionStateMachine):
@@ -41,11 +54,17 @@ class LeanConnectionStateMachine(H2ConnectionStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self._by_value = _CONNECTION
+        self.stays = _CONNECTION_STAYS  # (state value, input value) pairs taken without a change
 
     def follow(self, transitions: dict[tuple[Any, Any], Any]) -> None:
-        """From now on, take inputs as ``transitions`` says (h2's shape: (state, input) -> (step, state))."""
+        """From now on, take inputs as ``transitions`` says (h2's shape: (state, input) -> (step, state)); the
+        table must not change afterwards (its keyed copy is shared by every connection that follows it)."""
         self._transitions = transitions
-        self._by_value = _by_value(transitions)
+        known = _FOLLOWED.get(id(transitions))
+        if known is None:  # keyed anew once per table (never changed once followed), not per connection
+            by_value = _by_value(transitions)
+            known = _FOLLOWED[id(transitions)] = (transitions, by_value, _staying(by_value))
+        self._by_value, self.stays = known[1], known[2]
 
     def process_input(self, input_: ConnectionInputs) -> list[Event]:
         """Take one input: ``H2ConnectionStateMachine.process_input`` with a C-hashed key."""

@@ -236,6 +236,10 @@ def test_what_h2_refuses_to_send_is_refused_alike() -> None:
         lambda c: c.send_data(3, b"x"),
     ])
     assert [what for what, _ in shared][-2:] == ["ok", "raised FlowControlError"]
+    closed = _sent_alike(True, [  # after this end's GOAWAY h2's connection machine refuses anything more
+        lambda c: c.send_headers(1, REQUEST), lambda c: c.close_connection(), lambda c: c.send_data(1, b"x"),
+        lambda c: c.send_headers(3, REQUEST)])
+    assert [what for what, _ in closed] == ["ok", "ok", "raised ProtocolError", "raised ProtocolError"]
     never = _sent_alike(True, [lambda c: c.send_headers(1, REQUEST), lambda c: c.send_data(5, b"")])
     assert never[1] == ("raised KeyError", b"")  # nothing, on a stream never opened: h2's own KeyError
 
@@ -337,12 +341,17 @@ def _data_script(case: str) -> Peer:
             sent += _frame(0x0, 5, b"x")
         elif case == "ended":
             sent += _frame(0x0, 1, b"late")
+        elif case == "after goaway":  # this end closed the connection: h2's connection machine refuses DATA
+            conn.receive_data(sent)
+            conn.close_connection()
+            conn.data_to_send()
+            sent = _frame(0x0, 1, b"late")
         return sent
     return script
 
 
 @pytest.mark.parametrize("case", ["padded", "content-length over", "content-length short", "content-length exact",
-                                  "connection window", "stream window", "never opened", "ended"])
+                                  "connection window", "stream window", "never opened", "ended", "after goaway"])
 def test_data_arrives_as_h2_hands_it(case: str) -> None:
     """Received DATA: the same events (data, flow-controlled length, end), windows, body counts and errors."""
     got = _received_alike(False, _data_script(case))
@@ -350,7 +359,8 @@ def test_data_arrives_as_h2_hands_it(case: str) -> None:
         assert [e[-1] for e in got if e[0] == "DataReceived"] == [9, 1, 2]  # padding counts against the window
     elif case == "content-length exact":
         assert got[-1][0] == "StreamEnded"
-    elif case in ("content-length over", "content-length short", "connection window", "stream window"):
+    elif case in ("content-length over", "content-length short", "connection window", "stream window",
+                  "after goaway"):
         assert isinstance(got, str) and got.startswith("raised")
 
 
@@ -413,12 +423,17 @@ def test_a_request_and_its_answer_arrive_with_the_same_fields() -> None:
         "InformationalResponseReceived", "ResponseReceived", "DataReceived", "TrailersReceived", "StreamEnded"]
 
 
-@pytest.mark.parametrize("case", ["informational ends", "trailers do not end", "bad content-length", "too many"])
+@pytest.mark.parametrize("case", ["informational ends", "trailers do not end", "bad content-length", "too many",
+                                  "after goaway"])
 def test_a_head_h2_refuses_is_refused_alike(case: str) -> None:
     def send(peer: H2Connection, conn: H2Connection) -> bytes:
         if case == "too many":
             for sid in (1, 3):
                 peer.send_headers(sid, REQUEST)
+            return peer.data_to_send()
+        if case == "after goaway":  # this end closed the connection: h2's connection machine refuses a head
+            conn.close_connection()
+            peer.send_headers(1, REQUEST)
             return peer.data_to_send()
         conn.send_headers(1, REQUEST)
         peer.receive_data(conn.data_to_send())
@@ -432,7 +447,7 @@ def test_a_head_h2_refuses_is_refused_alike(case: str) -> None:
         peer.send_headers(1, [*ANSWER, (b"content-length", b"x1")])
         return peer.data_to_send()
 
-    outcome = _received_alike(case != "too many", send, max_streams=1)
+    outcome = _received_alike(case not in ("too many", "after goaway"), send, max_streams=1)
     assert outcome == "raised " + ("TooManyStreamsError" if case == "too many" else "ProtocolError")
 
 

@@ -29,8 +29,9 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from lane.engine.h2_frame_buffer import LeanFrameBuffer
 from lane.engine.h2_headers import PREFACE
-from lane.engine.h2_lean import LeanFrameBuffer, LeanH2Connection, QuietLogger
+from lane.engine.h2_lean import LeanH2Connection, QuietLogger
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/p.S/M"),
            (b"content-type", b"application/grpc"), (b"te", b"trailers")]

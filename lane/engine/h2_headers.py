@@ -98,7 +98,7 @@ def request_head(block: Iterable[tuple[bytes, bytes]]) -> RequestHead:
                 scheme = value.decode("ascii", "replace")
             continue
         host_seen = host_seen or name == b"host"
-        fields.append(_received(name, value))
+        fields.append(_TEXTS.get((name, value)) or _received(name, value))  # `_received`'s cache read inline
     if authority and not host_seen:
         fields.insert(0, ("Host", authority))
     return RequestHead(method, scheme or "http", path or "/", CIMultiDict(fields))
@@ -133,12 +133,13 @@ def response_head(block: Iterable[tuple[bytes, bytes]]) -> tuple[int, CIMultiDic
         if name == b":status":
             status = int(value)
         elif name[:1] != b":":
-            fields.append(_received(name, value))
+            fields.append(_TEXTS.get((name, value)) or _received(name, value))  # `_received`'s cache read inline
     return status, CIMultiDict(fields)
 
 
 def trailers_of(block: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    return CIMultiDict([_received(name, value) for name, value in block if name[:1] != b":"])
+    known = _TEXTS
+    return CIMultiDict([known.get((name, value)) or _received(name, value) for name, value in block if name[:1] != b":"])
 
 
 def _received(name: bytes, value: bytes) -> tuple[str, str]:

@@ -193,13 +193,16 @@ class CachingDecoder(Decoder):
         data = bytes(data)
         table = self.header_table
         kept = self._blocks.get(data)
-        if kept is not None and (not kept[2] or table.maxsize == 0):
+        maxsize = table._maxsize  # HeaderTable.maxsize, without its property call
+        if kept is not None and (not kept[2] or maxsize == 0):
             fields, size, _ = kept
-            self._check(size)
+            if size > self.max_header_list_size or maxsize > self.max_allowed_table_size:
+                self._check(size)  # it raises: the check itself is inline
             return list(fields)
         read = self._reads.get(data)
         if read is not None and read[0] == self.generation:
-            self._check(read[2])
+            if read[2] > self.max_header_list_size or maxsize > self.max_allowed_table_size:
+                self._check(read[2])
             return list(read[1])
         headers: list[HeaderTuple] = []
         inflated = 0
@@ -228,7 +231,7 @@ class CachingDecoder(Decoder):
                     self.generation += 1
                     changes = True
                 indexes = indexes or indexing
-                alone = alone and index <= _STATIC and (not indexing or table.maxsize == 0)
+                alone = alone and index <= _STATIC and (not indexing or table._maxsize == 0)
             else:  # a dynamic table size update (§6.3): only before the first field
                 if headers:
                     raise HPACKDecodingError("Table size update not at the start of the block")
@@ -260,5 +263,5 @@ class CachingDecoder(Decoder):
         """The limits at the end of a block, *size* its fields' (a kept block's: checked again, limits change)."""
         if size > self.max_header_list_size:
             raise OversizedHeaderListError(f"A header list larger than {self.max_header_list_size} has been received")
-        if self.header_table.maxsize > self.max_allowed_table_size:  # header_table_size, one property call less
+        if self.header_table._maxsize > self.max_allowed_table_size:  # header_table_size, without property calls
             raise InvalidTableSizeError("Encoder did not shrink table size to within the max")

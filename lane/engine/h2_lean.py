@@ -256,7 +256,8 @@ class LeanH2Connection(LeanStreams):
             stream = self._begin_new_stream(stream_id, self._inbound_ids)
         machine = stream.state_machine
         end_stream = "END_STREAM" in held
-        if _informational(headers):
+        first = headers[0][0] if headers else b""  # `_informational` without its call for answers and trailers
+        if headers[0][1][:1] == b"1" if first == b":status" else first[:1] == b":" and _informational(headers):
             if end_stream:
                 raise ProtocolError("Cannot set END_STREAM on informational responses")
             stream_events = machine.process_input(StreamInputs.RECV_INFORMATIONAL_HEADERS)
@@ -299,7 +300,9 @@ class LeanH2Connection(LeanStreams):
             stream = self._begin_new_stream(stream_id, self._outbound_ids)
         machine = stream.state_machine
         block = headers if isinstance(headers, list) else list(headers)
-        informational = not machine.client and _informational(block)
+        first = block[0][0] if block else b""  # `_informational` without its call for answers and trailers
+        informational = not machine.client and (
+            block[0][1][:1] == b"1" if first == b":status" else first[:1] == b":" and _informational(block))
         if informational and end_stream:
             raise ProtocolError("Cannot set END_STREAM on informational responses.")
         machine.process_input(StreamInputs.SEND_INFORMATIONAL_HEADERS if informational else StreamInputs.SEND_HEADERS)

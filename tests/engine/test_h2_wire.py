@@ -331,3 +331,23 @@ async def test_a_malformed_upstream_answer_head_fails_the_call_as_upstream_broke
     async with answering(head) as at, H2Upstreams() as client:
         with pytest.raises(UpstreamBroken):
             await client.send("GET", at, "/", CIMultiDict(), None, SPEC)
+
+
+@pytest.mark.parametrize("limit", ["header list", "table size"])
+def test_a_block_seen_before_is_refused_once_a_limit_fell_below_it(limit: str) -> None:
+    """A kept block (leaving the table alone) and a reused one (reading it) are checked against the limits
+    in force when they arrive again, as hpack checks every block it decodes."""
+    encoder, theirs, ours = hpack.Encoder(), hpack.Decoder(), CachingDecoder()
+    request = [*GOOD, (b"content-type", b"application/grpc"), (b"user-agent", b"grpc-python/1.85")]
+    kept, first = PlainEncoder().encode(request), encoder.encode(request)
+    again = encoder.encode(request)  # indexes only: reused while the table is unchanged
+    for block in (kept, kept, first, again, again):
+        assert _outcome(ours, block) == _outcome(theirs, block), block
+    for block in (kept, again):
+        for decoder in (theirs, ours):
+            if limit == "header list":
+                decoder.max_header_list_size = 100
+            else:
+                decoder.max_allowed_table_size = 100  # below the table's 4096, not shrunk by the encoder
+        expected = _outcome(theirs, block)
+        assert _outcome(ours, block) == expected and expected[0] == "error", block

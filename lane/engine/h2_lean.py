@@ -56,6 +56,7 @@ from h2.utilities import (
     authority_from_headers,
     normalize_inbound_headers,
 )
+from h2.windows import WindowManager
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
@@ -93,6 +94,21 @@ def _informational(block: list[Any]) -> bool:
         if name == b":status":
             return bool(value[:1] == b"1")
     return False
+
+
+def _processed(window: WindowManager, size: int) -> int | None:
+    """``window.process_bytes(size)``: *size* more bytes consumed, the window increment to send now (0: none
+    yet, None: nothing consumed at all) -- h2's ``process_bytes`` and ``_maybe_update_window`` in one call."""
+    processed = window._bytes_processed = window._bytes_processed + size
+    if not processed:
+        return None
+    current, largest = window.current_window_size, window.max_window_size
+    if (current == 0 and processed > min(1024, largest // 4)) or processed >= largest // 2:
+        increment = min(processed, largest - current)
+        window._bytes_processed = 0
+        window.current_window_size = current + increment
+        return increment
+    return 0
 
 
 class QuietLogger(DummyLogger):
@@ -208,19 +224,20 @@ class LeanH2Connection(LeanStreams):
     def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
         """``H2Connection.acknowledge_received_data`` (and ``H2Stream``'s) for a stream h2 holds: the stream
         looked up and its ``open`` read inline, no call when there is no WINDOW_UPDATE to send. The window
-        arithmetic stays h2's (``WindowManager.process_bytes``); anything else, and any error, is h2's."""
+        arithmetic is h2's ``WindowManager.process_bytes``, in one call (`_processed`); anything else, and
+        any error, is h2's."""
         stream = self.streams.get(stream_id)
         if stream is None or acknowledged_size < 0:
             super().acknowledge_received_data(acknowledged_size, stream_id)
             return
         frames: list[Frame] = []
-        increment = self._inbound_flow_control_window_manager.process_bytes(acknowledged_size)
+        increment = _processed(self._inbound_flow_control_window_manager, acknowledged_size)
         if increment:
             update = WindowUpdateFrame(0)
             update.window_increment = increment
             frames.append(update)
         if STREAM_OPEN[stream.state_machine.state]:  # stream.open: no point in growing a closed stream's window
-            increment = stream._inbound_window_manager.process_bytes(acknowledged_size)
+            increment = _processed(stream._inbound_window_manager, acknowledged_size)
             if increment:
                 update = WindowUpdateFrame(stream_id)
                 update.window_increment = increment

@@ -18,6 +18,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from h2.windows import WindowManager
 from hyperframe.exceptions import HyperframeError
 from hyperframe.flags import Flags
 from hyperframe.frame import (
@@ -31,7 +32,7 @@ from hyperframe.frame import (
 
 from lane.engine.h2_frame_buffer import LeanFrameBuffer
 from lane.engine.h2_headers import PREFACE
-from lane.engine.h2_lean import LeanH2Connection, QuietLogger
+from lane.engine.h2_lean import LeanH2Connection, QuietLogger, _processed
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/p.S/M"),
            (b"content-type", b"application/grpc"), (b"te", b"trailers")]
@@ -553,3 +554,27 @@ def test_the_quiet_logger_takes_whatever_h2_logs() -> None:
     quiet.debug("Send data on stream ID %d with len %d", 1, 5)
     quiet.trace("Received frame: %s", object(), extra={"k": 1})
     quiet.debug("{0} {missing}")  # a format with fields of its own is not formatted either
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_consumed_bytes_give_the_window_increments_h2s_window_manager_gives(seed: int) -> None:
+    """`_processed` against ``WindowManager.process_bytes``: the increment (or None) and the window's state
+    after every step, for small and large windows, windows used up to 0, and steps of no bytes."""
+    for largest, sizes in ((65_535, [1_020, 4, 1]), (4_000, [999, 1, 1]), (65_535, [30_000, 2_767, 1])):
+        theirs, ours = WindowManager(largest), WindowManager(largest)
+        theirs.window_consumed(largest)  # used up: an update once 1024 bytes (or a quarter) are consumed
+        ours.window_consumed(largest)
+        for size in sizes:
+            assert _processed(ours, size) == theirs.process_bytes(size)
+            assert vars(ours) == vars(theirs)
+    rnd = random.Random(seed)
+    for _ in range(200):
+        largest = rnd.choice([1, 7, 1024, 4000, 65_535, 2**31 - 1])
+        theirs, ours = WindowManager(largest), WindowManager(largest)
+        for _ in range(rnd.randrange(1, 12)):
+            received = rnd.choice([0, rnd.randrange(theirs.current_window_size + 1)])
+            theirs.window_consumed(received)  # the peer sent that much
+            ours.window_consumed(received)
+            size = rnd.choice([0, received, rnd.randrange(2 * largest // 3 + 2)])
+            assert _processed(ours, size) == theirs.process_bytes(size)
+            assert vars(ours) == vars(theirs)

@@ -10,7 +10,7 @@ what ``h2`` does per frame is for options lane turned off or for a log nobody re
 * receiving DATA runs a dozen helper calls (flow-controlled length, flags, two window managers,
   the stream lookup, the stream's ``receive_data``) for a few lines of arithmetic, and acknowledging
   it looks the stream up again;
-* ``_receive_frame`` formats every received frame for its trace log (``repr(frame)``: the frame, its
+* ``_receive_frame`` (a call per frame) formats every received frame for its trace log (``repr(frame)``: the frame, its
   flags and a hex dump of its payload) before calling the logger, so also with h2's no-op default;
 * ``_receive_headers_frame`` builds validation flags and runs a generator chain per head for inbound
   checks lane turned off (`lane.engine.h2_checks` does them), only to copy the fields it decoded;
@@ -58,6 +58,7 @@ from h2.utilities import (
 )
 from h2.windows import WindowManager
 from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 from lane.engine.h2_frame_buffer import LeanFrameBuffer
@@ -134,34 +135,52 @@ class LeanH2Connection(LeanStreams):
         self._lean_heads = not config.validate_inbound_headers and not isinstance(config.header_encoding, str)
         self._join_cookies = bool(config.normalize_inbound_headers)
 
-    def _receive_frame(self, frame: Frame) -> list[Event]:
-        """Handle one received frame (``H2Connection._receive_frame`` without its ``repr(frame)``)."""
-        events: list[Event]
+    def receive_data(self, data: Any) -> list[Event]:
+        """``H2Connection.receive_data`` with its ``_receive_frame`` inline (a Python call per frame less, and
+        no trace-log call): each frame to its handler, what the handler sends queued, a frame on a closed
+        stream handled as `_receive_frame` handles it (`_refused`), the connection ended on a protocol error."""
+        events: list[Event] = []
+        buffer = self.incoming_buffer
+        buffer.add_data(data)
+        buffer.max_frame_size = self.max_inbound_frame_size
+        table = self._frame_dispatch_table
         try:
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
-        except StreamClosedError as e:
-            # A frame on a stream we reset is a stream error (RST_STREAM again); otherwise a connection error.
+            for frame in buffer:
+                try:
+                    frames, received = table[frame.__class__](frame)
+                except (StreamClosedError, StreamIDTooLowError) as e:
+                    received = self._refused(e)
+                else:
+                    if frames:  # h2's _prepare_for_sending does nothing for none, the usual case
+                        self._prepare_for_sending(frames)
+                events += received
+        except InvalidPaddingError as e:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise ProtocolError("Received frame with invalid padding.") from e
+        except ProtocolError as e:  # h2 readies a GOAWAY before the error goes up
+            self._terminate_connection(e.error_code)
+            raise
+        return events
+
+    def _refused(self, e: StreamClosedError | StreamIDTooLowError) -> list[Event]:
+        """What h2's ``_receive_frame`` makes of a frame on a closed stream: on a stream this end reset, a stream
+        error (RST_STREAM again); on one already cleaned up or closed implicitly by a newer one, how it closed
+        decides; anything else is a connection error (raised)."""
+        if isinstance(e, StreamClosedError):
             if not self._stream_is_closed_by_reset(e.stream_id):
-                raise
+                raise e
             rst = RstStreamFrame(e.stream_id)
             rst.error_code = e.error_code
             self._prepare_for_sending([rst])
-            events = e._events
-        except StreamIDTooLowError as e:
-            # A stream already cleaned up, or closed implicitly by a newer one: how it closed decides the error.
-            if self._stream_is_closed_by_reset(e.stream_id):
-                rst = RstStreamFrame(e.stream_id)
-                rst.error_code = ErrorCodes.STREAM_CLOSED
-                self._prepare_for_sending([rst])
-                events = []
-            elif self._stream_is_closed_by_end(e.stream_id):
-                raise StreamClosedError(e.stream_id) from e
-            else:
-                raise
-        else:
-            if frames:  # h2's _prepare_for_sending does nothing for none, the usual case
-                self._prepare_for_sending(frames)
-        return events
+            return e._events
+        if self._stream_is_closed_by_reset(e.stream_id):
+            rst = RstStreamFrame(e.stream_id)
+            rst.error_code = ErrorCodes.STREAM_CLOSED
+            self._prepare_for_sending([rst])
+            return []
+        if self._stream_is_closed_by_end(e.stream_id):
+            raise StreamClosedError(e.stream_id) from e
+        raise e
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:
         """``H2Connection._receive_data_frame`` and ``H2Stream.receive_data`` as one: the same state machine

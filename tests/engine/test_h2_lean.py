@@ -127,6 +127,23 @@ def test_a_frame_on_a_stream_skipped_over(frame_type: int, sent_type: int) -> No
     assert sent[3] == sent_type
 
 
+def test_a_head_on_a_stream_that_ended_and_was_forgotten_ends_the_connection_as_stream_closed() -> None:
+    """h2 tells a stream it closed by END_STREAM (and then forgot) from one closed implicitly: the GOAWAY's
+    error code says STREAM_CLOSED, not PROTOCOL_ERROR."""
+    def forgotten(client: H2Connection, server: H2Connection) -> bytes:
+        client.send_headers(1, REQUEST, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(1, ANSWER, end_stream=True)  # stream 1 ended both ways
+        server.data_to_send()
+        client.send_headers(3, REQUEST)
+        server.receive_data(client.data_to_send())  # opening stream 3 counts the streams: 1 is forgotten
+        return _frame(0x1, 1, client.encoder.encode(REQUEST), flags=0x5)
+
+    events, sent = _same(forgotten)
+    assert events == "raised StreamClosedError"
+    assert sent[3] == 0x7 and int.from_bytes(sent[13:17], "big") == ErrorCodes.STREAM_CLOSED
+
+
 def _frame(frame_type: int, stream_id: int, payload: bytes, flags: int = 0) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((frame_type, flags)) + stream_id.to_bytes(4, "big") + payload
 
@@ -578,3 +595,26 @@ def test_consumed_bytes_give_the_window_increments_h2s_window_manager_gives(seed
             size = rnd.choice([0, received, rnd.randrange(2 * largest // 3 + 2)])
             assert _processed(ours, size) == theirs.process_bytes(size)
             assert vars(ours) == vars(theirs)
+
+
+@pytest.mark.parametrize("case", ["bad padding", "settings and ping", "two calls at once"])
+def test_what_arrives_in_one_read_is_taken_as_h2_takes_it(case: str) -> None:
+    """Several frames in one read, frames h2 answers itself (SETTINGS, PING: their acks are queued), and a
+    DATA frame whose padding is longer than the frame (a connection error: GOAWAY, then the error)."""
+    def script(peer: H2Connection, conn: H2Connection) -> bytes:
+        peer.send_headers(1, REQUEST)
+        if case == "bad padding":  # PADDED, a pad length of 9 in a 3-byte body
+            return peer.data_to_send() + _frame(0x0, 1, b"\x09ab", flags=0x8)
+        if case == "settings and ping":
+            peer.update_settings({SettingCodes.MAX_FRAME_SIZE: 20_000})
+            peer.ping(b"12345678")
+        else:
+            peer.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)
+            peer.send_headers(3, REQUEST, end_stream=True)
+        return peer.data_to_send()
+
+    got = _received_alike(False, script)
+    if case == "bad padding":
+        assert got == "raised ProtocolError"
+    else:
+        assert isinstance(got, list) and len(got) >= 3

@@ -27,11 +27,11 @@ from h2.windows import LARGEST_FLOW_CONTROL_WINDOW, WindowManager
 
 from lane.engine.h2_states import LeanStreamStateMachine
 
-__all__ = ["COUNT_BELOW", "LeanStreams", "max_streams"]
+__all__ = ["COUNT_BELOW", "MAX_STREAMS", "UNLIMITED", "LeanStreams", "max_streams"]
 
 _INITIAL_WINDOW: Final = SettingCodes.INITIAL_WINDOW_SIZE
-_MAX_STREAMS: Final = SettingCodes.MAX_CONCURRENT_STREAMS
-_UNLIMITED: Final = 2**32 + 1  # h2's value of MAX_CONCURRENT_STREAMS while no peer set it
+MAX_STREAMS: Final = SettingCodes.MAX_CONCURRENT_STREAMS
+UNLIMITED: Final = 2**32 + 1  # h2's value of MAX_CONCURRENT_STREAMS while no peer set it
 COUNT_BELOW: Final = 64  # streams h2 may hold before the open ones are counted (and the closed ones forgotten)
 _CLOSED: Final = StreamState.CLOSED
 _IDLE: Final = StreamState.IDLE
@@ -41,9 +41,9 @@ _remember: Final = collections.OrderedDict.__setitem__  # what SizeLimitDict.__s
 def max_streams(settings: Settings) -> int:
     """``settings.max_concurrent_streams``: its current value, h2's default while it has none (not yet
     set, or only proposed and not acknowledged), read from the table the property reads."""
-    entry = settings._settings.get(_MAX_STREAMS)
+    entry = settings._settings.get(MAX_STREAMS)
     value = entry[0] if entry is not None else None
-    return _UNLIMITED if value is None else value
+    return UNLIMITED if value is None else value
 
 
 class LeanStreams(H2Connection):
@@ -136,7 +136,8 @@ class LeanStreams(H2Connection):
         ``open_outbound_streams`` walks every stream h2 still holds (and forgets the closed ones); while h2
         holds fewer streams than the limit (or than `COUNT_BELOW`, so the closed ones are still forgotten
         in time) the open ones cannot be at the limit, and nothing is walked."""
-        limit = max_streams(self.remote_settings)
+        entry = self.remote_settings._settings.get(MAX_STREAMS)  # `max_streams`, inline
+        limit = UNLIMITED if entry is None or entry[0] is None else entry[0]
         if len(self.streams) < min(limit, COUNT_BELOW):
             return True
         return self._open_streams(self._outbound_ids) < limit

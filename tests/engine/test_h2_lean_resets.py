@@ -12,15 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
 from lane.engine.h2_lean import LeanH2Connection, QuietLogger
+from tests.support.h2_pairs import GRPC_REQUEST, connected_pair
 
-REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/p.S/M"),
-           (b"content-type", b"application/grpc"), (b"te", b"trailers")]
 ANSWER = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 TRAILERS = [(b"grpc-status", b"0")]
 
@@ -41,15 +39,7 @@ def _alike(client_side: bool, script: Script) -> tuple[object, ...]:
     """What *script* (conn, peer, client_side -> the bytes to feed last) leads to, asserted equal for both kinds."""
     outcomes = []
     for kind in (H2Connection, LeanH2Connection):
-        conn = kind(H2Configuration(client_side=client_side, header_encoding=None, validate_outbound_headers=False,
-                                    normalize_outbound_headers=False, validate_inbound_headers=False,
-                                    logger=QuietLogger()))
-        conn.initiate_connection()
-        peer = H2Connection(H2Configuration(client_side=not client_side, header_encoding=None))
-        peer.initiate_connection()
-        peer.receive_data(conn.data_to_send())
-        conn.receive_data(peer.data_to_send())
-        peer.receive_data(conn.data_to_send())
+        conn, peer = connected_pair(kind, client_side, logger=QuietLogger())
         last = script(conn, peer, client_side)
         try:
             events: object = [(type(e).__name__, getattr(e, "stream_id", None), repr(getattr(e, "error_code", None)))
@@ -66,14 +56,14 @@ def _alike(client_side: bool, script: Script) -> tuple[object, ...]:
 def _open(conn: H2Connection, peer: H2Connection, client_side: bool, stream_id: int = 1) -> None:
     """Stream *stream_id* open both ways: the client's request head sent, not ended."""
     client, server = (conn, peer) if client_side else (peer, conn)
-    client.send_headers(stream_id, REQUEST)
+    client.send_headers(stream_id, GRPC_REQUEST)
     server.receive_data(client.data_to_send())
 
 
 def _answered(conn: H2Connection, peer: H2Connection, client_side: bool, stream_id: int = 1) -> None:
     """A whole unary call on *stream_id*: request and answer, both ended (the stream closed, still held)."""
     client, server = (conn, peer) if client_side else (peer, conn)
-    client.send_headers(stream_id, REQUEST)
+    client.send_headers(stream_id, GRPC_REQUEST)
     client.send_data(stream_id, b"\0\0\0\0\0", end_stream=True)
     server.receive_data(client.data_to_send())
     server.send_headers(stream_id, ANSWER)

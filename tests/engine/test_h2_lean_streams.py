@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from h2.config import H2Configuration
 from h2.connection import AllowedStreamIDs, H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
@@ -20,23 +19,9 @@ from h2.stream import H2Stream, H2StreamStateMachine
 
 from lane.engine.h2_lean import LeanH2Connection
 from lane.engine.h2_lean_streams import max_streams
+from tests.support.h2_pairs import GRPC_REQUEST, connected_pair
 
-REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/p.S/M"),
-           (b"content-type", b"application/grpc"), (b"te", b"trailers")]
 ANSWER = [(b":status", b"200")]
-
-
-def _pair(kind: type[H2Connection], client_side: bool) -> tuple[H2Connection, H2Connection]:
-    """A connection of *kind* (lane's configuration) and an ``h2`` peer, their prefaces exchanged."""
-    conn = kind(H2Configuration(client_side=client_side, header_encoding=None, validate_outbound_headers=False,
-                                normalize_outbound_headers=False, validate_inbound_headers=False))
-    conn.initiate_connection()
-    peer = H2Connection(H2Configuration(client_side=not client_side, header_encoding=None))
-    peer.initiate_connection()
-    peer.receive_data(conn.data_to_send())
-    conn.receive_data(peer.data_to_send())
-    peer.receive_data(conn.data_to_send())
-    return conn, peer
 
 
 def _headers(stream_id: int, block: bytes) -> bytes:
@@ -70,11 +55,11 @@ def test_streams_are_counted_and_forgotten_as_h2_does(seed: int) -> None:
     outcomes = []
     for kind in (H2Connection, LeanH2Connection):
         rnd = random.Random(seed)
-        conn, peer = _pair(kind, client_side=False)
+        conn, peer = connected_pair(kind, client_side=False)
         conn._closed_streams._size_limit = 3  # type: ignore[attr-defined]  # a SizeLimitDict
         seen: list[object] = []
         for sid in range(1, 40, 2):
-            peer.send_headers(sid, REQUEST, end_stream=rnd.random() < 0.5)
+            peer.send_headers(sid, GRPC_REQUEST, end_stream=rnd.random() < 0.5)
             conn.receive_data(peer.data_to_send())
             step = rnd.choice(["answer", "end", "reset", "open"])
             if step == "answer":
@@ -102,14 +87,14 @@ def test_the_peers_streams_over_this_ends_limit_are_refused_alike(limit: int, ac
     """The limit in force is the acknowledged one: a lower one only proposed (not acknowledged) is not."""
     outcomes = []
     for kind in (H2Connection, LeanH2Connection):
-        conn, peer = _pair(kind, client_side=False)
+        conn, peer = connected_pair(kind, client_side=False)
         conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: limit})
         peer.receive_data(conn.data_to_send())
         if acked:
             conn.receive_data(peer.data_to_send())  # the peer acknowledged: the limit is in force
         seen: list[object] = []
         for sid in range(1, 4 * limit + 8, 2):  # every other one closes: the limit is reached on the way
-            block = peer.encoder.encode(REQUEST)  # written by hand: the peer's h2 would keep to the limit itself
+            block = peer.encoder.encode(GRPC_REQUEST)  # written by hand: the peer's h2 would keep to the limit itself
             try:
                 events = conn.receive_data(_headers(sid, block))
             except H2Error as exc:
@@ -126,8 +111,8 @@ def test_the_peers_streams_over_this_ends_limit_are_refused_alike(limit: int, ac
 def test_the_window_a_stream_may_send_on_is_h2s() -> None:
     outcomes = []
     for kind in (H2Connection, LeanH2Connection):
-        conn, peer = _pair(kind, client_side=True)
-        conn.send_headers(1, REQUEST)
+        conn, peer = connected_pair(kind, client_side=True)
+        conn.send_headers(1, GRPC_REQUEST)
         conn.send_data(1, b"x" * 1000)
         peer.receive_data(conn.data_to_send())
         peer.increment_flow_control_window(10, stream_id=1)
@@ -147,10 +132,10 @@ def test_the_window_a_stream_may_send_on_is_h2s() -> None:
 def test_a_head_that_cannot_be_decoded_is_refused_alike(case: str) -> None:
     outcomes = []
     for kind in (H2Connection, LeanH2Connection):
-        conn, peer = _pair(kind, client_side=False)
+        conn, peer = connected_pair(kind, client_side=False)
         if case == "oversized":
             conn.decoder.max_header_list_size = 100
-            block = peer.encoder.encode([*REQUEST, (b"x-big", b"v" * 200)])
+            block = peer.encoder.encode([*GRPC_REQUEST, (b"x-big", b"v" * 200)])
         else:
             block = b"\xff\x7f" if case == "bad index" else b"\x00\x85ab"
         try:
@@ -179,9 +164,9 @@ def test_new_streams_are_built_as_h2_builds_them(client_side: bool) -> None:
     built, before any head (h2's ``_begin_new_stream`` called directly)."""
     outcomes = []
     for kind in (H2Connection, LeanH2Connection):
-        fresh, _ = _pair(kind, client_side)  # stream 1: the client's own, or the peer's to the server
+        fresh, _ = connected_pair(kind, client_side)  # stream 1: the client's own, or the peer's to the server
         seen: list[object] = [_built(fresh._begin_new_stream(1, AllowedStreamIDs.ODD), fresh)]
-        conn, peer = _pair(kind, client_side)
+        conn, peer = connected_pair(kind, client_side)
         for sid, ours, theirs in ((1, {}, {}), (3, {SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1},
                                                 {SettingCodes.INITIAL_WINDOW_SIZE: 7}),
                                   (5, {SettingCodes.INITIAL_WINDOW_SIZE: 0, SettingCodes.MAX_FRAME_SIZE: 20_000},
@@ -192,7 +177,7 @@ def test_new_streams_are_built_as_h2_builds_them(client_side: bool) -> None:
             conn.receive_data(peer.data_to_send())
             peer.receive_data(conn.data_to_send())
             client, server = (conn, peer) if client_side else (peer, conn)
-            client.send_headers(sid, REQUEST)
+            client.send_headers(sid, GRPC_REQUEST)
             server.receive_data(client.data_to_send())
             seen.append(_built(conn.streams[sid], conn))
         outcomes.append(seen)

@@ -62,7 +62,7 @@ from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 from lane.engine.h2_frame_buffer import LeanFrameBuffer
-from lane.engine.h2_lean_streams import MAX_STREAMS, UNLIMITED, LeanStreams, max_streams
+from lane.engine.h2_lean_streams import LeanStreams, max_streams
 from lane.engine.h2_states import STREAM_STAYS, LeanConnectionStateMachine
 
 __all__ = ["LeanH2Connection", "QuietLogger"]
@@ -274,9 +274,7 @@ class LeanH2Connection(LeanStreams):
             return super()._receive_headers_frame(frame)
         stream_id = frame.stream_id
         if stream_id not in self.streams:
-            entry = self.local_settings._settings.get(MAX_STREAMS)  # `max_streams`, inline
-            limit = UNLIMITED if entry is None or entry[0] is None else entry[0]
-            count = self._open_streams(self._inbound_ids)
+            limit, count = max_streams(self.local_settings), self._open_streams(self._inbound_ids)
             if count + 1 > limit:
                 raise TooManyStreamsError(f"Max inbound streams is {limit}, {count} open")
         try:  # h2's _decode_headers, inline

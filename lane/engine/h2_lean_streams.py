@@ -136,8 +136,7 @@ class LeanStreams(H2Connection):
         ``open_outbound_streams`` walks every stream h2 still holds (and forgets the closed ones); while h2
         holds fewer streams than the limit (or than `COUNT_BELOW`, so the closed ones are still forgotten
         in time) the open ones cannot be at the limit, and nothing is walked."""
-        entry = self.remote_settings._settings.get(MAX_STREAMS)  # `max_streams`, inline
-        limit = UNLIMITED if entry is None or entry[0] is None else entry[0]
+        limit = max_streams(self.remote_settings)
         if len(self.streams) < min(limit, COUNT_BELOW):
             return True
         return self._open_streams(self._outbound_ids) < limit

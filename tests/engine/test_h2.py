@@ -38,6 +38,7 @@ from lane.engine.h2_upstream import H2Upstreams
 from lane.engine.limits import Limits
 from lane.engine.listen import FastPath, listen_http
 from lane.process.server import Listener, start_listener
+from tests.support.loopback import serving
 from tests.support.processes import serve_handler
 
 pytestmark = pytest.mark.timeout(60)
@@ -322,9 +323,10 @@ class Refuser(asyncio.Protocol):
 async def refused_first() -> AsyncIterator[tuple[list[Refuser], grpc.aio.Channel]]:
     """A gRPC channel to a proxy that tries an upstream refusing every stream first, then the real one."""
     refusers: list[Refuser] = []
-    server = await asyncio.get_running_loop().create_server(lambda: refusers.append(Refuser()) or refusers[-1],
-                                                            "127.0.0.1", 0)
-    refusing = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+
+    def refuser() -> Refuser:
+        refusers.append(Refuser())
+        return refusers[-1]
 
     def two_tries(to: Endpoint) -> FastPath:
         def with_pools(sender: Sender) -> Handler:
@@ -341,11 +343,9 @@ async def refused_first() -> AsyncIterator[tuple[list[Refuser], grpc.aio.Channel
 
         return with_pools
 
-    try:
-        async with grpc_upstream() as (_, at), serve_handler(two_tries(at)) as port, _channel(f"127.0.0.1:{port}") as ch:
-            yield refusers, ch
-    finally:
-        server.close()
+    async with serving(refuser) as refusing, grpc_upstream() as (_, at), serve_handler(two_tries(at)) as port, \
+            _channel(f"127.0.0.1:{port}") as ch:
+        yield refusers, ch
 
 
 async def test_a_stream_refused_upstream_is_sent_elsewhere_whole_while_its_body_still_arrives() -> None:

@@ -24,6 +24,7 @@ import pytest
 from lane.core.endpoint import Endpoint
 from lane.engine.exchange import Sender
 from tests.engine.test_h2 import forwarder
+from tests.support.loopback import serving
 from tests.support.processes import serve_handler
 
 pytestmark = pytest.mark.timeout(60)
@@ -77,12 +78,8 @@ async def nginx_like(reads: list[Read]) -> AsyncIterator[Endpoint]:
                     resets += b"\x00\x00\x04\x03\x00" + sid.to_bytes(4, "big") + bytes(4)
             self.transport.write(self.conn.data_to_send() + resets)  # type: ignore[attr-defined]
 
-    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", 0)
-    try:
-        yield Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(Server) as at:
+        yield at
 
 
 def _calls(port: int) -> list[Read]:

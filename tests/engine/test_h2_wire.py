@@ -33,6 +33,7 @@ from lane.engine.h2_headers import request_block, response_block, response_head,
 from lane.engine.h2_hpack import CachingDecoder, PlainEncoder, integer
 from lane.engine.h2_upstream import H2Upstreams
 from lane.engine.listen import FastPath
+from tests.support.loopback import serving
 from tests.support.processes import serve_handler
 
 pytestmark = pytest.mark.timeout(30)
@@ -306,12 +307,8 @@ async def answering(head: Block) -> AsyncIterator[Endpoint]:
                     self.conn.send_headers(event.stream_id, head, end_stream=True)
             self.transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
 
-    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", 0)
-    try:
-        yield Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(Server) as at:
+        yield at
 
 
 async def test_a_well_formed_upstream_answer_is_read() -> None:

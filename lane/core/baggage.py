@@ -151,12 +151,10 @@ def get_member(headers: Iterable[str], key: str) -> str | None:
 
     Properties (after ``;``) are ignored; an empty value is returned as ``""``.
     """
+    keys = (key,)
     for member in _member_list(headers):
-        name, eq, rest = member.partition("=")
-        if eq:
-            name = name.strip(_OWS)
-            if name == key or ("%" in name and decode_value(name) == key):  # `_names`, inlined: once per request
-                return decode_value(rest.partition(";")[0].strip(_OWS))
+        if _names(member, keys):
+            return decode_value(member.partition("=")[2].partition(";")[0].strip(_OWS))
     return None
 
 

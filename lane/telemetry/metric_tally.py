@@ -59,19 +59,19 @@ def flush() -> None:
 
 def _add(child: _Incrementable, amount: float) -> None:
     _pending[child] = _pending.get(child, 0) + amount
-    if _timer is None or _timer_loop is None or _timer_loop.is_closed():  # `_arm`'s test, inline: per request
+    if _timer is None or _timer_loop is None or _timer_loop.is_closed():  # a closed loop never fires its timer
         _arm()
 
 
 def _arm() -> None:
+    """Start the flush timer, the callers having seen none running (tested where they are: once per update)."""
     global _timer, _timer_loop
-    if _timer is None or _timer_loop is None or _timer_loop.is_closed():  # a closed loop never fires its timer
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            flush()
-            return
-        _timer, _timer_loop = loop.call_later(FLUSH_AFTER_SECONDS, flush), loop
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        flush()
+        return
+    _timer, _timer_loop = loop.call_later(FLUSH_AFTER_SECONDS, flush), loop
 
 
 class Tallied:
@@ -108,7 +108,7 @@ class TalliedHistogram:
         counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount, as observe() picks it
         counts[-1] += amount
         _observed.add(self)
-        if _timer is None or _timer_loop is None or _timer_loop.is_closed():
+        if _timer is None or _timer_loop is None or _timer_loop.is_closed():  # as `_add`
             _arm()
 
     def hand_over(self) -> None:

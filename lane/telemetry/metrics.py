@@ -167,9 +167,7 @@ def observe_request(
     """Count one request to *service* and observe its duration since *started* (`time.perf_counter`)."""
     elapsed = perf_counter() - started
     svc = service if service is not None and service in config.services else "unknown"
-    lanes = config.lanes  # `lane_label` twice, inline: every request of every proxy comes here
-    key = (proxy, source, svc, "" if requested is None else requested if requested in lanes else "undeclared",
-           "" if served is None else served if served in lanes else "undeclared", fallback or "", status)
+    key = (proxy, source, svc, lane_label(config, requested), lane_label(config, served), fallback or "", status)
     children = _REQUEST_CHILDREN.get(key)
     if children is None:
         children = _REQUEST_CHILDREN[key] = _request_children(config, key)

@@ -38,7 +38,8 @@ _AMBIGUOUS_IN_COLLECTOR: Final = AMBIGUOUS_TRACE_IDS.labels(store="hop_collector
 class Collection:
     """The hops of the calls made while serving one request, slot per call, in start order.
 
-    Also the block it is open for (`HopCollector.collect`): leaving the ``with`` unregisters it. A plain
+    Also the block it is open for (`HopCollector.collect`): entering the ``with`` registers it, leaving
+    it unregisters it, so nothing raised before the block leaves a collection registered. A plain
     object rather than a ``@contextmanager`` generator: one is opened per inbound request, and the
     generator's frames cost more than the registration itself.
     """
@@ -63,6 +64,9 @@ class Collection:
         self.deadline = math.inf
 
     def __enter__(self) -> Self:
+        collector = self._collector
+        if collector is not None and self._keys is not None and not collector._open_for(self, self._keys):
+            self._collector = None  # the collector is full: a loose collection, found by nothing
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -101,14 +105,15 @@ class HopCollector:
         return self._open
 
     def collect(self, keys: Iterable[TraceKey]) -> Collection:
-        """A collection registered under *keys* until the ``with`` block it is used in ends.
-
-        Registered at once: use it only as ``with collector.collect(keys) as collection``.
-        """
+        """A collection registered under *keys* for the ``with`` block it is used in: ``with
+        collector.collect(keys) as collection`` (registered on entering, unregistered on leaving)."""
         keys = list(dict.fromkeys(keys))
-        if not keys or self._open >= self._max_open:
-            return Collection()  # unregistered: nothing can find it, it just stays empty
-        collection = Collection(self, keys)
+        return Collection(self, keys) if keys else Collection()  # no keys: nothing could find it
+
+    def _open_for(self, collection: Collection, keys: list[TraceKey]) -> bool:
+        """Register *collection* under *keys*; False, and nothing registered, when `MAX_OPEN` are open."""
+        if self._open >= self._max_open:
+            return False
         self._open += 1
         by_key = self._by_key
         for key in keys:
@@ -120,7 +125,7 @@ class HopCollector:
                 self._ambiguous.add(key)
                 _AMBIGUOUS_IN_COLLECTOR.inc()
             claimed.append(collection)
-        return collection
+        return True
 
     def _close(self, collection: Collection, keys: list[TraceKey]) -> None:
         self._open -= 1

@@ -359,6 +359,10 @@ def test_hops_are_collected_in_call_start_order() -> None:
 def test_a_collection_is_unregistered_when_its_block_fails_and_a_full_collector_hands_out_loose_ones() -> None:
     collector = HopCollector(max_open=1)
     keys = [("request", "r1")]
+    made = collector.collect(keys)
+    assert collector.find(keys) is None and len(collector) == 0  # made, not entered: nothing registered yet
+    with made:
+        assert collector.find(keys) is made
     with pytest.raises(RuntimeError), collector.collect(keys) as collection:
         assert collector.find(keys) is collection and len(collector) == 1
         raise RuntimeError("the app's answer failed")
